@@ -1,0 +1,1 @@
+//! hyperion-checkpoint (placeholder; being written).

@@ -1,0 +1,1 @@
+//! hyperion-comm (placeholder; being written).

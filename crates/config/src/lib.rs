@@ -1,0 +1,1 @@
+//! hyperion-config (placeholder; being written).

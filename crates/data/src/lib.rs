@@ -1,0 +1,1 @@
+//! hyperion-data (placeholder; being written).

@@ -1,0 +1,1 @@
+//! hyperion-engine (placeholder; being written).

@@ -1,0 +1,18 @@
+//! `hyperion bench ...`: dispatch to the benchmark modules.
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Full training steps (forward, backward, AdamW) on random tokens.
+    Train(super::bench_train::BenchTrainArgs),
+    /// Collective bandwidth, nccl-tests style.
+    Comm(super::bench_comm::BenchCommArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Train(a) => super::bench_train::run(a),
+        BenchCommand::Comm(a) => super::bench_comm::run(a),
+    }
+}

@@ -1,0 +1,11 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod bench_comm;
+pub mod bench_train;
+pub mod data;
+pub mod eval;
+pub mod generate;
+pub mod plan;
+pub mod plot;
+pub mod train;

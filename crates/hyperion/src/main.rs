@@ -1,0 +1,50 @@
+//! `hyperion`: the command line. Each subcommand is a thin call into a library crate;
+//! the modules under `cmd/` own their arguments and printing, nothing else.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hyperion", version, about = "Train transformer language models on 1 to N devices, and plan runs on GPU clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare token files from raw text.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+    /// Train a model (single rank, or `--workers N` threads, or under mpirun).
+    Train(cmd::train::TrainArgs),
+    /// Sample text from a checkpoint.
+    Generate(cmd::generate::GenerateArgs),
+    /// Validation loss and perplexity of a checkpoint.
+    Eval(cmd::eval::EvalArgs),
+    /// Plan a training run on a cluster: memory, step time, MFU, best layout.
+    Plan(cmd::plan::PlanArgs),
+    /// Benchmarks: training steps, collectives.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Plot a run's loss curves to PNG.
+    Plot(cmd::plot::PlotArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(c) => cmd::data::run(c),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Plot(a) => cmd::plot::run(a),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! hyperion-kernels (placeholder; being written).

@@ -1,0 +1,1 @@
+//! hyperion-model (placeholder; being written).

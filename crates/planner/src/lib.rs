@@ -1,0 +1,1 @@
+//! hyperion-planner (placeholder; being written).
