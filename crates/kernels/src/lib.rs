@@ -1,1 +1,55 @@
-//! hyperion-kernels (placeholder; being written).
+//! # hyperion-kernels
+//!
+//! CPU numerical kernels for training GPT-2-style transformers, on flat row-major
+//! `f32` slices, each with an explicit forward and backward (like llm.c's layers).
+//! Shapes are documented per function: B batch, T sequence, C channels, NH heads,
+//! V vocabulary. Linear weights are `(in, out)` (Hugging Face `Conv1D` layout).
+//!
+//! Conventions (docs/architecture.md):
+//! - every backward ADDS (`+=`) into all gradients it writes, so callers zero them;
+//! - results are bitwise identical for any rayon pool size: reductions use fixed
+//!   chunking and a fixed order, never atomics;
+//! - wrong buffer lengths are programmer errors and panic with a [`KernelError`]
+//!   message naming the kernel and buffer. Token ids from user data should be checked
+//!   with [`check_tokens`] first.
+//!
+//! GEMMs use the `gemm` crate (runtime AVX-512/AVX2/scalar dispatch); elementwise
+//! loops are auto-vectorized under runtime-dispatched `#[target_feature]` (see `simd`).
+//!
+//! ```
+//! use kernels::{linear_forward, linear_backward};
+//! // y (2, 3) = x (2, 2) @ w (2, 3) + bias
+//! let x = [1.0, 2.0, 3.0, 4.0];
+//! let w = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0];
+//! let bias = [0.5, 0.5, 0.5];
+//! let mut y = [0.0; 6];
+//! linear_forward(&mut y, &x, &w, Some(&bias), 2, 2, 3);
+//! assert_eq!(y, [1.5, 2.5, 3.5, 3.5, 4.5, 7.5]);
+//! // Backward with dy = 1 everywhere: dbias = column sums = [2, 2, 2].
+//! let dy = [1.0; 6];
+//! let (mut dx, mut dw, mut db) = ([0.0; 4], [0.0; 6], [0.0; 3]);
+//! linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, 2, 2, 3);
+//! assert_eq!(db, [2.0, 2.0, 2.0]);
+//! assert_eq!(dx, [2.0, 2.0, 2.0, 2.0]); // row sums of w
+//! ```
+
+mod activation;
+mod attention;
+mod elementwise;
+mod embedding;
+mod error;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+mod simd;
+
+pub use activation::{gelu_backward, gelu_forward};
+pub use attention::{attention_backward, attention_forward, attention_saved_len};
+pub use elementwise::{add, add_inplace, scale, sum_squares};
+pub use embedding::{embedding_backward, embedding_forward};
+pub use error::{check_tokens, KernelError};
+pub use loss::{softmax_row, softmax_xent_forward, softmax_xent_forward_backward};
+pub use matmul::{linear_backward, linear_forward, matmul};
+pub use norm::{layernorm_backward, layernorm_forward};
+pub use optim::adamw_step;

@@ -1,0 +1,192 @@
+//! GEMM and the linear layer (Hugging Face `Conv1D` layout: `y = x W + b`, W is (in, out)).
+//!
+//! All products go through the `gemm` crate (0.19). Its `get_gemm_fn` picks the
+//! microkernel at run time (`is_x86_feature_detected!("avx512f")` with our `x86-v4`
+//! feature, else `"fma"`, else scalar) and caches it in an atomic pointer, so the binary
+//! runs on CPUs without AVX-512. Its threading splits only the m/n dimensions across
+//! rayon tasks; the k blocking (`kernel_params`) depends on the shape and the cache sizes,
+//! never on the thread count, so every output element sums its k terms in the same
+//! order whatever the pool size: products are deterministic.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::error::check_len;
+
+/// A strided matrix operand: element (i, j) lives at `ptr[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl Mat {
+    /// Row-major (rows, cols) storage, optionally read transposed.
+    pub(crate) fn row_major(data: &[f32], cols: usize, transposed: bool) -> Mat {
+        if transposed {
+            Mat { ptr: data.as_ptr(), rs: 1, cs: cols as isize }
+        } else {
+            Mat { ptr: data.as_ptr(), rs: cols as isize, cs: 1 }
+        }
+    }
+}
+
+/// `dst (m, n; row stride dst_rs) = [dst +] scale * a (m, k) @ b (k, n)`.
+///
+/// # Safety
+/// `dst` must be valid for writes and `a`, `b` for reads at every index the strides
+/// reach for the given shape, and `dst` must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
+    // gemm computes dst := alpha * dst + beta * lhs @ rhs (alpha ignored unless read_dst).
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs as isize, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0,
+        scale, false, false, false, par,
+    );
+}
+
+/// c[m,n] = op(a)[m,k] @ op(b)[k,n] (+ c if accumulate). op(a)=a stored (m,k) if !ta,
+/// else a^T with a stored (k,m); same for b. Multi-threaded, deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    c: &mut [f32],
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    check_len("matmul", "c", c.len(), m * n);
+    check_len("matmul", "a", a.len(), m * k);
+    check_len("matmul", "b", b.len(), k * n);
+    if k == 0 {
+        if !accumulate {
+            c.fill(0.0);
+        }
+        return;
+    }
+    // a stored (m,k) -> row stride k; a^T stored (k,m) -> element (i,p) at p*m + i.
+    let am = Mat::row_major(a, if ta { m } else { k }, ta);
+    let bm = Mat::row_major(b, if tb { k } else { n }, tb);
+    // SAFETY: lengths checked above cover every index the strides reach; `c` is a
+    // unique borrow so it cannot overlap `a` or `b`.
+    unsafe { gemm_raw(c.as_mut_ptr(), n, am, bm, m, n, k, accumulate, 1.0, true) };
+}
+
+/// y (rows, out) = x (rows, in) @ w (in, out) + bias (out).
+pub fn linear_forward(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    check_len("linear_forward", "y", y.len(), rows * out_dim);
+    check_len("linear_forward", "x", x.len(), rows * in_dim);
+    check_len("linear_forward", "w", w.len(), in_dim * out_dim);
+    let accumulate = match bias {
+        Some(bias) => {
+            check_len("linear_forward", "bias", bias.len(), out_dim);
+            // Broadcast the bias first and let the GEMM accumulate onto it: one pass
+            // over y instead of a GEMM pass plus a bias pass.
+            y.par_chunks_mut(out_dim.max(1) * 64).for_each(|blk| {
+                for row in blk.chunks_mut(out_dim.max(1)) {
+                    row.copy_from_slice(bias);
+                }
+            });
+            true
+        }
+        None => false,
+    };
+    let xm = Mat::row_major(x, in_dim, false);
+    let wm = Mat::row_major(w, out_dim, false);
+    if in_dim == 0 {
+        if !accumulate {
+            y.fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: lengths checked above; y is a unique borrow.
+    unsafe { gemm_raw(y.as_mut_ptr(), out_dim, xm, wm, rows, out_dim, in_dim, accumulate, 1.0, true) };
+}
+
+/// dx += dy @ w^T ; dw += x^T @ dy ; dbias += column sums of dy. (dx None = not needed.)
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    check_len("linear_backward", "dw", dw.len(), in_dim * out_dim);
+    check_len("linear_backward", "dy", dy.len(), rows * out_dim);
+    check_len("linear_backward", "x", x.len(), rows * in_dim);
+    check_len("linear_backward", "w", w.len(), in_dim * out_dim);
+    if let Some(dx) = dx {
+        check_len("linear_backward", "dx", dx.len(), rows * in_dim);
+        // dx (rows, in) += dy (rows, out) @ w^T (out, in)
+        let dym = Mat::row_major(dy, out_dim, false);
+        let wt = Mat::row_major(w, out_dim, true);
+        // SAFETY: lengths checked; dx is a unique borrow.
+        unsafe { gemm_raw(dx.as_mut_ptr(), in_dim, dym, wt, rows, in_dim, out_dim, true, 1.0, true) };
+    }
+    // dw (in, out) += x^T (in, rows) @ dy (rows, out)
+    let xt = Mat::row_major(x, in_dim, true);
+    let dym = Mat::row_major(dy, out_dim, false);
+    // SAFETY: lengths checked; dw is a unique borrow.
+    unsafe { gemm_raw(dw.as_mut_ptr(), out_dim, xt, dym, in_dim, out_dim, rows, true, 1.0, true) };
+    if let Some(db) = dbias {
+        check_len("linear_backward", "dbias", db.len(), out_dim);
+        column_sums_add(db, dy, rows, out_dim);
+    }
+}
+
+/// Columns per task in [`column_sums_add`]: 64 floats = 4 cache lines per row visit.
+const COL_BLOCK: usize = 64;
+
+/// acc[c] += sum_r m[r, c], rows summed in order 0..rows for every column, so the
+/// result is independent of how column blocks are spread over threads.
+pub(crate) fn column_sums_add(acc: &mut [f32], m: &[f32], rows: usize, cols: usize) {
+    acc.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, out)| {
+        let c0 = blk * COL_BLOCK;
+        let width = out.len();
+        crate::simd::vectorized(|| {
+            let mut local = [0.0f32; COL_BLOCK];
+            for r in 0..rows {
+                let row = &m[r * cols + c0..r * cols + c0 + width];
+                for (l, &v) in local.iter_mut().zip(row) {
+                    *l += v;
+                }
+            }
+            for (o, l) in out.iter_mut().zip(local.iter()) {
+                *o += *l;
+            }
+        })
+    });
+}
