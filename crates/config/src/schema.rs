@@ -1,0 +1,248 @@
+//! The raw run configuration, one typed struct per TOML section, as written by the user.
+//!
+//! Every section is `#[serde(deny_unknown_fields, default)]`, so a file only names what it
+//! changes. `Default` for [`RunConfig`] equals the `shakespeare-char-cpu` preset (a run
+//! that trains in minutes on a laptop CPU), see [`crate::presets`].
+//!
+//! `Option` fields that are `None` are left out of the TOML: `None` means "derive it"
+//! (from the data, from `train.steps`, ...), and TOML has no null.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole run configuration as written (file + preset + `--set`), before derivation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub optim: OptimConfig,
+    pub data: DataConfig,
+    pub parallel: ParallelConfig,
+    pub checkpoint: CheckpointConfig,
+    pub log: LogConfig,
+}
+
+/// Model architecture family. Only GPT-2 (Radford et al. 2019) for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Gpt2,
+}
+
+/// `[model]`: the transformer's shape. Names follow GPT-2 / nanoGPT (`n_embd`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Context length T (tokens per sequence).
+    pub block_size: usize,
+    /// `None` = take it from the prepared data's `meta.json`
+    /// (see [`crate::ResolvedConfig::with_vocab_size`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    /// Biases in linear layers and layer norms (GPT-2: true; nanoGPT's small runs: false).
+    pub bias: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Gpt2,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+            vocab_size: None,
+            bias: false,
+        }
+    }
+}
+
+/// `[train]`: the loop and its batch arithmetic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps to run.
+    pub steps: u64,
+    /// Micro-batch per rank, in sequences.
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    pub grad_accum: usize,
+    /// If set, must equal `batch_size * grad_accum * parallel.dp` (a guard for the user's
+    /// intent when changing `dp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<usize>,
+    pub seed: u64,
+    /// Steps between evaluations; 0 = never.
+    pub eval_interval: u64,
+    /// Validation batches averaged per evaluation.
+    pub eval_batches: usize,
+    /// Steps between log lines.
+    pub log_interval: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch_size: 12,
+            grad_accum: 1,
+            global_batch: None,
+            seed: 1337,
+            eval_interval: 250,
+            eval_batches: 20,
+            log_interval: 10,
+        }
+    }
+}
+
+/// `[optim]`: AdamW (Loshchilov & Hutter 2019) with linear warmup and cosine decay to
+/// `min_lr` over `decay_steps` (nanoGPT's `get_lr`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    /// `None` = `train.steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_steps: Option<u64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub grad_clip: f64,
+    /// Also decay `wte`/`wpe`. Biases and norm gains are never decayed.
+    pub decay_embeddings: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            decay_steps: None,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            decay_embeddings: false,
+        }
+    }
+}
+
+/// Which tokenizer turns raw text into tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// GPT-2's byte-level BPE (50257 tokens).
+    Gpt2,
+    /// One token per distinct character of the corpus.
+    Char,
+}
+
+/// `[data]`: where the tokens come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Prepared data folder (token files + `meta.json`).
+    #[serde(serialize_with = "ser_path")]
+    pub dir: PathBuf,
+    /// Raw text files or folders to prepare into `dir` when `dir` has no `meta.json`.
+    #[serde(serialize_with = "ser_paths")]
+    pub inputs: Vec<PathBuf>,
+    pub tokenizer: TokenizerKind,
+    /// Fraction of the tokens held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/prepared/shakespeare-char"),
+            inputs: vec![PathBuf::from("data/shakespeare")],
+            tokenizer: TokenizerKind::Char,
+            val_fraction: 0.1,
+        }
+    }
+}
+
+/// Activation recomputation policy (Chen et al. 2016, "Training Deep Nets with Sublinear
+/// Memory Cost").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Keep every activation.
+    None,
+    /// Keep only each block's input; recompute the block during backward.
+    Full,
+}
+
+/// `[parallel]`: the layout. Degrees multiply to the world size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelConfig {
+    pub dp: usize,
+    pub tp: usize,
+    pub pp: usize,
+    /// ZeRO stage 0..=3 (Rajbhandari et al. 2020): 1 shards optimizer state, 2 also
+    /// gradients, 3 also parameters.
+    pub zero: u8,
+    pub recompute: Recompute,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self { dp: 1, tp: 1, pp: 1, zero: 0, recompute: Recompute::None }
+    }
+}
+
+/// `[checkpoint]`: when to save and how many to keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Steps between checkpoints; 0 = only at the end.
+    pub interval: u64,
+    /// Checkpoints kept on disk (older ones are deleted); at least 1.
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { interval: 500, keep_last: 3 }
+    }
+}
+
+/// `[log]`: what is printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub progress: bool,
+    /// Machine peak FLOP/s used for MFU; `None` = measure it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_flops: Option<f64>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { progress: true, peak_flops: None }
+    }
+}
+
+/// Paths are written lossily: every path that came in through TOML or `--set` is UTF-8
+/// already, so this only matters for configs built in code, and keeps `to_toml` infallible.
+fn ser_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+fn ser_paths<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ps.iter().map(|p| p.to_string_lossy()))
+}

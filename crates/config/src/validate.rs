@@ -1,0 +1,133 @@
+//! Semantic checks on a well-typed [`RunConfig`]: sizes, ranges and cross-key rules.
+//! Each failure names the dotted key it is about.
+
+use crate::{ConfigError, RunConfig};
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidValue { key: key.to_string(), reason: reason.into() }
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be at least 1, found 0"));
+    }
+    Ok(())
+}
+
+/// `lo <= v` (or `lo < v`) and `v < hi` (or `<=`), with NaN rejected; the reason shows the
+/// interval in math notation.
+fn in_range(key: &str, v: f64, lo: f64, lo_open: bool, hi: f64, hi_open: bool) -> Result<(), ConfigError> {
+    let above = if lo_open { v > lo } else { v >= lo };
+    let below = if hi_open { v < hi } else { v <= hi };
+    if above && below {
+        return Ok(());
+    }
+    let (l, r) = (if lo_open { "(" } else { "[" }, if hi_open { ")" } else { "]" });
+    Err(invalid(key, format!("must be in {l}{lo}, {hi}{r}, found {v}")))
+}
+
+/// Checks everything that does not depend on the data. Returns the first problem.
+pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
+    let m = &c.model;
+    for (key, v) in [
+        ("model.n_layer", m.n_layer),
+        ("model.n_head", m.n_head),
+        ("model.n_embd", m.n_embd),
+        ("model.block_size", m.block_size),
+    ] {
+        positive(key, v as u64)?;
+    }
+    if let Some(v) = m.vocab_size {
+        positive("model.vocab_size", v as u64)?;
+    }
+    // Multi-head attention splits the width into n_head heads of n_embd / n_head dims
+    // (Vaswani et al. 2017, sec. 3.2.2).
+    if m.n_embd % m.n_head != 0 {
+        return Err(invalid(
+            "model.n_embd",
+            format!("must be divisible by model.n_head ({} % {} = {})", m.n_embd, m.n_head, m.n_embd % m.n_head),
+        ));
+    }
+
+    let t = &c.train;
+    positive("train.steps", t.steps)?;
+    positive("train.batch_size", t.batch_size as u64)?;
+    positive("train.grad_accum", t.grad_accum as u64)?;
+    positive("train.log_interval", t.log_interval)?;
+    if t.eval_interval > 0 && t.eval_batches == 0 {
+        return Err(invalid("train.eval_batches", "must be at least 1 when train.eval_interval > 0 (0 = never evaluate)"));
+    }
+
+    let p = &c.parallel;
+    positive("parallel.dp", p.dp as u64)?;
+    positive("parallel.tp", p.tp as u64)?;
+    positive("parallel.pp", p.pp as u64)?;
+    if p.tp != 1 {
+        return Err(invalid("parallel.tp", format!("tensor parallelism (tp = {}) is not supported yet; use 1", p.tp)));
+    }
+    if p.pp != 1 {
+        return Err(invalid("parallel.pp", format!("pipeline parallelism (pp = {}) is not supported yet; use 1", p.pp)));
+    }
+    if p.zero > 3 {
+        return Err(invalid("parallel.zero", format!("must be a ZeRO stage 0, 1, 2 or 3, found {}", p.zero)));
+    }
+    if p.dp.checked_mul(p.tp).and_then(|x| x.checked_mul(p.pp)).is_none() {
+        return Err(invalid("parallel.dp", "dp x tp x pp overflows"));
+    }
+    let product = t.batch_size.checked_mul(t.grad_accum).and_then(|x| x.checked_mul(p.dp));
+    match (t.global_batch, product) {
+        (Some(g), Some(prod)) if g == prod => {}
+        (Some(g), _) => {
+            return Err(ConfigError::BatchMismatch {
+                global_batch: g,
+                batch_size: t.batch_size,
+                grad_accum: t.grad_accum,
+                dp: p.dp,
+            })
+        }
+        (None, Some(prod)) => {
+            if prod.checked_mul(m.block_size).is_none() {
+                return Err(invalid("train.batch_size", "batch_size x grad_accum x dp x block_size overflows"));
+            }
+        }
+        (None, None) => return Err(invalid("train.batch_size", "batch_size x grad_accum x dp overflows")),
+    }
+
+    let o = &c.optim;
+    in_range("optim.min_lr", o.min_lr, 0.0, false, f64::MAX, false)?;
+    if !(o.lr.is_finite() && o.lr >= o.min_lr) {
+        return Err(invalid("optim.lr", format!("must be finite and >= optim.min_lr ({}), found {}", o.min_lr, o.lr)));
+    }
+    let decay_steps = o.decay_steps.unwrap_or(t.steps);
+    positive("optim.decay_steps", decay_steps)?;
+    // nanoGPT's schedule warms up linearly, then decays by cosine from warmup to
+    // decay_steps; a warmup longer than the decay leaves no decay phase.
+    if o.warmup_steps > decay_steps {
+        return Err(invalid(
+            "optim.warmup_steps",
+            format!("must be <= optim.decay_steps ({decay_steps}; defaults to train.steps), found {}", o.warmup_steps),
+        ));
+    }
+    in_range("optim.beta1", o.beta1, 0.0, false, 1.0, true)?;
+    in_range("optim.beta2", o.beta2, 0.0, false, 1.0, true)?;
+    in_range("optim.eps", o.eps, 0.0, true, f64::MAX, false)?;
+    in_range("optim.weight_decay", o.weight_decay, 0.0, false, f64::MAX, false)?;
+    in_range("optim.grad_clip", o.grad_clip, 0.0, false, f64::MAX, false)?;
+
+    let d = &c.data;
+    if d.dir.as_os_str().is_empty() {
+        return Err(invalid("data.dir", "must not be empty"));
+    }
+    if let Some(i) = d.inputs.iter().position(|p| p.as_os_str().is_empty()) {
+        return Err(invalid(&format!("data.inputs[{i}]"), "must not be empty"));
+    }
+    in_range("data.val_fraction", d.val_fraction, 0.0, true, 1.0, true)?;
+
+    if c.checkpoint.keep_last == 0 {
+        return Err(invalid("checkpoint.keep_last", "must be at least 1, found 0"));
+    }
+    if let Some(f) = c.log.peak_flops {
+        in_range("log.peak_flops", f, 0.0, true, f64::MAX, false)?;
+    }
+    Ok(())
+}
