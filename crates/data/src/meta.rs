@@ -1,0 +1,149 @@
+//! `meta.json`: what a prepared dataset folder holds and how it was made.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DataError;
+
+/// File name of the metadata written last by [`crate::prepare`].
+pub const META_FILE: &str = "meta.json";
+/// File name of the training token stream.
+pub const TRAIN_FILE: &str = "train.bin";
+/// File name of the validation token stream.
+pub const VAL_FILE: &str = "val.bin";
+
+/// Which tokenizer turns text into token ids (mirrors the config crate's enum;
+/// `data` sits below `config` in the crate graph, so it keeps its own copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// GPT-2's byte-level BPE (tiktoken's `r50k_base`, 50257 tokens).
+    Gpt2,
+    /// One token per Unicode scalar value; the vocabulary is the corpus's sorted char set.
+    Char,
+}
+
+impl TokenizerKind {
+    /// The name used on the command line and in `meta.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenizerKind::Gpt2 => "gpt2",
+            TokenizerKind::Char => "char",
+        }
+    }
+}
+
+impl fmt::Display for TokenizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TokenizerKind {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        match s {
+            "gpt2" => Ok(TokenizerKind::Gpt2),
+            "char" => Ok(TokenizerKind::Char),
+            other => Err(DataError::UnknownTokenizer { name: other.to_string() }),
+        }
+    }
+}
+
+/// Width of one token on disk (little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenDtype {
+    U16,
+    U32,
+}
+
+impl TokenDtype {
+    /// The narrowest width that holds every id of a `vocab_size` vocabulary:
+    /// ids are `0..vocab_size`, so u16 suffices up to 65536 entries.
+    pub fn for_vocab(vocab_size: usize) -> Self {
+        if vocab_size <= 1 << 16 {
+            TokenDtype::U16
+        } else {
+            TokenDtype::U32
+        }
+    }
+
+    /// Bytes per token on disk.
+    pub fn size(self) -> usize {
+        match self {
+            TokenDtype::U16 => 2,
+            TokenDtype::U32 => 4,
+        }
+    }
+}
+
+/// One input file as read by `prepare`, recorded so a dataset can be traced back
+/// to (and checked against) its exact source text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// The path as found (an explicit input, or a folder input joined with the relative path).
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Contents of `meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub tokenizer: TokenizerKind,
+    pub vocab_size: usize,
+    pub dtype: TokenDtype,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+    pub val_fraction: f64,
+    /// The char vocabulary in id order (token id = index in this string's chars);
+    /// `None` for GPT-2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chars: Option<String>,
+    /// Every input file, in the order their tokens appear in the splits.
+    pub inputs: Vec<InputFile>,
+}
+
+impl Meta {
+    /// Reads and parses `path` (a `meta.json`).
+    pub fn read(path: &Path) -> Result<Meta, DataError> {
+        let text = std::fs::read_to_string(path).map_err(DataError::io(path))?;
+        let meta: Meta = serde_json::from_str(&text).map_err(|e| DataError::BadMeta {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            reason: e.to_string(),
+        })?;
+        meta.check(path)?;
+        Ok(meta)
+    }
+
+    /// Consistency checks that serde cannot express.
+    fn check(&self, path: &Path) -> Result<(), DataError> {
+        let bad = |reason: String| DataError::BadMeta { path: path.to_path_buf(), line: 0, column: 0, reason };
+        if self.dtype != TokenDtype::for_vocab(self.vocab_size) && self.dtype == TokenDtype::U16 {
+            return Err(bad(format!("dtype u16 cannot hold vocab_size {}", self.vocab_size)));
+        }
+        if self.tokenizer == TokenizerKind::Char {
+            let found = self.chars.as_deref().map_or(0, |c| c.chars().count());
+            if found != self.vocab_size {
+                return Err(DataError::BadCharVocab { path: path.to_path_buf(), found, vocab_size: self.vocab_size });
+            }
+        }
+        Ok(())
+    }
+
+    /// Serializes to pretty JSON (the form written to disk).
+    pub fn to_json(&self) -> String {
+        // Meta holds only strings, numbers and enums: serialization cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+}
