@@ -1,0 +1,233 @@
+//! Time per training step: compute, tensor/pipeline/data-parallel communication,
+//! pipeline bubble and optimizer step.
+//!
+//! Every constant below is physical and global (no per-run fitting); the values and
+//! their sources are listed in docs/planner.md.
+
+use crate::hardware::{Dtype, Machine};
+use crate::layout::{Layout, Recompute};
+use crate::memory::{block_activation_bytes, layers_per_stage};
+use crate::models::{Mlp, ModelSpec};
+use serde::Serialize;
+
+/// The calibration constants of the time model.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Calibration {
+    /// GEMM inner-dimension overhead `k0`: a GEMM with inner size K runs at
+    /// `K / (K + k0)` of the large-GEMM rate (per-tile prologue/epilogue and
+    /// pipeline fill of the tensor-core main loop).
+    pub gemm_k0: f64,
+    /// Output tile of the BLAS (rows/cols are padded to it: tile quantization).
+    pub gemm_tile: f64,
+    /// Attention-core efficiency relative to large GEMMs: unfused (batched small GEMMs
+    /// with head-dim inner size, handled by the GEMM model) / fused flash kernels.
+    pub flash_rel: f64,
+    /// Passes over the stored activations made by memory-bound element-wise kernels
+    /// (norms, GELU, dropout, residual, softmax) in forward + backward.
+    pub elementwise_passes: f64,
+    /// Achieved fraction of HBM bandwidth for streaming kernels.
+    pub mem_eff: f64,
+    /// Achieved fraction of link bandwidth for NCCL collectives (bus bandwidth).
+    pub nvlink_eff: f64,
+    pub net_eff: f64,
+    /// Fraction of data-parallel communication hidden behind backward compute.
+    pub dp_overlap: f64,
+    /// Fixed per-iteration overhead (data loading, logging, launch gaps), seconds.
+    pub step_overhead: f64,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            gemm_k0: 128.0,
+            gemm_tile: 128.0,
+            flash_rel: 0.70,
+            elementwise_passes: 3.0,
+            mem_eff: 0.80,
+            nvlink_eff: 0.75,
+            net_eff: 0.80,
+            dp_overlap: 0.80,
+            step_overhead: 0.0,
+        }
+    }
+}
+
+/// Where the time of one step goes (seconds).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StepTime {
+    /// Forward + backward (+ recompute) compute of all micro-batches, slowest stage.
+    pub compute: f64,
+    /// Of which recomputation.
+    pub recompute: f64,
+    /// Tensor-parallel collectives (not overlapped).
+    pub tp_comm: f64,
+    /// Pipeline point-to-point sends on the critical path.
+    pub pp_comm: f64,
+    /// Idle time of the pipeline fill/drain: `(p-1)/v` micro-batch slots.
+    pub bubble: f64,
+    /// Data-parallel / ZeRO collectives left exposed after overlap.
+    pub dp_comm: f64,
+    /// Memory-bound optimizer update.
+    pub optimizer: f64,
+    pub overhead: f64,
+    pub total: f64,
+}
+
+/// Time of one GEMM of `2 M N K` FLOPs (roofline with shape-dependent efficiency).
+pub fn gemm_time(mm: &Machine, cal: &Calibration, m: f64, n: f64, k: f64, dtype: Dtype) -> f64 {
+    let quant = |x: f64| x / ((x / cal.gemm_tile).ceil() * cal.gemm_tile);
+    let eff = mm.gpu.gemm_eff * k / (k + cal.gemm_k0) * quant(m) * quant(n);
+    let compute = 2.0 * m * n * k / (mm.gpu.peak(dtype) * eff);
+    let bytes = 2.0 * (m * k + k * n + m * n);
+    compute.max(bytes / (mm.gpu.mem_bw * cal.mem_eff))
+}
+
+/// Forward, backward, the two directions of a linear layer: `y (M x N) = x (M x K) W`.
+/// Backward = dX (M x K, inner N) + dW (K x N, inner M).
+fn linear_times(mm: &Machine, cal: &Calibration, m: f64, k: f64, n: f64, dtype: Dtype) -> (f64, f64) {
+    let f = gemm_time(mm, cal, m, n, k, dtype);
+    let b = gemm_time(mm, cal, m, k, n, dtype) + gemm_time(mm, cal, k, n, m, dtype);
+    (f, b)
+}
+
+/// Per-block times for one micro-batch: (forward, backward, attention-core forward).
+fn block_times(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, s: f64, act_scale: f64) -> (f64, f64, f64) {
+    let t = l.tp as f64;
+    let rows = l.mb as f64 * s;
+    let h = m.hidden as f64;
+    let f = m.ffn as f64;
+    let lin_dtype = if l.fp8 { Dtype::Fp8 } else if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 };
+    let up = match m.mlp {
+        Mlp::Gelu => f,
+        Mlp::SwiGlu => 2.0 * f,
+    };
+    let mut fwd = 0.0;
+    let mut bwd = 0.0;
+    for (k, n) in [(h, (h + 2.0 * m.kv_width()) / t), (h / t, h), (h, up / t), (f / t, h)] {
+        let (a, b) = linear_times(mm, cal, rows, k, n, lin_dtype);
+        fwd += a;
+        bwd += b;
+    }
+    // Attention core: 4 b s^2 h / t FLOPs forward.
+    let heads = (m.heads as f64 / t).max(1.0);
+    let d = m.head_dim();
+    let batch = l.mb as f64 * heads;
+    let attn_dtype = if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 };
+    let attn_fwd = if l.flash {
+        4.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel)
+    } else {
+        batch * (gemm_time(mm, cal, s, s, d, attn_dtype) + gemm_time(mm, cal, s, d, s, attn_dtype))
+    };
+    // Flash backward recomputes the scores inside the kernel: 2.5x forward (Dao 2023).
+    let attn_bwd = attn_fwd * if l.flash { 2.5 } else { 2.0 };
+    // Memory-bound element-wise work scales with what the block stores (no recompute).
+    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::None, l.sp, l.flash) * act_scale;
+    let elem = cal.elementwise_passes * act / (mm.gpu.mem_bw * cal.mem_eff);
+    let scores = if l.flash { 0.0 } else { cal.elementwise_passes * 5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale / (mm.gpu.mem_bw * cal.mem_eff) };
+    // One third of element-wise traffic in forward, two thirds in backward.
+    (fwd + attn_fwd + elem / 3.0, bwd + attn_bwd + 2.0 * elem / 3.0, attn_fwd + scores / 3.0)
+}
+
+/// Ring all-reduce of `bytes` over `n` ranks: `2 (n-1)/n bytes / bw + 2 (n-1) alpha`;
+/// double binary tree: `2 bytes / bw + 2 log2(n) alpha` (NCCL's two algorithms; the
+/// faster is used). `bw` is the per-rank one-direction bus bandwidth.
+pub fn allreduce_time(bytes: f64, n: u64, bw: f64, alpha: f64) -> f64 {
+    if n <= 1 {
+        return 0.0;
+    }
+    let nf = n as f64;
+    let ring = 2.0 * (nf - 1.0) / nf * bytes / bw + 2.0 * (nf - 1.0) * alpha;
+    let tree = 2.0 * bytes / bw + 2.0 * nf.log2().ceil() * alpha;
+    ring.min(tree)
+}
+
+/// Ring reduce-scatter or all-gather: half an all-reduce.
+pub fn gather_time(bytes: f64, n: u64, bw: f64, alpha: f64) -> f64 {
+    if n <= 1 {
+        return 0.0;
+    }
+    let nf = n as f64;
+    (nf - 1.0) / nf * bytes / bw + (nf - 1.0) * alpha
+}
+
+/// Step time of `layout` for `global_batch` sequences of length `s`.
+pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, global_batch: u64, s: f64, act_scale: f64) -> StepTime {
+    let t = l.tp as f64;
+    let p = l.pp;
+    let micro = l.micro_batches(global_batch).max(1) as f64;
+    let lps = layers_per_stage(m, p);
+    let h = m.hidden as f64;
+    let (bf, bb, battn) = block_times(m, mm, cal, l, s, act_scale);
+    let rec_per_block = match l.recompute {
+        Recompute::None => 0.0,
+        Recompute::Selective => if l.flash { 0.0 } else { battn },
+        Recompute::Full => bf,
+    };
+
+    // TP: 2 all-reduces of (b, s, h) per block forward, 2 backward, 2 more in a full
+    // recompute (Megatron-LM 2019 §3); with SP each becomes reduce-scatter +
+    // all-gather, the same traffic. Inside a node when t <= GPUs per node.
+    let (tp_bw, tp_alpha) = if l.tp <= mm.gpus_per_node {
+        (mm.intra_bw * cal.nvlink_eff, mm.intra_latency)
+    } else {
+        (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency)
+    };
+    let act_bytes = 2.0 * act_scale * l.mb as f64 * s * h;
+    let ar = allreduce_time(act_bytes, l.tp, tp_bw, tp_alpha);
+    let n_ar = 4.0 + if l.recompute == Recompute::Full { 2.0 } else { 0.0 };
+    let tp_block = n_ar * ar;
+
+    // Logits + loss on the last stage (vocab-parallel): 2 b s h V / t forward.
+    let (lf, lb) = linear_times(mm, cal, l.mb as f64 * s, h, m.vocab as f64 / t, if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 });
+    let head = lf + lb;
+    let stage_compute = lps * (bf + bb + rec_per_block);
+    let per_micro = stage_compute + lps * tp_block + if p == 1 { head } else { 0.0 };
+    // The last stage carries the head: the pipeline runs at the slowest stage.
+    let per_micro = if p > 1 { per_micro + head } else { per_micro };
+
+    // PP: a (b, s, h) activation forward and its gradient backward per micro-batch
+    // per chunk boundary; scatter/gather splits it over the TP group (2021 §4.1).
+    let v = if p > 1 { l.interleave.max(1) as f64 } else { 1.0 };
+    let pp_cross_node = l.tp * p > mm.gpus_per_node;
+    let pp_bw = if pp_cross_node { mm.net_bw_per_gpu() * cal.net_eff } else { mm.intra_bw * cal.nvlink_eff };
+    let pp_alpha = if pp_cross_node { mm.net_latency } else { mm.intra_latency };
+    let p2p = if p > 1 { act_bytes / t / pp_bw + pp_alpha } else { 0.0 };
+    let pp_comm = if p > 1 { 2.0 * v * (p as f64 - 1.0 + micro) * p2p / p as f64 } else { 0.0 };
+
+    let busy = micro * per_micro;
+    let bubble = (p as f64 - 1.0) / v * per_micro;
+
+    // DP / ZeRO over the dp axis. Parameters of this GPU's stage:
+    let vh = m.vocab as f64 * h;
+    let psi = (lps * m.block_params() + if p == 1 { m.embedding_params() + m.head_params() } else { vh }) / t;
+    let dp_in_node = l.tp * l.dp <= mm.gpus_per_node;
+    let (dp_bw, dp_alpha) = if dp_in_node { (mm.intra_bw * cal.nvlink_eff, mm.intra_latency) } else { (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency) };
+    let grad_bytes = 2.0 * act_scale * psi;
+    let (dp_total, overlappable) = match l.zero {
+        // Gradient all-reduce (ZeRO-1/2: reduce-scatter + all-gather, same bytes);
+        // it overlaps only with the backward of the last micro-batch.
+        0..=2 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), lps * bb),
+        // ZeRO-3 / FSDP: all-gather in forward and in backward, reduce-scatter of
+        // gradients, every micro-batch: 3 psi per micro-batch; overlaps with all compute.
+        _ => (micro * 3.0 * gather_time(grad_bytes, l.dp, dp_bw, dp_alpha), busy),
+    };
+    let dp_comm = (dp_total - cal.dp_overlap * overlappable).max(0.0);
+
+    // Optimizer: read grad (4), master/m/v read+write (24), write bf16 weights (2).
+    let shard = if l.zero >= 1 { psi / l.dp as f64 } else { psi };
+    let optimizer = 30.0 * shard / (mm.gpu.mem_bw * cal.mem_eff);
+
+    let compute = micro * (stage_compute + head);
+    let total = busy + bubble + pp_comm + dp_comm + optimizer + cal.step_overhead;
+    StepTime {
+        compute,
+        recompute: micro * lps * rec_per_block,
+        tp_comm: micro * lps * tp_block,
+        pp_comm,
+        bubble,
+        dp_comm,
+        optimizer,
+        overhead: cal.step_overhead,
+        total,
+    }
+}

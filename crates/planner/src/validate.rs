@@ -1,0 +1,290 @@
+//! Validation against published training runs (`data/published_runs.csv` format).
+//!
+//! Each row is turned into a job on a machine and a layout constraint: what the
+//! source states is fixed, what it does not is searched (the planner's own choice,
+//! as the authors tuned theirs). The prediction is made on the row's own FLOP
+//! convention: MFU (model FLOPs), Megatron's recompute-inclusive count, PaLM's
+//! count, or job tokens/s.
+
+use crate::error::PlanError;
+use crate::estimate::{Estimate, Job};
+use crate::flops::{iteration_flops, FlopConvention};
+use crate::hardware::{self, Dtype, Machine};
+use crate::layout::{LayoutSpec, Recompute};
+use crate::models::{catalog, ModelSpec};
+use crate::search::search;
+use crate::time::Calibration;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// One row's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowResult {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// Summary over the rows used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rows: usize,
+    pub used: usize,
+    pub median_abs_error_pct: f64,
+    pub p90_abs_error_pct: f64,
+}
+
+/// A row by column name.
+struct Row<'a> {
+    cols: &'a HashMap<String, usize>,
+    cells: &'a [String],
+}
+
+impl Row<'_> {
+    fn get(&self, key: &str) -> &str {
+        self.cols.get(key).and_then(|&i| self.cells.get(i)).map(|s| s.trim()).unwrap_or("")
+    }
+    fn num(&self, key: &str) -> Option<f64> {
+        self.get(key).parse::<f64>().ok()
+    }
+    fn int(&self, key: &str) -> Option<u64> {
+        self.num(key).filter(|x| *x >= 1.0 && x.fract() == 0.0).map(|x| x as u64)
+    }
+}
+
+const REQUIRED: [&str; 12] = ["id", "model_name", "layers", "hidden", "heads", "seq_len", "gpu", "num_gpus", "tflops_per_gpu", "mfu_or_hfu_pct", "which_metric", "global_batch"];
+
+/// Validate every row of CSV `text` (named `file` in errors).
+pub fn validate(text: &str, file: &str, cal: &Calibration) -> Result<(Vec<RowResult>, Summary), PlanError> {
+    let records = crate::csv::parse(text, file)?;
+    let header = records.first().ok_or_else(|| PlanError::Csv { file: file.to_string(), line: 1, reason: "empty file".to_string() })?;
+    let cols: HashMap<String, usize> = header.iter().enumerate().map(|(i, c)| (c.trim().to_string(), i)).collect();
+    for c in REQUIRED {
+        if !cols.contains_key(c) {
+            return Err(PlanError::MissingColumn { file: file.to_string(), column: c.to_string() });
+        }
+    }
+    let mut out = Vec::new();
+    for cells in &records[1..] {
+        let row = Row { cols: &cols, cells };
+        let id = row.get("id").to_string();
+        out.push(match predict_row(&row, cal) {
+            Ok(r) => RowResult { id, ..r },
+            Err(reason) => RowResult { id, metric: None, predicted: None, published: None, error_pct: None, layout: None, skipped: Some(reason) },
+        });
+    }
+    let mut errs: Vec<f64> = out.iter().filter_map(|r| r.error_pct.map(f64::abs)).collect();
+    errs.sort_by(f64::total_cmp);
+    let summary = Summary { rows: out.len(), used: errs.len(), median_abs_error_pct: percentile(&errs, 0.5), p90_abs_error_pct: percentile(&errs, 0.9) };
+    Ok((out, summary))
+}
+
+/// Percentile of sorted values, linear interpolation between closest ranks.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        1 => sorted[0],
+        n => {
+            let pos = q * (n - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = (lo + 1).min(n - 1);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        }
+    }
+}
+
+/// The row's GPU, or why it has none in the catalog.
+fn row_gpu(text: &str) -> Result<(&'static str, u64, f64), String> {
+    let t = text.to_ascii_uppercase();
+    // (catalog name, default GPUs per node, default network per node in Gb/s)
+    let pick = if t.contains("TPU") {
+        return Err(format!("not a GPU: `{text}`"));
+    } else if t.contains("H100") && t.contains("96GB") && t.contains("500W") {
+        ("h100-96gb-500w", 8, 3200.0)
+    } else if t.contains("H100") {
+        ("h100-sxm", 8, 3200.0)
+    } else if t.contains("H200") {
+        ("h200", 8, 3200.0)
+    } else if t.contains("B200") {
+        ("b200", 8, 3200.0)
+    } else if t.contains("A100") && t.contains("40GB") {
+        ("a100-40gb", 8, 1600.0)
+    } else if t.contains("A100") {
+        ("a100-80gb", 8, 1600.0)
+    } else if t.contains("V100") && t.contains("DGX-2") {
+        ("v100-dgx2h", 16, 800.0)
+    } else if t.contains("V100") && t.contains("16GB") {
+        ("v100-16gb", 8, 400.0)
+    } else if t.contains("V100") {
+        ("v100-32gb", 8, 400.0)
+    } else {
+        return Err(format!("GPU `{text}` not in the catalog"));
+    };
+    Ok(pick)
+}
+
+/// The model: architecture by shape match in the catalog (Llama: GQA + SwiGLU,
+/// BLOOM: ALiBi), else GPT style; vocab and sequence from the row.
+fn row_model(row: &Row) -> Result<ModelSpec, String> {
+    let (l, h, a, s) = match (row.int("layers"), row.int("hidden"), row.int("heads"), row.int("seq_len")) {
+        (Some(l), Some(h), Some(a), Some(s)) => (l, h, a, s),
+        _ => return Err("model shape (layers, hidden, heads, seq_len) not published".to_string()),
+    };
+    // Unstated vocab: Megatron/DeepSpeed pad GPT-2's 50257 to 51200 (assumption).
+    let v = row.int("vocab").unwrap_or(51200);
+    let name = row.get("model_name");
+    let base = catalog().into_iter().find(|m| m.layers == l && m.hidden == h && m.heads == a);
+    Ok(match base {
+        Some(m) => ModelSpec { name: name.to_string(), vocab: v, seq: s, ..m },
+        None => ModelSpec::gpt(name, l, h, a, v, s, "validation row"),
+    })
+}
+
+fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
+    let (gpu_name, default_gpn, default_net) = row_gpu(row.get("gpu"))?;
+    let model = row_model(row)?;
+    let n = row.int("num_gpus").ok_or("num_gpus missing")?;
+    let which = row.get("which_metric");
+    let tflops = row.num("tflops_per_gpu");
+    let pct = row.num("mfu_or_hfu_pct");
+    let tokens = row.num("tokens_per_s");
+    // Which figure to predict, on which FLOP convention.
+    let (metric, published, conv) = if which.contains("TPS") {
+        ("tokens_per_s", tokens.ok_or("tokens_per_s missing")?, FlopConvention::Model)
+    } else if let (true, Some(p)) = (which.starts_with("MFU"), pct) {
+        let conv = if which.contains("PaLM") { FlopConvention::Palm } else { FlopConvention::Model };
+        (if conv == FlopConvention::Palm { "mfu_pct_palm" } else { "mfu_pct" }, p, conv)
+    } else if let Some(x) = tflops {
+        if which.contains("not stated") {
+            ("tflops_per_gpu_model", x, FlopConvention::Model)
+        } else {
+            ("tflops_per_gpu_with_recompute", x, FlopConvention::WithRecompute)
+        }
+    } else {
+        return Err("no measured figure".to_string());
+    };
+    let batch = row.int("global_batch").ok_or("global batch not published")?;
+
+    // Degrees: what is given, the rest derived from the GPU count.
+    let (tp, pp, dp) = (row.int("tp"), row.int("pp"), row.int("dp"));
+    let known: u64 = [tp, pp, dp].iter().flatten().product();
+    let missing = [tp, pp, dp].iter().filter(|x| x.is_none()).count();
+    let fill = |x: Option<u64>| -> Result<u64, String> {
+        Ok(match x {
+            Some(v) => v,
+            None if known == n => 1,
+            None if missing == 1 && n % known == 0 => n / known,
+            None => return Err("parallel layout not published".to_string()),
+        })
+    };
+    if missing == 3 {
+        return Err("parallel layout not published".to_string());
+    }
+    let (tp, pp, dp) = (fill(tp)?, fill(pp)?, fill(dp)?);
+    if tp * pp * dp != n {
+        return Err(format!("tp x pp x dp = {} != num_gpus {n}", tp * pp * dp));
+    }
+
+    let source = row.get("source");
+    let year = source
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse::<u32>().ok())
+        .find(|y| (2017..=2030).contains(y))
+        .unwrap_or(2024);
+    let zero_text = row.get("zero_stage").to_ascii_uppercase();
+    let zero = if zero_text.contains("FSDP") {
+        3
+    } else {
+        zero_text.chars().next().and_then(|c| c.to_digit(10)).map(|d| d.min(3) as u8).unwrap_or(0)
+    };
+    let rc = row.get("recompute").to_ascii_lowercase();
+    let recompute = if rc.contains("selective") {
+        Some(Recompute::Selective)
+    } else if rc.contains("full") || rc.contains("remat") || rc.contains("checkpointing") {
+        Some(Recompute::Full)
+    } else if rc == "no" || rc == "none" {
+        Some(Recompute::None)
+    } else {
+        None
+    };
+    let sp = if rc.contains("no sequence parallel") {
+        false
+    } else if rc.contains("sequence parallel") {
+        true
+    } else {
+        year >= 2023 && tp > 1
+    };
+    let il = row.get("interleave").to_ascii_lowercase();
+    let interleave = if il.starts_with("no") || il.starts_with("n/a") || pp == 1 {
+        Some(1)
+    } else {
+        il.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse::<u64>().ok()).find(|&v| v >= 2 && v <= 16)
+    };
+    let notes = row.get("notes");
+    let spec = LayoutSpec {
+        tp: Some(tp),
+        pp: Some(pp),
+        dp: Some(dp),
+        zero: Some(zero),
+        mb: row.int("micro_batch"),
+        recompute,
+        interleave,
+        sp: Some(sp),
+        // FlashAttention (Dao et al. 2022) became the default in Megatron-Core and
+        // PyTorch SDPA in 2023; earlier sources used unfused attention.
+        flash: Some(year >= 2023),
+        fp8: Some(notes.contains("Float8") || notes.contains("FP8")),
+    };
+
+    let gpu = hardware::gpu(gpu_name).map_err(|e| e.to_string())?.clone();
+    let intra = hardware::link(gpu.link).map_err(|e| e.to_string())?;
+    let gpn = row.int("gpus_per_node").unwrap_or(default_gpn);
+    let machine = Machine {
+        intra_bw: row.num("intra_node_bw_GBps").map(|x| x * 1e9 / 2.0).unwrap_or(intra.bw_per_dir),
+        intra_latency: intra.latency,
+        node_net_bw: row.num("inter_node_bw_Gbps_per_node").unwrap_or(default_net) * 1e9 / 8.0,
+        net_latency: 8e-6,
+        gpus_per_node: gpn,
+        gpu,
+    };
+    let seq = model.seq;
+    let mut job = Job { model, machine, gpus: n, global_batch: batch, seq, tokens: 0.0 };
+    let mut note = "";
+    let best: Estimate = match search(&job, &spec, cal, 0) {
+        Ok(r) => r.best,
+        Err(PlanError::NothingFits { .. }) => {
+            // Our memory model says it does not fit; predict the fastest anyway.
+            job.machine.gpu.mem_bytes = f64::INFINITY;
+            note = " (predicted not to fit)";
+            search(&job, &spec, cal, 0).map_err(|e| e.to_string())?.best
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let step = best.step.total;
+    let flops = iteration_flops(&job.model, batch as f64, seq as f64, conv);
+    let per_gpu = flops / step / n as f64;
+    let predicted = match metric {
+        "tokens_per_s" => best.tokens_per_s,
+        "mfu_pct" | "mfu_pct_palm" => 100.0 * per_gpu / job.machine.gpu.peak(Dtype::Bf16),
+        _ => per_gpu / 1e12,
+    };
+    Ok(RowResult {
+        id: String::new(),
+        metric: Some(metric.to_string()),
+        predicted: Some(predicted),
+        published: Some(published),
+        error_pct: Some(100.0 * (predicted - published) / published),
+        layout: Some(format!("{}{note}", best.layout_text)),
+        skipped: None,
+    })
+}
