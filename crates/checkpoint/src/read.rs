@@ -1,0 +1,313 @@
+//! Loading: resolve which folder to load, verify every shard, then serve any flat range
+//! of any tensor by intersecting it with the saved pieces.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::dirs::{complete_steps, parse_step_dir, CHECKPOINTS_DIR, LATEST_FILE, TMP_PREFIX};
+use crate::error::{io_at, CheckpointError};
+use crate::manifest::{numel, FileRecord, Manifest, MANIFEST_FILE};
+use crate::write::hex;
+
+/// A committed, verified checkpoint open for reading. Reads use positioned I/O on
+/// shared handles, so one `Checkpoint` can serve many rank threads at once.
+#[derive(Debug)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    manifest: Manifest,
+    handles: Vec<File>,
+    /// Tensor name -> (global shape, its pieces sorted by start).
+    index: HashMap<String, (Vec<usize>, Vec<Located>)>,
+}
+
+/// A piece and where its bytes are.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    start: usize,
+    end: usize,
+    file: usize,
+    /// Byte offset of element `start` in the file.
+    offset: u64,
+}
+
+/// Opens a checkpoint. `path` is either a run dir (follows `checkpoints/latest`; if
+/// `latest` is missing or names a missing folder, falls back to the newest complete
+/// `step-*` folder), a `checkpoints/` folder, or one checkpoint folder. Verifies every
+/// shard's size and SHA-256 against the manifest and its safetensors header against
+/// the pieces. Temporary `.tmp-*` folders are never loaded.
+pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let dir = resolve(path)?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let bytes = fs::read(&manifest_path).map_err(io_at(&manifest_path))?;
+    let manifest = Manifest::parse(&bytes, &manifest_path)?;
+
+    let mut handles = Vec::with_capacity(manifest.files.len());
+    let mut index: HashMap<String, (Vec<usize>, Vec<Located>)> = HashMap::new();
+    for (file_idx, record) in manifest.files.iter().enumerate() {
+        let path = dir.join(&record.file);
+        let handle = verify(&path, record)?;
+        let data_start = check_header(&handle, &path, record)?;
+        for piece in &record.pieces {
+            let entry = index
+                .entry(piece.name.clone())
+                .or_insert_with(|| (piece.global_shape.clone(), Vec::new()));
+            entry.1.push(Located {
+                start: piece.start,
+                end: piece.end,
+                file: file_idx,
+                offset: data_start[&piece.key],
+            });
+        }
+        handles.push(handle);
+    }
+    for (_, pieces) in index.values_mut() {
+        pieces.sort_by_key(|p| p.start);
+    }
+    Ok(Checkpoint {
+        dir,
+        manifest,
+        handles,
+        index,
+    })
+}
+
+/// Finds the checkpoint folder `path` designates.
+fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let is_tmp = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(TMP_PREFIX))
+    };
+    if path.join(MANIFEST_FILE).is_file() {
+        if is_tmp(path) {
+            return Err(CheckpointError::NotFound {
+                path: path.to_path_buf(),
+                hint: "this is an uncommitted temporary folder (a crash mid-save); it is never loaded".into(),
+            });
+        }
+        return Ok(path.to_path_buf());
+    }
+    let ckpt_dir = if path.join(CHECKPOINTS_DIR).is_dir() {
+        path.join(CHECKPOINTS_DIR)
+    } else {
+        path.to_path_buf()
+    };
+    if let Some(dir) = follow_latest(&ckpt_dir) {
+        return Ok(dir);
+    }
+    match complete_steps(&ckpt_dir)?.pop() {
+        Some((_, dir)) => Ok(dir),
+        None => Err(CheckpointError::NotFound {
+            path: path.to_path_buf(),
+            hint: format!(
+                "expected a run dir with {CHECKPOINTS_DIR}/step-*/{MANIFEST_FILE}, or a checkpoint folder holding {MANIFEST_FILE}"
+            ),
+        }),
+    }
+}
+
+/// The folder `latest` names, if it is a committed step folder that exists.
+fn follow_latest(ckpt_dir: &Path) -> Option<PathBuf> {
+    let name = fs::read_to_string(ckpt_dir.join(LATEST_FILE)).ok()?;
+    let name = name.trim();
+    // Only plain `step-N` names: a corrupt pointer must not lead outside the folder.
+    parse_step_dir(name)?;
+    let dir = ckpt_dir.join(name);
+    dir.join(MANIFEST_FILE).is_file().then_some(dir)
+}
+
+/// Checks size and SHA-256 of one shard; returns the open handle for later reads.
+fn verify(path: &Path, record: &FileRecord) -> Result<File, CheckpointError> {
+    let mut file = File::open(path).map_err(io_at(path))?;
+    let actual_bytes = file.metadata().map_err(io_at(path))?.len();
+    if actual_bytes < record.bytes {
+        return Err(CheckpointError::Truncated {
+            file: path.to_path_buf(),
+            expected_bytes: record.bytes,
+            actual_bytes,
+        });
+    }
+    if actual_bytes > record.bytes {
+        return Err(CheckpointError::Oversized {
+            file: path.to_path_buf(),
+            expected_bytes: record.bytes,
+            actual_bytes,
+        });
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_at(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual = hex(&hasher.finalize());
+    if actual != record.sha256 {
+        return Err(CheckpointError::Checksum {
+            file: path.to_path_buf(),
+            expected: record.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(file)
+}
+
+/// Parses the shard's safetensors header with the `safetensors` crate and checks it
+/// against the manifest's pieces; returns each piece key's absolute data offset.
+fn check_header(
+    file: &File,
+    path: &Path,
+    record: &FileRecord,
+) -> Result<HashMap<String, u64>, CheckpointError> {
+    let bad = |message: String| CheckpointError::BadShard {
+        file: path.to_path_buf(),
+        message,
+    };
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0)
+        .map_err(|e| bad(format!("cannot read the 8-byte header length: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    // Same cap as the reference reader (100 MB), which also bounds our allocation.
+    if n > 100_000_000 || 8 + n > record.bytes {
+        return Err(bad(format!("header length {n} is implausible for a {}-byte file", record.bytes)));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(io_at(path))?;
+    let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not a valid safetensors header: {e}")))?;
+    let data_start = 8 + n;
+    let tensors = metadata.tensors();
+    let data_end = tensors.values().map(|t| t.data_offsets.1).max().unwrap_or(0) as u64;
+    if data_start + data_end != record.bytes {
+        return Err(bad(format!(
+            "header describes {} bytes of data but the file holds {}",
+            data_end,
+            record.bytes - data_start
+        )));
+    }
+    let mut offsets = HashMap::with_capacity(record.pieces.len());
+    for piece in &record.pieces {
+        let info = tensors
+            .get(&piece.key)
+            .ok_or_else(|| bad(format!("key `{}` listed in the manifest is not in the file", piece.key)))?;
+        let elems = numel(&info.shape).unwrap_or(usize::MAX);
+        if info.dtype != safetensors::Dtype::F32 || elems != piece.len() {
+            return Err(bad(format!(
+                "key `{}` is {:?} {:?}, manifest expects F32 with {} elements",
+                piece.key,
+                info.dtype,
+                info.shape,
+                piece.len()
+            )));
+        }
+        offsets.insert(piece.key.clone(), data_start + info.data_offsets.0 as u64);
+    }
+    Ok(offsets)
+}
+
+impl Checkpoint {
+    /// The checkpoint folder that was loaded (`.../checkpoints/step-XXXXXXXX`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The training step the checkpoint was taken at.
+    pub fn step(&self) -> u64 {
+        self.manifest.step
+    }
+
+    /// The caller's JSON saved with the checkpoint (config, RNG, data position...).
+    pub fn meta(&self) -> &serde_json::Value {
+        &self.manifest.meta
+    }
+
+    /// Every tensor name, in the order they were first written.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.manifest.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// A tensor's global shape, `None` if it is not in the checkpoint.
+    pub fn global_shape(&self, name: &str) -> Option<&[usize]> {
+        self.index.get(name).map(|(shape, _)| shape.as_slice())
+    }
+
+    /// The shard files and their pieces, as recorded in the manifest.
+    pub fn files(&self) -> &[FileRecord] {
+        &self.manifest.files
+    }
+
+    /// Reads a whole tensor (flat, row-major).
+    pub fn read(&self, name: &str) -> Result<Vec<f32>, CheckpointError> {
+        let shape = self
+            .global_shape(name)
+            .ok_or_else(|| CheckpointError::MissingTensor { name: name.to_string() })?;
+        // The manifest check at open guarantees numel fits (coverage was computed).
+        let total = numel(shape).unwrap_or(0);
+        let mut out = vec![0f32; total];
+        self.read_range(name, 0, total, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads flat elements `[start, end)` of tensor `name` into `out`
+    /// (`out.len() == end - start`), assembled from whichever pieces hold them.
+    pub fn read_range(
+        &self,
+        name: &str,
+        start: usize,
+        end: usize,
+        out: &mut [f32],
+    ) -> Result<(), CheckpointError> {
+        let (shape, pieces) = self
+            .index
+            .get(name)
+            .ok_or_else(|| CheckpointError::MissingTensor { name: name.to_string() })?;
+        let total = numel(shape).unwrap_or(0);
+        let invalid = |detail: String| CheckpointError::InvalidRange {
+            name: name.to_string(),
+            start,
+            end,
+            detail,
+        };
+        if start > end || end > total {
+            return Err(invalid(format!("tensor has {total} elements (shape {shape:?})")));
+        }
+        if out.len() != end - start {
+            return Err(invalid(format!("output buffer holds {} elements, range has {}", out.len(), end - start)));
+        }
+        // Pieces tile [0, total) in order (checked at open), so the first piece that
+        // ends after `start` is where the range begins.
+        let first = pieces.partition_point(|p| p.end <= start);
+        let mut bytes = Vec::new();
+        for p in &pieces[first..] {
+            if p.start >= end {
+                break;
+            }
+            let (lo, hi) = (p.start.max(start), p.end.min(end));
+            if lo >= hi {
+                continue;
+            }
+            let path = || self.dir.join(&self.manifest.files[p.file].file);
+            let dst = &mut out[lo - start..hi - start];
+            // Bounded chunks keep the staging buffer small for multi-GB tensors.
+            const CHUNK: usize = 1 << 18;
+            for (i, dst_chunk) in dst.chunks_mut(CHUNK).enumerate() {
+                let elem = lo - p.start + i * CHUNK;
+                bytes.resize(dst_chunk.len() * 4, 0);
+                self.handles[p.file]
+                    .read_exact_at(&mut bytes, p.offset + 4 * elem as u64)
+                    .map_err(|e| CheckpointError::io(path(), e))?;
+                for (d, b) in dst_chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        }
+        Ok(())
+    }
+}

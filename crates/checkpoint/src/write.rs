@@ -1,0 +1,307 @@
+//! Writing shard files: `begin` a checkpoint, then `Pending::write_file` once per
+//! shard on any rank.
+//!
+//! Shards are safetensors files (header: 8-byte little-endian length + JSON, padded
+//! with spaces to 8 bytes; then raw little-endian F32 data). The header is computed
+//! first from the slice lengths, so the file is streamed out in one pass and its SHA-256
+//! is computed on the same bytes as they are written, never re-read.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::dirs::{checkpoints_dir, tmp_dir_name};
+use crate::error::{io_at, CheckpointError};
+use crate::manifest::{numel, piece_key, validate_file_name, FileRecord, Piece, FORMAT_NAME, FORMAT_VERSION};
+
+/// A flat range of one global tensor, as held by the calling rank.
+///
+/// `data` holds flat elements `[start, start + data.len())` of the global tensor of
+/// shape `global_shape`, in row-major order.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorSlice<'a> {
+    pub name: &'a str,
+    pub global_shape: &'a [usize],
+    pub start: usize,
+    pub data: &'a [f32],
+}
+
+/// A checkpoint being written: its temporary folder exists, `commit` has not run.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    run_dir: PathBuf,
+    tmp_dir: PathBuf,
+    step: u64,
+}
+
+/// Starts a checkpoint of `step` under `run_dir/checkpoints/`: creates (or reuses, so
+/// that every rank may call it) the temporary folder `.tmp-step-XXXXXXXX`.
+pub fn begin(run_dir: &Path, step: u64) -> Result<Pending, CheckpointError> {
+    let ckpt_dir = checkpoints_dir(run_dir);
+    fs::create_dir_all(&ckpt_dir).map_err(io_at(&ckpt_dir))?;
+    let tmp_dir = ckpt_dir.join(tmp_dir_name(step));
+    match fs::create_dir(&tmp_dir) {
+        Ok(()) => {}
+        // Another rank got there first (or a crashed attempt at this step left it:
+        // its stray files are removed by `commit`, its shards are overwritten).
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tmp_dir.is_dir() => {}
+        Err(e) => return Err(CheckpointError::io(&tmp_dir, e)),
+    }
+    Ok(Pending {
+        run_dir: run_dir.to_path_buf(),
+        tmp_dir,
+        step,
+    })
+}
+
+impl Pending {
+    /// The temporary folder the shards go into.
+    pub fn path(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// The step this checkpoint is for.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub(crate) fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Writes `tensors` to the shard `file_name` (a plain name inside the checkpoint
+    /// folder) as a safetensors file of F32 tensors, fsyncs it and returns its record
+    /// for the manifest. A whole tensor is stored under its own name and shape; a
+    /// partial range under `name[start:end]`, 1-D. Empty slices of non-empty tensors
+    /// are skipped.
+    ///
+    /// On an I/O error (e.g. a full disk) the whole temporary folder is removed, so a
+    /// failed checkpoint never lingers; the error names the file.
+    pub fn write_file(
+        &self,
+        file_name: &str,
+        tensors: &[TensorSlice],
+    ) -> Result<FileRecord, CheckpointError> {
+        validate_file_name(file_name)?;
+        let (header, pieces) = plan_file(self.step, file_name, tensors)?;
+        let path = self.tmp_dir.join(file_name);
+        match stream_file(&path, &header, tensors) {
+            Ok((sha256, bytes)) => Ok(FileRecord {
+                file: file_name.to_string(),
+                sha256,
+                bytes,
+                pieces,
+            }),
+            Err(e) => {
+                // Best effort: the error about the shard matters more than one about
+                // the cleanup, and `clean_stale` catches whatever is left.
+                let _ = fs::remove_dir_all(&self.tmp_dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Validates the slices and computes the safetensors header and the manifest pieces.
+fn plan_file(
+    step: u64,
+    file_name: &str,
+    tensors: &[TensorSlice],
+) -> Result<(Vec<u8>, Vec<Piece>), CheckpointError> {
+    let invalid = |name: &str, detail: String| CheckpointError::InvalidSlice {
+        file: file_name.to_string(),
+        name: name.to_string(),
+        detail,
+    };
+    let mut pieces = Vec::with_capacity(tensors.len());
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut keys = HashSet::new();
+    let mut offset = 0usize;
+    for t in tensors {
+        if t.name.is_empty() || t.name == "__metadata__" {
+            return Err(invalid(t.name, "tensor name is empty or reserved by safetensors".into()));
+        }
+        let total = numel(t.global_shape)
+            .ok_or_else(|| invalid(t.name, format!("shape {:?} overflows usize", t.global_shape)))?;
+        let end = t.start.checked_add(t.data.len()).filter(|&e| e <= total).ok_or_else(|| {
+            invalid(
+                t.name,
+                format!(
+                    "elements [{}, {}+{}) exceed the {total} elements of shape {:?}",
+                    t.start,
+                    t.start,
+                    t.data.len(),
+                    t.global_shape
+                ),
+            )
+        })?;
+        if t.data.is_empty() && total > 0 {
+            continue;
+        }
+        let key = piece_key(t.name, t.global_shape, t.start, end);
+        if !keys.insert(key.clone()) {
+            return Err(invalid(t.name, format!("range [{}, {end}) appears twice", t.start)));
+        }
+        let shape = if key == t.name { t.global_shape.to_vec() } else { vec![t.data.len()] };
+        let nbytes = t.data.len() * 4;
+        infos.push((key.clone(), shape, (offset, offset + nbytes)));
+        offset += nbytes;
+        pieces.push(Piece {
+            name: t.name.to_string(),
+            global_shape: t.global_shape.to_vec(),
+            start: t.start,
+            end,
+            key,
+        });
+    }
+    let mut json = header_json(step, &infos);
+    // The format pads the header with spaces so that the data starts 8-byte aligned.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut header = Vec::with_capacity(8 + json.len());
+    header.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    header.extend_from_slice(&json);
+    Ok((header, pieces))
+}
+
+/// The safetensors JSON header, written by hand rather than through
+/// `safetensors::tensor::Metadata` because that serialises `__metadata__` from a
+/// `HashMap`, whose random order would make identical checkpoints hash differently.
+/// Keys are emitted in data order; readers sort by `data_offsets` anyway.
+fn header_json(step: u64, infos: &[(String, Vec<usize>, (usize, usize))]) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "{{\"__metadata__\":{{\"format\":\"{FORMAT_NAME}\",\"format_version\":\"{FORMAT_VERSION}\",\"step\":\"{step}\"}}"
+    );
+    for (key, shape, (begin, end)) in infos {
+        // serde_json escapes quotes, backslashes and control characters in names.
+        let quoted = serde_json::Value::String(key.clone()).to_string();
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let _ = write!(
+            s,
+            ",{quoted}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{begin},{end}]}}",
+            dims.join(",")
+        );
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+/// Bytes converted and written per chunk: large enough to amortise syscalls and the
+/// hasher's call overhead, small enough to stay in L2.
+const CHUNK_ELEMS: usize = 1 << 16;
+
+fn stream_file(
+    path: &Path,
+    header: &[u8],
+    tensors: &[TensorSlice],
+) -> Result<(String, u64), CheckpointError> {
+    let mut sink = Sink::create(path)?;
+    sink.write(header)?;
+    let mut buf = Vec::with_capacity(CHUNK_ELEMS * 4);
+    for t in tensors {
+        for chunk in t.data.chunks(CHUNK_ELEMS) {
+            buf.clear();
+            for x in chunk {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            sink.write(&buf)?;
+        }
+    }
+    sink.finish()
+}
+
+/// A file being written and hashed; every error names its path.
+///
+/// This is also the seam for failure tests: under `cfg(test)` a thread-local fault
+/// (see [`fault`]) makes writes to a chosen file name fail after a byte budget, the way
+/// a full disk would, without any test-only parameter on the public API.
+pub(crate) struct Sink {
+    file: File,
+    path: PathBuf,
+    hasher: Sha256,
+    written: u64,
+    #[cfg(test)]
+    budget: Option<u64>,
+}
+
+impl Sink {
+    pub(crate) fn create(path: &Path) -> Result<Self, CheckpointError> {
+        let file = File::create(path).map_err(io_at(path))?;
+        Ok(Sink {
+            file,
+            path: path.to_path_buf(),
+            hasher: Sha256::new(),
+            written: 0,
+            #[cfg(test)]
+            budget: fault::budget_for(path),
+        })
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        #[cfg(test)]
+        if let Some(budget) = self.budget {
+            if self.written + bytes.len() as u64 > budget {
+                let fits = (budget - self.written) as usize;
+                let _ = self.file.write_all(&bytes[..fits]);
+                self.written = budget;
+                return Err(CheckpointError::io(&self.path, fault::disk_full()));
+            }
+        }
+        self.file.write_all(bytes).map_err(io_at(&self.path))?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// fsyncs the file; returns (lower-case hex sha256, size in bytes).
+    pub(crate) fn finish(self) -> Result<(String, u64), CheckpointError> {
+        self.file.sync_all().map_err(io_at(&self.path))?;
+        Ok((hex(&self.hasher.finalize()), self.written))
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod fault {
+    //! Thread-local write-failure injection for tests (each test runs on its own
+    //! thread, so faults never leak between tests).
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    thread_local! {
+        static FAULT: RefCell<Option<(String, u64)>> = const { RefCell::new(None) };
+    }
+
+    /// Writes to files named `file_name` on this thread fail once `budget` bytes
+    /// have been written, until [`clear`] is called.
+    pub(crate) fn fail_after(file_name: &str, budget: u64) {
+        FAULT.with(|f| *f.borrow_mut() = Some((file_name.to_string(), budget)));
+    }
+
+    pub(crate) fn clear() {
+        FAULT.with(|f| *f.borrow_mut() = None);
+    }
+
+    pub(super) fn budget_for(path: &Path) -> Option<u64> {
+        let name = path.file_name()?.to_str()?;
+        FAULT.with(|f| match &*f.borrow() {
+            Some((target, budget)) if target == name => Some(*budget),
+            _ => None,
+        })
+    }
+
+    pub(super) fn disk_full() -> std::io::Error {
+        std::io::Error::other("injected fault: no space left on device")
+    }
+}
