@@ -1,0 +1,180 @@
+//! What a run reports: per-step metrics (to `RUN_DIR/metrics.jsonl`), run facts, memory
+//! beside its analytical count, and the machine's measured peak FLOP/s for MFU.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, Result};
+use crate::trainer::{StepTimes, Trainer};
+
+#[derive(Clone, Debug)]
+pub struct StepMetrics {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub step_ms: f64,
+    pub tokens_seen: u64,
+    pub times: StepTimes,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetricsRecord {
+    pub step: u64,
+    pub train_loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub step_ms: f64,
+    pub tokens_seen: u64,
+}
+
+/// Appends records to `RUN_DIR/metrics.jsonl`. On resume, lines past the resumed step
+/// are dropped first (they belong to work that was lost), so the file reads as one run.
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn open(run_dir: &Path, resumed_step: u64) -> Result<MetricsLog> {
+        let path = run_dir.join("metrics.jsonl");
+        if path.exists() {
+            let kept: Vec<String> = read_records(&path)?
+                .into_iter()
+                .filter(|r| r.step <= resumed_step)
+                .map(|r| serde_json::to_string(&r).expect("metrics serialise"))
+                .collect();
+            let tmp = run_dir.join("metrics.jsonl.tmp");
+            let mut text = kept.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            std::fs::write(&tmp, text).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    pub fn append(&mut self, m: &StepMetrics) -> Result<()> {
+        let rec = MetricsRecord {
+            step: m.step,
+            train_loss: m.train_loss,
+            val_loss: m.val_loss,
+            lr: m.lr,
+            grad_norm: m.grad_norm,
+            tokens_per_s: m.tokens_per_s,
+            mfu: m.mfu,
+            step_ms: m.step_ms,
+            tokens_seen: m.tokens_seen,
+        };
+        let line = serde_json::to_string(&rec).expect("metrics serialise");
+        writeln!(self.file, "{line}").map_err(io(&self.path))
+    }
+}
+
+/// Reads `metrics.jsonl`; a malformed line is an error naming the file and line number.
+pub fn read_records(path: &Path) -> Result<Vec<MetricsRecord>> {
+    let f = File::open(path).map_err(io(path))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec = serde_json::from_str(&line).map_err(|e| {
+            crate::EngineError::Invalid(format!("{}:{}: not a metrics record: {e}", path.display(), i + 1))
+        })?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Facts about a run, known at its start.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub start_step: u64,
+    pub total_steps: u64,
+    pub params: usize,
+    pub tokens_per_step: u64,
+    pub flops_per_token: f64,
+    pub peak_flops: f64,
+    pub peak_measured: bool,
+    pub memory: MemoryReport,
+}
+
+impl RunInfo {
+    pub fn new(t: &Trainer) -> RunInfo {
+        RunInfo {
+            start_step: t.step,
+            total_steps: t.cfg.raw.train.steps,
+            params: t.gpt.layout.num_params(),
+            tokens_per_step: t.cfg.tokens_per_step,
+            flops_per_token: t.gpt.flops_per_token(t.cfg.raw.model.block_size),
+            peak_flops: t.peak_flops,
+            peak_measured: t.peak_measured,
+            memory: t.memory(),
+        }
+    }
+}
+
+/// Bytes held by each kind of training state on this rank, with the analytical count.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    pub params: usize,
+    pub grads: usize,
+    pub optimizer: usize,
+    pub activations: usize,
+    /// Parameters + gradients + two Adam moments (16 bytes per parameter in f32) +
+    /// activations by formula ([`model::Activations::expected_bytes`]).
+    pub expected_total: usize,
+}
+
+impl MemoryReport {
+    pub fn measure(t: &Trainer) -> MemoryReport {
+        let bytes = |v: &Vec<Vec<f32>>| v.iter().map(|b| b.len() * 4).sum::<usize>();
+        let n = t.gpt.layout.num_params();
+        let (b, tt) = (t.cfg.raw.train.batch_size, t.cfg.raw.model.block_size);
+        MemoryReport {
+            params: bytes(&t.params),
+            grads: bytes(&t.grads),
+            optimizer: bytes(&t.exp_avg) + bytes(&t.exp_avg_sq),
+            activations: t.acts.bytes(),
+            expected_total: 16 * n + model::Activations::expected_bytes(&t.gpt.cfg, b, tt, t.acts.recompute),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.params + self.grads + self.optimizer + self.activations
+    }
+}
+
+/// Best f32 GEMM rate of this machine over a few square multiplies (FLOP/s): the
+/// practical peak that MFU is measured against when `log.peak_flops` is not set.
+pub fn measure_peak_flops() -> f64 {
+    let n = 768;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b = a.clone();
+    let mut c = vec![0.0f32; n * n];
+    let mut best = 0.0f64;
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        kernels::matmul(&mut c, &a, false, &b, false, n, n, n, false);
+        let secs = t0.elapsed().as_secs_f64();
+        best = best.max(2.0 * (n * n * n) as f64 / secs);
+    }
+    best
+}
