@@ -24,7 +24,7 @@ impl TokenFile {
         let file = File::open(path).map_err(DataError::io(path))?;
         let actual_bytes = file.metadata().map_err(DataError::io(path))?.len();
         let width = dtype.size() as u64;
-        let expected_bytes = tokens.checked_mul(width).unwrap_or(u64::MAX);
+        let expected_bytes = tokens.saturating_mul(width);
         if actual_bytes != expected_bytes {
             return Err(DataError::SizeMismatch {
                 path: path.to_path_buf(),
