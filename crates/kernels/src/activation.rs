@@ -23,7 +23,7 @@ fn tanh_fast(u: f32) -> f32 {
 pub fn gelu_forward(out: &mut [f32], x: &[f32]) {
     check_len("gelu_forward", "out", out.len(), x.len());
     out.par_chunks_mut(ELEMS_PER_TASK).zip(x.par_chunks(ELEMS_PER_TASK)).for_each(|(o, xs)| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (o, &x) in o.iter_mut().zip(xs) {
                 let u = SQRT_2_OVER_PI * (x + GELU_A * x * x * x);
                 *o = 0.5 * x * (1.0 + tanh_fast(u));
@@ -39,7 +39,7 @@ pub fn gelu_backward(dx: &mut [f32], x: &[f32], dout: &[f32]) {
     dx.par_chunks_mut(ELEMS_PER_TASK)
         .zip(x.par_chunks(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK)))
         .for_each(|(d, (xs, ds))| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for ((d, &x), &g) in d.iter_mut().zip(xs).zip(ds) {
                     let x2 = x * x;
                     let u = SQRT_2_OVER_PI * (x + GELU_A * x2 * x);

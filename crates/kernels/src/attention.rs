@@ -79,7 +79,7 @@ pub fn attention_forward(out: &mut [f32], saved: &mut [f32], qkv: &[f32], b: usi
         unsafe {
             gemm_raw(p_rows.as_mut_ptr(), t, q, kt, rows, keys, hs, false, scale, false);
         }
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (r, row) in p_rows.chunks_exact_mut(t).enumerate() {
                 let n = i0 + r + 1; // causal: keys 0..=i
                 let (live, masked) = row.split_at_mut(n);
@@ -169,7 +169,7 @@ pub fn attention_backward(
                     let dv = dp.get().add(base + 2 * c + h * hs);
                     gemm_raw(dv, c3, pt, d_o, keys, hs, rows, true, 1.0, false);
                 }
-                vectorized(|| {
+                vectorized(#[inline(always)] || {
                     for r in 0..rows {
                         let n = i0 + r + 1;
                         let prow = &p_blk[r * t..r * t + n];

@@ -14,7 +14,7 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     out.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK).zip(b.par_chunks(ELEMS_PER_TASK)))
         .for_each(|(o, (a, b))| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                     *o = a + b;
                 }
@@ -26,7 +26,7 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
 pub fn add_inplace(out: &mut [f32], a: &[f32]) {
     check_len("add_inplace", "a", a.len(), out.len());
     out.par_chunks_mut(ELEMS_PER_TASK).zip(a.par_chunks(ELEMS_PER_TASK)).for_each(|(o, a)| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (o, &a) in o.iter_mut().zip(a) {
                 *o += a;
             }
@@ -37,7 +37,7 @@ pub fn add_inplace(out: &mut [f32], a: &[f32]) {
 /// x *= s.
 pub fn scale(x: &mut [f32], s: f32) {
     x.par_chunks_mut(ELEMS_PER_TASK).for_each(|o| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for o in o.iter_mut() {
                 *o *= s;
             }
@@ -52,7 +52,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
     let partials: Vec<f64> = x
         .par_chunks(ELEMS_PER_TASK)
         .map(|c| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 let mut acc = [0.0f64; LANES];
                 let mut it = c.chunks_exact(LANES);
                 for blk in &mut it {

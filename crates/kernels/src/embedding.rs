@@ -68,7 +68,7 @@ pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], toke
     (0..tasks).into_par_iter().for_each(|task| {
         let c0 = task * CHANNELS_PER_TASK;
         let c1 = (c0 + CHANNELS_PER_TASK).min(c);
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (row, &tok) in tokens.iter().enumerate() {
                 let g = &dout[row * c + c0..row * c + c1];
                 // SAFETY: tok < vocab (checked above) so the range lies inside dwte;

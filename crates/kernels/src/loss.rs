@@ -28,7 +28,7 @@ pub fn softmax_xent_forward_backward(
         return 0.0;
     }
     logits.par_chunks_mut(v).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(|((z, loss), &tgt)| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             let tgt = tgt as usize;
             let zt = z[tgt];
             let mx = simd::max(z);
@@ -68,7 +68,7 @@ pub fn softmax_xent_forward(logits: &[f32], losses: &mut [f32], targets: &[u32],
         return 0.0;
     }
     logits.par_chunks(v).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(|((z, loss), &tgt)| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             let mx = simd::max(z);
             let mut acc = [0.0f32; simd::LANES];
             let mut it = z.chunks_exact(simd::LANES);
@@ -105,7 +105,7 @@ pub fn softmax_row(probs: &mut [f32], logits: &[f32], temperature: f32) {
     if logits.is_empty() {
         return;
     }
-    vectorized(|| {
+    vectorized(#[inline(always)] || {
         let inv_t = 1.0 / temperature;
         let mx = simd::max(logits) * inv_t;
         for (p, &z) in probs.iter_mut().zip(logits) {

@@ -176,7 +176,7 @@ pub(crate) fn column_sums_add(acc: &mut [f32], m: &[f32], rows: usize, cols: usi
     acc.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, out)| {
         let c0 = blk * COL_BLOCK;
         let width = out.len();
-        crate::simd::vectorized(|| {
+        crate::simd::vectorized(#[inline(always)] || {
             let mut local = [0.0f32; COL_BLOCK];
             for r in 0..rows {
                 let row = &m[r * cols + c0..r * cols + c0 + width];

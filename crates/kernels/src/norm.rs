@@ -41,7 +41,7 @@ pub fn layernorm_forward(
         .zip(x.par_chunks(c * ROWS_PER_CHUNK))
         .zip(mean.par_chunks_mut(ROWS_PER_CHUNK).zip(rstd.par_chunks_mut(ROWS_PER_CHUNK)))
         .for_each(|((o, xs), (mu, rs))| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for (r, (orow, xrow)) in o.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
                     let m = simd::sum(xrow) / c as f32;
                     // Two-pass variance: no cancellation for rows with a large mean.
@@ -112,7 +112,7 @@ pub fn layernorm_backward(
         .enumerate()
         .for_each(|(ci, (dxs, part))| {
             let r0 = ci * ROWS_PER_CHUNK;
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 let (pw, pb) = part.split_at_mut(c);
                 for (r, dxrow) in dxs.chunks_exact_mut(c).enumerate() {
                     let row = r0 + r;

@@ -51,7 +51,7 @@ pub fn adamw_step(
         .zip(grads.par_chunks(ELEMS_PER_TASK))
         .zip(m.par_chunks_mut(ELEMS_PER_TASK).zip(v.par_chunks_mut(ELEMS_PER_TASK)))
         .for_each(|((p, g), (m, v))| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for i in 0..p.len().min(g.len()).min(m.len()).min(v.len()) {
                     let gi = g[i];
                     let mi = beta1 * m[i] + one_b1 * gi;

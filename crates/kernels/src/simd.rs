@@ -187,6 +187,6 @@ mod tests {
         assert_eq!(sum(&x), want);
         assert_eq!(dot(&x, &x), x.iter().map(|v| v * v).sum::<f32>());
         assert_eq!(max(&x), 16.0);
-        assert_eq!(vectorized(|| sum(&x)), want);
+        assert_eq!(vectorized(#[inline(always)] || sum(&x)), want);
     }
 }

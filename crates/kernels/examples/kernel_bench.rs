@@ -1,0 +1,188 @@
+//! Micro-benchmark of the kernels at the shapes of the two reference models
+//! (bench/pytorch_reference.py presets):
+//! shakespeare-char (L6, NH6, C384, T256, V65, no bias) and gpt2-mini (L4, NH4, C256,
+//! T128, V50257, bias), batch 8. Prints GEMM GFLOP/s per shape, milliseconds per
+//! kernel (median of several runs), and a per-step estimate summed over the layers.
+//!
+//! cargo run --release -p hyperion-kernels --example kernel_bench [-- --reps N]
+
+use std::time::Instant;
+
+use kernels::*;
+
+struct Model {
+    name: &'static str,
+    layers: usize,
+    nh: usize,
+    c: usize,
+    t: usize,
+    v: usize,
+    bias: bool,
+}
+
+/// Median wall time of `reps` runs of `f`, in milliseconds (after one warm-up run).
+fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ts.sort_by(|a, b| a.total_cmp(b));
+    ts[ts.len() / 2]
+}
+
+fn filled(n: usize, seed: u32) -> Vec<f32> {
+    // Cheap deterministic pseudo-random values in [-1, 1).
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Times the three GEMMs of a linear layer (rows, in) @ (in, out): forward, dx, dw.
+/// Returns the total milliseconds.
+fn bench_linear(reps: usize, label: &str, rows: usize, i: usize, o: usize, total: &mut f64, mult: f64) {
+    let x = filled(rows * i, 1);
+    let w = filled(i * o, 2);
+    let dy = filled(rows * o, 3);
+    let (mut y, mut dx, mut dw) = (vec![0.0; rows * o], vec![0.0; rows * i], vec![0.0; i * o]);
+    let flop = 2.0 * (rows * i * o) as f64;
+    let f = time_ms(reps, || linear_forward(&mut y, &x, &w, None, rows, i, o));
+    let bx = time_ms(reps, || matmul(&mut dx, &dy, false, &w, true, rows, i, o, true));
+    let bw = time_ms(reps, || matmul(&mut dw, &x, true, &dy, false, i, o, rows, true));
+    let g = |ms: f64| flop / ms / 1e6;
+    println!(
+        "  gemm {label:<10} ({rows}x{i} @ {i}x{o}) fwd {f:7.2} ms {:6.1} GF/s | dx {bx:7.2} ms {:6.1} GF/s | dw {bw:7.2} ms {:6.1} GF/s",
+        g(f),
+        g(bx),
+        g(bw)
+    );
+    *total += (f + bx + bw) * mult;
+}
+
+fn bench_model(m: &Model, b: usize, reps: usize) {
+    let (c, t, nh, v) = (m.c, m.t, m.nh, m.v);
+    let rows = b * t;
+    let l = m.layers as f64;
+    println!("{} (L{} NH{} C{} T{} V{} B{} bias={})", m.name, m.layers, nh, c, t, v, b, m.bias);
+    let mut step = 0.0f64;
+    bench_linear(reps, "c_attn", rows, c, 3 * c, &mut step, l);
+    bench_linear(reps, "attn.proj", rows, c, c, &mut step, l);
+    bench_linear(reps, "c_fc", rows, c, 4 * c, &mut step, l);
+    bench_linear(reps, "mlp.proj", rows, 4 * c, c, &mut step, l);
+    // LM head tied to wte (V, C): logits = x @ wte^T; dx = dlogits @ wte; dwte += dlogits^T @ x.
+    {
+        let x = filled(rows * c, 4);
+        let wte = filled(v * c, 5);
+        let dl = filled(rows * v, 6);
+        let (mut lg, mut dx, mut dw) = (vec![0.0; rows * v], vec![0.0; rows * c], vec![0.0; v * c]);
+        let flop = 2.0 * (rows * c * v) as f64;
+        let f = time_ms(reps, || matmul(&mut lg, &x, false, &wte, true, rows, v, c, false));
+        let bx = time_ms(reps, || matmul(&mut dx, &dl, false, &wte, false, rows, c, v, true));
+        let bw = time_ms(reps, || matmul(&mut dw, &dl, true, &x, false, v, c, rows, true));
+        let g = |ms: f64| flop / ms / 1e6;
+        println!(
+            "  gemm lm_head    ({rows}x{c} @ {c}x{v}) fwd {f:7.2} ms {:6.1} GF/s | dx {bx:7.2} ms {:6.1} GF/s | dw {bw:7.2} ms {:6.1} GF/s",
+            g(f),
+            g(bx),
+            g(bw)
+        );
+        step += f + bx + bw;
+        let targets: Vec<u32> = (0..rows).map(|r| (r * 7919 % v) as u32).collect();
+        let mut losses = vec![0.0; rows];
+        let base = lg.clone();
+        let xe = time_ms(reps, || {
+            lg.copy_from_slice(&base);
+            softmax_xent_forward_backward(&mut lg, &mut losses, &targets, rows, v, 1.0 / rows as f32);
+        });
+        let cp = time_ms(reps, || lg.copy_from_slice(&base));
+        println!("  softmax_xent fwd+bwd ({rows}x{v}): {:7.2} ms (copy of the logits excluded)", xe - cp);
+        step += xe - cp;
+    }
+    let mut ms = |name: &str, per_layer: f64, t_ms: f64| {
+        println!("  {name:<28} {t_ms:7.3} ms");
+        step += t_ms * per_layer;
+    };
+    // LayerNorm: 2 per layer + ln_f.
+    let x = filled(rows * c, 7);
+    let w = filled(c, 8);
+    let bias_v = filled(c, 9);
+    let bias = if m.bias { Some(bias_v.as_slice()) } else { None };
+    let (mut o, mut mu, mut rs) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+    ms("layernorm_forward", 2.0 * l + 1.0, time_ms(reps, || layernorm_forward(&mut o, &mut mu, &mut rs, &x, &w, bias, rows, c)));
+    let (mut dx, mut dw, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+    ms(
+        "layernorm_backward",
+        2.0 * l + 1.0,
+        time_ms(reps, || layernorm_backward(&mut dx, &mut dw, if m.bias { Some(&mut db) } else { None }, &o, &x, &w, &mu, &rs, rows, c)),
+    );
+    // GELU on (rows, 4C).
+    let h = filled(rows * 4 * c, 10);
+    let mut g = vec![0.0; rows * 4 * c];
+    ms("gelu_forward", l, time_ms(reps, || gelu_forward(&mut g, &h)));
+    let mut dg = vec![0.0; rows * 4 * c];
+    ms("gelu_backward", l, time_ms(reps, || gelu_backward(&mut dg, &h, &g)));
+    // Attention.
+    let qkv = filled(rows * 3 * c, 11);
+    let mut att = vec![0.0; rows * c];
+    let mut saved = vec![0.0; attention_saved_len(b, t, nh)];
+    ms("attention_forward", l, time_ms(reps, || attention_forward(&mut att, &mut saved, &qkv, b, t, c, nh)));
+    let mut dqkv = vec![0.0; rows * 3 * c];
+    let dout = filled(rows * c, 12);
+    ms("attention_backward", l, time_ms(reps, || attention_backward(&mut dqkv, &dout, &qkv, &att, &saved, b, t, c, nh)));
+    // Residual adds: 2 per layer forward, 2 per layer backward.
+    let mut r = vec![0.0; rows * c];
+    ms("add (residual)", 4.0 * l, time_ms(reps, || add(&mut r, &x, &o)));
+    // Embedding.
+    let tokens: Vec<u32> = (0..rows).map(|i| (i * 31 % v) as u32).collect();
+    let wte = filled(v * c, 13);
+    let wpe = filled(t * c, 14);
+    ms("embedding_forward", 1.0, time_ms(reps, || embedding_forward(&mut r, &tokens, &wte, &wpe, b, t, c)));
+    let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
+    ms("embedding_backward", 1.0, time_ms(reps, || embedding_backward(&mut dwte, &mut dwpe, &x, &tokens, b, t, c)));
+    // Optimizer over all parameters (about 12 L C^2 + V C + T C).
+    let n_params = 12 * m.layers * c * c + v * c + t * c;
+    let mut p = filled(n_params, 15);
+    let gr = filled(n_params, 16);
+    let (mut m1, mut v1) = (vec![0.0; n_params], vec![0.0; n_params]);
+    let mut step_no = 0u64;
+    ms(
+        &format!("adamw_step ({:.1}M params)", n_params as f64 / 1e6),
+        1.0,
+        time_ms(reps, || {
+            step_no += 1;
+            adamw_step(&mut p, &gr, &mut m1, &mut v1, 1e-3, 0.9, 0.99, 1e-8, 0.1, step_no)
+        }),
+    );
+    ms("sum_squares (all grads)", 1.0, time_ms(reps, || {
+        std::hint::black_box(sum_squares(&gr));
+    }));
+    println!(
+        "  => kernel-sum estimate of one training step: {step:.1} ms = {:.0} tokens/s\n",
+        rows as f64 / step * 1e3
+    );
+}
+
+fn main() {
+    let reps = std::env::args()
+        .skip_while(|a| a != "--reps")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5usize);
+    println!("threads: {}", rayon::current_num_threads());
+    let models = [
+        Model { name: "shakespeare-char", layers: 6, nh: 6, c: 384, t: 256, v: 65, bias: false },
+        Model { name: "gpt2-mini", layers: 4, nh: 4, c: 256, t: 128, v: 50257, bias: true },
+    ];
+    for m in &models {
+        bench_model(m, 8, reps);
+    }
+}
