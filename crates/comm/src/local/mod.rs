@@ -107,8 +107,10 @@ where
             .map(|h| h.join().unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(p.as_ref())))))
             .collect()
     });
-    // Report the root cause: the rank recorded as the world's first failure.
-    if let Some(fail) = world.failure() {
+    // Report the root cause: the rank recorded as the world's first failure (only if
+    // some rank failed; ranks may also handle collective errors themselves).
+    let any_failed = outcomes.iter().any(|o| o.is_err());
+    if let Some(fail) = world.failure().filter(|_| any_failed) {
         let cause = outcomes
             .get(fail.world_rank)
             .and_then(|o| o.as_ref().err().cloned())
