@@ -27,7 +27,7 @@ pub enum ConfigError {
     BatchMismatch { global_batch: usize, batch_size: usize, grad_accum: usize, dp: usize },
 
     /// `--preset NAME` with a name that is not in [`crate::presets::names`].
-    #[error("unknown preset `{name}`{}; valid presets: {}", did_you_mean(closest(name, valid).as_deref()), valid.join(", "))]
+    #[error("unknown preset `{name}`{} (valid presets: {})", did_you_mean(closest(name, valid).as_deref()), valid.join(", "))]
     UnknownPreset { name: String, valid: Vec<String> },
 
     /// An explicit `model.vocab_size` that differs from the prepared data's vocabulary.

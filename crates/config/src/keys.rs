@@ -138,13 +138,12 @@ fn check_value(key: &str, kind: Kind, value: &Value) -> Result<(), ConfigError> 
 }
 
 fn check_uint(key: &str, value: i64, max: u64) -> Result<(), ConfigError> {
-    match u64::try_from(value) {
-        Ok(v) if v <= max => Ok(()),
-        _ => Err(ConfigError::InvalidValue {
-            key: key.to_string(),
-            reason: format!("must be between 0 and {max}, found {value}"),
-        }),
-    }
+    let reason = match u64::try_from(value) {
+        Ok(v) if v <= max => return Ok(()),
+        Ok(_) => format!("must be between 0 and {max}, found {value}"),
+        Err(_) => format!("must be >= 0, found {value}"),
+    };
+    Err(ConfigError::InvalidValue { key: key.to_string(), reason })
 }
 
 /// Widens integers written for float keys (`optim.lr = 1`) so serde reads them as `f64`.
@@ -267,8 +266,8 @@ fn osa_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

@@ -51,10 +51,12 @@ impl ResolvedConfig {
     /// comments. Printed at the start of a run and saved in every checkpoint;
     /// [`ResolvedConfig::from_toml_str`] reads it back to an equal value.
     pub fn to_toml(&self) -> String {
-        let body = match Table::try_from(&self.raw) {
-            Ok(t) => t.to_string(),
-            // Unreachable for RunConfig (no maps with non-string keys, paths written
-            // lossily), but a message beats a panic in a checkpoint writer.
+        // Serialized from the struct (not a Table) so sections and keys keep their
+        // declaration order.
+        let body = match toml::to_string(&self.raw) {
+            Ok(t) => t,
+            // Unreachable for RunConfig (plain fields, paths written lossily), but a
+            // message beats a panic in a checkpoint writer.
             Err(e) => format!("# could not serialize the config: {e}\n"),
         };
         let t = &self.raw.train;

@@ -14,16 +14,26 @@ fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `lo <= v` (or `lo < v`) and `v < hi` (or `<=`), with NaN rejected; the reason shows the
-/// interval in math notation.
-fn in_range(key: &str, v: f64, lo: f64, lo_open: bool, hi: f64, hi_open: bool) -> Result<(), ConfigError> {
+/// `v` finite, above `lo` (strictly when `lo_open`) and, if given, below `hi` (strictly
+/// when its flag is set); the reason shows the interval in math notation.
+fn in_range(key: &str, v: f64, lo: f64, lo_open: bool, hi: Option<(f64, bool)>) -> Result<(), ConfigError> {
     let above = if lo_open { v > lo } else { v >= lo };
-    let below = if hi_open { v < hi } else { v <= hi };
-    if above && below {
+    let below = match hi {
+        Some((h, true)) => v < h,
+        Some((h, false)) => v <= h,
+        None => true,
+    };
+    if v.is_finite() && above && below {
         return Ok(());
     }
-    let (l, r) = (if lo_open { "(" } else { "[" }, if hi_open { ")" } else { "]" });
-    Err(invalid(key, format!("must be in {l}{lo}, {hi}{r}, found {v}")))
+    let reason = match hi {
+        Some((h, open)) => {
+            let (l, r) = (if lo_open { "(" } else { "[" }, if open { ")" } else { "]" });
+            format!("must be in {l}{lo}, {h}{r}, found {v}")
+        }
+        None => format!("must be a finite number {} {lo}, found {v}", if lo_open { ">" } else { ">=" }),
+    };
+    Err(invalid(key, reason))
 }
 
 /// Checks everything that does not depend on the data. Returns the first problem.
@@ -94,7 +104,7 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     }
 
     let o = &c.optim;
-    in_range("optim.min_lr", o.min_lr, 0.0, false, f64::MAX, false)?;
+    in_range("optim.min_lr", o.min_lr, 0.0, false, None)?;
     if !(o.lr.is_finite() && o.lr >= o.min_lr) {
         return Err(invalid("optim.lr", format!("must be finite and >= optim.min_lr ({}), found {}", o.min_lr, o.lr)));
     }
@@ -108,11 +118,11 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
             format!("must be <= optim.decay_steps ({decay_steps}; defaults to train.steps), found {}", o.warmup_steps),
         ));
     }
-    in_range("optim.beta1", o.beta1, 0.0, false, 1.0, true)?;
-    in_range("optim.beta2", o.beta2, 0.0, false, 1.0, true)?;
-    in_range("optim.eps", o.eps, 0.0, true, f64::MAX, false)?;
-    in_range("optim.weight_decay", o.weight_decay, 0.0, false, f64::MAX, false)?;
-    in_range("optim.grad_clip", o.grad_clip, 0.0, false, f64::MAX, false)?;
+    in_range("optim.beta1", o.beta1, 0.0, false, Some((1.0, true)))?;
+    in_range("optim.beta2", o.beta2, 0.0, false, Some((1.0, true)))?;
+    in_range("optim.eps", o.eps, 0.0, true, None)?;
+    in_range("optim.weight_decay", o.weight_decay, 0.0, false, None)?;
+    in_range("optim.grad_clip", o.grad_clip, 0.0, false, None)?;
 
     let d = &c.data;
     if d.dir.as_os_str().is_empty() {
@@ -121,13 +131,13 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     if let Some(i) = d.inputs.iter().position(|p| p.as_os_str().is_empty()) {
         return Err(invalid(&format!("data.inputs[{i}]"), "must not be empty"));
     }
-    in_range("data.val_fraction", d.val_fraction, 0.0, true, 1.0, true)?;
+    in_range("data.val_fraction", d.val_fraction, 0.0, true, Some((1.0, true)))?;
 
     if c.checkpoint.keep_last == 0 {
         return Err(invalid("checkpoint.keep_last", "must be at least 1, found 0"));
     }
     if let Some(f) = c.log.peak_flops {
-        in_range("log.peak_flops", f, 0.0, true, f64::MAX, false)?;
+        in_range("log.peak_flops", f, 0.0, true, None)?;
     }
     Ok(())
 }
