@@ -47,6 +47,8 @@ impl Trainer {
             "rng": { "seed": self.cfg.raw.train.seed, "kind": "sampler keyed by (seed, global sample index)" },
             "model": self.gpt.cfg,
             "layout": { "dp": 1, "zero": 0 },
+            // The tokenizer travels with the model, so sampling needs no data folder.
+            "data": self.data.as_ref().map(|d| serde_json::to_value(&d.meta).expect("meta serialises")),
         });
         Ok(checkpoint::commit(pending, meta, vec![model, optim], self.cfg.raw.checkpoint.keep_last)?)
     }
@@ -99,6 +101,12 @@ fn load_prefixed(gpt: &Gpt, ck: &Checkpoint, prefix: &str, bufs: &mut [Vec<f32>]
         ck.read_range(&name, 0, spec.numel(), &mut bufs[b][spec.range()])?;
     }
     Ok(())
+}
+
+/// The data description (tokenizer, vocabulary) stored in a checkpoint.
+pub fn saved_data_meta(ck: &Checkpoint) -> Result<data::Meta> {
+    let v = ck.meta().get("data").cloned().ok_or_else(|| bad_meta(ck, "data", "missing"))?;
+    serde_json::from_value(v).map_err(|e| bad_meta(ck, "data", &e.to_string()))
 }
 
 /// Opens the checkpoint at `path` (a run directory's latest, or one checkpoint folder).

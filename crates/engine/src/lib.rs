@@ -20,7 +20,7 @@ pub mod sample;
 pub mod schedule;
 mod trainer;
 
-pub use ckpt::{load_model, meta_u64, open as open_checkpoint, saved_config, FORMAT};
+pub use ckpt::{load_model, meta_u64, open as open_checkpoint, saved_config, saved_data_meta, FORMAT};
 pub use error::{EngineError, Result};
 pub use metrics::{measure_peak_flops, MemoryReport, MetricsRecord, RunInfo, StepMetrics};
-pub use trainer::{gpt_config, peak_rss_bytes, Observer, Quiet, StepTimes, Trainer};
+pub use trainer::{evaluate, gpt_config, peak_rss_bytes, Observer, Quiet, StepTimes, Trainer};

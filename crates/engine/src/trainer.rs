@@ -40,7 +40,8 @@ pub fn gpt_config(cfg: &ResolvedConfig) -> Result<GptConfig> {
 pub struct Trainer {
     pub cfg: ResolvedConfig,
     pub gpt: Gpt,
-    pub data: Dataset,
+    /// None for benchmarks, which train on random tokens.
+    pub data: Option<Dataset>,
     pub params: Vec<Vec<f32>>,
     pub grads: Vec<Vec<f32>>,
     pub exp_avg: Vec<Vec<f32>>,
@@ -71,6 +72,16 @@ impl Trainer {
     pub fn new(cfg: ResolvedConfig, data: Dataset, run_dir: &Path) -> Result<Trainer> {
         let cfg = cfg.with_vocab_size(data.meta.vocab_size)?;
         data.check_block(cfg.raw.model.block_size)?;
+        Self::build(cfg, Some(data), run_dir)
+    }
+
+    /// A trainer on uniformly random tokens (no data files, no evaluation), for
+    /// `hyperion bench train`. `model.vocab_size` must be set.
+    pub fn synthetic(cfg: ResolvedConfig) -> Result<Trainer> {
+        Self::build(cfg, None, Path::new(""))
+    }
+
+    fn build(cfg: ResolvedConfig, data: Option<Dataset>, run_dir: &Path) -> Result<Trainer> {
         let gpt = Gpt::new(gpt_config(&cfg)?);
         let params = gpt.init_params(cfg.raw.train.seed);
         let (b, t) = (cfg.raw.train.batch_size, cfg.raw.model.block_size);
@@ -138,7 +149,10 @@ impl Trainer {
             // Global sample index of this micro-batch's first sequence: the window of a
             // sample depends on (seed, index) alone, so resume is exact.
             let first = self.step * self.global_batch() + (micro * b) as u64;
-            self.data.train.fill_batch(seed, first, b, t, &mut self.inputs, &mut self.targets);
+            match &self.data {
+                Some(d) => d.train.fill_batch(seed, first, b, t, &mut self.inputs, &mut self.targets),
+                None => random_tokens(seed, first, self.gpt.cfg.vocab_size, &mut self.inputs, &mut self.targets),
+            }
             loss_sum += self.forward_backward_timed(grad_scale, times);
         }
         let loss = loss_sum / (b * t * accum) as f64;
@@ -194,15 +208,11 @@ impl Trainer {
     /// Mean validation loss over `train.eval_batches` fixed batches (the same batches at
     /// every evaluation, so values are comparable along the run).
     pub fn evaluate(&mut self) -> f64 {
+        let Some(data) = &self.data else { return f64::NAN };
         let tc = &self.cfg.raw.train;
         let (b, t) = (tc.batch_size, self.cfg.raw.model.block_size);
-        let seed = tc.seed ^ EVAL_SEED_SALT;
-        let mut sum = 0.0;
-        for i in 0..tc.eval_batches {
-            self.data.val.fill_batch(seed, (i * b) as u64, b, t, &mut self.inputs, &mut self.targets);
-            sum += self.gpt.forward_loss(&self.params, &mut self.acts, &self.inputs, &self.targets);
-        }
-        sum / (tc.eval_batches * b * t) as f64
+        eval_batches(&self.gpt, &self.params, data, &mut self.acts, tc.seed, tc.eval_batches, &mut self.inputs, &mut self.targets)
+            / (tc.eval_batches * b * t) as f64
     }
 
     /// Runs to `train.steps`, evaluating, logging and checkpointing as configured.
@@ -250,6 +260,42 @@ impl Trainer {
             }
         }
         Ok(last_val)
+    }
+}
+
+/// Mean validation loss of `params` over `batches` batches of (b, t): the batches
+/// `Trainer::evaluate` uses for a run with this `seed`.
+pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, b: usize, t: usize, batches: usize) -> f64 {
+    let mut acts = Activations::new(&gpt.cfg, b, t, false);
+    let (mut x, mut y) = (vec![0; b * t], vec![0; b * t]);
+    eval_batches(gpt, params, data, &mut acts, seed, batches, &mut x, &mut y) / (batches * b * t) as f64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_batches(
+    gpt: &Gpt,
+    params: &[Vec<f32>],
+    data: &Dataset,
+    acts: &mut Activations,
+    seed: u64,
+    batches: usize,
+    x: &mut [u32],
+    y: &mut [u32],
+) -> f64 {
+    let (b, t) = (acts.b, acts.t);
+    (0..batches)
+        .map(|i| {
+            data.val.fill_batch(seed ^ EVAL_SEED_SALT, (i * b) as u64, b, t, x, y);
+            gpt.forward_loss(params, acts, x, y)
+        })
+        .sum()
+}
+
+fn random_tokens(seed: u64, first: u64, vocab: usize, x: &mut [u32], y: &mut [u32]) {
+    let mut rng = model::init::SplitMix64(seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for (a, b) in x.iter_mut().zip(y.iter_mut()) {
+        *a = (rng.next_u64() % vocab as u64) as u32;
+        *b = (rng.next_u64() % vocab as u64) as u32;
     }
 }
 

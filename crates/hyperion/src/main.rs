@@ -1,6 +1,7 @@
 //! `hyperion`: the command line. Each subcommand is a thin call into a library crate;
 //! the modules under `cmd/` own their arguments and printing, nothing else.
 
+mod chart;
 mod cmd;
 
 use clap::{Parser, Subcommand};

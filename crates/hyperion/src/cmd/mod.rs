@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_comm;
 pub mod bench_train;
+pub mod common;
 pub mod data;
 pub mod eval;
 pub mod generate;

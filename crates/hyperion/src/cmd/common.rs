@@ -1,0 +1,103 @@
+//! Pieces shared by the subcommands: config resolution (fresh or from a checkpoint),
+//! data preparation with a progress bar, and loading a model for inference.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use config::ResolvedConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Config flags shared by `train` and `bench train`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Start from a named preset (shakespeare-char, shakespeare-char-cpu, gpt2, gpt2-mini, ...).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML config file, layered over the preset.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. `--set train.steps=100` (repeatable; the last one wins).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+impl ConfigArgs {
+    pub fn resolve(&self) -> Result<ResolvedConfig> {
+        Ok(config::resolve(self.preset.as_deref(), self.config.as_deref(), &self.sets)?)
+    }
+}
+
+/// Resolves a config saved in a checkpoint with `--set` overrides on top.
+pub fn resolve_saved(saved_toml: &str, sets: &[String], scratch_dir: &Path) -> Result<ResolvedConfig> {
+    if sets.is_empty() {
+        return Ok(ResolvedConfig::from_toml_str(saved_toml)?);
+    }
+    // The saved config is a complete file layer; `--set` goes over it exactly as over a
+    // `--config` file.
+    let path = scratch_dir.join(format!(".resume-config-{}.toml", std::process::id()));
+    std::fs::write(&path, saved_toml).with_context(|| format!("writing {}", path.display()))?;
+    let resolved = config::resolve(None, Some(&path), sets);
+    let _ = std::fs::remove_file(&path);
+    Ok(resolved?)
+}
+
+pub fn tokenizer_kind(k: config::TokenizerKind) -> data::TokenizerKind {
+    match k {
+        config::TokenizerKind::Gpt2 => data::TokenizerKind::Gpt2,
+        config::TokenizerKind::Char => data::TokenizerKind::Char,
+    }
+}
+
+/// Opens the configured dataset, preparing it from `data.inputs` on first use.
+pub fn open_data(cfg: &ResolvedConfig, show_progress: bool) -> Result<data::Dataset> {
+    let d = &cfg.raw.data;
+    let meta_exists = d.dir.join("meta.json").is_file();
+    if !meta_exists {
+        if d.inputs.is_empty() {
+            anyhow::bail!(
+                "data folder {} has no meta.json and data.inputs is empty: run `hyperion data prepare --out {}` or set data.inputs",
+                d.dir.display(),
+                d.dir.display()
+            );
+        }
+        eprintln!("preparing {} from {} input path(s) ({} tokenizer)", d.dir.display(), d.inputs.len(), tokenizer_kind(d.tokenizer));
+    }
+    let bar = if show_progress && !meta_exists { bytes_bar("tokenizing") } else { ProgressBar::hidden() };
+    data::ensure_prepared(&d.dir, &d.inputs, tokenizer_kind(d.tokenizer), d.val_fraction, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    Ok(data::Dataset::open(&d.dir)?)
+}
+
+fn bytes_bar(msg: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg);
+    bar
+}
+
+/// A model loaded for inference from a run directory or checkpoint folder.
+pub struct Loaded {
+    pub cfg: ResolvedConfig,
+    pub gpt: model::Gpt,
+    pub params: Vec<Vec<f32>>,
+    pub meta: data::Meta,
+    pub step: u64,
+    pub dir: PathBuf,
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    let ck = engine::open_checkpoint(path)?;
+    let cfg = ResolvedConfig::from_toml_str(&engine::saved_config(&ck)?)
+        .with_context(|| format!("the config saved in {}", ck.dir().display()))?;
+    let gpt = model::Gpt::new(engine::gpt_config(&cfg)?);
+    let mut params = gpt.zeros();
+    engine::load_model(&gpt, &ck, &mut params)?;
+    Ok(Loaded { meta: engine::saved_data_meta(&ck)?, step: ck.step(), dir: ck.dir().to_path_buf(), cfg, gpt, params })
+}
