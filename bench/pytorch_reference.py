@@ -253,11 +253,12 @@ def main(argv=None):
     step_model = torch.compile(model) if args.compile else model
 
     B, T = args.batch, cfg.block_size
-    fwd, bwd, optim, total = [], [], [], []
+    fwd, bwd, optim, total, cpu = [], [], [], [], []
     losses = []
     for step in range(args.warmup + args.steps):
         idx = torch.randint(0, cfg.vocab_size, (B, T), generator=gen)
         tgt = torch.randint(0, cfg.vocab_size, (B, T), generator=gen)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         _, loss = step_model(idx, tgt)
         t1 = time.perf_counter()
@@ -267,16 +268,22 @@ def main(argv=None):
         opt.step()
         opt.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
+        c3 = time.process_time()
         losses.append(loss.item())
         if step >= args.warmup:
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
             optim.append(t3 - t2)
             total.append(t3 - t0)
+            cpu.append(c3 - c0)
 
     step_s = statistics.median(total)
     tokens_per_s = B * T / step_s
     mfu = flops_per_token(cfg, n_params) * tokens_per_s / (args.peak_gflops * 1e9)
+    # CPU seconds used per wall second per thread: well under 1 means other processes
+    # took the cores (the timing is then inflated), since OpenMP workers spin rather
+    # than sleep between parallel regions.
+    cpu_util = statistics.median(cpu) / (step_s * torch.get_num_threads())
     # ru_maxrss is in KiB on Linux.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     result = {
@@ -293,6 +300,7 @@ def main(argv=None):
         "flops_per_token": flops_per_token(cfg, n_params),
         "peak_gflops": args.peak_gflops,
         "peak_rss_mb": round(peak_rss_mb, 1),
+        "cpu_util": round(cpu_util, 3),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "optimizer": opt_kind,
@@ -311,7 +319,7 @@ def main(argv=None):
         print(f"  step {result['step_ms']:.1f} ms = forward {result['forward_ms']:.1f} + "
               f"backward {result['backward_ms']:.1f} + optimizer {result['optimizer_ms']:.1f} (medians)")
         print(f"  {tokens_per_s:,.0f} tokens/s, MFU {100 * mfu:.1f}% of {args.peak_gflops:g} GFLOP/s, "
-              f"peak RSS {peak_rss_mb:.0f} MB, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+              f"peak RSS {peak_rss_mb:.0f} MB, CPU use {cpu_util:.2f}/thread, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     return 0
 
 
