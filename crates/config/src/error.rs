@@ -7,11 +7,18 @@ use std::path::PathBuf;
 pub enum ConfigError {
     /// A key or section that no config struct has (`train.stpes`, `[trian]`).
     #[error("unknown config key `{key}`{}", did_you_mean(suggestion.as_deref()))]
-    UnknownKey { key: String, suggestion: Option<String> },
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
 
     /// A value of the wrong TOML type (`train.steps = "abc"`).
     #[error("{key}: expected {expected}, found {found}")]
-    WrongType { key: String, expected: String, found: String },
+    WrongType {
+        key: String,
+        expected: String,
+        found: String,
+    },
 
     /// A well-typed value outside what the run can use (`model.n_head = 0`).
     #[error("{key}: {reason}")]
@@ -24,7 +31,12 @@ pub enum ConfigError {
          remove train.global_batch",
         batch_size.saturating_mul(*grad_accum).saturating_mul(*dp)
     )]
-    BatchMismatch { global_batch: usize, batch_size: usize, grad_accum: usize, dp: usize },
+    BatchMismatch {
+        global_batch: usize,
+        batch_size: usize,
+        grad_accum: usize,
+        dp: usize,
+    },
 
     /// `--preset NAME` with a name that is not in [`crate::presets::names`].
     #[error("unknown preset `{name}`{} (valid presets: {})", did_you_mean(closest(name, valid).as_deref()), valid.join(", "))]
@@ -39,7 +51,10 @@ pub enum ConfigError {
 
     /// The config file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// The config file (or a saved config) is not valid TOML.
     #[error("{}: invalid TOML: {message}", path.display())]
@@ -51,7 +66,9 @@ pub enum ConfigError {
 }
 
 fn did_you_mean(suggestion: Option<&str>) -> String {
-    suggestion.map(|s| format!("; did you mean `{s}`?")).unwrap_or_default()
+    suggestion
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default()
 }
 
 fn closest(name: &str, valid: &[String]) -> Option<String> {

@@ -13,7 +13,9 @@ use crate::ConfigError;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Kind {
     /// Non-negative integer no larger than the bound.
-    UInt { max: u64 },
+    UInt {
+        max: u64,
+    },
     /// Like `UInt`, but may be left out (`--set key=none` removes it).
     OptUInt,
     /// Any finite or infinite number; integers are accepted and widened.
@@ -26,10 +28,20 @@ pub(crate) enum Kind {
     Enum(&'static [&'static str]),
 }
 
-const U: Kind = Kind::UInt { max: i64::MAX as u64 };
+const U: Kind = Kind::UInt {
+    max: i64::MAX as u64,
+};
 
 /// Every section, in the order they are written.
-pub const SECTIONS: &[&str] = &["model", "train", "optim", "data", "parallel", "checkpoint", "log"];
+pub const SECTIONS: &[&str] = &[
+    "model",
+    "train",
+    "optim",
+    "data",
+    "parallel",
+    "checkpoint",
+    "log",
+];
 
 /// Every valid `section.key` and its kind.
 pub(crate) const FIELDS: &[(&str, Kind)] = &[
@@ -80,7 +92,10 @@ pub fn all() -> impl Iterator<Item = &'static str> {
 }
 
 fn kind_of(key: &str) -> Option<Kind> {
-    FIELDS.iter().find(|(k, _)| *k == key).map(|(_, kind)| *kind)
+    FIELDS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, kind)| *kind)
 }
 
 /// Checks every key and value type of a (partial or merged) config table.
@@ -143,7 +158,10 @@ fn check_uint(key: &str, value: i64, max: u64) -> Result<(), ConfigError> {
         Ok(_) => format!("must be between 0 and {max}, found {value}"),
         Err(_) => format!("must be >= 0, found {value}"),
     };
-    Err(ConfigError::InvalidValue { key: key.to_string(), reason })
+    Err(ConfigError::InvalidValue {
+        key: key.to_string(),
+        reason,
+    })
 }
 
 /// Widens integers written for float keys (`optim.lr = 1`) so serde reads them as `f64`.
@@ -170,23 +188,33 @@ pub(crate) struct SetArg {
 /// Parses `section.key=value`. The value is read as a TOML value when it is one, else as a
 /// string; string-typed keys always take the text as written (so `data.dir=2024` is a path).
 pub(crate) fn parse_set(arg: &str) -> Result<SetArg, ConfigError> {
-    let bad = |reason: &str| ConfigError::BadSet { arg: arg.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| ConfigError::BadSet {
+        arg: arg.to_string(),
+        reason: reason.to_string(),
+    };
     let Some((key, raw)) = arg.split_once('=') else {
         return Err(bad("expected key=value, e.g. train.steps=100"));
     };
     let (key, raw) = (key.trim(), raw.trim());
     if key.is_empty() {
-        return Err(bad("missing key before `=`; expected key=value, e.g. train.steps=100"));
+        return Err(bad(
+            "missing key before `=`; expected key=value, e.g. train.steps=100",
+        ));
     }
     if raw.is_empty() {
         return Err(bad("missing value after `=`"));
     }
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad("empty segment in key; expected section.key, e.g. optim.lr"));
+        return Err(bad(
+            "empty segment in key; expected section.key, e.g. optim.lr",
+        ));
     }
     if parts.len() == 1 && SECTIONS.contains(&parts[0]) {
-        return Err(bad(&format!("`{key}` is a section; set one of its keys, e.g. {}", example_key(key))));
+        return Err(bad(&format!(
+            "`{key}` is a section; set one of its keys, e.g. {}",
+            example_key(key)
+        )));
     }
     let kind = kind_of(key).ok_or_else(|| unknown(key))?;
     let parsed = raw.parse::<Value>().ok();
@@ -207,16 +235,25 @@ pub(crate) fn parse_set(arg: &str) -> Result<SetArg, ConfigError> {
         check_value(key, kind, v)?;
     }
     let (section, field) = (parts[0].to_string(), parts[1].to_string());
-    Ok(SetArg { section, field, value })
+    Ok(SetArg {
+        section,
+        field,
+        value,
+    })
 }
 
 fn example_key(section: &str) -> &'static str {
-    all().find(|k| k.split('.').next() == Some(section)).unwrap_or("train.steps")
+    all()
+        .find(|k| k.split('.').next() == Some(section))
+        .unwrap_or("train.steps")
 }
 
 /// The error for a key that is not in [`FIELDS`], with the best suggestion we can make.
 pub(crate) fn unknown(key: &str) -> ConfigError {
-    ConfigError::UnknownKey { key: key.to_string(), suggestion: suggest(key) }
+    ConfigError::UnknownKey {
+        key: key.to_string(),
+        suggestion: suggest(key),
+    }
 }
 
 /// Suggests a valid key for a mistyped one, in order of confidence: the same field name
@@ -230,17 +267,26 @@ fn suggest(key: &str) -> Option<String> {
             .find(|k| field_of(k) == *one)
             .map(str::to_string)
             .or_else(|| closest(one, SECTIONS.iter().copied()).map(str::to_string))
-            .or_else(|| closest(one, all().map(field_of)).and_then(|f| all().find(|k| field_of(k) == f).map(str::to_string))),
+            .or_else(|| {
+                closest(one, all().map(field_of))
+                    .and_then(|f| all().find(|k| field_of(k) == f).map(str::to_string))
+            }),
         [section, field] => {
             if let Some(k) = all().find(|k| field_of(k) == *field) {
                 return Some(k.to_string());
             }
             let same = all().filter(|k| k.split('.').next() == Some(section));
-            closest(key, same).or_else(|| closest(key, all())).map(str::to_string)
+            closest(key, same)
+                .or_else(|| closest(key, all()))
+                .map(str::to_string)
         }
         [a, b, ..] => {
             let prefix = format!("{a}.{b}");
-            if kind_of(&prefix).is_some() { Some(prefix) } else { suggest(&prefix) }
+            if kind_of(&prefix).is_some() {
+                Some(prefix)
+            } else {
+                suggest(&prefix)
+            }
         }
         [] => None,
     }
@@ -249,13 +295,21 @@ fn suggest(key: &str) -> Option<String> {
 /// The candidate closest to `name` by optimal-string-alignment distance (Levenshtein plus
 /// adjacent transpositions, Damerau 1964), if it is close enough to be a typo; failing
 /// that, a candidate that `name` is a prefix of (`warmup` -> `warmup_steps`).
-pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let candidates: Vec<&'a str> = candidates.into_iter().collect();
     let limit = (name.chars().count() / 3).max(1);
-    let best = candidates.iter().map(|c| (osa_distance(name, c), *c)).min_by_key(|(d, _)| *d);
+    let best = candidates
+        .iter()
+        .map(|c| (osa_distance(name, c), *c))
+        .min_by_key(|(d, _)| *d);
     match best {
         Some((d, c)) if d <= limit => Some(c),
-        _ if name.len() >= 3 => candidates.into_iter().find(|c| c.starts_with(name) || c.ends_with(name)),
+        _ if name.len() >= 3 => candidates
+            .into_iter()
+            .find(|c| c.starts_with(name) || c.ends_with(name)),
         _ => None,
     }
 }
@@ -272,7 +326,9 @@ fn osa_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -293,14 +349,21 @@ fn describe(v: &Value) -> String {
         Value::Array(_) => {
             let text = v.to_string();
             let short: String = text.chars().take(40).collect();
-            format!("array {short}{}", if short.len() < text.len() { "..." } else { "" })
+            format!(
+                "array {short}{}",
+                if short.len() < text.len() { "..." } else { "" }
+            )
         }
         Value::Table(_) => "a table".to_string(),
     }
 }
 
 fn quoted(valid: &[&str]) -> String {
-    valid.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+    valid
+        .iter()
+        .map(|v| format!("{v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -317,7 +380,12 @@ mod tests {
         let table = Table::try_from(&full).unwrap();
         let mut written: Vec<String> = table
             .iter()
-            .flat_map(|(s, b)| b.as_table().unwrap().keys().map(move |f| format!("{s}.{f}")))
+            .flat_map(|(s, b)| {
+                b.as_table()
+                    .unwrap()
+                    .keys()
+                    .map(move |f| format!("{s}.{f}"))
+            })
             .collect();
         let mut listed: Vec<String> = all().map(str::to_string).collect();
         written.sort();
@@ -340,7 +408,10 @@ mod tests {
         assert_eq!(suggest("train.lr").as_deref(), Some("optim.lr"));
         assert_eq!(suggest("trian").as_deref(), Some("train"));
         assert_eq!(suggest("steps").as_deref(), Some("train.steps"));
-        assert_eq!(suggest("optim.warmup").as_deref(), Some("optim.warmup_steps"));
+        assert_eq!(
+            suggest("optim.warmup").as_deref(),
+            Some("optim.warmup_steps")
+        );
         assert_eq!(suggest("train.steps.x").as_deref(), Some("train.steps"));
         assert_eq!(suggest("model.zzzzzzzz"), None);
     }

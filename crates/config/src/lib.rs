@@ -45,8 +45,8 @@ mod schema;
 mod validate;
 
 pub use error::ConfigError;
-pub use resolve::{resolve, ResolvedConfig};
+pub use resolve::{resolve, resolve_saved, ResolvedConfig};
 pub use schema::{
-    Arch, CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, ParallelConfig, Recompute, RunConfig,
-    TokenizerKind, TrainConfig,
+    Arch, CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, ParallelConfig,
+    Recompute, RunConfig, TokenizerKind, TrainConfig,
 };

@@ -58,11 +58,20 @@ pub fn get(name: &str) -> Option<RunConfig> {
 /// nanoGPT's `train_shakespeare_char.py`: a "baby GPT" that reaches ~1.47 val loss.
 fn shakespeare_char() -> RunConfig {
     let mut c = RunConfig::default();
-    (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) = (6, 6, 384, 256);
+    (
+        c.model.n_layer,
+        c.model.n_head,
+        c.model.n_embd,
+        c.model.block_size,
+    ) = (6, 6, 384, 256);
     c.model.bias = false;
     c.train.batch_size = 64;
     c.train.steps = 5000;
-    (c.train.eval_interval, c.train.eval_batches, c.train.log_interval) = (250, 20, 10);
+    (
+        c.train.eval_interval,
+        c.train.eval_batches,
+        c.train.log_interval,
+    ) = (250, 20, 10);
     (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps) = (1e-3, 1e-4, 100);
     // Small models see few tokens per step, so a larger beta2 (nanoGPT's comment).
     c.optim.beta2 = 0.99;
@@ -79,7 +88,12 @@ fn shakespeare_char() -> RunConfig {
 /// fine-tuned on Shakespeare with the GPT-2 tokenizer.
 fn gpt2(n_layer: usize, n_head: usize, n_embd: usize) -> RunConfig {
     let mut c = RunConfig::default();
-    (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) = (n_layer, n_head, n_embd, 1024);
+    (
+        c.model.n_layer,
+        c.model.n_head,
+        c.model.n_embd,
+        c.model.block_size,
+    ) = (n_layer, n_head, n_embd, 1024);
     c.model.vocab_size = Some(50257);
     c.model.bias = true;
     c.train.batch_size = 8;
@@ -96,11 +110,20 @@ fn gpt2(n_layer: usize, n_head: usize, n_embd: usize) -> RunConfig {
 /// The smallest useful run, for tests: a few seconds on one core.
 fn tiny() -> RunConfig {
     let mut c = RunConfig::default();
-    (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) = (2, 2, 32, 16);
+    (
+        c.model.n_layer,
+        c.model.n_head,
+        c.model.n_embd,
+        c.model.block_size,
+    ) = (2, 2, 32, 16);
     c.model.bias = true;
     c.train.batch_size = 4;
     c.train.steps = 20;
-    (c.train.eval_interval, c.train.eval_batches, c.train.log_interval) = (10, 2, 1);
+    (
+        c.train.eval_interval,
+        c.train.eval_batches,
+        c.train.log_interval,
+    ) = (10, 2, 1);
     (c.optim.lr, c.optim.warmup_steps) = (1e-3, 2);
     c.data.tokenizer = TokenizerKind::Char;
     c.checkpoint.interval = 10;
@@ -122,19 +145,74 @@ mod tests {
     #[test]
     fn preset_numbers() {
         let c = get("shakespeare-char").unwrap();
-        assert_eq!((c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size), (6, 6, 384, 256));
-        assert_eq!((c.train.batch_size, c.train.steps, c.checkpoint.interval), (64, 5000, 1000));
+        assert_eq!(
+            (
+                c.model.n_layer,
+                c.model.n_head,
+                c.model.n_embd,
+                c.model.block_size
+            ),
+            (6, 6, 384, 256)
+        );
+        assert_eq!(
+            (c.train.batch_size, c.train.steps, c.checkpoint.interval),
+            (64, 5000, 1000)
+        );
         let c = get("shakespeare-char-cpu").unwrap();
-        assert_eq!((c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size), (4, 4, 128, 64));
-        assert_eq!((c.train.batch_size, c.train.steps, c.checkpoint.interval), (12, 2000, 500));
-        assert_eq!((c.optim.lr, c.optim.min_lr, c.optim.beta2), (1e-3, 1e-4, 0.99));
+        assert_eq!(
+            (
+                c.model.n_layer,
+                c.model.n_head,
+                c.model.n_embd,
+                c.model.block_size
+            ),
+            (4, 4, 128, 64)
+        );
+        assert_eq!(
+            (c.train.batch_size, c.train.steps, c.checkpoint.interval),
+            (12, 2000, 500)
+        );
+        assert_eq!(
+            (c.optim.lr, c.optim.min_lr, c.optim.beta2),
+            (1e-3, 1e-4, 0.99)
+        );
         let xl = get("gpt2-xl").unwrap();
-        assert_eq!((xl.model.n_layer, xl.model.n_head, xl.model.n_embd), (48, 25, 1600));
-        assert_eq!((xl.model.vocab_size, xl.model.bias, xl.data.tokenizer), (Some(50257), true, TokenizerKind::Gpt2));
-        assert_eq!((xl.optim.lr, xl.optim.min_lr, xl.optim.warmup_steps, xl.optim.beta2), (6e-4, 6e-5, 200, 0.95));
+        assert_eq!(
+            (xl.model.n_layer, xl.model.n_head, xl.model.n_embd),
+            (48, 25, 1600)
+        );
+        assert_eq!(
+            (xl.model.vocab_size, xl.model.bias, xl.data.tokenizer),
+            (Some(50257), true, TokenizerKind::Gpt2)
+        );
+        assert_eq!(
+            (
+                xl.optim.lr,
+                xl.optim.min_lr,
+                xl.optim.warmup_steps,
+                xl.optim.beta2
+            ),
+            (6e-4, 6e-5, 200, 0.95)
+        );
         let mini = get("gpt2-mini").unwrap();
-        assert_eq!((mini.model.n_layer, mini.model.n_embd, mini.model.block_size, mini.train.batch_size), (4, 256, 128, 8));
+        assert_eq!(
+            (
+                mini.model.n_layer,
+                mini.model.n_embd,
+                mini.model.block_size,
+                mini.train.batch_size
+            ),
+            (4, 256, 128, 8)
+        );
         let t = get("tiny").unwrap();
-        assert_eq!((t.model.n_embd, t.model.block_size, t.train.steps, t.train.log_interval), (32, 16, 20, 1));
+        assert_eq!(
+            (
+                t.model.n_embd,
+                t.model.block_size,
+                t.train.steps,
+                t.train.log_interval
+            ),
+            (32, 16, 20, 1)
+        );
     }
 }

@@ -38,7 +38,13 @@ impl ResolvedConfig {
         let global_batch = raw.train.batch_size * raw.train.grad_accum * raw.parallel.dp;
         let decay_steps = raw.optim.decay_steps.unwrap_or(raw.train.steps);
         let tokens_per_step = (global_batch * raw.model.block_size) as u64;
-        Ok(Self { raw, global_batch, decay_steps, tokens_per_step, preset: None })
+        Ok(Self {
+            raw,
+            global_batch,
+            decay_steps,
+            tokens_per_step,
+            preset: None,
+        })
     }
 
     /// Ranks in the layout: `dp * tp * pp`.
@@ -74,17 +80,7 @@ impl ResolvedConfig {
     /// Reads a config written by [`ResolvedConfig::to_toml`] (or any config file: missing
     /// keys take the defaults) and validates it again.
     pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
-        let preset = s
-            .lines()
-            .take_while(|l| l.starts_with('#') || l.trim().is_empty())
-            .find_map(|l| l.strip_prefix(PRESET_LINE))
-            .map(|p| p.trim().to_string());
-        let table = parse_table(s, Path::new("<saved config>"))?;
-        let mut base = to_table(&RunConfig::default())?;
-        merge(&mut base, table);
-        let mut resolved = finish(base)?;
-        resolved.preset = preset;
-        Ok(resolved)
+        resolve_saved(s, &[])
     }
 
     /// Fills `model.vocab_size` from the prepared data when the config left it out.
@@ -95,7 +91,10 @@ impl ResolvedConfig {
                 key: "model.vocab_size".into(),
                 reason: "the prepared data reports a vocabulary of 0 tokens".into(),
             }),
-            Some(model) if model != data_vocab => Err(ConfigError::VocabMismatch { model, data: data_vocab }),
+            Some(model) if model != data_vocab => Err(ConfigError::VocabMismatch {
+                model,
+                data: data_vocab,
+            }),
             _ => {
                 self.raw.model.vocab_size = Some(data_vocab);
                 Ok(self)
@@ -114,7 +113,11 @@ impl fmt::Display for ResolvedConfig {
 /// `--set` wins over an earlier one). Each `sets` item is `section.key=value`, the value
 /// read as a TOML value when it is one (`100`, `3e-4`, `true`, `["a", "b"]`), else as a
 /// string (`data.tokenizer=char`); `--set model.vocab_size=none` clears an optional key.
-pub fn resolve(preset: Option<&str>, file: Option<&Path>, sets: &[String]) -> Result<ResolvedConfig, ConfigError> {
+pub fn resolve(
+    preset: Option<&str>,
+    file: Option<&Path>,
+    sets: &[String],
+) -> Result<ResolvedConfig, ConfigError> {
     let base_config = match preset {
         Some(name) => presets::get(name).ok_or_else(|| ConfigError::UnknownPreset {
             name: name.to_string(),
@@ -126,13 +129,44 @@ pub fn resolve(preset: Option<&str>, file: Option<&Path>, sets: &[String]) -> Re
     // (an `Option` the preset leaves `None` must not inherit a default `Some`).
     let mut table = to_table(&base_config)?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let file_table = parse_table(&text, path)?;
         merge(&mut table, file_table);
     }
+    apply_sets(&mut table, sets)?;
+    let mut resolved = finish(table)?;
+    resolved.preset = preset.map(str::to_string);
+    Ok(resolved)
+}
+
+/// Reads a config saved by [`ResolvedConfig::to_toml`] (e.g. from a checkpoint) with
+/// `--set` overrides on top, as when resuming with a changed `train.steps`. Missing keys
+/// take the defaults; the preset comment, if any, is kept.
+pub fn resolve_saved(saved_toml: &str, sets: &[String]) -> Result<ResolvedConfig, ConfigError> {
+    let preset = saved_toml
+        .lines()
+        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .find_map(|l| l.strip_prefix(PRESET_LINE))
+        .map(|p| p.trim().to_string());
+    let saved = parse_table(saved_toml, Path::new("<saved config>"))?;
+    let mut table = to_table(&RunConfig::default())?;
+    merge(&mut table, saved);
+    apply_sets(&mut table, sets)?;
+    let mut resolved = finish(table)?;
+    resolved.preset = preset;
+    Ok(resolved)
+}
+
+/// Applies `--set` arguments in order, so a later one wins.
+fn apply_sets(table: &mut Table, sets: &[String]) -> Result<(), ConfigError> {
     for arg in sets {
         let set = keys::parse_set(arg)?;
-        let section = table.entry(set.section).or_insert_with(|| Value::Table(Table::new()));
+        let section = table
+            .entry(set.section)
+            .or_insert_with(|| Value::Table(Table::new()));
         if let Value::Table(fields) = section {
             match set.value {
                 Some(v) => fields.insert(set.field, v),
@@ -140,22 +174,24 @@ pub fn resolve(preset: Option<&str>, file: Option<&Path>, sets: &[String]) -> Re
             };
         }
     }
-    let mut resolved = finish(table)?;
-    resolved.preset = preset.map(str::to_string);
-    Ok(resolved)
+    Ok(())
 }
 
 /// Parses TOML text and checks its keys and types, so errors point at this layer.
 fn parse_table(text: &str, path: &Path) -> Result<Table, ConfigError> {
-    let table = text
-        .parse::<Table>()
-        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+    let table = text.parse::<Table>().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
     keys::check_table(&table)?;
     Ok(table)
 }
 
 fn to_table(c: &RunConfig) -> Result<Table, ConfigError> {
-    Table::try_from(c).map_err(|e| ConfigError::Parse { path: PathBuf::from("<built-in config>"), message: e.to_string() })
+    Table::try_from(c).map_err(|e| ConfigError::Parse {
+        path: PathBuf::from("<built-in config>"),
+        message: e.to_string(),
+    })
 }
 
 /// Overlays `over` onto `base`: tables merge key by key, anything else replaces.
@@ -176,6 +212,9 @@ fn finish(mut table: Table) -> Result<ResolvedConfig, ConfigError> {
     keys::widen_floats(&mut table);
     let raw: RunConfig = Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Parse { path: PathBuf::from("<merged config>"), message: e.to_string() })?;
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: PathBuf::from("<merged config>"),
+            message: e.to_string(),
+        })?;
     ResolvedConfig::new(raw)
 }

@@ -201,7 +201,13 @@ pub struct ParallelConfig {
 
 impl Default for ParallelConfig {
     fn default() -> Self {
-        Self { dp: 1, tp: 1, pp: 1, zero: 0, recompute: Recompute::None }
+        Self {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            zero: 0,
+            recompute: Recompute::None,
+        }
     }
 }
 
@@ -217,7 +223,10 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { interval: 500, keep_last: 3 }
+        Self {
+            interval: 500,
+            keep_last: 3,
+        }
     }
 }
 
@@ -233,7 +242,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { progress: true, peak_flops: None }
+        Self {
+            progress: true,
+            peak_flops: None,
+        }
     }
 }
 

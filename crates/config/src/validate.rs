@@ -4,7 +4,10 @@
 use crate::{ConfigError, RunConfig};
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::InvalidValue { key: key.to_string(), reason: reason.into() }
+    ConfigError::InvalidValue {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
@@ -16,7 +19,13 @@ fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
 
 /// `v` finite, above `lo` (strictly when `lo_open`) and, if given, below `hi` (strictly
 /// when its flag is set); the reason shows the interval in math notation.
-fn in_range(key: &str, v: f64, lo: f64, lo_open: bool, hi: Option<(f64, bool)>) -> Result<(), ConfigError> {
+fn in_range(
+    key: &str,
+    v: f64,
+    lo: f64,
+    lo_open: bool,
+    hi: Option<(f64, bool)>,
+) -> Result<(), ConfigError> {
     let above = if lo_open { v > lo } else { v >= lo };
     let below = match hi {
         Some((h, true)) => v < h,
@@ -28,10 +37,16 @@ fn in_range(key: &str, v: f64, lo: f64, lo_open: bool, hi: Option<(f64, bool)>) 
     }
     let reason = match hi {
         Some((h, open)) => {
-            let (l, r) = (if lo_open { "(" } else { "[" }, if open { ")" } else { "]" });
+            let (l, r) = (
+                if lo_open { "(" } else { "[" },
+                if open { ")" } else { "]" },
+            );
             format!("must be in {l}{lo}, {h}{r}, found {v}")
         }
-        None => format!("must be a finite number {} {lo}, found {v}", if lo_open { ">" } else { ">=" }),
+        None => format!(
+            "must be a finite number {} {lo}, found {v}",
+            if lo_open { ">" } else { ">=" }
+        ),
     };
     Err(invalid(key, reason))
 }
@@ -55,7 +70,12 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     if m.n_embd % m.n_head != 0 {
         return Err(invalid(
             "model.n_embd",
-            format!("must be divisible by model.n_head ({} % {} = {})", m.n_embd, m.n_head, m.n_embd % m.n_head),
+            format!(
+                "must be divisible by model.n_head ({} % {} = {})",
+                m.n_embd,
+                m.n_head,
+                m.n_embd % m.n_head
+            ),
         ));
     }
 
@@ -65,7 +85,10 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     positive("train.grad_accum", t.grad_accum as u64)?;
     positive("train.log_interval", t.log_interval)?;
     if t.eval_interval > 0 && t.eval_batches == 0 {
-        return Err(invalid("train.eval_batches", "must be at least 1 when train.eval_interval > 0 (0 = never evaluate)"));
+        return Err(invalid(
+            "train.eval_batches",
+            "must be at least 1 when train.eval_interval > 0 (0 = never evaluate)",
+        ));
     }
 
     let p = &c.parallel;
@@ -73,18 +96,40 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     positive("parallel.tp", p.tp as u64)?;
     positive("parallel.pp", p.pp as u64)?;
     if p.tp != 1 {
-        return Err(invalid("parallel.tp", format!("tensor parallelism (tp = {}) is not supported yet; use 1", p.tp)));
+        return Err(invalid(
+            "parallel.tp",
+            format!(
+                "tensor parallelism (tp = {}) is not supported yet; use 1",
+                p.tp
+            ),
+        ));
     }
     if p.pp != 1 {
-        return Err(invalid("parallel.pp", format!("pipeline parallelism (pp = {}) is not supported yet; use 1", p.pp)));
+        return Err(invalid(
+            "parallel.pp",
+            format!(
+                "pipeline parallelism (pp = {}) is not supported yet; use 1",
+                p.pp
+            ),
+        ));
     }
     if p.zero > 3 {
-        return Err(invalid("parallel.zero", format!("must be a ZeRO stage 0, 1, 2 or 3, found {}", p.zero)));
+        return Err(invalid(
+            "parallel.zero",
+            format!("must be a ZeRO stage 0, 1, 2 or 3, found {}", p.zero),
+        ));
     }
-    if p.dp.checked_mul(p.tp).and_then(|x| x.checked_mul(p.pp)).is_none() {
+    if p.dp
+        .checked_mul(p.tp)
+        .and_then(|x| x.checked_mul(p.pp))
+        .is_none()
+    {
         return Err(invalid("parallel.dp", "dp x tp x pp overflows"));
     }
-    let product = t.batch_size.checked_mul(t.grad_accum).and_then(|x| x.checked_mul(p.dp));
+    let product = t
+        .batch_size
+        .checked_mul(t.grad_accum)
+        .and_then(|x| x.checked_mul(p.dp));
     match (t.global_batch, product) {
         (Some(g), Some(prod)) if g == prod => {}
         (Some(g), _) => {
@@ -97,16 +142,30 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
         }
         (None, Some(prod)) => {
             if prod.checked_mul(m.block_size).is_none() {
-                return Err(invalid("train.batch_size", "batch_size x grad_accum x dp x block_size overflows"));
+                return Err(invalid(
+                    "train.batch_size",
+                    "batch_size x grad_accum x dp x block_size overflows",
+                ));
             }
         }
-        (None, None) => return Err(invalid("train.batch_size", "batch_size x grad_accum x dp overflows")),
+        (None, None) => {
+            return Err(invalid(
+                "train.batch_size",
+                "batch_size x grad_accum x dp overflows",
+            ))
+        }
     }
 
     let o = &c.optim;
     in_range("optim.min_lr", o.min_lr, 0.0, false, None)?;
     if !(o.lr.is_finite() && o.lr >= o.min_lr) {
-        return Err(invalid("optim.lr", format!("must be finite and >= optim.min_lr ({}), found {}", o.min_lr, o.lr)));
+        return Err(invalid(
+            "optim.lr",
+            format!(
+                "must be finite and >= optim.min_lr ({}), found {}",
+                o.min_lr, o.lr
+            ),
+        ));
     }
     let decay_steps = o.decay_steps.unwrap_or(t.steps);
     positive("optim.decay_steps", decay_steps)?;
@@ -115,7 +174,10 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     if o.warmup_steps > decay_steps {
         return Err(invalid(
             "optim.warmup_steps",
-            format!("must be <= optim.decay_steps ({decay_steps}; defaults to train.steps), found {}", o.warmup_steps),
+            format!(
+                "must be <= optim.decay_steps ({decay_steps}; defaults to train.steps), found {}",
+                o.warmup_steps
+            ),
         ));
     }
     in_range("optim.beta1", o.beta1, 0.0, false, Some((1.0, true)))?;
@@ -131,10 +193,19 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     if let Some(i) = d.inputs.iter().position(|p| p.as_os_str().is_empty()) {
         return Err(invalid(&format!("data.inputs[{i}]"), "must not be empty"));
     }
-    in_range("data.val_fraction", d.val_fraction, 0.0, true, Some((1.0, true)))?;
+    in_range(
+        "data.val_fraction",
+        d.val_fraction,
+        0.0,
+        true,
+        Some((1.0, true)),
+    )?;
 
     if c.checkpoint.keep_last == 0 {
-        return Err(invalid("checkpoint.keep_last", "must be at least 1, found 0"));
+        return Err(invalid(
+            "checkpoint.keep_last",
+            "must be at least 1, found 0",
+        ));
     }
     if let Some(f) = c.log.peak_flops {
         in_range("log.peak_flops", f, 0.0, true, None)?;

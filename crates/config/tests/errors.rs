@@ -19,37 +19,71 @@ fn err_of_file(text: &str) -> ConfigError {
 #[test]
 fn unknown_key_names_the_dotted_key_and_suggests() {
     let err = err_of_file("[train]\nstpes = 10\n");
-    assert!(matches!(&err, ConfigError::UnknownKey { key, suggestion: Some(s) } if key == "train.stpes" && s == "train.steps"));
-    assert_eq!(err.to_string(), "unknown config key `train.stpes`; did you mean `train.steps`?");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, suggestion: Some(s) } if key == "train.stpes" && s == "train.steps")
+    );
+    assert_eq!(
+        err.to_string(),
+        "unknown config key `train.stpes`; did you mean `train.steps`?"
+    );
     // The same field in the wrong section.
-    assert_eq!(err_of_sets(&["train.lr=1e-3"]).to_string(), "unknown config key `train.lr`; did you mean `optim.lr`?");
+    assert_eq!(
+        err_of_sets(&["train.lr=1e-3"]).to_string(),
+        "unknown config key `train.lr`; did you mean `optim.lr`?"
+    );
     // A top-level key that belongs to a section.
-    assert_eq!(err_of_file("steps = 3\n").to_string(), "unknown config key `steps`; did you mean `train.steps`?");
+    assert_eq!(
+        err_of_file("steps = 3\n").to_string(),
+        "unknown config key `steps`; did you mean `train.steps`?"
+    );
     // Nothing close: no suggestion.
     let err = err_of_sets(&["model.qqqqqqqq=1"]);
-    assert!(matches!(&err, ConfigError::UnknownKey { suggestion: None, .. }));
+    assert!(matches!(
+        &err,
+        ConfigError::UnknownKey {
+            suggestion: None,
+            ..
+        }
+    ));
     assert_eq!(err.to_string(), "unknown config key `model.qqqqqqqq`");
 }
 
 #[test]
 fn unknown_section_suggests_the_closest_section() {
     let err = err_of_file("[trian]\nsteps = 10\n");
-    assert!(matches!(&err, ConfigError::UnknownKey { key, suggestion: Some(s) } if key == "trian" && s == "train"));
-    assert_eq!(err.to_string(), "unknown config key `trian`; did you mean `train`?");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, suggestion: Some(s) } if key == "trian" && s == "train")
+    );
+    assert_eq!(
+        err.to_string(),
+        "unknown config key `trian`; did you mean `train`?"
+    );
 }
 
 #[test]
 fn wrong_type_names_key_expected_and_found() {
     let err = err_of_sets(&["train.steps=abc"]);
     assert!(matches!(&err, ConfigError::WrongType { key, .. } if key == "train.steps"));
-    assert_eq!(err.to_string(), "train.steps: expected a non-negative integer, found string \"abc\"");
+    assert_eq!(
+        err.to_string(),
+        "train.steps: expected a non-negative integer, found string \"abc\""
+    );
     assert_eq!(
         err_of_file("[optim]\nlr = \"fast\"\n").to_string(),
         "optim.lr: expected a number, found string \"fast\""
     );
-    assert_eq!(err_of_sets(&["train.steps=1.5"]).to_string(), "train.steps: expected a non-negative integer, found float 1.5");
-    assert_eq!(err_of_sets(&["log.progress=1"]).to_string(), "log.progress: expected a boolean (true or false), found integer 1");
-    assert_eq!(err_of_file("train = 5\n").to_string(), "train: expected a table ([train]), found integer 5");
+    assert_eq!(
+        err_of_sets(&["train.steps=1.5"]).to_string(),
+        "train.steps: expected a non-negative integer, found float 1.5"
+    );
+    assert_eq!(
+        err_of_sets(&["log.progress=1"]).to_string(),
+        "log.progress: expected a boolean (true or false), found integer 1"
+    );
+    assert_eq!(
+        err_of_file("train = 5\n").to_string(),
+        "train: expected a table ([train]), found integer 5"
+    );
     assert_eq!(
         err_of_file("[data]\ninputs = [\"a\", 3]\n").to_string(),
         "data.inputs[1]: expected a string (a path), found integer 3"
@@ -86,17 +120,41 @@ fn invalid_values_name_their_key() {
     ];
     for (sets, message) in cases {
         let err = err_of_sets(sets);
-        assert!(matches!(err, ConfigError::InvalidValue { .. }), "{sets:?}: {err:?}");
+        assert!(
+            matches!(err, ConfigError::InvalidValue { .. }),
+            "{sets:?}: {err:?}"
+        );
         assert_eq!(err.to_string(), *message, "{sets:?}");
     }
     // Evaluation off: eval_batches may then be 0.
-    assert!(resolve(None, None, &["train.eval_interval=0".into(), "train.eval_batches=0".into()]).is_ok());
+    assert!(resolve(
+        None,
+        None,
+        &[
+            "train.eval_interval=0".into(),
+            "train.eval_batches=0".into()
+        ]
+    )
+    .is_ok());
 }
 
 #[test]
 fn batch_mismatch_names_the_three_numbers() {
-    let err = err_of_sets(&["train.batch_size=8", "train.grad_accum=2", "parallel.dp=2", "train.global_batch=64"]);
-    assert!(matches!(err, ConfigError::BatchMismatch { global_batch: 64, batch_size: 8, grad_accum: 2, dp: 2 }));
+    let err = err_of_sets(&[
+        "train.batch_size=8",
+        "train.grad_accum=2",
+        "parallel.dp=2",
+        "train.global_batch=64",
+    ]);
+    assert!(matches!(
+        err,
+        ConfigError::BatchMismatch {
+            global_batch: 64,
+            batch_size: 8,
+            grad_accum: 2,
+            dp: 2
+        }
+    ));
     assert_eq!(
         err.to_string(),
         "train.global_batch = 64 but train.batch_size (8) x train.grad_accum (2) x parallel.dp (2) = 32; \
@@ -107,15 +165,33 @@ fn batch_mismatch_names_the_three_numbers() {
 #[test]
 fn bad_set_syntax() {
     let cases: &[(&str, &str)] = &[
-        ("train.steps", "bad --set `train.steps`: expected key=value, e.g. train.steps=100"),
-        ("=5", "bad --set `=5`: missing key before `=`; expected key=value, e.g. train.steps=100"),
-        ("train.steps=", "bad --set `train.steps=`: missing value after `=`"),
-        ("train..steps=1", "bad --set `train..steps=1`: empty segment in key; expected section.key, e.g. optim.lr"),
-        ("train=5", "bad --set `train=5`: `train` is a section; set one of its keys, e.g. train.steps"),
+        (
+            "train.steps",
+            "bad --set `train.steps`: expected key=value, e.g. train.steps=100",
+        ),
+        (
+            "=5",
+            "bad --set `=5`: missing key before `=`; expected key=value, e.g. train.steps=100",
+        ),
+        (
+            "train.steps=",
+            "bad --set `train.steps=`: missing value after `=`",
+        ),
+        (
+            "train..steps=1",
+            "bad --set `train..steps=1`: empty segment in key; expected section.key, e.g. optim.lr",
+        ),
+        (
+            "train=5",
+            "bad --set `train=5`: `train` is a section; set one of its keys, e.g. train.steps",
+        ),
     ];
     for (arg, message) in cases {
         let err = err_of_sets(&[arg]);
-        assert!(matches!(&err, ConfigError::BadSet { arg: a, .. } if a == arg), "{err:?}");
+        assert!(
+            matches!(&err, ConfigError::BadSet { arg: a, .. } if a == arg),
+            "{err:?}"
+        );
         assert_eq!(err.to_string(), *message);
     }
     // Too many segments is an unknown key, pointing at the real one.
@@ -128,12 +204,17 @@ fn bad_set_syntax() {
 #[test]
 fn unknown_preset_lists_the_valid_ones() {
     let err = resolve(Some("gpt-2"), None, &[]).unwrap_err();
-    let ConfigError::UnknownPreset { name, valid } = &err else { panic!("{err:?}") };
+    let ConfigError::UnknownPreset { name, valid } = &err else {
+        panic!("{err:?}")
+    };
     assert_eq!(name, "gpt-2");
     assert_eq!(valid.len(), presets::names().len());
     assert_eq!(
         err.to_string(),
-        format!("unknown preset `gpt-2`; did you mean `gpt2`? (valid presets: {})", presets::names().join(", "))
+        format!(
+            "unknown preset `gpt-2`; did you mean `gpt2`? (valid presets: {})",
+            presets::names().join(", ")
+        )
     );
 }
 
@@ -141,7 +222,13 @@ fn unknown_preset_lists_the_valid_ones() {
 fn vocab_mismatch_names_both_numbers() {
     let cfg = resolve(Some("gpt2"), None, &[]).unwrap();
     let err = cfg.with_vocab_size(65).unwrap_err();
-    assert!(matches!(err, ConfigError::VocabMismatch { model: 50257, data: 65 }));
+    assert!(matches!(
+        err,
+        ConfigError::VocabMismatch {
+            model: 50257,
+            data: 65
+        }
+    ));
     assert_eq!(
         err.to_string(),
         "model.vocab_size = 50257 but the prepared data's meta.json has a vocabulary of 65 tokens; \
@@ -154,14 +241,27 @@ fn io_and_parse_errors_name_the_file() {
     let missing = Path::new("/nonexistent/hyperion/run.toml");
     let err = resolve(None, Some(missing), &[]).unwrap_err();
     assert!(matches!(&err, ConfigError::Io { path, .. } if path == missing));
-    assert!(err.to_string().starts_with("cannot read config file /nonexistent/hyperion/run.toml: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("cannot read config file /nonexistent/hyperion/run.toml: "),
+        "{err}"
+    );
 
     let err = err_of_file("[train]\nsteps = = 3\n");
-    let ConfigError::Parse { path, message } = &err else { panic!("{err:?}") };
+    let ConfigError::Parse { path, message } = &err else {
+        panic!("{err:?}")
+    };
     assert!(path.ends_with("run.toml"));
     assert!(message.contains("line 2"), "{message}");
-    assert!(err.to_string().contains("run.toml: invalid TOML: "), "{err}");
+    assert!(
+        err.to_string().contains("run.toml: invalid TOML: "),
+        "{err}"
+    );
 
     let err = ResolvedConfig::from_toml_str("[model\n").unwrap_err();
-    assert!(err.to_string().starts_with("<saved config>: invalid TOML: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("<saved config>: invalid TOML: "),
+        "{err}"
+    );
 }
