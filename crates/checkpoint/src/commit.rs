@@ -51,13 +51,21 @@ pub fn commit(
         }
     };
     let ckpt_dir = checkpoints_dir(pending.run_dir());
-    fsutil::replace_pointer(&ckpt_dir, LATEST_FILE, &format!("{}\n", step_dir_name(pending.step())))?;
+    fsutil::replace_pointer(
+        &ckpt_dir,
+        LATEST_FILE,
+        &format!("{}\n", step_dir_name(pending.step())),
+    )?;
     prune(&ckpt_dir, &step_dir, keep_last);
     Ok(step_dir)
 }
 
 /// Checks the records and writes the manifest inside the temporary folder.
-fn seal(pending: &Pending, meta: serde_json::Value, files: Vec<FileRecord>) -> Result<(), CheckpointError> {
+fn seal(
+    pending: &Pending,
+    meta: serde_json::Value,
+    files: Vec<FileRecord>,
+) -> Result<(), CheckpointError> {
     let tmp_dir = pending.path();
     let mut names = HashSet::new();
     for record in &files {
@@ -84,7 +92,11 @@ fn seal(pending: &Pending, meta: serde_json::Value, files: Vec<FileRecord>) -> R
         let name = entry.file_name();
         if !name.to_str().is_some_and(|n| names.contains(n)) {
             let path = entry.path();
-            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
             removed.map_err(io_at(&path))?;
         }
     }

@@ -15,8 +15,24 @@ fn values(step: u64, n: usize) -> Vec<f32> {
 fn save(run: &Path, step: u64) -> Result<std::path::PathBuf, CheckpointError> {
     let data = values(step, 1000);
     let pending = begin(run, step)?;
-    let a = pending.write_file("a.safetensors", &[TensorSlice { name: "w", global_shape: &[1000], start: 0, data: &data[..333] }])?;
-    let b = pending.write_file("b.safetensors", &[TensorSlice { name: "w", global_shape: &[1000], start: 333, data: &data[333..] }])?;
+    let a = pending.write_file(
+        "a.safetensors",
+        &[TensorSlice {
+            name: "w",
+            global_shape: &[1000],
+            start: 0,
+            data: &data[..333],
+        }],
+    )?;
+    let b = pending.write_file(
+        "b.safetensors",
+        &[TensorSlice {
+            name: "w",
+            global_shape: &[1000],
+            start: 333,
+            data: &data[333..],
+        }],
+    )?;
     commit(pending, serde_json::json!({ "step": step }), vec![a, b], 3)
 }
 
@@ -45,21 +61,34 @@ fn failures_at_every_file_of_a_save_keep_the_previous_checkpoint() {
         fault::clear();
         match &err {
             CheckpointError::Io { path, .. } => {
-                assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(target), "{err}")
+                assert_eq!(
+                    path.file_name().and_then(|n| n.to_str()),
+                    Some(target),
+                    "{err}"
+                )
             }
             other => panic!("{target}: expected Io, got {other}"),
         }
         assert!(err.to_string().contains("no space left"), "{err}");
         let tmp = run.path().join("checkpoints/.tmp-step-00000002");
-        assert!(!tmp.exists(), "{target}: the temporary folder must not survive an error");
+        assert!(
+            !tmp.exists(),
+            "{target}: the temporary folder must not survive an error"
+        );
         let step2 = run.path().join("checkpoints/step-00000002/manifest.json");
         assert_eq!(step2.exists(), step2_exists, "{target}");
-        assert!(!run.path().join("checkpoints/latest.tmp").exists(), "{target}");
+        assert!(
+            !run.path().join("checkpoints/latest.tmp").exists(),
+            "{target}"
+        );
         assert_previous_intact(run.path());
         // The engine's next start cleans up and saving works again.
         clean_stale(run.path()).unwrap();
         save(run.path(), 3).unwrap();
-        assert_eq!(open(run.path()).unwrap().read("w").unwrap(), values(3, 1000));
+        assert_eq!(
+            open(run.path()).unwrap().read("w").unwrap(),
+            values(3, 1000)
+        );
     }
 }
 

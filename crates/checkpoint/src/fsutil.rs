@@ -21,7 +21,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
 /// Atomically replaces `dir/name` with a small text file holding `contents`:
 /// write `name.tmp`, fsync it, rename over `name`, fsync `dir`. A crash leaves either
 /// the old or the new pointer, never a torn one.
-pub(crate) fn replace_pointer(dir: &Path, name: &str, contents: &str) -> Result<(), CheckpointError> {
+pub(crate) fn replace_pointer(
+    dir: &Path,
+    name: &str,
+    contents: &str,
+) -> Result<(), CheckpointError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     let result = (|| {
@@ -65,7 +69,10 @@ fn exchange(a: &Path, b: &Path) -> Result<(), CheckpointError> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-            CheckpointError::io(p, std::io::Error::new(ErrorKind::InvalidInput, "path contains NUL"))
+            CheckpointError::io(
+                p,
+                std::io::Error::new(ErrorKind::InvalidInput, "path contains NUL"),
+            )
         })
     };
     let (ca, cb) = (c(a)?, c(b)?);
@@ -104,7 +111,10 @@ fn exchange(_a: &Path, b: &Path) -> Result<(), CheckpointError> {
 /// half-deleted folder that still looks like a complete checkpoint.
 pub(crate) fn remove_dir_safely(dir: &Path) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let hidden = if name.starts_with(".tmp-") {
         dir.to_path_buf()
     } else {

@@ -49,6 +49,8 @@ mod fault_tests;
 
 pub use commit::{clean_stale, commit, list_checkpoints};
 pub use error::CheckpointError;
-pub use manifest::{piece_key, FileRecord, Manifest, Piece, TensorEntry, FORMAT_VERSION, MANIFEST_FILE};
+pub use manifest::{
+    piece_key, FileRecord, Manifest, Piece, TensorEntry, FORMAT_VERSION, MANIFEST_FILE,
+};
 pub use read::{open, Checkpoint};
 pub use write::{begin, Pending, TensorSlice};

@@ -170,8 +170,12 @@ impl Manifest {
         }
         // Re-run the commit-time checks: a hand-edited manifest must not make reads
         // return uninitialised or doubly-defined elements.
-        let rebuilt = Manifest::build(manifest.step, serde_json::Value::Null, manifest.files.clone())
-            .map_err(|e| bad(e.to_string()))?;
+        let rebuilt = Manifest::build(
+            manifest.step,
+            serde_json::Value::Null,
+            manifest.files.clone(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
         if rebuilt.tensors != manifest.tensors {
             return Err(bad(
                 "`tensors` does not match the pieces listed under `files`".to_string(),
@@ -238,7 +242,9 @@ pub(crate) fn validate_file_name(name: &str) -> Result<(), CheckpointError> {
         return Err(invalid("must be a plain file name without path separators"));
     }
     if name.starts_with('.') {
-        return Err(invalid("must not start with `.` (hidden and `..` names are reserved)"));
+        return Err(invalid(
+            "must not start with `.` (hidden and `..` names are reserved)",
+        ));
     }
     if name == MANIFEST_FILE {
         return Err(invalid("reserved for the manifest"));
@@ -291,9 +297,15 @@ mod tests {
 
     #[test]
     fn coverage_names_gap_overlap_and_tail() {
-        let gap = vec![record("a", vec![piece("w", &[10], 0, 3), piece("w", &[10], 4, 10)])];
+        let gap = vec![record(
+            "a",
+            vec![piece("w", &[10], 0, 3), piece("w", &[10], 4, 10)],
+        )];
         let err = Manifest::build(0, serde_json::Value::Null, gap).unwrap_err();
-        assert!(err.to_string().contains("elements [3, 4) are in no file"), "{err}");
+        assert!(
+            err.to_string().contains("elements [3, 4) are in no file"),
+            "{err}"
+        );
 
         let overlap = vec![
             record("a", vec![piece("w", &[10], 0, 6)]),
@@ -301,11 +313,17 @@ mod tests {
         ];
         let err = Manifest::build(0, serde_json::Value::Null, overlap).unwrap_err();
         assert!(matches!(&err, CheckpointError::Coverage { name, .. } if name == "w"));
-        assert!(err.to_string().contains("overlaps elements [5, 6)"), "{err}");
+        assert!(
+            err.to_string().contains("overlaps elements [5, 6)"),
+            "{err}"
+        );
 
         let tail = vec![record("a", vec![piece("w", &[10], 0, 9)])];
         let err = Manifest::build(0, serde_json::Value::Null, tail).unwrap_err();
-        assert!(err.to_string().contains("elements [9, 10) are in no file"), "{err}");
+        assert!(
+            err.to_string().contains("elements [9, 10) are in no file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 
 use crate::dirs::{checkpoints_dir, tmp_dir_name};
 use crate::error::{io_at, CheckpointError};
-use crate::manifest::{numel, piece_key, validate_file_name, FileRecord, Piece, FORMAT_NAME, FORMAT_VERSION};
+use crate::manifest::{
+    numel, piece_key, validate_file_name, FileRecord, Piece, FORMAT_NAME, FORMAT_VERSION,
+};
 
 /// A flat range of one global tensor, as held by the calling rank.
 ///
@@ -122,30 +124,48 @@ fn plan_file(
     let mut offset = 0usize;
     for t in tensors {
         if t.name.is_empty() || t.name == "__metadata__" {
-            return Err(invalid(t.name, "tensor name is empty or reserved by safetensors".into()));
+            return Err(invalid(
+                t.name,
+                "tensor name is empty or reserved by safetensors".into(),
+            ));
         }
-        let total = numel(t.global_shape)
-            .ok_or_else(|| invalid(t.name, format!("shape {:?} overflows usize", t.global_shape)))?;
-        let end = t.start.checked_add(t.data.len()).filter(|&e| e <= total).ok_or_else(|| {
+        let total = numel(t.global_shape).ok_or_else(|| {
             invalid(
                 t.name,
-                format!(
-                    "elements [{}, {}+{}) exceed the {total} elements of shape {:?}",
-                    t.start,
-                    t.start,
-                    t.data.len(),
-                    t.global_shape
-                ),
+                format!("shape {:?} overflows usize", t.global_shape),
             )
         })?;
+        let end = t
+            .start
+            .checked_add(t.data.len())
+            .filter(|&e| e <= total)
+            .ok_or_else(|| {
+                invalid(
+                    t.name,
+                    format!(
+                        "elements [{}, {}+{}) exceed the {total} elements of shape {:?}",
+                        t.start,
+                        t.start,
+                        t.data.len(),
+                        t.global_shape
+                    ),
+                )
+            })?;
         if t.data.is_empty() && total > 0 {
             continue;
         }
         let key = piece_key(t.name, t.global_shape, t.start, end);
         if !keys.insert(key.clone()) {
-            return Err(invalid(t.name, format!("range [{}, {end}) appears twice", t.start)));
+            return Err(invalid(
+                t.name,
+                format!("range [{}, {end}) appears twice", t.start),
+            ));
         }
-        let shape = if key == t.name { t.global_shape.to_vec() } else { vec![t.data.len()] };
+        let shape = if key == t.name {
+            t.global_shape.to_vec()
+        } else {
+            vec![t.data.len()]
+        };
         let nbytes = t.data.len() * 4;
         infos.push((key.clone(), shape, (offset, offset + nbytes)));
         offset += nbytes;

@@ -5,11 +5,17 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use checkpoint::{begin, clean_stale, commit, list_checkpoints, open, CheckpointError, TensorSlice};
+use checkpoint::{
+    begin, clean_stale, commit, list_checkpoints, open, CheckpointError, TensorSlice,
+};
 use common::{save_step, step_values};
 
 fn steps(run: &Path) -> Vec<u64> {
-    list_checkpoints(run).unwrap().into_iter().map(|(s, _)| s).collect()
+    list_checkpoints(run)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
 }
 
 #[test]
@@ -22,12 +28,46 @@ fn altered_byte_is_a_checksum_error_naming_the_file() {
     bytes[at] ^= 0x01;
     fs::write(&file, &bytes).unwrap();
     match open(run.path()).unwrap_err() {
-        CheckpointError::Checksum { file: f, expected, actual } => {
+        CheckpointError::Checksum {
+            file: f,
+            expected,
+            actual,
+        } => {
             assert_eq!(f, file);
             assert_eq!(expected.len(), 64);
             assert_ne!(expected, actual);
         }
         other => panic!("expected Checksum, got {other}"),
+    }
+}
+
+/// Shards are verified in parallel; the error reported is still the first file's.
+#[test]
+fn with_several_bad_files_the_first_in_manifest_order_is_reported() {
+    let run = tempfile::tempdir().unwrap();
+    let t: Vec<_> = (0..6)
+        .map(|i| {
+            (
+                ["a", "b", "c", "d", "e", "f"][i],
+                vec![32],
+                step_values(i as u64, 32),
+            )
+        })
+        .collect();
+    let dir = common::save_whole(run.path(), 1, &t, 0);
+    for i in [4, 2, 5] {
+        let file = dir.join(format!("part-{i}.safetensors"));
+        let mut bytes = fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x80;
+        fs::write(&file, &bytes).unwrap();
+    }
+    for _ in 0..5 {
+        let err = open(run.path()).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Checksum { file, .. } if file.ends_with("part-2.safetensors")),
+            "{err}"
+        );
     }
 }
 
@@ -50,10 +90,15 @@ fn truncated_and_grown_files_are_size_errors_naming_the_file() {
     let mut grown = full.clone();
     grown.extend_from_slice(&[0; 4]);
     fs::write(&file, &grown).unwrap();
-    assert!(matches!(open(run.path()).unwrap_err(), CheckpointError::Oversized { actual_bytes, .. } if actual_bytes == expected + 4));
+    assert!(
+        matches!(open(run.path()).unwrap_err(), CheckpointError::Oversized { actual_bytes, .. } if actual_bytes == expected + 4)
+    );
 
     fs::write(&file, &full).unwrap();
-    assert_eq!(open(run.path()).unwrap().read("w").unwrap(), step_values(1, 64));
+    assert_eq!(
+        open(run.path()).unwrap().read("w").unwrap(),
+        step_values(1, 64)
+    );
 }
 
 #[test]
@@ -62,12 +107,22 @@ fn corrupt_manifest_is_a_bad_manifest_error() {
     let dir = save_step(run.path(), 1, 8, 0);
     let path = dir.join("manifest.json");
     let text = fs::read_to_string(&path).unwrap();
-    fs::write(&path, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    fs::write(
+        &path,
+        text.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
     let err = open(&dir).unwrap_err();
-    assert!(matches!(&err, CheckpointError::BadManifest { path: p, .. } if *p == path), "{err}");
+    assert!(
+        matches!(&err, CheckpointError::BadManifest { path: p, .. } if *p == path),
+        "{err}"
+    );
     assert!(err.to_string().contains("format_version 99"), "{err}");
     fs::write(&path, "{ not json").unwrap();
-    assert!(matches!(open(&dir), Err(CheckpointError::BadManifest { .. })));
+    assert!(matches!(
+        open(&dir),
+        Err(CheckpointError::BadManifest { .. })
+    ));
 }
 
 #[test]
@@ -77,14 +132,21 @@ fn latest_missing_or_dangling_falls_back_to_newest_complete() {
         save_step(run.path(), step, 8, 0);
     }
     let ckpts = run.path().join("checkpoints");
-    assert_eq!(fs::read_to_string(ckpts.join("latest")).unwrap().trim(), "step-00000003");
+    assert_eq!(
+        fs::read_to_string(ckpts.join("latest")).unwrap().trim(),
+        "step-00000003"
+    );
     // Newer-looking but incomplete folders are never candidates.
     fs::create_dir_all(ckpts.join(".tmp-step-00000009")).unwrap();
     fs::write(ckpts.join(".tmp-step-00000009/manifest.json"), "{}").unwrap();
     fs::create_dir_all(ckpts.join("step-00000008")).unwrap(); // no manifest
 
     fs::write(ckpts.join("latest"), "step-00000002\n").unwrap();
-    assert_eq!(open(run.path()).unwrap().step(), 2, "a valid latest wins over newer folders");
+    assert_eq!(
+        open(run.path()).unwrap().step(),
+        2,
+        "a valid latest wins over newer folders"
+    );
     fs::remove_file(ckpts.join("latest")).unwrap();
     assert_eq!(open(run.path()).unwrap().step(), 3);
     fs::write(ckpts.join("latest"), "step-00000007\n").unwrap();
@@ -97,14 +159,23 @@ fn latest_missing_or_dangling_falls_back_to_newest_complete() {
     assert_eq!((one.step(), one.read("w").unwrap()), (1, step_values(1, 8)));
     // A temporary folder is refused even when named directly.
     let err = open(&ckpts.join(".tmp-step-00000009")).unwrap_err();
-    assert!(matches!(&err, CheckpointError::NotFound { hint, .. } if hint.contains("temporary")), "{err}");
+    assert!(
+        matches!(&err, CheckpointError::NotFound { hint, .. } if hint.contains("temporary")),
+        "{err}"
+    );
 }
 
 #[test]
 fn nothing_to_load_is_not_found() {
     let run = tempfile::tempdir().unwrap();
-    assert!(matches!(open(run.path()), Err(CheckpointError::NotFound { .. })));
-    assert!(matches!(open(&run.path().join("missing")), Err(CheckpointError::NotFound { .. })));
+    assert!(matches!(
+        open(run.path()),
+        Err(CheckpointError::NotFound { .. })
+    ));
+    assert!(matches!(
+        open(&run.path().join("missing")),
+        Err(CheckpointError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -122,8 +193,15 @@ fn keep_last_prunes_oldest_and_zero_keeps_all() {
     save_step(run.path(), 3, 8, 1);
     assert_eq!(steps(run.path()), [3]);
     assert_eq!(open(run.path()).unwrap().step(), 3);
-    let leftovers: Vec<_> = fs::read_dir(run.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers.len(), 2, "only step-00000003 and latest remain: {leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(run.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "only step-00000003 and latest remain: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -133,7 +211,11 @@ fn saving_an_existing_step_again_replaces_it() {
     common::save_whole(run.path(), 4, &[("w", vec![8], vec![0.5; 8])], 0);
     let ckpt = open(run.path()).unwrap();
     assert_eq!((ckpt.step(), ckpt.read("w").unwrap()), (4, vec![0.5; 8]));
-    assert_eq!(clean_stale(run.path()).unwrap(), 0, "the replaced folder is deleted, not left behind");
+    assert_eq!(
+        clean_stale(run.path()).unwrap(),
+        0,
+        "the replaced folder is deleted, not left behind"
+    );
 }
 
 #[test]
@@ -145,7 +227,17 @@ fn begin_is_idempotent_and_stale_tmp_folders_are_cleaned() {
     assert_eq!(a.path(), b.path());
     assert!(a.path().ends_with("checkpoints/.tmp-step-00000002"));
     let data = [9.0f32; 8];
-    let rec = b.write_file("x.safetensors", &[TensorSlice { name: "w", global_shape: &[8], start: 0, data: &data }]).unwrap();
+    let rec = b
+        .write_file(
+            "x.safetensors",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[8],
+                start: 0,
+                data: &data,
+            }],
+        )
+        .unwrap();
     assert!(a.path().join("x.safetensors").is_file());
     drop((a, b, rec)); // the "crash": never committed
     let ckpt = open(run.path()).unwrap();
@@ -155,7 +247,10 @@ fn begin_is_idempotent_and_stale_tmp_folders_are_cleaned() {
     assert!(!run.path().join("checkpoints/.tmp-step-00000002").exists());
     assert!(!run.path().join("checkpoints/latest.tmp").exists());
     assert_eq!(clean_stale(run.path()).unwrap(), 0);
-    assert_eq!(open(run.path()).unwrap().read("w").unwrap(), step_values(1, 8));
+    assert_eq!(
+        open(run.path()).unwrap().read("w").unwrap(),
+        step_values(1, 8)
+    );
     assert_eq!(clean_stale(&run.path().join("never-ran")).unwrap(), 0);
 }
 
@@ -165,12 +260,23 @@ fn begin_is_idempotent_and_stale_tmp_folders_are_cleaned() {
 fn retried_step_drops_files_of_the_crashed_attempt() {
     let run = tempfile::tempdir().unwrap();
     let data = [1.0f32; 4];
-    let one = [TensorSlice { name: "w", global_shape: &[4], start: 0, data: &data }];
-    begin(run.path(), 5).unwrap().write_file("old-layout.safetensors", &one).unwrap();
+    let one = [TensorSlice {
+        name: "w",
+        global_shape: &[4],
+        start: 0,
+        data: &data,
+    }];
+    begin(run.path(), 5)
+        .unwrap()
+        .write_file("old-layout.safetensors", &one)
+        .unwrap();
     let pending = begin(run.path(), 5).unwrap();
     let rec = pending.write_file("new.safetensors", &one).unwrap();
     let dir = commit(pending, serde_json::Value::Null, vec![rec], 0).unwrap();
-    let mut names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["manifest.json", "new.safetensors"]);
 }
@@ -212,24 +318,52 @@ fn full_disk_fails_cleanly_and_keeps_previous_checkpoint() {
     let big = step_values(2, 200_000); // 800 KB: the disk has ~600 KB left
     let pending = begin(&run, 2).unwrap();
     let tmp = pending.path().to_path_buf();
-    let small = pending.write_file("a.safetensors", &[TensorSlice { name: "w", global_shape: &[300_000], start: 0, data: &big[..100_000] }]);
+    let small = pending.write_file(
+        "a.safetensors",
+        &[TensorSlice {
+            name: "w",
+            global_shape: &[300_000],
+            start: 0,
+            data: &big[..100_000],
+        }],
+    );
     assert!(small.is_ok());
     let err = pending
-        .write_file("b.safetensors", &[TensorSlice { name: "w", global_shape: &[300_000], start: 100_000, data: &big }])
+        .write_file(
+            "b.safetensors",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[300_000],
+                start: 100_000,
+                data: &big,
+            }],
+        )
         .unwrap_err();
     match &err {
         CheckpointError::Io { path, source } => {
-            assert_eq!(path, &tmp.join("b.safetensors"), "the error names the file that failed");
+            assert_eq!(
+                path,
+                &tmp.join("b.safetensors"),
+                "the error names the file that failed"
+            );
             assert_eq!(source.raw_os_error(), Some(libc_enospc()), "{source}");
         }
         other => panic!("expected Io, got {other}"),
     }
     assert!(err.to_string().contains("b.safetensors"));
-    assert!(!tmp.exists(), "the failed checkpoint's folder is removed, freeing the disk");
+    assert!(
+        !tmp.exists(),
+        "the failed checkpoint's folder is removed, freeing the disk"
+    );
     let ckpt = open(&run).unwrap();
     assert_eq!(ckpt.step(), 1);
     assert_eq!(ckpt.read("w").unwrap(), step_values(1, 100_000));
-    assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim(), "step-00000001");
+    assert_eq!(
+        fs::read_to_string(run.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-00000001"
+    );
     // With the space back, the next save goes through.
     save_step(run.as_path(), 3, 100_000, 1);
     assert_eq!(steps(&run), [3]);
@@ -246,43 +380,111 @@ const CRASH_N: usize = 400_000;
 /// and kills. Saves checkpoints in a loop, as fast as it can.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CRASH_CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CRASH_CHILD_ENV) else {
+        return;
+    };
     let run = Path::new(&dir);
     let first = open(run).map(|c| c.step() + 1).unwrap_or(1);
     for step in first..first + 1000 {
         let data = step_values(step, CRASH_N);
         let pending = begin(run, step).unwrap();
         let half = CRASH_N / 2;
-        let r0 = pending.write_file("a.safetensors", &[TensorSlice { name: "w", global_shape: &[CRASH_N], start: 0, data: &data[..half] }]).unwrap();
-        let r1 = pending.write_file("b.safetensors", &[TensorSlice { name: "w", global_shape: &[CRASH_N], start: half, data: &data[half..] }]).unwrap();
-        commit(pending, serde_json::json!({ "step": step }), vec![r0, r1], 2).unwrap();
+        let r0 = pending
+            .write_file(
+                "a.safetensors",
+                &[TensorSlice {
+                    name: "w",
+                    global_shape: &[CRASH_N],
+                    start: 0,
+                    data: &data[..half],
+                }],
+            )
+            .unwrap();
+        let r1 = pending
+            .write_file(
+                "b.safetensors",
+                &[TensorSlice {
+                    name: "w",
+                    global_shape: &[CRASH_N],
+                    start: half,
+                    data: &data[half..],
+                }],
+            )
+            .unwrap();
+        commit(
+            pending,
+            serde_json::json!({ "step": step }),
+            vec![r0, r1],
+            2,
+        )
+        .unwrap();
     }
 }
 
 /// SIGKILL a process that is saving checkpoints, at several moments; each time the
 /// run dir must load a complete, checksum-valid checkpoint with the right values.
+/// Kills are timed from the moment a shard of the next save appears on disk (plus a
+/// few ms, and also from a plain delay after spawn), so most land mid-save.
 #[test]
 fn sigkill_mid_save_always_leaves_a_loadable_checkpoint() {
+    use std::time::{Duration, Instant};
     let run = tempfile::tempdir().unwrap();
+    let ckpts = run.path().join("checkpoints");
     save_step(run.path(), 0, CRASH_N, 2);
     let exe = std::env::current_exe().unwrap();
     let mut last = 0;
-    for delay_ms in [3u64, 11, 29, 47, 71] {
+    let mut killed_mid_save = 0;
+    // (wait for a shard of an uncommitted save first?, extra delay in ms)
+    let plan = [
+        (true, 0u64),
+        (true, 1),
+        (true, 3),
+        (true, 7),
+        (false, 5),
+        (false, 40),
+        (true, 15),
+    ];
+    for (wait_for_shard, delay_ms) in plan {
         let mut child = std::process::Command::new(&exe)
             .args(["crash_child", "--exact", "--test-threads=1", "--nocapture"])
             .env(CRASH_CHILD_ENV, run.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if wait_for_shard {
+            let shard = ckpts.join(format!(".tmp-step-{:08}/a.safetensors", last + 1));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !shard.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let ckpt = open(run.path()).unwrap_or_else(|e| panic!("after kill at {delay_ms} ms: {e}"));
+        let tmp_left = fs::read_dir(&ckpts).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp-step-")
+        });
+        killed_mid_save += usize::from(tmp_left);
+        let ckpt = open(run.path()).unwrap_or_else(|e| panic!("after kill (+{delay_ms} ms): {e}"));
         assert!(ckpt.step() >= last, "latest went backwards");
         last = ckpt.step();
-        assert_eq!(ckpt.read("w").unwrap(), step_values(last, CRASH_N), "step {last}");
+        assert_eq!(
+            ckpt.read("w").unwrap(),
+            step_values(last, CRASH_N),
+            "step {last}"
+        );
         assert_eq!(ckpt.meta()["step"], last);
     }
+    assert!(
+        killed_mid_save >= 1,
+        "no kill landed mid-save; the test did not test anything"
+    );
     clean_stale(run.path()).unwrap();
-    assert!(steps(run.path()).len() <= 3, "pruning keeps at most keep_last (+1 if killed mid-prune)");
+    assert!(
+        steps(run.path()).len() <= 3,
+        "pruning keeps at most keep_last (+1 if killed mid-prune)"
+    );
 }

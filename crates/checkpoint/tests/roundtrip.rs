@@ -17,16 +17,42 @@ fn round_trip_preserves_exact_bits_shapes_meta_and_order() {
         .write_file(
             "model.safetensors",
             &[
-                TensorSlice { name: "wte.weight", global_shape: &[50, 8], start: 0, data: &wte },
-                TensorSlice { name: "h.0.ln_1.bias", global_shape: &[8], start: 0, data: &bias },
-                TensorSlice { name: "scale", global_shape: &[], start: 0, data: &scalar },
-                TensorSlice { name: "unused", global_shape: &[0, 4], start: 0, data: &empty },
+                TensorSlice {
+                    name: "wte.weight",
+                    global_shape: &[50, 8],
+                    start: 0,
+                    data: &wte,
+                },
+                TensorSlice {
+                    name: "h.0.ln_1.bias",
+                    global_shape: &[8],
+                    start: 0,
+                    data: &bias,
+                },
+                TensorSlice {
+                    name: "scale",
+                    global_shape: &[],
+                    start: 0,
+                    data: &scalar,
+                },
+                TensorSlice {
+                    name: "unused",
+                    global_shape: &[0, 4],
+                    start: 0,
+                    data: &empty,
+                },
             ],
         )
         .unwrap();
-    assert_eq!(rec.bytes, std::fs::metadata(pending.path().join("model.safetensors")).unwrap().len());
+    assert_eq!(
+        rec.bytes,
+        std::fs::metadata(pending.path().join("model.safetensors"))
+            .unwrap()
+            .len()
+    );
     assert_eq!(rec.sha256.len(), 64);
-    let meta = serde_json::json!({ "config": { "n_layer": 2 }, "rng": [1, 2, 3], "tokens_seen": 4096 });
+    let meta =
+        serde_json::json!({ "config": { "n_layer": 2 }, "rng": [1, 2, 3], "tokens_seen": 4096 });
     let dir = commit(pending, meta.clone(), vec![rec], 0).unwrap();
     assert!(dir.ends_with("checkpoints/step-00000007"));
 
@@ -34,7 +60,10 @@ fn round_trip_preserves_exact_bits_shapes_meta_and_order() {
     assert_eq!(ckpt.step(), 7);
     assert_eq!(ckpt.dir(), dir.as_path());
     assert_eq!(ckpt.meta(), &meta);
-    assert_eq!(ckpt.tensor_names(), ["wte.weight", "h.0.ln_1.bias", "scale", "unused"]);
+    assert_eq!(
+        ckpt.tensor_names(),
+        ["wte.weight", "h.0.ln_1.bias", "scale", "unused"]
+    );
     assert_eq!(ckpt.global_shape("wte.weight"), Some(&[50usize, 8][..]));
     assert_eq!(ckpt.global_shape("scale"), Some(&[][..]));
     assert_eq!(ckpt.global_shape("nope"), None);
@@ -42,7 +71,9 @@ fn round_trip_preserves_exact_bits_shapes_meta_and_order() {
     assert_eq!(bits(&ckpt.read("h.0.ln_1.bias").unwrap()), bits(&bias));
     assert_eq!(bits(&ckpt.read("scale").unwrap()), bits(&scalar));
     assert!(ckpt.read("unused").unwrap().is_empty());
-    assert!(matches!(ckpt.read("nope"), Err(CheckpointError::MissingTensor { name }) if name == "nope"));
+    assert!(
+        matches!(ckpt.read("nope"), Err(CheckpointError::MissingTensor { name }) if name == "nope")
+    );
 }
 
 /// A (37, 29) tensor cut at odd offsets across three files, each also holding pieces
@@ -61,11 +92,26 @@ fn tensor_split_across_three_files_reads_back_whole_and_by_ranges() {
         let vlo = [0, 1, 50][f];
         let vhi = [1, 50, 101][f];
         let slices = [
-            TensorSlice { name: "v", global_shape: &[101], start: vlo, data: &v[vlo..vhi] },
-            TensorSlice { name: "w", global_shape: &shape, start: lo, data: &w[lo..hi] },
+            TensorSlice {
+                name: "v",
+                global_shape: &[101],
+                start: vlo,
+                data: &v[vlo..vhi],
+            },
+            TensorSlice {
+                name: "w",
+                global_shape: &shape,
+                start: lo,
+                data: &w[lo..hi],
+            },
         ];
         // Written in reverse file order: the manifest must not depend on it.
-        records.insert(0, pending.write_file(&format!("shard-{f}.safetensors"), &slices).unwrap());
+        records.insert(
+            0,
+            pending
+                .write_file(&format!("shard-{f}.safetensors"), &slices)
+                .unwrap(),
+        );
     }
     commit(pending, serde_json::Value::Null, records, 1).unwrap();
 
@@ -82,7 +128,14 @@ fn tensor_split_across_three_files_reads_back_whole_and_by_ranges() {
         assert_eq!(bits(&out), bits(&w[lo..hi]), "range [{lo}, {hi})");
     }
     // Ranges that start or end exactly on the cuts.
-    for (lo, hi) in [(311, 800), (310, 312), (799, 801), (0, 0), (1073, 1073), (0, 1073)] {
+    for (lo, hi) in [
+        (311, 800),
+        (310, 312),
+        (799, 801),
+        (0, 0),
+        (1073, 1073),
+        (0, 1073),
+    ] {
         let mut out = vec![0f32; hi - lo];
         ckpt.read_range("w", lo, hi, &mut out).unwrap();
         assert_eq!(bits(&out), bits(&w[lo..hi]));
@@ -105,7 +158,14 @@ fn four_rank_save_loads_into_three_rank_layout() {
     let total: usize = sizes.iter().sum();
     let bucket = random_bits(6, total);
     // Flat bucket offsets of each named tensor.
-    let offsets: Vec<usize> = sizes.iter().scan(0, |acc, &n| { let o = *acc; *acc += n; Some(o) }).collect();
+    let offsets: Vec<usize> = sizes
+        .iter()
+        .scan(0, |acc, &n| {
+            let o = *acc;
+            *acc += n;
+            Some(o)
+        })
+        .collect();
 
     let shard = |rank: usize, world: usize| {
         let per = total.div_ceil(world);
@@ -123,7 +183,10 @@ fn four_rank_save_loads_into_three_rank_layout() {
                         .iter()
                         .enumerate()
                         .filter_map(|(i, (name, shape))| {
-                            let (lo, hi) = (offsets[i].max(own.start), (offsets[i] + sizes[i]).min(own.end));
+                            let (lo, hi) = (
+                                offsets[i].max(own.start),
+                                (offsets[i] + sizes[i]).min(own.end),
+                            );
                             (lo < hi).then(|| TensorSlice {
                                 name,
                                 global_shape: shape,
@@ -132,7 +195,9 @@ fn four_rank_save_loads_into_three_rank_layout() {
                             })
                         })
                         .collect();
-                    pending.write_file(&format!("zero-rank-{rank}.safetensors"), &slices).unwrap()
+                    pending
+                        .write_file(&format!("zero-rank-{rank}.safetensors"), &slices)
+                        .unwrap()
                 })
             })
             .collect();
@@ -146,10 +211,14 @@ fn four_rank_save_loads_into_three_rank_layout() {
         let own = shard(rank, 3);
         let mut got = vec![0f32; own.len()];
         for (i, (name, _)) in params.iter().enumerate() {
-            let (lo, hi) = (offsets[i].max(own.start), (offsets[i] + sizes[i]).min(own.end));
+            let (lo, hi) = (
+                offsets[i].max(own.start),
+                (offsets[i] + sizes[i]).min(own.end),
+            );
             if lo < hi {
                 let out = &mut got[lo - own.start..hi - own.start];
-                ckpt.read_range(name, lo - offsets[i], hi - offsets[i], out).unwrap();
+                ckpt.read_range(name, lo - offsets[i], hi - offsets[i], out)
+                    .unwrap();
             }
         }
         assert_eq!(bits(&got), bits(&bucket[own.clone()]), "rank {rank} of 3");
@@ -166,13 +235,31 @@ fn shards_parse_with_the_safetensors_reader() {
         .write_file(
             "a.safetensors",
             &[
-                TensorSlice { name: "w", global_shape: &[6, 4], start: 0, data: &w[..10] },
-                TensorSlice { name: "b", global_shape: &[4], start: 0, data: &b },
+                TensorSlice {
+                    name: "w",
+                    global_shape: &[6, 4],
+                    start: 0,
+                    data: &w[..10],
+                },
+                TensorSlice {
+                    name: "b",
+                    global_shape: &[4],
+                    start: 0,
+                    data: &b,
+                },
             ],
         )
         .unwrap();
     let r1 = pending
-        .write_file("b.safetensors", &[TensorSlice { name: "w", global_shape: &[6, 4], start: 10, data: &w[10..] }])
+        .write_file(
+            "b.safetensors",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[6, 4],
+                start: 10,
+                data: &w[10..],
+            }],
+        )
         .unwrap();
     let dir = commit(pending, serde_json::Value::Null, vec![r0, r1], 0).unwrap();
 
@@ -190,7 +277,10 @@ fn shards_parse_with_the_safetensors_reader() {
     let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     assert_eq!((8 + header_len) % 8, 0, "data must start 8-byte aligned");
     let extra = metadata.metadata().as_ref().unwrap();
-    assert_eq!(extra.get("format").map(String::as_str), Some("hyperion-checkpoint"));
+    assert_eq!(
+        extra.get("format").map(String::as_str),
+        Some("hyperion-checkpoint")
+    );
     assert_eq!(extra.get("step").map(String::as_str), Some("3"));
 
     let bytes = std::fs::read(dir.join("b.safetensors")).unwrap();
@@ -202,11 +292,18 @@ fn shards_parse_with_the_safetensors_reader() {
 fn identical_saves_are_byte_identical() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let t = vec![("x", vec![3, 3], random_bits(9, 9)), ("y", vec![2], random_bits(10, 2))];
+    let t = vec![
+        ("x", vec![3, 3], random_bits(9, 9)),
+        ("y", vec![2], random_bits(10, 2)),
+    ];
     save_whole(a.path(), 5, &t, 0);
     save_whole(b.path(), 5, &t, 0);
     let (ca, cb) = (open(a.path()).unwrap(), open(b.path()).unwrap());
-    assert_eq!(ca.files(), cb.files(), "same data must give the same sha256 and sizes");
+    assert_eq!(
+        ca.files(),
+        cb.files(),
+        "same data must give the same sha256 and sizes"
+    );
 }
 
 #[test]
@@ -218,18 +315,37 @@ fn commit_rejects_gaps_and_overlaps_and_leaves_previous_latest() {
         let pending = begin(run.path(), 2).unwrap();
         let tmp = pending.path().to_path_buf();
         let r0 = pending
-            .write_file("a.safetensors", &[TensorSlice { name: "w", global_shape: &[10], start: 0, data: &w[..5] }])
+            .write_file(
+                "a.safetensors",
+                &[TensorSlice {
+                    name: "w",
+                    global_shape: &[10],
+                    start: 0,
+                    data: &w[..5],
+                }],
+            )
             .unwrap();
         let r1 = pending
             .write_file(
                 "b.safetensors",
-                &[TensorSlice { name: "w", global_shape: &[10], start: second_start, data: &w[second_start..] }],
+                &[TensorSlice {
+                    name: "w",
+                    global_shape: &[10],
+                    start: second_start,
+                    data: &w[second_start..],
+                }],
             )
             .unwrap();
         let err = commit(pending, serde_json::Value::Null, vec![r0, r1], 0).unwrap_err();
-        assert!(matches!(&err, CheckpointError::Coverage { name, .. } if name == "w"), "{err}");
+        assert!(
+            matches!(&err, CheckpointError::Coverage { name, .. } if name == "w"),
+            "{err}"
+        );
         assert!(err.to_string().contains(expect), "{err}");
-        assert!(!tmp.exists(), "failed commit must remove its temporary folder");
+        assert!(
+            !tmp.exists(),
+            "failed commit must remove its temporary folder"
+        );
         assert!(!run.path().join("checkpoints/step-00000002").exists());
         let ckpt = open(run.path()).unwrap();
         assert_eq!(ckpt.step(), 1);
@@ -243,20 +359,57 @@ fn write_file_rejects_bad_slices_and_names() {
     let pending = begin(run.path(), 1).unwrap();
     let data = [1.0f32; 4];
     let err = pending
-        .write_file("a.safetensors", &[TensorSlice { name: "w", global_shape: &[2, 3], start: 3, data: &data }])
+        .write_file(
+            "a.safetensors",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[2, 3],
+                start: 3,
+                data: &data,
+            }],
+        )
         .unwrap_err();
-    assert!(matches!(&err, CheckpointError::InvalidSlice { file, name, .. } if file == "a.safetensors" && name == "w"));
+    assert!(
+        matches!(&err, CheckpointError::InvalidSlice { file, name, .. } if file == "a.safetensors" && name == "w")
+    );
     assert!(err.to_string().contains("exceed the 6 elements"), "{err}");
     let twice = [
-        TensorSlice { name: "w", global_shape: &[4], start: 0, data: &data },
-        TensorSlice { name: "w", global_shape: &[4], start: 0, data: &data },
+        TensorSlice {
+            name: "w",
+            global_shape: &[4],
+            start: 0,
+            data: &data,
+        },
+        TensorSlice {
+            name: "w",
+            global_shape: &[4],
+            start: 0,
+            data: &data,
+        },
     ];
-    assert!(matches!(pending.write_file("a.safetensors", &twice), Err(CheckpointError::InvalidSlice { .. })));
+    assert!(matches!(
+        pending.write_file("a.safetensors", &twice),
+        Err(CheckpointError::InvalidSlice { .. })
+    ));
     for bad in ["../escape.safetensors", "manifest.json", ".hidden"] {
-        let one = [TensorSlice { name: "w", global_shape: &[4], start: 0, data: &data }];
-        assert!(matches!(pending.write_file(bad, &one), Err(CheckpointError::InvalidFileName { .. })), "{bad}");
+        let one = [TensorSlice {
+            name: "w",
+            global_shape: &[4],
+            start: 0,
+            data: &data,
+        }];
+        assert!(
+            matches!(
+                pending.write_file(bad, &one),
+                Err(CheckpointError::InvalidFileName { .. })
+            ),
+            "{bad}"
+        );
     }
-    assert!(pending.path().is_dir(), "rejected input must not destroy the pending checkpoint");
+    assert!(
+        pending.path().is_dir(),
+        "rejected input must not destroy the pending checkpoint"
+    );
 }
 
 #[test]
@@ -266,9 +419,23 @@ fn read_range_checks_bounds_and_buffer() {
     let ckpt = open(run.path()).unwrap();
     let mut out = [0f32; 3];
     let err = ckpt.read_range("w", 8, 11, &mut out).unwrap_err();
-    assert!(matches!(err, CheckpointError::InvalidRange { start: 8, end: 11, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CheckpointError::InvalidRange {
+                start: 8,
+                end: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = ckpt.read_range("w", 0, 2, &mut out).unwrap_err();
-    assert!(err.to_string().contains("output buffer holds 3 elements, range has 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("output buffer holds 3 elements, range has 2"),
+        "{err}"
+    );
     ckpt.read_range("w", 7, 10, &mut out).unwrap();
     assert_eq!(out, [1007.0, 1008.0, 1009.0]);
 }

@@ -29,7 +29,9 @@ impl Rng {
 /// a checkpoint must preserve bits, not just values.
 pub fn random_bits(seed: u64, n: usize) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    let mut v: Vec<f32> = (0..n).map(|_| f32::from_bits(rng.next_u64() as u32)).collect();
+    let mut v: Vec<f32> = (0..n)
+        .map(|_| f32::from_bits(rng.next_u64() as u32))
+        .collect();
     let specials = [
         f32::NAN,
         f32::from_bits(0x7fc0_1234),
@@ -50,19 +52,44 @@ pub fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 /// Commits one checkpoint holding the whole tensors, one file per tensor.
-pub fn save_whole(run: &Path, step: u64, tensors: &[(&str, Vec<usize>, Vec<f32>)], keep_last: usize) -> PathBuf {
+pub fn save_whole(
+    run: &Path,
+    step: u64,
+    tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    keep_last: usize,
+) -> PathBuf {
     let pending = begin(run, step).unwrap();
     let mut records = Vec::new();
     for (i, (name, shape, data)) in tensors.iter().enumerate() {
-        let slice = TensorSlice { name, global_shape: shape, start: 0, data };
-        records.push(pending.write_file(&format!("part-{i}.safetensors"), &[slice]).unwrap());
+        let slice = TensorSlice {
+            name,
+            global_shape: shape,
+            start: 0,
+            data,
+        };
+        records.push(
+            pending
+                .write_file(&format!("part-{i}.safetensors"), &[slice])
+                .unwrap(),
+        );
     }
-    commit(pending, serde_json::json!({ "step": step }), records, keep_last).unwrap()
+    commit(
+        pending,
+        serde_json::json!({ "step": step }),
+        records,
+        keep_last,
+    )
+    .unwrap()
 }
 
 /// A one-tensor checkpoint whose values are a function of `step`.
 pub fn save_step(run: &Path, step: u64, n: usize, keep_last: usize) -> PathBuf {
-    save_whole(run, step, &[("w", vec![n], step_values(step, n))], keep_last)
+    save_whole(
+        run,
+        step,
+        &[("w", vec![n], step_values(step, n))],
+        keep_last,
+    )
 }
 
 pub fn step_values(step: u64, n: usize) -> Vec<f32> {
