@@ -84,7 +84,7 @@ pub fn check_layout(job: &Job, l: &Layout) -> Result<(), PlanError> {
         if l.pp == 1 {
             return bad("interleaving needs pp > 1".to_string());
         }
-        if m.layers % (l.pp * l.interleave) != 0 {
+        if l.pp * l.interleave > m.layers {
             return bad(format!("{} layers do not split into pp={} x v={} chunks", m.layers, l.pp, l.interleave));
         }
         if l.micro_batches(job.global_batch) % l.pp != 0 {

@@ -84,7 +84,7 @@ mod tests {
         let iter_s = f / (3072.0 * 163e12);
         let tokens_per_s = 3072.0 * 2048.0 / iter_s;
         assert!((tokens_per_s - 61_302.0).abs() < 50.0, "{tokens_per_s}");
-        assert!((163e12 * 3072.0 / 1e15 - 500.7).abs() < 0.1);
+        assert!((163e12_f64 * 3072.0 / 1e15 - 500.7).abs() < 0.1);
         // §5.1: 1T on 3072 GPUs for 450B tokens at 163 TF takes ~84 days (8TP/(nX)).
         let days = 8.0 * 450e9 * m.params() / (3072.0 * 163e12) / 86_400.0;
         assert!((days - 84.0).abs() < 0.5, "{days}");

@@ -45,6 +45,8 @@ pub struct Layout {
     pub flash: bool,
     /// Linear layers in fp8 (2x the bf16 peak where the GPU has it).
     pub fp8: bool,
+    /// TP collectives overlapped with GEMMs (TE `tp-comm-overlap`, PyTorch AsyncTP).
+    pub tp_overlap: bool,
 }
 
 impl Layout {
@@ -71,7 +73,7 @@ impl Layout {
             self.interleave,
             if self.sp { ",sp" } else { "" },
             if self.fp8 { ",fp8" } else { "" }
-        )
+        ) + if self.tp_overlap { ",tp_overlap" } else { "" }
     }
 }
 
@@ -88,6 +90,11 @@ pub struct LayoutSpec {
     pub sp: Option<bool>,
     pub flash: Option<bool>,
     pub fp8: Option<bool>,
+    pub tp_overlap: Option<bool>,
+    /// Restrict the searched ZeRO stages / recompute policies (e.g. to what a
+    /// framework of a given year offered); `None` = all.
+    pub zero_choices: Option<&'static [u8]>,
+    pub recompute_choices: Option<&'static [Recompute]>,
 }
 
 impl LayoutSpec {
@@ -124,7 +131,8 @@ impl LayoutSpec {
                 "sp" => spec.sp = Some(flag()?),
                 "flash" => spec.flash = Some(flag()?),
                 "fp8" => spec.fp8 = Some(flag()?),
-                other => return Err(bad(format!("unknown key `{other}` (valid: tp, pp, dp, zero, mb, recompute, v, sp, flash, fp8)"))),
+                "tp_overlap" => spec.tp_overlap = Some(flag()?),
+                other => return Err(bad(format!("unknown key `{other}` (valid: tp, pp, dp, zero, mb, recompute, v, sp, flash, fp8, tp_overlap)"))),
             }
         }
         Ok(spec)

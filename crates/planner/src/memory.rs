@@ -78,8 +78,11 @@ pub struct MemoryBreakdown {
 }
 
 /// Layers on the most loaded stage.
-pub fn layers_per_stage(m: &ModelSpec, pp: u64) -> f64 {
-    m.layers.div_ceil(pp.max(1)) as f64
+/// With `v` interleaved chunks the slowest stage holds `v` chunks of
+/// `ceil(l / (p v))` layers.
+pub fn layers_per_stage(m: &ModelSpec, pp: u64, v: u64) -> f64 {
+    let chunks = pp.max(1) * v.max(1);
+    (m.layers.div_ceil(chunks) * v.max(1)) as f64
 }
 
 /// Memory of the worst stage of `layout` (`global_batch` sequences of length `s`).
@@ -87,7 +90,7 @@ pub fn layers_per_stage(m: &ModelSpec, pp: u64) -> f64 {
 pub fn memory(m: &ModelSpec, layout: &Layout, global_batch: u64, s: f64, act_scale: f64) -> MemoryBreakdown {
     let t = layout.tp as f64;
     let p = layout.pp;
-    let lps = layers_per_stage(m, p);
+    let lps = layers_per_stage(m, p, layout.interleave);
     let mb = layout.mb as f64;
     let micro = layout.micro_batches(global_batch).max(1) as f64;
     let h = m.hidden as f64;
@@ -194,7 +197,7 @@ mod tests {
     #[test]
     fn pipeline_stage_holds_p_micro_batches_and_interleave_adds() {
         let m = model("gpt3-175b").unwrap();
-        let base = Layout { tp: 8, pp: 8, dp: 1, zero: 0, mb: 1, recompute: Recompute::Selective, interleave: 1, sp: true, flash: false, fp8: false };
+        let base = Layout { tp: 8, pp: 8, dp: 1, zero: 0, mb: 1, recompute: Recompute::Selective, interleave: 1, sp: true, flash: false, fp8: false, tp_overlap: false };
         let one = memory(&m, &base, 64, 2048.0, 1.0);
         // 12 layers x 8 micro-batches = all 96 layers' activations on stage 1.
         let per = block_activation_bytes(&m, 1.0, 2048.0, 8.0, Recompute::Selective, true, false);

@@ -75,8 +75,9 @@ fn why_lost(best: &Estimate, e: &Estimate) -> String {
 /// `keep` runners-up.
 pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> Result<SearchResult, PlanError> {
     let (tps, pps, dps) = candidates(job, spec);
-    let zeros: Vec<u8> = spec.zero.map(|z| vec![z]).unwrap_or_else(|| vec![0, 1, 2, 3]);
-    let recomputes: Vec<Recompute> = spec.recompute.map(|r| vec![r]).unwrap_or_else(|| Recompute::ALL.to_vec());
+    let zeros: Vec<u8> = spec.zero.map(|z| vec![z]).unwrap_or_else(|| spec.zero_choices.unwrap_or(&[0, 1, 2, 3]).to_vec());
+    let recomputes: Vec<Recompute> = spec.recompute.map(|r| vec![r]).unwrap_or_else(|| spec.recompute_choices.unwrap_or(&Recompute::ALL).to_vec());
+    let mut first_reason: Option<PlanError> = None;
     let mut all: Vec<Estimate> = Vec::new();
     let mut too_big: Vec<Estimate> = Vec::new();
     let mut smallest = f64::INFINITY;
@@ -100,7 +101,7 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
                     let micro = per_dp / mb;
                     let vs: Vec<u64> = match spec.interleave {
                         Some(v) => vec![v],
-                        None if pp > 1 && micro % pp == 0 => (1..=8).filter(|v| job.model.layers % (pp * v) == 0).collect(),
+                        None if pp > 1 && micro % pp == 0 => (1..=8).filter(|v| *v == 1 || pp * v <= job.model.layers).collect(),
                         None => vec![1],
                     };
                     for &v in &vs {
@@ -117,8 +118,10 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
                                     sp: spec.sp.unwrap_or(tp > 1),
                                     flash: spec.flash.unwrap_or(true),
                                     fp8: spec.fp8.unwrap_or(false),
+                                    tp_overlap: spec.tp_overlap.unwrap_or(false),
                                 };
-                                if check_layout(job, &l).is_err() {
+                                if let Err(e) = check_layout(job, &l) {
+                                    first_reason.get_or_insert(e);
                                     continue;
                                 }
                                 evaluated += 1;
@@ -145,6 +148,9 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
     let by_speed = |a: &Estimate, b: &Estimate| b.tokens_per_s.total_cmp(&a.tokens_per_s);
     all.sort_by(by_speed);
     too_big.sort_by(by_speed);
+    if evaluated == 0 {
+        return Err(first_reason.unwrap_or(PlanError::InvalidLayout { reason: "no layout satisfies the constraints".to_string() }));
+    }
     let mut it = all.into_iter();
     let best = it.next().ok_or_else(|| PlanError::NothingFits {
         model: job.model.name.clone(),

@@ -11,7 +11,7 @@ use crate::models::{Mlp, ModelSpec};
 use serde::Serialize;
 
 /// The calibration constants of the time model.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Calibration {
     /// GEMM inner-dimension overhead `k0`: a GEMM with inner size K runs at
     /// `K / (K + k0)` of the large-GEMM rate (per-tile prologue/epilogue and
@@ -25,6 +25,9 @@ pub struct Calibration {
     /// Passes over the stored activations made by memory-bound element-wise kernels
     /// (norms, GELU, dropout, residual, softmax) in forward + backward.
     pub elementwise_passes: f64,
+    /// The same with a fused kernel stack (FlashAttention era: fused norm, bias-GELU/
+    /// SwiGLU, residual; the `flash` layout flag stands for that stack).
+    pub fused_elementwise_passes: f64,
     /// Achieved fraction of HBM bandwidth for streaming kernels.
     pub mem_eff: f64,
     /// Achieved fraction of link bandwidth for NCCL collectives (bus bandwidth).
@@ -32,6 +35,8 @@ pub struct Calibration {
     pub net_eff: f64,
     /// Fraction of data-parallel communication hidden behind backward compute.
     pub dp_overlap: f64,
+    /// Fraction of TP communication hidden when TP comm/GEMM overlap is on.
+    pub tp_overlap: f64,
     /// Fixed per-iteration overhead (data loading, logging, launch gaps), seconds.
     pub step_overhead: f64,
 }
@@ -39,14 +44,16 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 128.0,
+            gemm_k0: 256.0,
             gemm_tile: 128.0,
-            flash_rel: 0.70,
-            elementwise_passes: 3.0,
+            flash_rel: 0.45,
+            elementwise_passes: 6.0,
+            fused_elementwise_passes: 4.0,
             mem_eff: 0.80,
             nvlink_eff: 0.75,
-            net_eff: 0.80,
+            net_eff: 0.65,
             dp_overlap: 0.80,
+            tp_overlap: 0.70,
             step_overhead: 0.0,
         }
     }
@@ -122,7 +129,8 @@ fn block_times(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, s: f6
     let attn_bwd = attn_fwd * if l.flash { 2.5 } else { 2.0 };
     // Memory-bound element-wise work scales with what the block stores (no recompute).
     let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::None, l.sp, l.flash) * act_scale;
-    let elem = cal.elementwise_passes * act / (mm.gpu.mem_bw * cal.mem_eff);
+    let passes = if l.flash { cal.fused_elementwise_passes } else { cal.elementwise_passes };
+    let elem = passes * act / (mm.gpu.mem_bw * cal.mem_eff);
     let scores = if l.flash { 0.0 } else { cal.elementwise_passes * 5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale / (mm.gpu.mem_bw * cal.mem_eff) };
     // One third of element-wise traffic in forward, two thirds in backward.
     (fwd + attn_fwd + elem / 3.0, bwd + attn_bwd + 2.0 * elem / 3.0, attn_fwd + scores / 3.0)
@@ -155,7 +163,7 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
     let t = l.tp as f64;
     let p = l.pp;
     let micro = l.micro_batches(global_batch).max(1) as f64;
-    let lps = layers_per_stage(m, p);
+    let lps = layers_per_stage(m, p, l.interleave);
     let h = m.hidden as f64;
     let (bf, bb, battn) = block_times(m, mm, cal, l, s, act_scale);
     let rec_per_block = match l.recompute {
@@ -175,11 +183,14 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
     let act_bytes = 2.0 * act_scale * l.mb as f64 * s * h;
     let ar = allreduce_time(act_bytes, l.tp, tp_bw, tp_alpha);
     let n_ar = 4.0 + if l.recompute == Recompute::Full { 2.0 } else { 0.0 };
-    let tp_block = n_ar * ar;
+    let tp_block = n_ar * ar * if l.tp_overlap { 1.0 - cal.tp_overlap } else { 1.0 };
 
     // Logits + loss on the last stage (vocab-parallel): 2 b s h V / t forward.
     let (lf, lb) = linear_times(mm, cal, l.mb as f64 * s, h, m.vocab as f64 / t, if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 });
-    let head = lf + lb;
+    // Softmax cross-entropy over the vocabulary is memory-bound: fp32 logits are
+    // written, read for the max/sum, and the gradient written and read (4 passes).
+    let ce = 4.0 * 4.0 * l.mb as f64 * s * m.vocab as f64 / t / (mm.gpu.mem_bw * cal.mem_eff);
+    let head = lf + lb + ce;
     let stage_compute = lps * (bf + bb + rec_per_block);
     let per_micro = stage_compute + lps * tp_block + if p == 1 { head } else { 0.0 };
     // The last stage carries the head: the pipeline runs at the slowest stage.
@@ -209,7 +220,9 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
         0..=2 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), lps * bb),
         // ZeRO-3 / FSDP: all-gather in forward and in backward, reduce-scatter of
         // gradients, every micro-batch: 3 psi per micro-batch; overlaps with all compute.
-        _ => (micro * 3.0 * gather_time(grad_bytes, l.dp, dp_bw, dp_alpha), busy),
+        // One collective per block (DeepSpeed/FSDP gather per module), so the
+        // latency term counts `3 x blocks` collectives per micro-batch.
+        _ => (micro * 3.0 * lps * gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha), busy),
     };
     let dp_comm = (dp_total - cal.dp_overlap * overlappable).max(0.0);
 

@@ -33,6 +33,9 @@ pub struct RowResult {
     pub layout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// The estimate behind the prediction (not serialised).
+    #[serde(skip)]
+    pub detail: Option<Estimate>,
 }
 
 /// Summary over the rows used.
@@ -80,7 +83,7 @@ pub fn validate(text: &str, file: &str, cal: &Calibration) -> Result<(Vec<RowRes
         let id = row.get("id").to_string();
         out.push(match predict_row(&row, cal) {
             Ok(r) => RowResult { id, ..r },
-            Err(reason) => RowResult { id, metric: None, predicted: None, published: None, error_pct: None, layout: None, skipped: Some(reason) },
+            Err(reason) => RowResult { id, metric: None, predicted: None, published: None, error_pct: None, layout: None, skipped: Some(reason), detail: None },
         });
     }
     let mut errs: Vec<f64> = out.iter().filter_map(|r| r.error_pct.map(f64::abs)).collect();
@@ -224,26 +227,38 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     } else {
         year >= 2023 && tp > 1
     };
+    let notes = row.get("notes");
     let il = row.get("interleave").to_ascii_lowercase();
     let interleave = if il.starts_with("no") || il.starts_with("n/a") || pp == 1 {
         Some(1)
     } else {
         il.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse::<u64>().ok()).find(|&v| v >= 2 && v <= 16)
     };
-    let notes = row.get("notes");
+    // torchtitan's "local batch" under PP is split into micro-batches; its default
+    // count is the number of stages (torchtitan 2024 `pipeline_parallel_microbatches`).
+    let mb = match row.int("micro_batch") {
+        Some(local) if notes.contains("local batch") && pp > 1 && local % pp == 0 => Some(local / pp),
+        other => other,
+    };
     let spec = LayoutSpec {
         tp: Some(tp),
         pp: Some(pp),
         dp: Some(dp),
-        zero: Some(zero),
-        mb: row.int("micro_batch"),
+        zero: if row.get("zero_stage").is_empty() { None } else { Some(zero) },
+        mb,
         recompute,
         interleave,
         sp: Some(sp),
         // FlashAttention (Dao et al. 2022) became the default in Megatron-Core and
         // PyTorch SDPA in 2023; earlier sources used unfused attention.
         flash: Some(year >= 2023),
-        fp8: Some(notes.contains("Float8") || notes.contains("FP8")),
+        fp8: Some(notes.contains("+ Float8") || notes.contains("FP8 ")),
+        tp_overlap: Some(notes.contains("tp-comm-overlap") || notes.contains("AsyncTP")),
+        // Selective recompute and Megatron's distributed optimizer (ZeRO-1) appeared
+        // in 2022 (Korthikanti et al.); earlier runs had full recompute or none.
+        zero_choices: Some(if year >= 2022 && row.get("zero_stage").is_empty() { &[0, 1] } else { &[0] }),
+        // Sources that used selective recompute say so: unstated means none or full.
+        recompute_choices: Some(&[Recompute::None, Recompute::Full]),
     };
 
     let gpu = hardware::gpu(gpu_name).map_err(|e| e.to_string())?.clone();
@@ -286,5 +301,6 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         error_pct: Some(100.0 * (predicted - published) / published),
         layout: Some(format!("{}{note}", best.layout_text)),
         skipped: None,
+        detail: Some(best),
     })
 }
