@@ -59,6 +59,10 @@ pub enum DataError {
     #[error("{path}: corrupt meta.json at line {line}, column {column}: {reason}")]
     BadMeta { path: PathBuf, line: usize, column: usize, reason: String },
 
+    /// `meta.json` parses but a value is impossible.
+    #[error("{path}: key \"{key}\": {reason}")]
+    MetaValue { path: PathBuf, key: &'static str, reason: String },
+
     /// A token file's size disagrees with `meta.json` (token count x bytes per token).
     #[error("{path}: size is {actual_bytes} bytes but meta.json says {tokens} tokens x {bytes_per_token} bytes = {expected_bytes} bytes")]
     SizeMismatch { path: PathBuf, actual_bytes: u64, expected_bytes: u64, tokens: u64, bytes_per_token: u64 },

@@ -72,12 +72,26 @@ impl TokenDtype {
         }
     }
 
+    /// The name used in `meta.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenDtype::U16 => "u16",
+            TokenDtype::U32 => "u32",
+        }
+    }
+
     /// Bytes per token on disk.
     pub fn size(self) -> usize {
         match self {
             TokenDtype::U16 => 2,
             TokenDtype::U32 => 4,
         }
+    }
+}
+
+impl fmt::Display for TokenDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -128,9 +142,17 @@ impl Meta {
 
     /// Consistency checks that serde cannot express.
     fn check(&self, path: &Path) -> Result<(), DataError> {
-        let bad = |reason: String| DataError::BadMeta { path: path.to_path_buf(), line: 0, column: 0, reason };
-        if self.dtype != TokenDtype::for_vocab(self.vocab_size) && self.dtype == TokenDtype::U16 {
-            return Err(bad(format!("dtype u16 cannot hold vocab_size {}", self.vocab_size)));
+        // u32 for a small vocabulary wastes space but reads correctly; u16 for a
+        // large one would have truncated ids.
+        if self.dtype == TokenDtype::U16 && TokenDtype::for_vocab(self.vocab_size) == TokenDtype::U32 {
+            return Err(DataError::MetaValue {
+                path: path.to_path_buf(),
+                key: "dtype",
+                reason: format!("u16 cannot hold the ids of vocab_size {}", self.vocab_size),
+            });
+        }
+        if self.vocab_size == 0 {
+            return Err(DataError::MetaValue { path: path.to_path_buf(), key: "vocab_size", reason: "is 0".into() });
         }
         if self.tokenizer == TokenizerKind::Char {
             let found = self.chars.as_deref().map_or(0, |c| c.chars().count());

@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use rayon::prelude::*;
@@ -69,7 +70,11 @@ pub fn prepare(
     let separator = tokenizer.separator()?;
 
     fs::create_dir_all(out).map_err(DataError::io(out))?;
-    let tag = format!("tmp-{}", std::process::id());
+    // Unique per process and call, so concurrent prepares into one folder (ranks
+    // of an MPI job, threads) never share a temp file; they produce identical
+    // files and each commit is a rename, so the last one simply wins.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let tag = format!("tmp-{}-{}", std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed));
     let mut temps = TempFiles::default();
     let train_tmp = temps.add(out.join(format!(".{TRAIN_FILE}.{tag}")));
     let val_tmp = temps.add(out.join(format!(".{VAL_FILE}.{tag}")));

@@ -47,6 +47,14 @@ fn open_reports_corrupt_meta() {
     fs::write(&meta_path, good.replace("\"char\"", "\"bpe\"")).unwrap();
     assert!(matches!(Dataset::open(&out).unwrap_err(), DataError::BadMeta { .. }));
 
+    // u16 cannot hold the ids of a 70000-entry vocabulary.
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["vocab_size"] = 70000.into();
+    fs::write(&meta_path, v.to_string()).unwrap();
+    let err = Dataset::open(&out).unwrap_err();
+    assert!(matches!(err, DataError::MetaValue { key: "dtype", .. }), "{err:?}");
+    assert!(err.to_string().contains("70000"), "{err}");
+
     // A char dataset without its vocabulary cannot be decoded.
     let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
     v.as_object_mut().unwrap().remove("chars");
