@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run). Installs what the tests need that the machine
+# lacks (OpenMPI and libclang for the `mpi` feature), then runs the whole suite:
+# every crate's unit and integration tests, then the MPI tests under mpirun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v mpirun >/dev/null 2>&1 || need_pkgs+=(openmpi-bin)
+[ -e /usr/include/x86_64-linux-gnu/openmpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] || need_pkgs+=(libopenmpi-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${need_pkgs[*]} for the MPI tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing ${need_pkgs[*]}: install them (apt-get install -y libopenmpi-dev openmpi-bin libclang-dev) for the MPI tests" >&2
+  fi
+fi
+
+cargo test --workspace --no-fail-fast
+bash scripts/test-mpi.sh
