@@ -14,6 +14,10 @@
 //! A crash or I/O error at any point leaves the previous checkpoint loadable.
 //! [`open`] verifies every shard's size and SHA-256 before anything is read.
 //!
+//! For exchange with the Hugging Face ecosystem, [`export_safetensors`] writes chosen
+//! tensors whole into one standalone safetensors file and [`read_safetensors`] reads
+//! any safetensors file (F32/F64/F16/BF16) as f32 for import.
+//!
 //! ```
 //! use checkpoint::{begin, commit, open, TensorSlice};
 //! # fn main() -> Result<(), checkpoint::CheckpointError> {
@@ -40,6 +44,7 @@ mod commit;
 mod dirs;
 mod error;
 mod fsutil;
+mod hf;
 mod manifest;
 mod read;
 mod write;
@@ -49,6 +54,7 @@ mod fault_tests;
 
 pub use commit::{clean_stale, commit, list_checkpoints};
 pub use error::CheckpointError;
+pub use hf::{export_safetensors, read_safetensors, Exported, NamedTensor};
 pub use manifest::{
     piece_key, FileRecord, Manifest, Piece, TensorEntry, FORMAT_VERSION, MANIFEST_FILE,
 };

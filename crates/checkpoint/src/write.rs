@@ -177,36 +177,50 @@ fn plan_file(
             key,
         });
     }
-    let mut json = header_json(step, &infos);
+    let metadata = [
+        ("format", FORMAT_NAME.to_string()),
+        ("format_version", FORMAT_VERSION.to_string()),
+        ("step", step.to_string()),
+    ];
+    Ok((safetensors_header(&metadata, &infos), pieces))
+}
+
+/// A complete safetensors header (8-byte little-endian length, JSON, space padding)
+/// for F32 tensors `(key, shape, (begin, end) byte offsets in the data section)`.
+///
+/// Written by hand rather than through `safetensors::tensor::Metadata` because that
+/// serialises `__metadata__` from a `HashMap`, whose random order would make identical
+/// checkpoints hash differently. Keys are emitted in data order; readers sort by
+/// `data_offsets` anyway.
+pub(crate) fn safetensors_header(
+    metadata: &[(&str, String)],
+    infos: &[(String, Vec<usize>, (usize, usize))],
+) -> Vec<u8> {
+    use std::fmt::Write as _;
+    // serde_json escapes quotes, backslashes and control characters in names.
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let extra: Vec<String> = metadata
+        .iter()
+        .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+        .collect();
+    let mut s = format!("{{\"__metadata__\":{{{}}}", extra.join(","));
+    for (key, shape, (begin, end)) in infos {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let _ = write!(
+            s,
+            ",{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{begin},{end}]}}",
+            quote(key),
+            dims.join(",")
+        );
+    }
+    s.push('}');
+    let mut json = s.into_bytes();
     // The format pads the header with spaces so that the data starts 8-byte aligned.
     json.resize(json.len().next_multiple_of(8), b' ');
     let mut header = Vec::with_capacity(8 + json.len());
     header.extend_from_slice(&(json.len() as u64).to_le_bytes());
     header.extend_from_slice(&json);
-    Ok((header, pieces))
-}
-
-/// The safetensors JSON header, written by hand rather than through
-/// `safetensors::tensor::Metadata` because that serialises `__metadata__` from a
-/// `HashMap`, whose random order would make identical checkpoints hash differently.
-/// Keys are emitted in data order; readers sort by `data_offsets` anyway.
-fn header_json(step: u64, infos: &[(String, Vec<usize>, (usize, usize))]) -> Vec<u8> {
-    use std::fmt::Write as _;
-    let mut s = format!(
-        "{{\"__metadata__\":{{\"format\":\"{FORMAT_NAME}\",\"format_version\":\"{FORMAT_VERSION}\",\"step\":\"{step}\"}}"
-    );
-    for (key, shape, (begin, end)) in infos {
-        // serde_json escapes quotes, backslashes and control characters in names.
-        let quoted = serde_json::Value::String(key.clone()).to_string();
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let _ = write!(
-            s,
-            ",{quoted}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{begin},{end}]}}",
-            dims.join(",")
-        );
-    }
-    s.push('}');
-    s.into_bytes()
+    header
 }
 
 /// Bytes converted and written per chunk: large enough to amortise syscalls and the
@@ -222,13 +236,7 @@ fn stream_file(
     sink.write(header)?;
     let mut buf = Vec::with_capacity(CHUNK_ELEMS * 4);
     for t in tensors {
-        for chunk in t.data.chunks(CHUNK_ELEMS) {
-            buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            sink.write(&buf)?;
-        }
+        sink.write_f32(t.data, &mut buf)?;
     }
     sink.finish()
 }
@@ -273,6 +281,22 @@ impl Sink {
         self.file.write_all(bytes).map_err(io_at(&self.path))?;
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `data` as little-endian f32, staged through `buf` in bounded chunks.
+    pub(crate) fn write_f32(
+        &mut self,
+        data: &[f32],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CheckpointError> {
+        for chunk in data.chunks(CHUNK_ELEMS) {
+            buf.clear();
+            for x in chunk {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            self.write(buf)?;
+        }
         Ok(())
     }
 
