@@ -27,20 +27,6 @@ impl ConfigArgs {
     }
 }
 
-/// Resolves a config saved in a checkpoint with `--set` overrides on top.
-pub fn resolve_saved(saved_toml: &str, sets: &[String], scratch_dir: &Path) -> Result<ResolvedConfig> {
-    if sets.is_empty() {
-        return Ok(ResolvedConfig::from_toml_str(saved_toml)?);
-    }
-    // The saved config is a complete file layer; `--set` goes over it exactly as over a
-    // `--config` file.
-    let path = scratch_dir.join(format!(".resume-config-{}.toml", std::process::id()));
-    std::fs::write(&path, saved_toml).with_context(|| format!("writing {}", path.display()))?;
-    let resolved = config::resolve(None, Some(&path), sets);
-    let _ = std::fs::remove_file(&path);
-    Ok(resolved?)
-}
-
 pub fn tokenizer_kind(k: config::TokenizerKind) -> data::TokenizerKind {
     match k {
         config::TokenizerKind::Gpt2 => data::TokenizerKind::Gpt2,

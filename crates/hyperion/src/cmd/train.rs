@@ -33,7 +33,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (cfg, run_dir, resume_from) = match &args.resume {
         Some(dir) => {
             let ck = engine::open_checkpoint(dir).with_context(|| format!("resuming {}", dir.display()))?;
-            let cfg = common::resolve_saved(&engine::saved_config(&ck)?, &args.config.sets, dir)?;
+            let cfg = config::resolve_saved(&engine::saved_config(&ck)?, &args.config.sets)?;
             (cfg, dir.clone(), Some(ck))
         }
         None => {
