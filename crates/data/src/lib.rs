@@ -47,5 +47,5 @@ pub use error::DataError;
 pub use meta::{InputFile, Meta, TokenDtype, TokenizerKind, META_FILE, TRAIN_FILE, VAL_FILE};
 pub use prepare::{ensure_prepared, prepare};
 pub use sampler::{hash2, sample_start};
-pub use tokenizer::{CharVocab, Gpt2, Tokenizer, CHAR_SEPARATOR, GPT2_EOT, GPT2_VOCAB_SIZE};
+pub use tokenizer::{CharVocab, Gpt2, Tokenizer, CHAR_SEPARATOR, CHUNK_BYTES, GPT2_EOT, GPT2_VOCAB_SIZE};
 pub use tokens::{Dataset, TokenFile};

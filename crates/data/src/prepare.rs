@@ -84,10 +84,10 @@ pub fn prepare(
 
     let mut recorded = Vec::with_capacity(files.len());
     for group in groups(&files) {
-        let encoded = par_map_with_progress(group, &mut report, |(path, _)| {
+        let encoded = par_map_with_progress(group, &mut report, |(path, _), done| {
             let text = read_utf8(path)?;
             let sha256 = hex(&Sha256::digest(text.as_bytes()));
-            let tokens = tokenizer.encode_ordinary(&text)?;
+            let tokens = tokenizer.encode_ordinary_parallel(&text, done)?;
             Ok((InputFile { path: path.display().to_string(), bytes: text.len() as u64, sha256 }, tokens))
         });
         for result in encoded {
@@ -231,8 +231,10 @@ fn scan_chars(files: &[(PathBuf, u64)], report: &mut dyn FnMut(u64)) -> Result<C
     let mut all = BTreeSet::new();
     all.extend(CHAR_SEPARATOR.chars());
     for group in groups(files) {
-        let sets = par_map_with_progress(group, report, |(path, _)| {
-            Ok(read_utf8(path)?.chars().collect::<BTreeSet<char>>())
+        let sets = par_map_with_progress(group, report, |(path, _), done| {
+            let text = read_utf8(path)?;
+            done(text.len() as u64);
+            Ok(text.chars().collect::<BTreeSet<char>>())
         });
         for set in sets {
             all.extend(set?);
@@ -258,26 +260,23 @@ fn groups(files: &[(PathBuf, u64)]) -> Vec<&[(PathBuf, u64)]> {
     out
 }
 
-/// Maps `f` over `files` on the rayon pool, results in input order, while this
-/// thread reports each finished file's size (the callback need not be `Send`).
+/// Maps `f` over `files` on the rayon pool, results in input order. `f` reports
+/// bytes as it finishes them through its second argument; this thread forwards
+/// them to `report` (which therefore need not be `Send`).
 fn par_map_with_progress<T: Send>(
     files: &[(PathBuf, u64)],
     report: &mut dyn FnMut(u64),
-    f: impl Fn(&(PathBuf, u64)) -> Result<T, DataError> + Sync,
+    f: impl Fn(&(PathBuf, u64), &(dyn Fn(u64) + Sync)) -> Result<T, DataError> + Sync,
 ) -> Vec<Result<T, DataError>> {
     let (tx, rx) = mpsc::channel::<u64>();
     let f = &f;
     std::thread::scope(|s| {
         let worker = s.spawn(move || {
-            files
-                .par_iter()
-                .map(|file| {
-                    let r = f(file);
-                    // The receiver outlives this loop; a send error is impossible.
-                    let _ = tx.send(file.1);
-                    r
-                })
-                .collect::<Vec<_>>()
+            // The receiver outlives this loop; a send error is impossible.
+            let send = |bytes: u64| {
+                let _ = tx.send(bytes);
+            };
+            files.par_iter().map(|file| f(file, &send)).collect::<Vec<_>>()
         });
         for bytes in rx {
             report(bytes);

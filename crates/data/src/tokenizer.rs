@@ -15,6 +15,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
 
+use rayon::prelude::*;
+
 use tiktoken_rs::CoreBPE;
 
 use crate::{DataError, Meta, TokenizerKind};
@@ -34,6 +36,53 @@ fn gpt2_bpe() -> Result<&'static CoreBPE, DataError> {
     BPE.get_or_init(|| tiktoken_rs::r50k_base().map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|reason| DataError::Gpt2Vocab { reason: reason.clone() })
+}
+
+/// Target chunk size for [`Tokenizer::encode_ordinary_parallel`]: large enough
+/// that rayon's per-task cost is noise, small enough to spread one big file
+/// over all cores and to move a progress bar.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Cut points `0 = c_0 < c_1 < ... < c_k = text.len()` with chunks of about
+/// `target` bytes, each cut placed right after a lone '\n': one whose neighbours
+/// on both sides are not whitespace.
+///
+/// Why such a cut cannot change the GPT-2 encoding: BPE merges never cross the
+/// pieces of the pre-split regex `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+|
+/// ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+` (Radford et al. 2019, sec. 2.2). Only the
+/// whitespace alternatives can hold the '\n', and with non-whitespace on both
+/// sides the piece is exactly "\n" in the whole text and at the chunk's end
+/// alike; the next piece starts at the following char x in both cases, since a
+/// piece can reach back over at most one ' ' and the char before x is '\n'.
+/// A longer whitespace run would not do: at the end of a chunk `\s+(?!\S)` takes
+/// all of "\n\n" (one token, 628) where the whole text splits it ("\n", "\n").
+/// Rust's `char::is_whitespace` and the regex's `\s` are both Unicode
+/// White_Space. (CRLF text has no lone '\n' and stays one chunk.)
+pub(crate) fn chunk_bounds(text: &str, target: usize) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut cuts = vec![0];
+    let mut from = target.max(1);
+    'outer: while from < text.len() {
+        let mut i = from;
+        while let Some(off) = bytes[i..].iter().position(|&b| b == b'\n') {
+            let cut = i + off + 1;
+            // `cut` and `cut - 1` follow / are an ASCII byte: char boundaries.
+            let before = text[..cut - 1].chars().next_back();
+            match text[cut..].chars().next() {
+                Some(c) if !c.is_whitespace() && before.is_some_and(|b| !b.is_whitespace()) => {
+                    cuts.push(cut);
+                    from = cut + target.max(1);
+                    continue 'outer;
+                }
+                Some(_) => i = cut,
+                None => break 'outer,
+            }
+        }
+        break;
+    }
+    cuts.push(text.len());
+    cuts.dedup();
+    cuts
 }
 
 /// A tokenizer, built from a dataset's [`Meta`] (or directly for tests).
@@ -168,6 +217,27 @@ impl Tokenizer {
         }
     }
 
+    /// [`Tokenizer::encode_ordinary`] on chunks of about [`CHUNK_BYTES`] in
+    /// parallel (rayon), calling `done(bytes)` as each chunk finishes. The result
+    /// equals the sequential encoding: chunks are cut only where BPE pieces must
+    /// break anyway (see [`chunk_bounds`]).
+    pub fn encode_ordinary_parallel(&self, text: &str, done: &(dyn Fn(u64) + Sync)) -> Result<Vec<u32>, DataError> {
+        self.encode_chunked(text, CHUNK_BYTES, done)
+    }
+
+    pub(crate) fn encode_chunked(&self, text: &str, target: usize, done: &(dyn Fn(u64) + Sync)) -> Result<Vec<u32>, DataError> {
+        let cuts = chunk_bounds(text, target);
+        let parts = cuts
+            .par_windows(2)
+            .map(|w| {
+                let tokens = self.encode_ordinary(&text[w[0]..w[1]]);
+                done((w[1] - w[0]) as u64);
+                tokens
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(parts.concat())
+    }
+
     /// Decodes `tokens` to text. Ids outside the vocabulary decode to U+FFFD, and so
     /// do GPT-2 byte sequences that are not valid UTF-8 (a window cut mid-character).
     pub fn decode(&self, tokens: &[u32]) -> String {
@@ -242,6 +312,57 @@ mod tests {
     fn gpt2_decode_invalid_id_is_replacement() {
         let t = Tokenizer::gpt2().unwrap();
         assert_eq!(t.decode(&[15496, 60000, 995]), "Hello\u{FFFD} world");
+    }
+
+    #[test]
+    fn chunk_bounds_cut_after_newline_before_text() {
+        let text = "ab\n cd\n\nef\n\u{3000}gh\nij";
+        // Only the '\n' between "gh" and "ij" is lone: the others touch ' ',
+        // another '\n' or U+3000.
+        assert_eq!(chunk_bounds(text, 1), vec![0, 17, text.len()]);
+        assert_eq!(chunk_bounds("ab\ncd\nef", 1), vec![0, 3, 6, 8]);
+        assert_eq!(chunk_bounds("ab\ncd\nef", 4), vec![0, 6, 8]);
+        assert_eq!(chunk_bounds("\nab", 0), vec![0, 3]);
+        assert_eq!(chunk_bounds(text, 100), vec![0, text.len()]);
+        assert_eq!(chunk_bounds("", 4), vec![0]);
+        assert_eq!(chunk_bounds("no newline at all, long", 2), vec![0, 23]);
+    }
+
+    #[test]
+    fn chunked_encoding_equals_sequential() {
+        let play = include_str!("../../../data/shakespeare/hamlet.txt");
+        let tricky = "x\n's a\n\n 1\n\n\nword\r\nnext\n\u{00A0}nbsp\n\u{2028}sep\n!?\n42\n";
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let count = |b: u64| {
+            done.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
+        };
+        for tok in [Tokenizer::gpt2().unwrap(), Tokenizer::char(&format!("{play}{tricky}"))] {
+            for text in [play, tricky] {
+                let whole = tok.encode_ordinary(text).unwrap();
+                for target in [1, 7, 4096] {
+                    done.store(0, std::sync::atomic::Ordering::Relaxed);
+                    assert_eq!(tok.encode_chunked(text, target, &count).unwrap(), whole, "{:?} {target}", tok.kind());
+                    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), text.len() as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_gpt2_equals_sequential_on_every_shipped_play() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/shakespeare");
+        let tok = Tokenizer::gpt2().unwrap();
+        let mut plays = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "txt") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let chunked = tok.encode_chunked(&text, 4096, &|_| {}).unwrap();
+                assert_eq!(chunked, tok.encode_ordinary(&text).unwrap(), "{}", path.display());
+                plays += 1;
+            }
+        }
+        assert_eq!(plays, 42);
     }
 
     #[test]
