@@ -11,8 +11,8 @@ pub enum PlanError {
     /// A `--layout` string could not be parsed.
     #[error("bad layout `{text}`: {reason}")]
     BadLayout { text: String, reason: String },
-    /// The degrees of a layout do not multiply to the GPU count.
-    #[error("layout tp={tp} x pp={pp} x dp={dp} = {product} does not equal {gpus} GPUs")]
+    /// The degrees of a layout need more GPUs than there are.
+    #[error("layout tp={tp} x pp={pp} x dp={dp} = {product} GPUs exceeds the {gpus} GPUs available")]
     DegreeMismatch { tp: u64, pp: u64, dp: u64, product: u64, gpus: u64 },
     /// A layout is impossible for the model or the batch (names the rule broken).
     #[error("layout does not fit the model/batch: {reason}")]

@@ -35,6 +35,8 @@ pub struct Gpu {
     pub gemm_eff: f64,
     /// Default intra-node link of the reference server.
     pub link: &'static str,
+    /// FlashAttention kernels exist for it (Ampere and later; Dao et al. 2022/2023).
+    pub flash: bool,
     pub source: &'static str,
 }
 
@@ -55,16 +57,16 @@ const GB: f64 = 1e9;
 
 /// The GPU catalog. Peaks from the vendors' datasheets (dense, no sparsity).
 pub const GPUS: &[Gpu] = &[
-    Gpu { name: "v100-16gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 16.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", source: "NVIDIA Tesla V100 datasheet (SXM2): 125 TF fp16 tensor, 900 GB/s HBM2" },
-    Gpu { name: "v100-32gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 32.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", source: "NVIDIA Tesla V100 datasheet (SXM2 32 GB)" },
-    Gpu { name: "v100-dgx2h", peak_bf16: 130.0 * T, peak_fp8: 0.0, peak_fp32: 16.4 * T, mem_bytes: 32.0 * GB, mem_bw: 981.0 * GB, gemm_eff: 0.72, link: "nvswitch2", source: "DGX-2H V100 SXM3 450 W, ~130 TF (Megatron-LM 2019 §5)" },
-    Gpu { name: "a100-40gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 40.0 * GB, mem_bw: 1555.0 * GB, gemm_eff: 0.72, link: "nvlink3", source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 1.56 TB/s" },
-    Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)" },
-    Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s" },
-    Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)" },
-    Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s" },
-    Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s" },
-    Gpu { name: "cpu-local", peak_bf16: 0.30 * T, peak_fp8: 0.0, peak_fp32: 0.30 * T, mem_bytes: 8.0 * GB, mem_bw: 20.0 * GB, gemm_eff: 0.60, link: "shm", source: "this machine: 2 AMD EPYC cores, AVX-512; peak measured with the kernels crate's f32 GEMM (docs/planner.md)" },
+    Gpu { name: "v100-16gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 16.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2): 125 TF fp16 tensor, 900 GB/s HBM2" },
+    Gpu { name: "v100-32gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 32.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2 32 GB)" },
+    Gpu { name: "v100-dgx2h", peak_bf16: 130.0 * T, peak_fp8: 0.0, peak_fp32: 16.4 * T, mem_bytes: 32.0 * GB, mem_bw: 981.0 * GB, gemm_eff: 0.72, link: "nvswitch2", flash: false, source: "DGX-2H V100 SXM3 450 W, ~130 TF (Megatron-LM 2019 §5)" },
+    Gpu { name: "a100-40gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 40.0 * GB, mem_bw: 1555.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 1.56 TB/s" },
+    Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)" },
+    Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s" },
+    Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)" },
+    Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s" },
+    Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s" },
+    Gpu { name: "cpu-local", peak_bf16: 0.30 * T, peak_fp8: 0.0, peak_fp32: 0.30 * T, mem_bytes: 8.0 * GB, mem_bw: 20.0 * GB, gemm_eff: 0.60, link: "shm", flash: false, source: "this machine: 2 AMD EPYC cores, AVX-512; peak measured with the kernels crate's f32 GEMM (docs/planner.md)" },
 ];
 
 /// A link between GPUs or nodes.

@@ -71,9 +71,29 @@ fn why_lost(best: &Estimate, e: &Estimate) -> String {
     why
 }
 
+/// Reject fixed degrees that can never work, naming the rule.
+fn precheck(job: &Job, spec: &LayoutSpec) -> Result<(), PlanError> {
+    let bad = |reason: String| Err(PlanError::InvalidLayout { reason });
+    let (tp, pp, dp) = (spec.tp.unwrap_or(1), spec.pp.unwrap_or(1), spec.dp.unwrap_or(1));
+    if tp * pp * dp > job.gpus {
+        return Err(PlanError::DegreeMismatch { tp, pp, dp, product: tp * pp * dp, gpus: job.gpus });
+    }
+    if job.model.heads % tp != 0 {
+        return bad(format!("tp={tp} does not divide {} attention heads", job.model.heads));
+    }
+    if pp > job.model.layers {
+        return bad(format!("pp={pp} exceeds {} layers", job.model.layers));
+    }
+    if job.global_batch % (dp * spec.mb.unwrap_or(1)) != 0 {
+        return bad(format!("global batch {} is not a multiple of dp={dp} x mb={}", job.global_batch, spec.mb.unwrap_or(1)));
+    }
+    Ok(())
+}
+
 /// Search all layouts allowed by `spec`; return the fastest that fits and up to
 /// `keep` runners-up.
 pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> Result<SearchResult, PlanError> {
+    precheck(job, spec)?;
     let (tps, pps, dps) = candidates(job, spec);
     let zeros: Vec<u8> = spec.zero.map(|z| vec![z]).unwrap_or_else(|| spec.zero_choices.unwrap_or(&[0, 1, 2, 3]).to_vec());
     let recomputes: Vec<Recompute> = spec.recompute.map(|r| vec![r]).unwrap_or_else(|| spec.recompute_choices.unwrap_or(&Recompute::ALL).to_vec());
@@ -116,7 +136,7 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
                                     recompute,
                                     interleave: v,
                                     sp: spec.sp.unwrap_or(tp > 1),
-                                    flash: spec.flash.unwrap_or(true),
+                                    flash: spec.flash.unwrap_or(job.machine.gpu.flash),
                                     fp8: spec.fp8.unwrap_or(false),
                                     tp_overlap: spec.tp_overlap.unwrap_or(false),
                                 };

@@ -1,8 +1,322 @@
-//! Placeholder: being written.
+//! `hyperion plan`: memory, step time, MFU and the best layout of a model on a
+//! cluster; `hyperion plan validate FILE.csv`: the model against published runs.
+//! All logic lives in the `planner` crate; this module parses and prints.
+
+use anyhow::{bail, Context};
+use planner::estimate::{Estimate, Job};
+use planner::hardware::{self, Machine};
+use planner::layout::LayoutSpec;
+use planner::search::SearchResult;
+use planner::{models, Calibration};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct PlanArgs {}
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PlanArgs {
+    #[command(subcommand)]
+    command: Option<PlanCommand>,
+    /// Model name from the catalog (e.g. gpt3-175b, llama3-70b, gpt2).
+    #[arg(long)]
+    model: Option<String>,
+    /// Cluster name from the catalog (e.g. azure-openai-2020, h100-10k).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// GPUs available (default: the whole cluster); a layout may use fewer.
+    #[arg(long)]
+    gpus: Option<u64>,
+    /// Global batch in sequences (default: ~3.2M tokens, GPT-3's batch).
+    #[arg(long)]
+    global_batch: Option<u64>,
+    /// Sequence length (default: the model's context).
+    #[arg(long)]
+    seq: Option<u64>,
+    /// Tokens to train for: 300e9, 300B, 1.5T (default 300B).
+    #[arg(long, default_value = "300B")]
+    tokens: String,
+    /// Fix some or all of the layout: tp=8,pp=16,dp=...,zero=1,mb=1,recompute=selective,v=2.
+    #[arg(long)]
+    layout: Option<String>,
+    /// How many runners-up to show.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write a PNG chart of the per-GPU memory breakdown of the best layouts.
+    #[arg(long)]
+    png: Option<PathBuf>,
+}
 
-pub fn run(_args: PlanArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+#[derive(clap::Subcommand)]
+enum PlanCommand {
+    /// Predict each run of a published-runs CSV and report the errors.
+    Validate {
+        /// CSV in the format of crates/planner/data/published_runs.csv.
+        file: PathBuf,
+        /// One JSON object per row, then a summary object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    if let Some(PlanCommand::Validate { file, json }) = &args.command {
+        return validate(file, *json);
+    }
+    let (Some(model), Some(cluster)) = (&args.model, &args.cluster) else {
+        bail!("`hyperion plan` needs --model NAME and --cluster NAME (or `hyperion plan validate FILE.csv`)");
+    };
+    let model = models::model(model)?;
+    let cluster = hardware::cluster(cluster)?;
+    let machine = Machine::from_cluster(cluster)?;
+    let seq = args.seq.unwrap_or(model.seq);
+    if seq == 0 {
+        bail!("--seq must be positive");
+    }
+    let global_batch = args.global_batch.unwrap_or_else(|| default_batch(seq));
+    let tokens = parse_count(&args.tokens).with_context(|| format!("--tokens `{}`", args.tokens))?;
+    let gpus = args.gpus.unwrap_or(cluster.gpus);
+    let job = Job { model, machine, gpus, global_batch, seq, tokens };
+    let spec = match &args.layout {
+        Some(text) => LayoutSpec::parse(text)?,
+        None => LayoutSpec::default(),
+    };
+    if let (Some(tp), Some(pp), Some(dp)) = (spec.tp, spec.pp, spec.dp) {
+        if tp * pp * dp > gpus {
+            return Err(planner::PlanError::DegreeMismatch { tp, pp, dp, product: tp * pp * dp, gpus }.into());
+        }
+    }
+    let started = std::time::Instant::now();
+    let result = planner::search(&job, &spec, &Calibration::default(), args.top)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.png {
+        let mut bars = vec![&result.best];
+        bars.extend(result.runners_up.iter().map(|r| &r.estimate));
+        draw_memory_png(path, &bars, job.machine.gpu.mem_bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "model": job.model.name,
+            "params": job.model.params(),
+            "cluster": cluster.name,
+            "gpu": job.machine.gpu.name,
+            "gpus": gpus,
+            "global_batch": global_batch,
+            "seq": seq,
+            "tokens": tokens,
+            "assumptions": cluster.assumptions,
+            "search_seconds": elapsed,
+            "evaluated": result.evaluated,
+            "fit": result.fit,
+            "best": result.best,
+            "runners_up": result.runners_up,
+            "too_big": result.too_big,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_plan(&job, cluster, &result, elapsed);
+    }
+    Ok(())
+}
+
+/// GPT-3's 3.2M-token batch, rounded down to a multiple of 64 sequences.
+fn default_batch(seq: u64) -> u64 {
+    let b = 3_200_000 / seq;
+    if b >= 64 {
+        b / 64 * 64
+    } else {
+        b.max(1)
+    }
+}
+
+/// `300e9`, `300B`, `1.5T`, `2M`, `12345`.
+fn parse_count(text: &str) -> anyhow::Result<f64> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1e3),
+        Some('M') => (&t[..t.len() - 1], 1e6),
+        Some('B') | Some('G') => (&t[..t.len() - 1], 1e9),
+        Some('T') => (&t[..t.len() - 1], 1e12),
+        _ => (t, 1.0),
+    };
+    let x: f64 = num.parse().context("expected a number such as 300e9 or 300B")?;
+    if !(x > 0.0 && x.is_finite()) {
+        bail!("must be positive");
+    }
+    Ok(x * mult)
+}
+
+fn gb(x: f64) -> f64 {
+    x / 1e9
+}
+
+fn print_estimate(e: &Estimate) {
+    let m = &e.memory;
+    let s = &e.step;
+    println!("  layout        {}  ({} GPUs, {} micro-batches per step)", e.layout_text, e.gpus_used, e.micro_batches);
+    println!(
+        "  memory/GPU    {:.1} GB = weights {:.1} + grads {:.1} + optimizer {:.1} + activations {:.1} + buffers {:.1} + frag/context {:.1}  ({} stage, {:.2}B params/GPU)",
+        gb(m.total),
+        gb(m.weights),
+        gb(m.gradients),
+        gb(m.optimizer),
+        gb(m.activations),
+        gb(m.comm_buffers),
+        gb(m.fragmentation_and_context),
+        m.worst_stage,
+        m.params_per_gpu / 1e9
+    );
+    println!(
+        "  step          {:.3} s = compute {:.3} (recompute {:.3}) + TP comm {:.3} + PP sends {:.3} + bubble {:.3} + DP comm exposed {:.3} + optimizer {:.3}",
+        s.total, s.compute, s.recompute, s.tp_comm, s.pp_comm, s.bubble, s.dp_comm, s.optimizer
+    );
+    println!(
+        "  throughput    {:.1} model TFLOP/s per GPU ({:.1} counting recompute as Megatron eq. 3), MFU {:.1}%, {:.0} tokens/s, {:.1} days",
+        e.model_tflops_per_gpu, e.eq3_tflops_per_gpu, e.mfu_pct, e.tokens_per_s, e.days
+    );
+}
+
+fn print_plan(job: &Job, cluster: &hardware::Cluster, r: &SearchResult, elapsed: f64) {
+    println!(
+        "{} ({:.1}B params) on {} ({} x {}, {} per node), global batch {} x {} tokens, {:.3e} tokens",
+        job.model.name,
+        job.model.params() / 1e9,
+        cluster.name,
+        job.gpus,
+        job.machine.gpu.name,
+        job.machine.gpus_per_node,
+        job.global_batch,
+        job.seq,
+        job.tokens
+    );
+    println!("assumptions: {}", cluster.assumptions);
+    println!("searched {} layouts in {:.2} s, {} fit in {:.0} GB", r.evaluated, elapsed, r.fit, gb(job.machine.gpu.mem_bytes));
+    println!("\nbest:");
+    print_estimate(&r.best);
+    if !r.runners_up.is_empty() {
+        println!("\nrunners-up (best of each tp x pp x dp shape) and why they lost:");
+        for (i, ru) in r.runners_up.iter().enumerate() {
+            let e = &ru.estimate;
+            println!(
+                "  {}. {:<58} {:>6} GPUs  MFU {:>5.1}%  {:>8.0} tok/s  {:>6.1} days  {:>5.1} GB  lost on: {}",
+                i + 2,
+                e.layout_text,
+                e.gpus_used,
+                e.mfu_pct,
+                e.tokens_per_s,
+                e.days,
+                gb(e.memory.total),
+                ru.why
+            );
+        }
+    }
+    if !r.too_big.is_empty() {
+        println!("\nfaster but do not fit:");
+        for ru in &r.too_big {
+            println!("  {:<58} MFU {:>5.1}%  {}", ru.estimate.layout_text, ru.estimate.mfu_pct, ru.why);
+        }
+    }
+}
+
+fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let (rows, summary) = planner::validate::validate(&text, &file.display().to_string(), &Calibration::default())?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        // A struct keeps the documented key order (rows, used, median, p90).
+        println!("{{\"summary\":{}}}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    println!("{:<14} {:<30} {:>10} {:>10} {:>8}  layout (predicted where the source is silent)", "id", "metric", "predicted", "published", "error");
+    for r in rows.iter().filter(|r| r.skipped.is_none()) {
+        println!(
+            "{:<14} {:<30} {:>10.1} {:>10.1} {:>+7.1}%  {}",
+            r.id,
+            r.metric.as_deref().unwrap_or(""),
+            r.predicted.unwrap_or(f64::NAN),
+            r.published.unwrap_or(f64::NAN),
+            r.error_pct.unwrap_or(f64::NAN),
+            r.layout.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "\nrows {}, used {}: median |error| {:.1}%, p90 |error| {:.1}%",
+        summary.rows, summary.used, summary.median_abs_error_pct, summary.p90_abs_error_pct
+    );
+    println!("skipped:");
+    for r in rows.iter().filter(|r| r.skipped.is_some()) {
+        println!("  {:<14} {}", r.id, r.skipped.as_deref().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// Stacked bars of the per-GPU memory of the best layouts against GPU memory.
+fn draw_memory_png(path: &std::path::Path, bars: &[&Estimate], capacity: f64) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    register_font();
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let ymax = bars.iter().map(|e| gb(e.memory.total)).fold(gb(capacity), f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("per-GPU memory of the best layouts (GB)", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..bars.len() as f64, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len())
+        .x_label_formatter(&|x| format!("#{}", *x as usize + 1))
+        .y_desc("GB")
+        .draw()?;
+    let parts: [(&str, RGBColor, fn(&Estimate) -> f64); 6] = [
+        ("weights", RGBColor(31, 119, 180), |e| e.memory.weights),
+        ("gradients", RGBColor(255, 127, 14), |e| e.memory.gradients),
+        ("optimizer", RGBColor(44, 160, 44), |e| e.memory.optimizer),
+        ("activations", RGBColor(214, 39, 40), |e| e.memory.activations),
+        ("buffers", RGBColor(148, 103, 189), |e| e.memory.comm_buffers),
+        ("frag+context", RGBColor(140, 140, 140), |e| e.memory.fragmentation_and_context),
+    ];
+    for (name, color, get) in parts {
+        let rects: Vec<_> = bars
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let below: f64 = parts_below(e, name);
+                let x = i as f64;
+                Rectangle::new([(x + 0.15, gb(below)), (x + 0.85, gb(below + get(e)))], color.filled())
+            })
+            .collect();
+        chart.draw_series(rects)?.label(name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart.draw_series(LineSeries::new([(0.0, gb(capacity)), (bars.len() as f64, gb(capacity))], BLACK.stroke_width(2)))?.label("GPU memory").legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Bytes of the components drawn below `name` in the stack.
+fn parts_below(e: &Estimate, name: &str) -> f64 {
+    let m = &e.memory;
+    let order = [("weights", m.weights), ("gradients", m.gradients), ("optimizer", m.optimizer), ("activations", m.activations), ("buffers", m.comm_buffers), ("frag+context", m.fragmentation_and_context)];
+    order.iter().take_while(|(n, _)| *n != name).map(|(_, v)| v).sum()
+}
+
+/// plotters' `ab_glyph` backend draws text only with a registered font: use the
+/// system's DejaVu Sans (shipped by most Linux distributions) when present.
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for p in ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"] {
+            if let Ok(bytes) = std::fs::read(p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                    return;
+                }
+            }
+        }
+    });
 }

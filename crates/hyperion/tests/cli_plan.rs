@@ -1,0 +1,128 @@
+//! `hyperion plan` and `hyperion plan validate`: flags, JSON shape, errors.
+
+use std::process::{Command, Output};
+
+fn hyperion(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyperion")).args(args).output().expect("the hyperion binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const RUNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../planner/data/published_runs.csv");
+
+#[test]
+fn plan_json_for_gpt3_on_azure_2020() {
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--tokens", "300B", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["gpus"], 10000);
+    assert_eq!(v["global_batch"], 1536);
+    assert_eq!(v["tokens"], 300e9);
+    let best = &v["best"];
+    assert_eq!(best["fits"], true);
+    let l = &best["layout"];
+    let used = l["tp"].as_u64().unwrap() * l["pp"].as_u64().unwrap() * l["dp"].as_u64().unwrap();
+    assert!(used <= 10000 && used == best["gpus_used"].as_u64().unwrap());
+    assert!(best["memory"]["total"].as_f64().unwrap() <= 32e9);
+    let mfu = best["mfu_pct"].as_f64().unwrap();
+    assert!(mfu > 20.0 && mfu < 60.0, "MFU {mfu}");
+    // days = tokens / (tokens/s) / 86400.
+    let days = best["days"].as_f64().unwrap();
+    let tps = best["tokens_per_s"].as_f64().unwrap();
+    assert!((days - 300e9 / tps / 86400.0).abs() < 1e-6 * days);
+    let ru = v["runners_up"].as_array().unwrap();
+    assert_eq!(ru.len(), 5);
+    for r in ru {
+        assert!(r["estimate"]["tokens_per_s"].as_f64().unwrap() <= tps);
+        assert!(!r["why"].as_str().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn plan_text_and_fixed_layout() {
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "selene", "--gpus", "1024", "--layout", "tp=8,pp=8,recompute=selective", "--top", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in ["best:", "tp=8,pp=8,", "recompute=selective", "memory/GPU", "MFU", "days", "runners-up", "lost on:"] {
+        assert!(out.contains(want), "missing `{want}` in\n{out}");
+    }
+}
+
+#[test]
+fn plan_errors_name_the_problem() {
+    let o = hyperion(&["plan", "--model", "gpt-9", "--cluster", "selene"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("unknown model `gpt-9`") && e.contains("llama3-405b") && e.contains("gpt3-175b"), "{e}");
+    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "moon"]);
+    assert!(stderr(&o).contains("unknown cluster `moon`") && stderr(&o).contains("azure-openai-2020"));
+    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "selene", "--layout", "tp=8,zero=5"]);
+    assert!(stderr(&o).contains("bad layout") && stderr(&o).contains("zero"), "{}", stderr(&o));
+    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "selene", "--layout", "tp=5"]);
+    assert!(stderr(&o).contains("tp=5 does not divide 12 attention heads"), "{}", stderr(&o));
+    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "selene", "--tokens", "lots"]);
+    assert!(stderr(&o).contains("--tokens `lots`"), "{}", stderr(&o));
+    let o = hyperion(&["plan"]);
+    assert!(!o.status.success() && stderr(&o).contains("--model"));
+}
+
+#[test]
+fn validate_shipped_runs_json() {
+    let o = hyperion(&["plan", "validate", RUNS, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (summary, rows) = lines.split_last().unwrap();
+    let s = &summary["summary"];
+    assert_eq!(s["rows"].as_u64().unwrap() as usize, rows.len());
+    let used = rows.iter().filter(|r| r.get("error_pct").is_some()).count();
+    assert_eq!(s["used"].as_u64().unwrap() as usize, used);
+    assert!(used >= 50, "{used}");
+    let median = s["median_abs_error_pct"].as_f64().unwrap();
+    let p90 = s["p90_abs_error_pct"].as_f64().unwrap();
+    assert!(median <= 5.5 && p90 <= 17.0, "median {median} p90 {p90}");
+    for r in rows {
+        assert!(r["id"].is_string());
+        if let Some(e) = r.get("error_pct") {
+            let (p, q) = (r["predicted"].as_f64().unwrap(), r["published"].as_f64().unwrap());
+            assert!((e.as_f64().unwrap() - 100.0 * (p - q) / q).abs() < 1e-9);
+            assert!(r["metric"].is_string());
+        } else {
+            assert!(r["skipped"].is_string(), "{r}");
+        }
+    }
+    let skipped: Vec<&str> = rows.iter().filter_map(|r| r["skipped"].as_str()).collect();
+    assert!(skipped.iter().any(|s| s.contains("not a GPU")));
+}
+
+#[test]
+fn validate_text_and_bad_files() {
+    let o = hyperion(&["plan", "validate", RUNS]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(out.contains("median |error|") && out.contains("p90 |error|") && out.contains("skipped:") && out.contains("K22-T5-02a"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,model_name\nx,y\n").unwrap();
+    let o = hyperion(&["plan", "validate", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.csv: missing column `layers`"), "{}", stderr(&o));
+    let o = hyperion(&["plan", "validate", dir.path().join("none.csv").to_str().unwrap()]);
+    assert!(stderr(&o).contains("none.csv"));
+}
+
+#[test]
+fn png_memory_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("mem.png");
+    let o = hyperion(&["plan", "--model", "llama3-70b", "--cluster", "dgx-h100-superpod", "--png", png.to_str().unwrap(), "--top", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 5_000);
+}
