@@ -183,6 +183,21 @@ impl Manifest {
         }
         for record in &manifest.files {
             validate_file_name(&record.file).map_err(|e| bad(e.to_string()))?;
+            // Keys encode the range; a piece whose key names another range would read
+            // the wrong elements without any size mismatch to catch it.
+            for p in &record.pieces {
+                if p.key != piece_key(&p.name, &p.global_shape, p.start, p.end) {
+                    return Err(bad(format!(
+                        "piece `{}` [{}, {}) in {} has key `{}`, expected `{}`",
+                        p.name,
+                        p.start,
+                        p.end,
+                        record.file,
+                        p.key,
+                        piece_key(&p.name, &p.global_shape, p.start, p.end)
+                    )));
+                }
+            }
         }
         Ok(manifest)
     }

@@ -63,7 +63,8 @@ pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
                 start: piece.start,
                 end: piece.end,
                 file: file_idx,
-                offset: data_start[&piece.key],
+                // check_header found every piece key, so the lookup cannot miss.
+                offset: data_start.get(&piece.key).copied().unwrap_or_default(),
             });
         }
         handles.push(handle);

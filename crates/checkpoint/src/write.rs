@@ -43,7 +43,11 @@ pub struct Pending {
 /// that every rank may call it) the temporary folder `.tmp-step-XXXXXXXX`.
 pub fn begin(run_dir: &Path, step: u64) -> Result<Pending, CheckpointError> {
     let ckpt_dir = checkpoints_dir(run_dir);
-    fs::create_dir_all(&ckpt_dir).map_err(io_at(&ckpt_dir))?;
+    if !ckpt_dir.is_dir() {
+        fs::create_dir_all(&ckpt_dir).map_err(io_at(&ckpt_dir))?;
+        // The first save must not vanish with an unsynced `checkpoints` entry.
+        crate::fsutil::sync_dir(run_dir)?;
+    }
     let tmp_dir = ckpt_dir.join(tmp_dir_name(step));
     match fs::create_dir(&tmp_dir) {
         Ok(()) => {}

@@ -125,6 +125,57 @@ fn corrupt_manifest_is_a_bad_manifest_error() {
     ));
 }
 
+/// A hand-edited manifest must not make reads return unsaved or wrong elements.
+#[test]
+fn hand_edited_manifest_pieces_are_refused() {
+    let run = tempfile::tempdir().unwrap();
+    let data = step_values(1, 10);
+    let pending = begin(run.path(), 1).unwrap();
+    let r0 = pending
+        .write_file(
+            "a",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[10],
+                start: 0,
+                data: &data[..5],
+            }],
+        )
+        .unwrap();
+    let r1 = pending
+        .write_file(
+            "b",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[10],
+                start: 5,
+                data: &data[5..],
+            }],
+        )
+        .unwrap();
+    let dir = commit(pending, serde_json::Value::Null, vec![r0, r1], 0).unwrap();
+    let path = dir.join("manifest.json");
+    let original: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+
+    let mut edited = original.clone();
+    edited["files"][1]["pieces"][0]["start"] = 4.into();
+    fs::write(&path, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let err = open(&dir).unwrap_err();
+    assert!(
+        matches!(&err, CheckpointError::BadManifest { .. }) && err.to_string().contains("overlaps"),
+        "{err}"
+    );
+
+    let mut edited = original.clone();
+    edited["files"][1]["pieces"][0]["key"] = "w[0:5]".into();
+    fs::write(&path, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let err = open(&dir).unwrap_err();
+    assert!(err.to_string().contains("expected `w[5:10]`"), "{err}");
+
+    fs::write(&path, serde_json::to_vec(&original).unwrap()).unwrap();
+    assert_eq!(open(&dir).unwrap().read("w").unwrap(), data);
+}
+
 #[test]
 fn latest_missing_or_dangling_falls_back_to_newest_complete() {
     let run = tempfile::tempdir().unwrap();
