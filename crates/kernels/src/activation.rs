@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::error::check_len;
 use crate::simd::{exp_f32, vectorized};
 
-const SQRT_2_OVER_PI: f32 = 0.797_884_56;
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 /// Elements per parallel task (64 KiB of f32): big enough to amortize scheduling.
 pub(crate) const ELEMS_PER_TASK: usize = 16 * 1024;

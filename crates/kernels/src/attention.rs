@@ -4,7 +4,7 @@
 //! `h*hs..(h+1)*hs` of each part (hs = C / NH); out is (B, T, C).
 //! Per (b, h): `S = Q K^T / sqrt(hs)` with causal mask, `P = softmax(S)`, `O = P V`.
 //!
-//! Design (measured, see docs/benchmarks.md): we save the probabilities P
+//! Design (measured, see crates/kernels/BENCHMARKS.md): we save the probabilities P
 //! (B, NH, T, T) rather than only the row logsumexp of a flash-style kernel. On CPU
 //! the backward then needs no recomputation of `Q K^T` and its exponentials, and P for
 //! T = 256 is 256 KiB per head, small next to the MLP activations.

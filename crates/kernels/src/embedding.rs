@@ -27,6 +27,12 @@ pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f3
             crate::KernelError::LengthMismatch { kernel: "embedding_forward", buffer: "wpe", expected: t * c, got: wpe.len() }
         );
     }
+    if wte.len() % c != 0 {
+        panic!(
+            "{}",
+            crate::KernelError::LengthMismatch { kernel: "embedding_forward", buffer: "wte", expected: (wte.len() / c + 1) * c, got: wte.len() }
+        );
+    }
     check_ids("embedding_forward", tokens, wte.len() / c);
     out.par_chunks_mut(c).enumerate().for_each(|(row, o)| {
         let tok = tokens[row] as usize;
@@ -50,6 +56,12 @@ pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], toke
         panic!(
             "{}",
             crate::KernelError::LengthMismatch { kernel: "embedding_backward", buffer: "dwpe", expected: t * c, got: dwpe.len() }
+        );
+    }
+    if dwte.len() % c != 0 {
+        panic!(
+            "{}",
+            crate::KernelError::LengthMismatch { kernel: "embedding_backward", buffer: "dwte", expected: (dwte.len() / c + 1) * c, got: dwte.len() }
         );
     }
     let vocab = dwte.len() / c;

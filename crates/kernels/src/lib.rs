@@ -33,6 +33,9 @@
 //! assert_eq!(dx, [2.0, 2.0, 2.0, 2.0]); // row sums of w
 //! ```
 
+// `x % n != 0` rather than `is_multiple_of` (Rust 1.87): the workspace's rust-version is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
+
 mod activation;
 mod attention;
 mod elementwise;
