@@ -179,6 +179,27 @@ fn prepare_is_deterministic_and_reports_progress() {
     assert_eq!(calls.last(), Some(&(total, total)));
     assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0));
     assert_eq!(calls.len(), 7, "one call at start, one per file");
+
+    // char makes two passes (vocabulary, then encoding): total counts both.
+    let mut last = (0, 0);
+    prepare(&[tmp.path().join("in")], TokenizerKind::Char, &b, 0.1, &mut |d, t| last = (d, t)).unwrap();
+    assert_eq!(last, (2 * total, 2 * total));
+}
+
+#[cfg(unix)]
+#[test]
+fn folder_walk_follows_file_links_but_not_folder_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("corpus");
+    let outside = write(tmp.path(), "outside.txt", "text reached through a link");
+    write(&root, "a.txt", "plain file in the folder");
+    std::os::unix::fs::symlink(&outside, root.join("link.txt")).unwrap();
+    // A link back to the folder itself would loop forever if followed.
+    std::os::unix::fs::symlink(&root, root.join("loop")).unwrap();
+    let meta = prepare(&[root.clone()], TokenizerKind::Char, &tmp.path().join("ds"), 0.1, &mut no_progress()).unwrap();
+    let names: Vec<&str> = meta.inputs.iter().map(|f| f.path.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["a.txt", "link.txt"]);
+    assert_eq!(meta.inputs[1].bytes, 27);
 }
 
 #[test]
@@ -222,6 +243,13 @@ fn input_and_argument_errors() {
     let tiny = write(tmp.path(), "tiny.txt", "abc");
     let err = prepare(&[tiny], TokenizerKind::Char, &out, 0.1, &mut no_progress()).unwrap_err();
     assert!(matches!(err, DataError::EmptySplit { split: "val", total_tokens: 5, .. }), "{err:?}");
+
+    // A device is neither a file nor a folder.
+    #[cfg(unix)]
+    {
+        let err = prepare(&[PathBuf::from("/dev/null")], TokenizerKind::Char, &out, 0.1, &mut no_progress()).unwrap_err();
+        assert!(matches!(err, DataError::InputNotRegular { .. }), "{err:?}");
+    }
 
     // Output under a regular file: cannot be created.
     let blocker = write(tmp.path(), "blocker", "a file");
