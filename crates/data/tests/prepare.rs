@@ -196,7 +196,7 @@ fn folder_walk_follows_file_links_but_not_folder_links() {
     std::os::unix::fs::symlink(&outside, root.join("link.txt")).unwrap();
     // A link back to the folder itself would loop forever if followed.
     std::os::unix::fs::symlink(&root, root.join("loop")).unwrap();
-    let meta = prepare(&[root.clone()], TokenizerKind::Char, &tmp.path().join("ds"), 0.1, &mut no_progress()).unwrap();
+    let meta = prepare(&[root], TokenizerKind::Char, &tmp.path().join("ds"), 0.1, &mut no_progress()).unwrap();
     let names: Vec<&str> = meta.inputs.iter().map(|f| f.path.rsplit('/').next().unwrap()).collect();
     assert_eq!(names, ["a.txt", "link.txt"]);
     assert_eq!(meta.inputs[1].bytes, 27);
