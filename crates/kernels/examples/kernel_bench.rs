@@ -96,6 +96,24 @@ fn bench_model(m: &Model, b: usize, reps: usize) {
             g(bw)
         );
         step += f + bx + bw;
+        // The model crate runs the head in chunks of 2^24 / V rows (logits scratch of
+        // 64 MiB); time that pattern too, as it re-reads and re-writes dwte per chunk.
+        let chunk = ((1usize << 24) / v).clamp(1, rows);
+        if chunk < rows {
+            let t_chunked = time_ms(reps, || {
+                for r0 in (0..rows).step_by(chunk) {
+                    let r = chunk.min(rows - r0);
+                    let (xs, lgs) = (&x[r0 * c..(r0 + r) * c], &mut lg[..r * v]);
+                    matmul(lgs, xs, false, &wte, true, r, v, c, false);
+                    matmul(&mut dx[r0 * c..(r0 + r) * c], lgs, false, &wte, false, r, c, v, true);
+                    matmul(&mut dw, lgs, true, xs, false, v, c, r, true);
+                }
+            });
+            println!(
+                "  lm_head in chunks of {chunk} rows (fwd+dx+dw): {t_chunked:7.2} ms vs {:7.2} ms unchunked",
+                f + bx + bw
+            );
+        }
         let targets: Vec<u32> = (0..rows).map(|r| (r * 7919 % v) as u32).collect();
         let mut losses = vec![0.0; rows];
         let base = lg.clone();

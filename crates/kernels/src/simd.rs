@@ -75,10 +75,12 @@ unsafe fn v3<R>(f: impl FnOnce() -> R) -> R {
 /// e^x for f32, branch-free so loops over it vectorize. Cody-Waite range reduction
 /// x = n ln2 + r, |r| <= ln2/2, then a degree-6 Taylor/minimax polynomial for e^r
 /// (Cephes `expf` coefficients), scaled by 2^n built from the exponent bits.
-/// Max relative error ~2 ulp on [-87, 88]; inputs are clamped to that range
-/// (e^-87.3 ~ 1e-38: denormals flush to the smallest normal, fine for softmax).
+/// Max relative error ~2 ulp on [-87, 88]. Below -87 the result is exactly 0 (so
+/// `-inf` logits, e.g. top-k masking, get probability 0; denormals are not produced);
+/// above 88 it saturates at e^88 ~ 1.6e38. NaN propagates.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
+    let underflow = x < -87.0;
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -100,7 +102,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let er = p * r2 + r + 1.0;
     // 2^n as float bits; n in [-126, 127] thanks to the clamp.
     let scale = f32::from_bits(((n + 127) as u32) << 23);
-    er * scale
+    let e = er * scale;
+    if underflow {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// Sum with [`LANES`] accumulators in a fixed order (vectorizes, deterministic).
@@ -204,7 +211,9 @@ mod tests {
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
         assert_eq!(exp_f32(0.0), 1.0);
-        assert!(exp_f32(-1000.0) < 1e-37 && exp_f32(-1000.0) >= 0.0);
+        assert_eq!(exp_f32(-1000.0), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
         assert!(exp_f32(1000.0).is_finite());
     }
 

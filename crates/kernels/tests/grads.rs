@@ -140,6 +140,15 @@ fn softmax_row_with_temperature() {
 }
 
 #[test]
+fn softmax_row_gives_masked_logits_exactly_zero() {
+    // Top-k sampling masks logits with -inf; they must get probability exactly 0.
+    let logits = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, 1.0];
+    let mut p = [1.0f32; 4];
+    softmax_row(&mut p, &logits, 0.7);
+    assert_eq!(p, [0.0, 0.5, 0.0, 0.5]);
+}
+
+#[test]
 #[should_panic(expected = "argument `temperature` = 0 is invalid")]
 fn softmax_row_rejects_zero_temperature() {
     let mut p = [0.0f32; 2];
