@@ -57,12 +57,13 @@ fn prepare(inputs: &[PathBuf], kind: data::TokenizerKind, out: PathBuf, val_frac
     let secs = started.elapsed().as_secs_f64();
     let bytes: u64 = meta.inputs.iter().map(|f| f.bytes).sum();
     println!(
-        "prepared {} ({} tokenizer, vocab {}, {}) from {} files, {} bytes in {:.2} s",
+        "prepared {} ({} tokenizer, vocab {}, {}) from {} file{}, {} bytes in {:.2} s",
         out.display(),
         meta.tokenizer,
         meta.vocab_size,
         meta.dtype,
         meta.inputs.len(),
+        if meta.inputs.len() == 1 { "" } else { "s" },
         bytes,
         secs
     );
