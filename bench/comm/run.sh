@@ -4,6 +4,8 @@
 # the glibc malloc environment), at 2 and 4 ranks, 1 MiB..256 MiB f32.
 #
 #   bench/comm/run.sh [OUT_DIR] [SIZES]      (default: bench/comm/results, 1M..256M)
+#   REPS=3 (default) passes, interleaved so that load changes hit every config alike;
+#   bench/comm/summarize.py then reports the median of the passes as a markdown table.
 #
 # Needs OpenMPI (apt-get install -y libopenmpi-dev openmpi-bin libclang-dev).
 set -euo pipefail
@@ -16,7 +18,9 @@ bytes() { numfmt --from=iec "$1"; }
 
 cargo build --release -p hyperion --features mpi >&2
 mpicc -O2 -o "$out/mpi_bench" bench/comm/mpi_bench.c
-hyp=target/release/hyperion
+# Copy the binary: other builds in the shared target/ may replace it meanwhile.
+cp target/release/hyperion "$out/hyperion"
+hyp=$out/hyperion
 mpirun_() { mpirun --allow-run-as-root --oversubscribe "$@"; }
 tune=(-x MALLOC_MMAP_MAX_=0 -x MALLOC_TRIM_THRESHOLD_=68719476736)
 
@@ -25,12 +29,18 @@ tune=(-x MALLOC_MMAP_MAX_=0 -x MALLOC_TRIM_THRESHOLD_=68719476736)
   echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$out/machine.txt"
 
-for np in 2 4; do
-  ops=all-reduce,reduce-scatter
-  $hyp bench comm --backend local --ranks "$np" --sizes "$sizes" --ops "$ops" > "$out/local-$np.txt"
-  mpirun_ -np "$np" $hyp bench comm --backend mpi --ranks "$np" --sizes "$sizes" --ops "$ops" > "$out/mpi-$np.txt"
-  mpirun_ -np "$np" $hyp bench comm --backend mpi --ranks "$np" --sizes "$sizes" --ops "$ops" --no-malloc-tuning > "$out/mpi-untuned-$np.txt"
-  mpirun_ -np "$np" "$out/mpi_bench" "$(bytes "$lo")" "$(bytes "$hi")" > "$out/c-untuned-$np.txt"
-  mpirun_ -np "$np" "${tune[@]}" "$out/mpi_bench" "$(bytes "$lo")" "$(bytes "$hi")" > "$out/c-tuned-$np.txt"
+reps=${REPS:-3}
+for rep in $(seq 1 "$reps"); do
+  for np in 2 4; do
+    ops=all-reduce,reduce-scatter
+    $hyp bench comm --backend local --ranks "$np" --sizes "$sizes" --ops "$ops" > "$out/local-$np-r$rep.txt"
+    mpirun_ -np "$np" $hyp bench comm --backend mpi --ranks "$np" --sizes "$sizes" --ops "$ops" > "$out/mpi-$np-r$rep.txt"
+    mpirun_ -np "$np" $hyp bench comm --backend mpi --ranks "$np" --sizes "$sizes" --ops "$ops" --no-malloc-tuning > "$out/mpi_untuned-$np-r$rep.txt"
+    mpirun_ -np "$np" "$out/mpi_bench" "$(bytes "$lo")" "$(bytes "$hi")" > "$out/c_untuned-$np-r$rep.txt"
+    mpirun_ -np "$np" "${tune[@]}" "$out/mpi_bench" "$(bytes "$lo")" "$(bytes "$hi")" > "$out/c_tuned-$np-r$rep.txt"
+  done
 done
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
+python3 bench/comm/summarize.py "$out" > "$out/summary.md"
+cat "$out/summary.md"
 echo "results in $out" >&2

@@ -166,7 +166,13 @@ impl World {
     /// callable while holding a group lock. Follow with [`World::wake_all`].
     pub(crate) fn mark_failed(&self, failure: Failure) {
         let mut f = lock(&self.failure);
-        if f.is_none() {
+        // The first failure wins, except that a rank's own specific cause replaces the
+        // generic one recorded when its communicator was dropped ("(left)"/"(panic)").
+        let replace = match &*f {
+            None => true,
+            Some(old) => old.world_rank == failure.world_rank && (old.op == "(left)" || old.op == "(panic)"),
+        };
+        if replace {
             *f = Some(failure);
         }
         self.failed.store(true, Ordering::SeqCst);

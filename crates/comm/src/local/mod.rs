@@ -72,14 +72,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Run `f` on `n` rank-threads of a new local world and collect the results in rank
-/// order. If any rank returns an error or panics, the world is poisoned (so the other
-/// ranks' collectives fail fast instead of hanging) and the first failure is returned
-/// as [`CommError::RankFailed`] naming its rank.
+/// order. Each thread gets its communicator by value (wrap it in an `Arc` to share it
+/// as `Arc<dyn Communicator>`). If any rank returns an error or panics, the world is
+/// poisoned (so the other ranks' collectives fail fast instead of hanging) and the
+/// first failure is returned as [`CommError::RankFailed`] naming its rank.
 pub fn run_local<T, E, F>(n: usize, timeout: Duration, f: F) -> Result<Vec<T>>
 where
     T: Send,
     E: std::fmt::Display,
-    F: Fn(&LocalComm) -> std::result::Result<T, E> + Sync,
+    F: Fn(LocalComm) -> std::result::Result<T, E> + Sync,
 {
     let comms = LocalWorld::new(n, timeout)?;
     let world = comms[0].group.world.clone();
@@ -89,14 +90,22 @@ where
             .into_iter()
             .map(|c| {
                 s.spawn(move || {
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&c)));
+                    // Kept to poison the world on failure after `c` has moved into `f`.
+                    let world = c.group.world.clone();
+                    let rank = c.world_rank();
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(c)));
                     let out = match out {
                         Ok(Ok(v)) => Ok(v),
                         Ok(Err(e)) => Err(format!("returned an error: {e}")),
                         Err(p) => Err(format!("panicked: {}", panic_message(p.as_ref()))),
                     };
                     if let Err(cause) = &out {
-                        c.abort(cause);
+                        world.poison(Failure {
+                            world_rank: rank,
+                            op: "(outside a collective)".into(),
+                            group: "world".into(),
+                            cause: cause.clone(),
+                        });
                     }
                     out
                 })
@@ -194,7 +203,12 @@ impl LocalComm {
 impl Drop for LocalComm {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.abort("panicked (see that thread's message)");
+            self.group.world.poison(Failure {
+                world_rank: self.world_rank(),
+                op: "(panic)".into(),
+                group: self.group.name.clone(),
+                cause: "panicked (see that thread's message)".into(),
+            });
         } else {
             self.group.depart(self.rank);
         }

@@ -70,7 +70,7 @@ pub fn run(args: BenchCommArgs) -> anyhow::Result<()> {
     match args.backend {
         Backend::Local => {
             let bw = bench::memcpy_bandwidth(args.ranks, 64 << 20);
-            let rows = comm::run_local(args.ranks, timeout, |c| bench::run(c, &ops, &sizes))
+            let rows = comm::run_local(args.ranks, timeout, |c| bench::run(&c, &ops, &sizes))
                 .context("local benchmark")?
                 .swap_remove(0);
             print_rows(&args, "local", &rows, Some(bw), true);
