@@ -35,6 +35,9 @@ pub struct Calibration {
     pub net_eff: f64,
     /// Fraction of data-parallel communication hidden behind backward compute.
     pub dp_overlap: f64,
+    /// Fraction of ZeRO-3 parameter gathers / gradient reduce-scatters hidden behind
+    /// compute (they are prefetched a block ahead).
+    pub zero3_overlap: f64,
     /// Fraction of TP communication hidden when TP comm/GEMM overlap is on.
     pub tp_overlap: f64,
     /// Fixed per-iteration overhead (data loading, logging, launch gaps), seconds.
@@ -51,9 +54,10 @@ impl Default for Calibration {
             fused_elementwise_passes: 4.0,
             mem_eff: 0.80,
             nvlink_eff: 0.75,
-            net_eff: 0.65,
+            net_eff: 0.70,
             dp_overlap: 0.80,
             tp_overlap: 0.70,
+            zero3_overlap: 0.70,
             step_overhead: 0.0,
         }
     }
@@ -214,17 +218,17 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
     let dp_in_node = l.tp * l.dp <= mm.gpus_per_node;
     let (dp_bw, dp_alpha) = if dp_in_node { (mm.intra_bw * cal.nvlink_eff, mm.intra_latency) } else { (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency) };
     let grad_bytes = 2.0 * act_scale * psi;
-    let (dp_total, overlappable) = match l.zero {
+    let (dp_total, overlap, overlappable) = match l.zero {
         // Gradient all-reduce (ZeRO-1/2: reduce-scatter + all-gather, same bytes);
         // it overlaps only with the backward of the last micro-batch.
-        0..=2 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), lps * bb),
+        0..=2 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), cal.dp_overlap, lps * bb),
         // ZeRO-3 / FSDP: all-gather in forward and in backward, reduce-scatter of
         // gradients, every micro-batch: 3 psi per micro-batch; overlaps with all compute.
         // One collective per block (DeepSpeed/FSDP gather per module), so the
         // latency term counts `3 x blocks` collectives per micro-batch.
-        _ => (micro * 3.0 * lps * gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha), busy),
+        _ => (micro * 3.0 * lps * gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha), cal.zero3_overlap, busy),
     };
-    let dp_comm = (dp_total - cal.dp_overlap * overlappable).max(0.0);
+    let dp_comm = (dp_total - overlap * overlappable).max(0.0);
 
     // Optimizer: read grad (4), master/m/v read+write (24), write bf16 weights (2).
     let shard = if l.zero >= 1 { psi / l.dp as f64 } else { psi };

@@ -231,8 +231,14 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let il = row.get("interleave").to_ascii_lowercase();
     let interleave = if il.starts_with("no") || il.starts_with("n/a") || pp == 1 {
         Some(1)
+    } else if let Some(v) = il.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse::<u64>().ok()).find(|&v| (2..=16).contains(&v)) {
+        Some(v)
+    } else if il.starts_with("yes") {
+        // Interleaved, count not given: assume the smallest interleaving that splits
+        // the layers evenly (Megatron requires it), else 2 chunks.
+        Some((2..=8).find(|v| model.layers % (pp * v) == 0).unwrap_or(2))
     } else {
-        il.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse::<u64>().ok()).find(|&v| v >= 2 && v <= 16)
+        None
     };
     // torchtitan's "local batch" under PP is split into micro-batches; its default
     // count is the number of stages (torchtitan 2024 `pipeline_parallel_microbatches`).
@@ -277,9 +283,10 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let mut note = "";
     let best: Estimate = match search(&job, &spec, cal, 0) {
         Ok(r) => r.best,
-        Err(PlanError::NothingFits { .. }) => {
-            // Our memory model says it does not fit; predict the fastest anyway.
-            job.machine.gpu.mem_bytes = f64::INFINITY;
+        Err(PlanError::NothingFits { best_gb, .. }) => {
+            // Our memory model says nothing fits: the run must have used the most
+            // frugal layout the source allows, so predict that one.
+            job.machine.gpu.mem_bytes = best_gb * 1e9 * 1.0001;
             note = " (predicted not to fit)";
             search(&job, &spec, cal, 0).map_err(|e| e.to_string())?.best
         }
