@@ -29,8 +29,8 @@ pub const GPT2_VOCAB_SIZE: usize = 50257;
 pub const CHAR_SEPARATOR: &str = "\n\n";
 const EOT_TEXT: &str = "<|endoftext|>";
 
-/// The GPT-2 BPE tables, built once per process (about 50 ms: parsing the
-/// embedded rank file).
+/// The GPT-2 BPE tables, built once per process (parsing the embedded rank
+/// file) and shared by every `Tokenizer::Gpt2`.
 fn gpt2_bpe() -> Result<&'static CoreBPE, DataError> {
     static BPE: OnceLock<Result<CoreBPE, String>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::r50k_base().map_err(|e| e.to_string()))
@@ -220,7 +220,7 @@ impl Tokenizer {
     /// [`Tokenizer::encode_ordinary`] on chunks of about [`CHUNK_BYTES`] in
     /// parallel (rayon), calling `done(bytes)` as each chunk finishes. The result
     /// equals the sequential encoding: chunks are cut only where BPE pieces must
-    /// break anyway (see [`chunk_bounds`]).
+    /// break anyway (a lone '\n', see `chunk_bounds`).
     pub fn encode_ordinary_parallel(&self, text: &str, done: &(dyn Fn(u64) + Sync)) -> Result<Vec<u32>, DataError> {
         self.encode_chunked(text, CHUNK_BYTES, done)
     }
