@@ -59,7 +59,7 @@ fn nccl_op(op: ReduceOp) -> sys::ncclRedOp_t {
 }
 
 /// Bytes of a host buffer.
-fn bytes_of(b: &Buf<'_>) -> &[u8] {
+fn bytes_of<'a>(b: &Buf<'a>) -> &'a [u8] {
     // SAFETY: any initialised f32/bf16/u8 memory is valid as bytes.
     unsafe { std::slice::from_raw_parts(b.as_ptr(), b.len() * b.dtype().size()) }
 }
