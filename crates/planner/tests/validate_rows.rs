@@ -1,0 +1,44 @@
+//! The validator: how rows map to metrics, skips, and the summary statistics.
+
+use planner::validate::{percentile, validate};
+use planner::Calibration;
+
+const HEADER: &str = "id,source,model_name,layers,hidden,heads,seq_len,vocab,gpu,num_gpus,gpus_per_node,intra_node_bw_GBps,inter_node_bw_Gbps_per_node,tp,pp,dp,zero_stage,micro_batch,global_batch,recompute,interleave,tflops_per_gpu,mfu_or_hfu_pct,which_metric,tokens_per_s,notes";
+
+#[test]
+fn rows_pick_their_metric_and_skips_say_why() {
+    let csv = format!(
+        "{HEADER}\n\
+         a,Paper 2022,GPT 175B,96,12288,96,2048,51200,A100-SXM4-80GB,64,8,,1600,8,8,1,,1,64,selective + sequence parallel,\"yes, 3 interleaving stages\",160.4,51.4,MFU (paper),,\n\
+         b,Paper 2021,GPT 175B,96,12288,96,2048,51200,A100-SXM4-80GB,384,8,,1600,8,12,4,,1,1536,,not stated,153,49,\"% of 312, eq.3 incl. recompute\",,\n\
+         c,Paper 2024,Llama 3.1 8B,32,4096,32,8192,128256,\"H100 SXM (96GB HBM2e, 500W cap)\",8,8,,3200,1,1,8,FSDP (8),2,16,selective,,,,TPS/GPU,46096,\n\
+         d,Paper 2022,X,,,,2048,,TPU v4,6144,,,,,,,,,2048,,,,46.2,MFU,,\n\
+         e,Paper 2022,X,96,12288,96,2048,,V100,10000,,,,,,,,,,,,24.6,21.3,MFU,,\n"
+    );
+    let (rows, s) = validate(&csv, "t.csv", &Calibration::default()).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0].metric.as_deref(), Some("mfu_pct"));
+    assert!(rows[0].layout.as_deref().unwrap().contains("v=3"));
+    assert_eq!(rows[1].metric.as_deref(), Some("tflops_per_gpu_with_recompute"));
+    // 2021: no selective recompute on offer.
+    assert!(!rows[1].layout.as_deref().unwrap().contains("selective"));
+    assert_eq!(rows[2].metric.as_deref(), Some("tokens_per_s"));
+    assert!(rows[2].layout.as_deref().unwrap().contains("zero=3"));
+    assert!(rows[3].skipped.as_deref().unwrap().contains("not a GPU"));
+    assert!(rows[4].skipped.as_deref().unwrap().contains("not published"));
+    assert_eq!((s.rows, s.used), (5, 3));
+    for r in &rows[..3] {
+        let e = r.error_pct.unwrap();
+        assert!(e.abs() < 30.0, "{}: {e}", r.id);
+    }
+}
+
+#[test]
+fn missing_columns_and_percentiles() {
+    let e = validate("id,layers\n1,2\n", "x.csv", &Calibration::default()).unwrap_err().to_string();
+    assert!(e.contains("x.csv: missing column `model_name`"), "{e}");
+    let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0];
+    assert_eq!(percentile(&v, 0.5), 6.0);
+    assert!((percentile(&v, 0.9) - 10.0).abs() < 1e-12);
+    assert!(percentile(&[], 0.5).is_nan());
+}
