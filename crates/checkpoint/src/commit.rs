@@ -18,7 +18,8 @@ use crate::dirs::{checkpoints_dir, complete_steps, step_dir_name, LATEST_FILE, T
 use crate::error::{io_at, CheckpointError};
 use crate::fsutil;
 use crate::manifest::{validate_file_name, FileRecord, Manifest, MANIFEST_FILE};
-use crate::write::{Pending, Sink};
+use crate::sink::Sink;
+use crate::write::Pending;
 
 /// Commits the checkpoint: writes manifest.json (format version, step, the caller's
 /// `meta`, every tensor's global shape, every file record), fsyncs it and the folder,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::write::fault;
+use crate::sink::fault;
 use crate::{begin, clean_stale, commit, open, CheckpointError, TensorSlice};
 
 fn values(step: u64, n: usize) -> Vec<f32> {

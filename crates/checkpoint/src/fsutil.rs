@@ -29,7 +29,7 @@ pub(crate) fn replace_pointer(
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     let result = (|| {
-        let mut sink = crate::write::Sink::create(&tmp)?;
+        let mut sink = crate::sink::Sink::create(&tmp)?;
         sink.write(contents.as_bytes())?;
         sink.finish()?;
         fs::rename(&tmp, &target).map_err(io_at(&target))?;

@@ -20,7 +20,8 @@ use crate::error::{io_at, CheckpointError};
 use crate::fsutil;
 use crate::manifest::numel;
 use crate::read::Checkpoint;
-use crate::write::{safetensors_header, Sink, TensorSlice};
+use crate::sink::Sink;
+use crate::write::{safetensors_header, TensorSlice};
 
 /// A whole tensor read from a safetensors file.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,14 +109,13 @@ pub fn export_safetensors(
         // memory than one chunk, whatever the model size.
         const CHUNK: usize = 1 << 20;
         let mut values = Vec::new();
-        let mut bytes = Vec::new();
         for (name, _, n) in &chosen {
             let mut start = 0;
             while start < *n {
                 let end = (start + CHUNK).min(*n);
                 values.resize(end - start, 0f32);
                 ckpt.read_range(name, start, end, &mut values)?;
-                sink.write_f32(&values, &mut bytes)?;
+                sink.write_f32(&values)?;
                 start = end;
             }
         }

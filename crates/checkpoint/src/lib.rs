@@ -47,6 +47,7 @@ mod fsutil;
 mod hf;
 mod manifest;
 mod read;
+mod sink;
 mod write;
 
 #[cfg(test)]

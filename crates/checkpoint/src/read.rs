@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::dirs::{complete_steps, parse_step_dir, CHECKPOINTS_DIR, LATEST_FILE, TMP_PREFIX};
 use crate::error::{io_at, CheckpointError};
 use crate::manifest::{numel, FileRecord, Manifest, MANIFEST_FILE};
-use crate::write::hex;
+use crate::sink::hex;
 
 /// A committed, verified checkpoint open for reading. Reads use positioned I/O on
 /// shared handles, so one `Checkpoint` can serve many rank threads at once.

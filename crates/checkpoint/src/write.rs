@@ -7,17 +7,15 @@
 //! is computed on the same bytes as they are written, never re-read.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::dirs::{checkpoints_dir, tmp_dir_name};
 use crate::error::{io_at, CheckpointError};
 use crate::manifest::{
     numel, piece_key, validate_file_name, FileRecord, Piece, FORMAT_NAME, FORMAT_VERSION,
 };
+use crate::sink::Sink;
 
 /// A flat range of one global tensor, as held by the calling rank.
 ///
@@ -227,10 +225,6 @@ pub(crate) fn safetensors_header(
     header
 }
 
-/// Bytes converted and written per chunk: large enough to amortise syscalls and the
-/// hasher's call overhead, small enough to stay in L2.
-const CHUNK_ELEMS: usize = 1 << 16;
-
 fn stream_file(
     path: &Path,
     header: &[u8],
@@ -238,118 +232,8 @@ fn stream_file(
 ) -> Result<(String, u64), CheckpointError> {
     let mut sink = Sink::create(path)?;
     sink.write(header)?;
-    let mut buf = Vec::with_capacity(CHUNK_ELEMS * 4);
     for t in tensors {
-        sink.write_f32(t.data, &mut buf)?;
+        sink.write_f32(t.data)?;
     }
     sink.finish()
-}
-
-/// A file being written and hashed; every error names its path.
-///
-/// This is also the seam for failure tests: under `cfg(test)` a thread-local fault
-/// (see [`fault`]) makes writes to a chosen file name fail after a byte budget, the way
-/// a full disk would, without any test-only parameter on the public API.
-pub(crate) struct Sink {
-    file: File,
-    path: PathBuf,
-    hasher: Sha256,
-    written: u64,
-    #[cfg(test)]
-    budget: Option<u64>,
-}
-
-impl Sink {
-    pub(crate) fn create(path: &Path) -> Result<Self, CheckpointError> {
-        let file = File::create(path).map_err(io_at(path))?;
-        Ok(Sink {
-            file,
-            path: path.to_path_buf(),
-            hasher: Sha256::new(),
-            written: 0,
-            #[cfg(test)]
-            budget: fault::budget_for(path),
-        })
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), CheckpointError> {
-        #[cfg(test)]
-        if let Some(budget) = self.budget {
-            if self.written + bytes.len() as u64 > budget {
-                let fits = (budget - self.written) as usize;
-                let _ = self.file.write_all(&bytes[..fits]);
-                self.written = budget;
-                return Err(CheckpointError::io(&self.path, fault::disk_full()));
-            }
-        }
-        self.file.write_all(bytes).map_err(io_at(&self.path))?;
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Writes `data` as little-endian f32, staged through `buf` in bounded chunks.
-    pub(crate) fn write_f32(
-        &mut self,
-        data: &[f32],
-        buf: &mut Vec<u8>,
-    ) -> Result<(), CheckpointError> {
-        for chunk in data.chunks(CHUNK_ELEMS) {
-            buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            self.write(buf)?;
-        }
-        Ok(())
-    }
-
-    /// fsyncs the file; returns (lower-case hex sha256, size in bytes).
-    pub(crate) fn finish(self) -> Result<(String, u64), CheckpointError> {
-        self.file.sync_all().map_err(io_at(&self.path))?;
-        Ok((hex(&self.hasher.finalize()), self.written))
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-#[cfg(test)]
-pub(crate) mod fault {
-    //! Thread-local write-failure injection for tests (each test runs on its own
-    //! thread, so faults never leak between tests).
-    use std::cell::RefCell;
-    use std::path::Path;
-
-    thread_local! {
-        static FAULT: RefCell<Option<(String, u64)>> = const { RefCell::new(None) };
-    }
-
-    /// Writes to files named `file_name` on this thread fail once `budget` bytes
-    /// have been written, until [`clear`] is called.
-    pub(crate) fn fail_after(file_name: &str, budget: u64) {
-        FAULT.with(|f| *f.borrow_mut() = Some((file_name.to_string(), budget)));
-    }
-
-    pub(crate) fn clear() {
-        FAULT.with(|f| *f.borrow_mut() = None);
-    }
-
-    pub(super) fn budget_for(path: &Path) -> Option<u64> {
-        let name = path.file_name()?.to_str()?;
-        FAULT.with(|f| match &*f.borrow() {
-            Some((target, budget)) if target == name => Some(*budget),
-            _ => None,
-        })
-    }
-
-    pub(super) fn disk_full() -> std::io::Error {
-        std::io::Error::other("injected fault: no space left on device")
-    }
 }
