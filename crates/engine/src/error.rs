@@ -9,6 +9,8 @@ pub enum EngineError {
     Data(#[from] data::DataError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Comm(#[from] comm::CommError),
     #[error("checkpoint {dir}: tensor {name} has shape {found:?}, but the model expects {expected:?}")]
     ShapeMismatch { dir: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("checkpoint {dir}: manifest field `{field}` is missing or malformed ({detail})")]

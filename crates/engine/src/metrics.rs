@@ -131,34 +131,46 @@ impl RunInfo {
     }
 }
 
-/// Bytes held by each kind of training state on this rank, with the analytical count.
+/// Bytes held by each kind of training state on this rank, with the analytical
+/// expectation beside them.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryReport {
     pub params: usize,
     pub grads: usize,
     pub optimizer: usize,
     pub activations: usize,
-    /// Parameters + gradients + two Adam moments (16 bytes per parameter in f32) +
-    /// activations by formula ([`model::Activations::expected_bytes`]).
-    pub expected_total: usize,
+    /// Reusable bucket buffers (gathered parameters, gradient scratch) idle in the pool.
+    pub buffers: usize,
+    /// Model-state bytes by the ZeRO formulas for f32 Adam (16 Psi at stage 0, see
+    /// [`crate::shard::expected_model_state_bytes`]).
+    pub expected_model_state: f64,
+    /// Expected model state + activations by formula ([`model::Activations::expected_bytes`]).
+    pub expected_total: f64,
 }
 
 impl MemoryReport {
     pub fn measure(t: &Trainer) -> MemoryReport {
-        let bytes = |v: &Vec<Vec<f32>>| v.iter().map(|b| b.len() * 4).sum::<usize>();
+        let bytes = |v: &Vec<Vec<f32>>| v.iter().map(|b| b.capacity() * 4).sum::<usize>();
         let n = t.gpt.layout.num_params();
         let (b, tt) = (t.cfg.raw.train.batch_size, t.cfg.raw.model.block_size);
+        let state = crate::shard::expected_model_state_bytes(n, t.rank.dp, t.cfg.raw.parallel.zero);
         MemoryReport {
             params: bytes(&t.params),
-            grads: bytes(&t.grads),
+            grads: bytes(&t.grads) + bytes(&t.gshard),
             optimizer: bytes(&t.exp_avg) + bytes(&t.exp_avg_sq),
             activations: t.acts.bytes(),
-            expected_total: 16 * n + model::Activations::expected_bytes(&t.gpt.cfg, b, tt, t.acts.recompute),
+            buffers: t.pool.bytes(),
+            expected_model_state: state,
+            expected_total: state + model::Activations::expected_bytes(&t.gpt.cfg, b, tt, t.acts.recompute) as f64,
         }
     }
 
+    pub fn model_state(&self) -> usize {
+        self.params + self.grads + self.optimizer
+    }
+
     pub fn total(&self) -> usize {
-        self.params + self.grads + self.optimizer + self.activations
+        self.model_state() + self.activations + self.buffers
     }
 }
 

@@ -1,17 +1,20 @@
-//! The training loop on one rank: micro-batches with gradient accumulation, global-norm
-//! clipping, AdamW, evaluation, metrics and checkpoints.
+//! The training loop of one rank: micro-batches with gradient accumulation, the
+//! data-parallel step (see `step.rs`), evaluation, metrics and checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use config::ResolvedConfig;
 use data::Dataset;
+use model::layout::EMBED;
 use model::{Activations, Gpt, GptConfig};
 
 use crate::error::{EngineError, Result};
 use crate::metrics::{MemoryReport, MetricsLog, RunInfo, StepMetrics};
-use crate::optim::{clip_factor, AdamW};
+use crate::optim::AdamW;
+use crate::rank::{Pool, Rank};
 use crate::schedule::LrSchedule;
+use crate::shard::{shards, BucketShard};
 
 /// Called by the loop as the run advances; the CLI draws progress bars from it.
 pub trait Observer {
@@ -37,55 +40,103 @@ pub fn gpt_config(cfg: &ResolvedConfig) -> Result<GptConfig> {
     Ok(GptConfig { vocab_size, n_layer: m.n_layer, n_head: m.n_head, n_embd: m.n_embd, block_size: m.block_size, bias: m.bias })
 }
 
-pub struct Trainer {
-    pub cfg: ResolvedConfig,
-    pub gpt: Gpt,
-    /// None for benchmarks, which train on random tokens.
-    pub data: Option<Dataset>,
-    pub params: Vec<Vec<f32>>,
-    pub grads: Vec<Vec<f32>>,
-    pub exp_avg: Vec<Vec<f32>>,
-    pub exp_avg_sq: Vec<Vec<f32>>,
-    pub acts: Activations,
-    /// Optimizer steps completed.
-    pub step: u64,
-    pub tokens_seen: u64,
-    inputs: Vec<u32>,
-    targets: Vec<u32>,
-    adamw: AdamW,
-    schedule: LrSchedule,
-    run_dir: PathBuf,
-    pub peak_flops: f64,
-    pub peak_measured: bool,
-}
-
-/// Time of each phase of the last step, in seconds.
+/// Time of each phase of a step, in seconds. `comm` is communication the step waited
+/// for (exposed), not what overlapped with computation.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepTimes {
     pub forward: f64,
     pub backward: f64,
     pub optimizer: f64,
+    pub comm: f64,
+}
+
+/// One rank's training state. With `parallel.dp = 1` this is the whole job; otherwise
+/// every rank runs the same loop on its share of each global batch (SPMD).
+pub struct Trainer {
+    pub cfg: ResolvedConfig,
+    pub gpt: Gpt,
+    /// None for benchmarks, which train on random tokens.
+    pub data: Option<Dataset>,
+    pub rank: Rank,
+    pub shards: Vec<BucketShard>,
+    /// Stages 0-2: whole buckets (padded to a multiple of dp); stage 3: this rank's shard.
+    pub params: Vec<Vec<f32>>,
+    /// Stages 0-1: whole gradient buckets (padded); stages 2-3: unused.
+    pub grads: Vec<Vec<f32>>,
+    /// Stages 1-3: this rank's reduced gradient shard; stage 0: unused.
+    pub gshard: Vec<Vec<f32>>,
+    /// Adam moments: whole (padded) at stage 0, this rank's shard otherwise.
+    pub exp_avg: Vec<Vec<f32>>,
+    pub exp_avg_sq: Vec<Vec<f32>>,
+    pub acts: Activations,
+    pub(crate) pool: Pool,
+    pub(crate) gather_wait: f64,
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub(crate) inputs: Vec<u32>,
+    pub(crate) targets: Vec<u32>,
+    pub(crate) adamw: AdamW,
+    pub(crate) schedule: LrSchedule,
+    run_dir: PathBuf,
+    pub peak_flops: f64,
+    pub peak_measured: bool,
 }
 
 impl Trainer {
-    /// A fresh model (initialised from `train.seed`) over an opened dataset.
+    /// A fresh single-rank trainer (model initialised from `train.seed`).
     pub fn new(cfg: ResolvedConfig, data: Dataset, run_dir: &Path) -> Result<Trainer> {
+        Self::with_rank(cfg, data, run_dir, Rank::single()?)
+    }
+
+    /// A fresh trainer for one rank of a data-parallel group.
+    pub fn with_rank(cfg: ResolvedConfig, data: Dataset, run_dir: &Path, rank: Rank) -> Result<Trainer> {
         let cfg = cfg.with_vocab_size(data.meta.vocab_size)?;
         data.check_block(cfg.raw.model.block_size)?;
-        Self::build(cfg, Some(data), run_dir)
+        Self::build(cfg, Some(data), run_dir, rank)
     }
 
-    /// A trainer on uniformly random tokens (no data files, no evaluation), for
-    /// `hyperion bench train`. `model.vocab_size` must be set.
+    /// A single-rank trainer on uniformly random tokens (no data files, no evaluation),
+    /// for `hyperion bench train`. `model.vocab_size` must be set.
     pub fn synthetic(cfg: ResolvedConfig) -> Result<Trainer> {
-        Self::build(cfg, None, Path::new(""))
+        Self::build(cfg, None, Path::new(""), Rank::single()?)
     }
 
-    fn build(cfg: ResolvedConfig, data: Option<Dataset>, run_dir: &Path) -> Result<Trainer> {
+    fn build(cfg: ResolvedConfig, data: Option<Dataset>, run_dir: &Path, rank: Rank) -> Result<Trainer> {
+        let par = &cfg.raw.parallel;
+        if par.dp != rank.dp {
+            return Err(EngineError::Invalid(format!(
+                "parallel.dp = {} but {} ranks were started; they must be equal",
+                par.dp, rank.dp
+            )));
+        }
         let gpt = Gpt::new(gpt_config(&cfg)?);
-        let params = gpt.init_params(cfg.raw.train.seed);
+        let (dp, r, zero) = (rank.dp, rank.rank, par.zero);
+        let shards = shards(&gpt.layout, dp);
+        let full = gpt.init_params(cfg.raw.train.seed);
+        let whole = |s: &BucketShard| vec![0.0f32; s.padded(dp)];
+        let part = |s: &BucketShard| vec![0.0f32; s.shard];
+        let params: Vec<Vec<f32>> = full
+            .into_iter()
+            .zip(&shards)
+            .map(|(p, s)| {
+                if zero == 3 {
+                    let mut v = part(s);
+                    let real = s.real(r);
+                    v[..real.len()].copy_from_slice(&p[real]);
+                    v
+                } else {
+                    let mut v = whole(s);
+                    v[..s.numel].copy_from_slice(&p);
+                    v
+                }
+            })
+            .collect();
+        let grads = shards.iter().map(|s| if zero < 2 { whole(s) } else { Vec::new() }).collect();
+        let gshard = shards.iter().map(|s| if zero >= 1 { part(s) } else { Vec::new() }).collect();
+        let moment = || -> Vec<Vec<f32>> { shards.iter().map(|s| if zero == 0 { whole(s) } else { part(s) }).collect() };
         let (b, t) = (cfg.raw.train.batch_size, cfg.raw.model.block_size);
-        let recompute = matches!(cfg.raw.parallel.recompute, config::Recompute::Full);
+        let recompute = matches!(par.recompute, config::Recompute::Full);
         let o = &cfg.raw.optim;
         let adamw = AdamW {
             beta1: o.beta1 as f32,
@@ -101,12 +152,17 @@ impl Trainer {
         };
         Ok(Trainer {
             acts: Activations::new(&gpt.cfg, b, t, recompute),
-            grads: gpt.zeros(),
-            exp_avg: gpt.zeros(),
-            exp_avg_sq: gpt.zeros(),
+            exp_avg: moment(),
+            exp_avg_sq: moment(),
             params,
+            grads,
+            gshard,
+            shards,
             gpt,
             data,
+            rank,
+            pool: Pool::default(),
+            gather_wait: 0.0,
             step: 0,
             tokens_seen: 0,
             inputs: vec![0; b * t],
@@ -124,103 +180,112 @@ impl Trainer {
         &self.run_dir
     }
 
-    /// Sequences per optimizer step across all ranks.
-    fn global_batch(&self) -> u64 {
-        self.cfg.global_batch as u64
+    pub fn is_root(&self) -> bool {
+        self.rank.rank == 0
     }
 
     pub fn memory(&self) -> MemoryReport {
         MemoryReport::measure(self)
     }
 
-    /// One optimizer step: `grad_accum` micro-batches, clipping, AdamW. Returns the mean
-    /// training loss and the pre-clip gradient norm.
+    fn fill(&mut self, first: u64, val: bool) {
+        let tc = &self.cfg.raw.train;
+        let (b, t) = (tc.batch_size, self.cfg.raw.model.block_size);
+        match (&self.data, val) {
+            (Some(d), false) => d.train.fill_batch(tc.seed, first, b, t, &mut self.inputs, &mut self.targets),
+            (Some(d), true) => d.val.fill_batch(tc.seed ^ EVAL_SEED_SALT, first, b, t, &mut self.inputs, &mut self.targets),
+            (None, _) => random_tokens(tc.seed, first, self.gpt.cfg.vocab_size, &mut self.inputs, &mut self.targets),
+        }
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches on every rank, the ZeRO reduction,
+    /// clipping, AdamW. Returns the mean training loss over the global batch and the
+    /// pre-clip gradient norm.
     pub fn train_step(&mut self, times: &mut StepTimes) -> Result<(f64, f64)> {
         let tc = &self.cfg.raw.train;
         let (b, t, accum) = (tc.batch_size, self.cfg.raw.model.block_size, tc.grad_accum);
-        let seed = tc.seed;
+        let (dp, r) = (self.rank.dp, self.rank.rank);
+        let global = self.cfg.global_batch as u64;
         for g in &mut self.grads {
             g.fill(0.0);
         }
-        // Mean over every token of the global batch.
-        let grad_scale = 1.0 / (b * t * accum) as f32;
+        // Mean over every token of the global batch; ranks' shares add up by SUM.
+        let grad_scale = 1.0 / (b * t * accum * dp) as f32;
         let mut loss_sum = 0.0;
         for micro in 0..accum {
-            // Global sample index of this micro-batch's first sequence: the window of a
-            // sample depends on (seed, index) alone, so resume is exact.
-            let first = self.step * self.global_batch() + (micro * b) as u64;
-            match &self.data {
-                Some(d) => d.train.fill_batch(seed, first, b, t, &mut self.inputs, &mut self.targets),
-                None => random_tokens(seed, first, self.gpt.cfg.vocab_size, &mut self.inputs, &mut self.targets),
-            }
-            loss_sum += self.forward_backward_timed(grad_scale, times);
+            // Global sample index of this rank's first sequence in this micro-batch: the
+            // window of a sample depends on (seed, index) alone, so resume is exact and
+            // any dp x accumulation split of a global batch reads the same samples.
+            let first = self.step * global + ((micro * dp + r) * b) as u64;
+            self.fill(first, false);
+            loss_sum += self.micro_step(grad_scale, micro == 0, micro + 1 == accum, times)?;
         }
-        let loss = loss_sum / (b * t * accum) as f64;
+        let loss = self.rank.sum_f64(loss_sum)? / (b * t * accum * dp) as f64;
         if !loss.is_finite() {
             return Err(EngineError::NonFinite { step: self.step + 1, value: loss });
         }
-        let t0 = Instant::now();
-        let norm = self.grads.iter().map(|g| kernels::sum_squares(g)).sum::<f64>().sqrt();
-        let clip = clip_factor(norm, self.cfg.raw.optim.grad_clip);
-        let lr = self.schedule.at(self.step) as f32;
-        let layout = &self.gpt.layout;
-        for i in 0..self.params.len() {
-            if clip != 1.0 {
-                kernels::scale(&mut self.grads[i], clip);
-            }
-            let n = self.params[i].len();
-            self.adamw.update_range(
-                layout,
-                i,
-                0..n,
-                &mut self.params[i],
-                &self.grads[i],
-                &mut self.exp_avg[i],
-                &mut self.exp_avg_sq[i],
-                lr,
-                self.step + 1,
-            );
-        }
-        times.optimizer += t0.elapsed().as_secs_f64();
+        let norm = self.optimizer_step(times)?;
         self.step += 1;
-        self.tokens_seen += self.global_batch() * t as u64;
+        self.tokens_seen += global * t as u64;
         Ok((loss, norm))
     }
 
-    fn forward_backward_timed(&mut self, grad_scale: f32, times: &mut StepTimes) -> f64 {
-        let (gpt, p, acts) = (&self.gpt, &self.params, &mut self.acts);
-        let nl = gpt.cfg.n_layer;
-        let head = gpt.layout.head();
-        let t0 = Instant::now();
-        gpt.forward_hidden(p, acts, &self.inputs);
-        let (d_emb, rest) = self.grads.split_first_mut().expect("layout has buckets");
-        let loss = gpt.head_forward_backward(&p[0], &p[head], d_emb, &mut rest[head - 1], acts, &self.targets, grad_scale);
-        let t1 = Instant::now();
-        for l in (0..nl).rev() {
-            gpt.block_backward(l, &p[l + 1], &mut rest[l], acts);
+    /// Mean validation loss over `train.eval_batches` fixed global batches (the same at
+    /// every evaluation and for every dp: rank r reads sequences r*B.. of each).
+    pub fn evaluate(&mut self) -> Result<f64> {
+        if self.data.is_none() {
+            return Ok(f64::NAN);
         }
-        gpt.embed_backward(d_emb, acts);
-        times.forward += (t1 - t0).as_secs_f64();
-        times.backward += t1.elapsed().as_secs_f64();
-        loss
-    }
-
-    /// Mean validation loss over `train.eval_batches` fixed batches (the same batches at
-    /// every evaluation, so values are comparable along the run).
-    pub fn evaluate(&mut self) -> f64 {
-        let Some(data) = &self.data else { return f64::NAN };
         let tc = &self.cfg.raw.train;
-        let (b, t) = (tc.batch_size, self.cfg.raw.model.block_size);
-        eval_batches(&self.gpt, &self.params, data, &mut self.acts, tc.seed, tc.eval_batches, &mut self.inputs, &mut self.targets)
-            / (tc.eval_batches * b * t) as f64
+        let (b, t, batches) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches);
+        let (dp, r) = (self.rank.dp, self.rank.rank);
+        let mut sum = 0.0;
+        for i in 0..batches {
+            self.fill(((i * dp + r) * b) as u64, true);
+            sum += self.forward_loss()?;
+        }
+        Ok(self.rank.sum_f64(sum)? / (batches * dp * b * t) as f64)
     }
 
-    /// Runs to `train.steps`, evaluating, logging and checkpointing as configured.
+    /// Summed loss of the batch in `inputs`/`targets`, no gradients.
+    fn forward_loss(&mut self) -> Result<f64> {
+        let mut plan = self.prefetch_plan(false);
+        let emb = self.acquire(EMBED, &mut plan)?;
+        let n_emb = self.shards[EMBED].numel;
+        self.gpt.embed_forward(&emb[..n_emb], &mut self.acts, &self.inputs);
+        for l in 0..self.gpt.cfg.n_layer {
+            let p = self.acquire(l + 1, &mut plan)?;
+            self.gpt.block_forward(l, &p[..self.shards[l + 1].numel], &mut self.acts);
+            self.release(l + 1, p);
+        }
+        let head = self.gpt.layout.head();
+        let hp = self.acquire(head, &mut plan)?;
+        let loss = self.gpt.head_loss(&emb[..n_emb], &hp[..self.shards[head].numel], &mut self.acts, &self.targets);
+        self.release(head, hp);
+        self.release(EMBED, emb);
+        Ok(loss)
+    }
+
+    /// The whole model's parameters, unpadded, on every rank (a collective under ZeRO-3).
+    pub fn full_params(&mut self) -> Result<Vec<Vec<f32>>> {
+        let mut plan = self.prefetch_plan(false);
+        let mut out = Vec::with_capacity(self.params.len());
+        // Plan order is embedding, blocks, head: the layout order.
+        for b in 0..self.params.len() {
+            let p = self.acquire(b, &mut plan)?;
+            out.push(p[..self.shards[b].numel].to_vec());
+            self.release(b, p);
+        }
+        Ok(out)
+    }
+
+    /// Runs to `train.steps`, evaluating, logging and checkpointing as configured. Only
+    /// rank 0 writes metrics; every rank writes its checkpoint shard.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<Option<f64>> {
         let total = self.cfg.raw.train.steps;
         let info = RunInfo::new(self);
         observer.started(&info);
-        let mut log = MetricsLog::open(&self.run_dir, self.step)?;
+        let mut log = if self.is_root() { Some(MetricsLog::open(&self.run_dir, self.step)?) } else { None };
         let tc = self.cfg.raw.train.clone();
         let ck = self.cfg.raw.checkpoint.clone();
         let tokens_per_step = self.cfg.tokens_per_step as f64;
@@ -233,7 +298,7 @@ impl Trainer {
             let secs = t0.elapsed().as_secs_f64();
             let done = self.step;
             let eval_now = tc.eval_interval > 0 && (done % tc.eval_interval == 0 || done == total);
-            let val_loss = eval_now.then(|| self.evaluate());
+            let val_loss = if eval_now { Some(self.evaluate()?) } else { None };
             if val_loss.is_some() {
                 last_val = val_loss;
             }
@@ -245,13 +310,15 @@ impl Trainer {
                 lr,
                 grad_norm: norm,
                 tokens_per_s,
-                mfu: info.flops_per_token * tokens_per_s / self.peak_flops,
+                mfu: info.flops_per_token * tokens_per_s / (self.peak_flops * self.rank.dp as f64),
                 step_ms: secs * 1e3,
                 tokens_seen: self.tokens_seen,
                 times,
             };
-            if done % tc.log_interval.max(1) == 0 || val_loss.is_some() || done == total {
-                log.append(&m)?;
+            if let Some(log) = &mut log {
+                if done % tc.log_interval.max(1) == 0 || val_loss.is_some() || done == total {
+                    log.append(&m)?;
+                }
             }
             observer.step(&m);
             if (ck.interval > 0 && done % ck.interval == 0) || done == total {
@@ -263,32 +330,18 @@ impl Trainer {
     }
 }
 
-/// Mean validation loss of `params` over `batches` batches of (b, t): the batches
-/// `Trainer::evaluate` uses for a run with this `seed`.
+/// Mean validation loss of whole `params` over `batches` batches of (b, t): the batches a
+/// single-rank run with this `seed` evaluates.
 pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, b: usize, t: usize, batches: usize) -> f64 {
     let mut acts = Activations::new(&gpt.cfg, b, t, false);
     let (mut x, mut y) = (vec![0; b * t], vec![0; b * t]);
-    eval_batches(gpt, params, data, &mut acts, seed, batches, &mut x, &mut y) / (batches * b * t) as f64
-}
-
-#[allow(clippy::too_many_arguments)]
-fn eval_batches(
-    gpt: &Gpt,
-    params: &[Vec<f32>],
-    data: &Dataset,
-    acts: &mut Activations,
-    seed: u64,
-    batches: usize,
-    x: &mut [u32],
-    y: &mut [u32],
-) -> f64 {
-    let (b, t) = (acts.b, acts.t);
-    (0..batches)
+    let sum: f64 = (0..batches)
         .map(|i| {
-            data.val.fill_batch(seed ^ EVAL_SEED_SALT, (i * b) as u64, b, t, x, y);
-            gpt.forward_loss(params, acts, x, y)
+            data.val.fill_batch(seed ^ EVAL_SEED_SALT, (i * b) as u64, b, t, &mut x, &mut y);
+            gpt.forward_loss(params, &mut acts, &x, &y)
         })
-        .sum()
+        .sum();
+    sum / (batches * b * t) as f64
 }
 
 fn random_tokens(seed: u64, first: u64, vocab: usize, x: &mut [u32], y: &mut [u32]) {

@@ -157,7 +157,7 @@ fn sigkill_during_checkpoint_write_then_resume_is_bitwise_identical() {
         .unwrap();
     // Wait for the second checkpoint's first file to be on disk, uncommitted.
     wait_until(&mut child, "a half-written checkpoint", || {
-        ckdir.join(".tmp-step-00000200").join("model.safetensors").is_file()
+        ckdir.join(".tmp-step-00000200").join("model-rank00000.safetensors").is_file()
     });
     child.kill().unwrap();
     child.wait().unwrap();
@@ -180,16 +180,16 @@ fn pre_commit_files(s: &Setup) -> PathBuf {
 fn truncated_or_altered_checkpoint_is_refused_with_the_file_named() {
     let s = setup();
     let run = pre_commit_files(&s);
-    let model = run.join("checkpoints/step-00000020/model.safetensors");
+    let model = run.join("checkpoints/step-00000020/model-rank00000.safetensors");
     let mut bytes = std::fs::read(&model).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
     std::fs::write(&model, &bytes).unwrap();
     let err = run_err(bin().args(["generate", "--checkpoint"]).arg(&run));
-    assert!(err.contains("model.safetensors") && err.to_lowercase().contains("sha256"), "{err}");
+    assert!(err.contains("model-rank00000.safetensors") && err.to_lowercase().contains("sha256"), "{err}");
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
     let err = run_err(bin().arg("train").arg("--resume").arg(&run));
-    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("model-rank00000.safetensors"), "{err}");
 }
 
 #[test]

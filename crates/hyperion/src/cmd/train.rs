@@ -75,7 +75,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let m = trainer.memory();
         println!(
             "memory: peak RSS {:.1} MiB; params {:.1} + grads {:.1} + Adam {:.1} + activations {:.1} = {:.1} MiB (formula {:.1} MiB)",
-            mib(rss as usize), mib(m.params), mib(m.grads), mib(m.optimizer), mib(m.activations), mib(m.total()), mib(m.expected_total)
+            mib(rss as usize), mib(m.params), mib(m.grads), mib(m.optimizer), mib(m.activations), mib(m.total()), m.expected_total / 1048576.0
         );
     }
     let png = run_dir.join("loss.png");

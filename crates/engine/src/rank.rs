@@ -1,0 +1,96 @@
+//! This rank's place in the data-parallel group: the communicators it uses and a pool of
+//! reusable bucket-sized buffers (gathered parameters, gradient scratch).
+
+use std::sync::Arc;
+
+use comm::{AsyncComm, Communicator};
+
+use crate::error::{EngineError, Result};
+
+pub struct Rank {
+    /// Blocking collectives (losses, norms, checkpoint records).
+    pub comm: Arc<dyn Communicator>,
+    /// Bucket collectives on a background thread, overlapping computation.
+    pub stream: AsyncComm,
+    pub rank: usize,
+    pub dp: usize,
+}
+
+impl Rank {
+    /// Splits `world` into the data-parallel group and its background stream.
+    pub fn new(world: &dyn Communicator) -> Result<Rank> {
+        let comm: Arc<dyn Communicator> = Arc::from(world.split(0, world.rank(), "dp")?);
+        let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
+        Ok(Rank { rank: comm.rank(), dp: comm.size(), comm, stream })
+    }
+
+    /// A group of one (single-rank training).
+    pub fn single() -> Result<Rank> {
+        let mut world = comm::LocalWorld::new(1, std::time::Duration::from_secs(3600))?;
+        let only = world.pop().ok_or_else(|| EngineError::Invalid("empty local world".into()))?;
+        Rank::new(&only)
+    }
+
+    /// Sum of one f64 per rank, added in rank order (the same bits on every rank and
+    /// for every backend).
+    pub fn sum_f64(&self, x: f64) -> Result<f64> {
+        if self.dp == 1 {
+            return Ok(x);
+        }
+        let send = x.to_le_bytes().to_vec();
+        let mut recv = vec![0u8; 8 * self.dp];
+        self.comm.all_gather((&send[..]).into(), (&mut recv[..]).into())?;
+        Ok(recv.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).sum())
+    }
+
+    /// Every rank's byte string, in rank order.
+    pub fn gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        if self.dp == 1 {
+            return Ok(vec![mine.to_vec()]);
+        }
+        let len = (mine.len() as u64).to_le_bytes().to_vec();
+        let mut lens = vec![0u8; 8 * self.dp];
+        self.comm.all_gather((&len[..]).into(), (&mut lens[..]).into())?;
+        let counts: Vec<usize> =
+            lens.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
+        let mut all = vec![0u8; counts.iter().sum()];
+        self.comm.all_gather_v(mine.into(), (&mut all[..]).into(), &counts)?;
+        let mut out = Vec::with_capacity(self.dp);
+        let mut off = 0;
+        for c in counts {
+            out.push(all[off..off + c].to_vec());
+            off += c;
+        }
+        Ok(out)
+    }
+}
+
+/// Reusable f32 buffers: a bucket's gathered parameters or gradient scratch are taken
+/// for one use and given back, so steady-state steps allocate nothing.
+#[derive(Default)]
+pub struct Pool {
+    free: Vec<Vec<f32>>,
+}
+
+impl Pool {
+    /// A zeroed buffer of `len` elements.
+    pub fn take(&mut self, len: usize) -> Vec<f32> {
+        let pick = self.free.iter().position(|v| v.capacity() >= len);
+        let mut v = match pick {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    pub fn give(&mut self, v: Vec<f32>) {
+        self.free.push(v);
+    }
+
+    /// Bytes held by idle buffers.
+    pub fn bytes(&self) -> usize {
+        self.free.iter().map(|v| v.capacity() * 4).sum()
+    }
+}

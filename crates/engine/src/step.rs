@@ -1,0 +1,269 @@
+//! One data-parallel training step under ZeRO stage 0-3, with communication overlapped
+//! with computation: a bucket's gradient reduction is submitted to the background stream
+//! as soon as its backward ends, and under stage 3 the next bucket's parameters are
+//! all-gathered while the current one computes.
+
+use std::time::Instant;
+
+use comm::{Handle, OwnedBuf, ReduceOp};
+use model::layout::EMBED;
+
+use crate::error::{EngineError, Result};
+use crate::optim::clip_factor;
+use crate::trainer::{StepTimes, Trainer};
+
+type Gather = Handle<comm::Result<(OwnedBuf, OwnedBuf)>>;
+
+/// A bucket reduction in flight.
+pub(crate) enum Reduction {
+    /// Stage 0: the whole gradient bucket, all-reduced in place.
+    AllReduce { bucket: usize, h: Handle<comm::Result<OwnedBuf>> },
+    /// Stages 1-3: (whole gradient bucket, this rank's reduced shard).
+    ReduceScatter { bucket: usize, h: Handle<comm::Result<(OwnedBuf, OwnedBuf)>> },
+}
+
+/// Stage 3's parameter stream: the order in which buckets are used, and the all-gather
+/// of the next one, already submitted.
+pub(crate) struct Prefetch {
+    order: Vec<usize>,
+    pos: usize,
+    pending: Option<(usize, Gather)>,
+}
+
+fn f32s(b: OwnedBuf) -> Vec<f32> {
+    match b {
+        OwnedBuf::F32(v) => v,
+        _ => unreachable!("f32 collectives return f32 buffers"),
+    }
+}
+
+impl Trainer {
+    fn stage(&self) -> u8 {
+        self.cfg.raw.parallel.zero
+    }
+
+    /// Bucket use order of one forward (+ backward) pass, for stage 3's prefetch. The
+    /// embedding bucket is held from the embedding through the (tied) head.
+    pub(crate) fn prefetch_plan(&self, backward: bool) -> Prefetch {
+        let nl = self.gpt.cfg.n_layer;
+        let mut order: Vec<usize> = std::iter::once(EMBED).chain(1..=nl).chain([self.gpt.layout.head()]).collect();
+        if backward {
+            order.extend((1..=nl).rev());
+        }
+        Prefetch { order, pos: 0, pending: None }
+    }
+
+    fn submit_gather(&mut self, b: usize) -> Gather {
+        let shard = std::mem::take(&mut self.params[b]);
+        let full = self.pool.take(self.shards[b].padded(self.rank.dp));
+        self.rank.stream.all_gather(OwnedBuf::F32(shard), OwnedBuf::F32(full))
+    }
+
+    /// The whole parameter bucket `b` for computing. Stages 0-2 lend the stored bucket
+    /// (give it back with [`Trainer::release`]); stage 3 gathers it (prefetched) and
+    /// starts gathering the next bucket in `plan`.
+    pub(crate) fn acquire(&mut self, b: usize, plan: &mut Prefetch) -> Result<Vec<f32>> {
+        if self.stage() < 3 {
+            return Ok(std::mem::take(&mut self.params[b]));
+        }
+        debug_assert_eq!(plan.order.get(plan.pos), Some(&b), "bucket use out of plan order");
+        let h = match plan.pending.take() {
+            Some((pb, h)) if pb == b => h,
+            Some(_) => return Err(EngineError::Invalid("prefetch out of order".into())),
+            None => self.submit_gather(b),
+        };
+        let w = Instant::now();
+        let (shard, full) = h.wait()??;
+        self.gather_wait += w.elapsed().as_secs_f64();
+        self.params[b] = f32s(shard);
+        plan.pos += 1;
+        if let Some(&next) = plan.order.get(plan.pos) {
+            let h = self.submit_gather(next);
+            plan.pending = Some((next, h));
+        }
+        Ok(f32s(full))
+    }
+
+    pub(crate) fn release(&mut self, b: usize, buf: Vec<f32>) {
+        if self.stage() < 3 {
+            self.params[b] = buf;
+        } else {
+            self.pool.give(buf);
+        }
+    }
+
+    /// The gradient buffer that bucket `b`'s backward adds into.
+    fn grad_target(&mut self, b: usize) -> Vec<f32> {
+        if self.stage() < 2 {
+            std::mem::take(&mut self.grads[b])
+        } else {
+            self.pool.take(self.shards[b].padded(self.rank.dp))
+        }
+    }
+
+    /// Bucket `b`'s backward for this micro-batch is complete.
+    fn grad_done(&mut self, b: usize, g: Vec<f32>, last_micro: bool, pending: &mut Vec<Reduction>) {
+        let stage = self.stage();
+        if self.rank.dp == 1 && stage < 2 {
+            self.grads[b] = g;
+            return;
+        }
+        match stage {
+            0 if last_micro => {
+                pending.push(Reduction::AllReduce { bucket: b, h: self.rank.stream.all_reduce(OwnedBuf::F32(g), ReduceOp::Sum) })
+            }
+            1 if last_micro => {
+                let shard = std::mem::take(&mut self.gshard[b]);
+                let h = self.rank.stream.reduce_scatter(OwnedBuf::F32(g), OwnedBuf::F32(shard), ReduceOp::Sum);
+                pending.push(Reduction::ReduceScatter { bucket: b, h });
+            }
+            0 | 1 => self.grads[b] = g,
+            _ => {
+                let recv = self.pool.take(self.shards[b].shard);
+                let h = self.rank.stream.reduce_scatter(OwnedBuf::F32(g), OwnedBuf::F32(recv), ReduceOp::Sum);
+                pending.push(Reduction::ReduceScatter { bucket: b, h });
+            }
+        }
+    }
+
+    /// Waits for reductions and puts their buffers where the optimizer expects them.
+    fn finish(&mut self, pending: Vec<Reduction>, first_micro: bool) -> Result<()> {
+        for r in pending {
+            match r {
+                Reduction::AllReduce { bucket, h } => self.grads[bucket] = f32s(h.wait()??),
+                Reduction::ReduceScatter { bucket, h } => {
+                    let (send, recv) = h.wait()??;
+                    let (send, recv) = (f32s(send), f32s(recv));
+                    if self.stage() == 1 {
+                        self.grads[bucket] = send;
+                        self.gshard[bucket] = recv;
+                    } else {
+                        // Stages 2-3 accumulate micro-batches into the shard.
+                        if first_micro {
+                            self.gshard[bucket].copy_from_slice(&recv);
+                        } else {
+                            kernels::add_inplace(&mut self.gshard[bucket], &recv);
+                        }
+                        self.pool.give(send);
+                        self.pool.give(recv);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward and backward of the micro-batch in `self.inputs`/`targets`, adding this
+    /// rank's share of the gradient (scaled by `grad_scale`). Returns the summed loss.
+    pub(crate) fn micro_step(&mut self, grad_scale: f32, first: bool, last: bool, times: &mut StepTimes) -> Result<f64> {
+        let nl = self.gpt.cfg.n_layer;
+        let head = self.gpt.layout.head();
+        let mut plan = self.prefetch_plan(true);
+        let mut pending = Vec::new();
+        self.gather_wait = 0.0;
+        let t0 = Instant::now();
+        let emb = self.acquire(EMBED, &mut plan)?;
+        let n_emb = self.shards[EMBED].numel;
+        self.gpt.embed_forward(&emb[..n_emb], &mut self.acts, &self.inputs);
+        for l in 0..nl {
+            let p = self.acquire(l + 1, &mut plan)?;
+            self.gpt.block_forward(l, &p[..self.shards[l + 1].numel], &mut self.acts);
+            self.release(l + 1, p);
+        }
+        let hp = self.acquire(head, &mut plan)?;
+        let mut g_emb = self.grad_target(EMBED);
+        let mut g_head = self.grad_target(head);
+        let n_head = self.shards[head].numel;
+        let loss = self.gpt.head_forward_backward(
+            &emb[..n_emb],
+            &hp[..n_head],
+            &mut g_emb[..n_emb],
+            &mut g_head[..n_head],
+            &mut self.acts,
+            &self.targets,
+            grad_scale,
+        );
+        self.release(head, hp);
+        self.release(EMBED, emb);
+        self.grad_done(head, g_head, last, &mut pending);
+        let t1 = Instant::now();
+        let fwd_wait = std::mem::take(&mut self.gather_wait);
+        for l in (0..nl).rev() {
+            let b = l + 1;
+            let p = self.acquire(b, &mut plan)?;
+            let mut g = self.grad_target(b);
+            let n = self.shards[b].numel;
+            self.gpt.block_backward(l, &p[..n], &mut g[..n], &mut self.acts);
+            self.release(b, p);
+            self.grad_done(b, g, last, &mut pending);
+        }
+        self.gpt.embed_backward(&mut g_emb[..n_emb], &self.acts);
+        self.grad_done(EMBED, g_emb, last, &mut pending);
+        let t2 = Instant::now();
+        self.finish(pending, first)?;
+        let t3 = Instant::now();
+        let bwd_wait = std::mem::take(&mut self.gather_wait);
+        times.forward += (t1 - t0).as_secs_f64() - fwd_wait;
+        times.backward += (t2 - t1).as_secs_f64() - bwd_wait;
+        times.comm += (t3 - t2).as_secs_f64() + fwd_wait + bwd_wait;
+        Ok(loss)
+    }
+
+    /// Global-norm clipping and AdamW on what this rank owns; stages 1-2 then all-gather
+    /// the updated parameters. Returns the pre-clip global gradient norm.
+    pub(crate) fn optimizer_step(&mut self, times: &mut StepTimes) -> Result<f64> {
+        let t0 = Instant::now();
+        let (stage, r) = (self.stage(), self.rank.rank);
+        let nb = self.params.len();
+        let norm = if stage == 0 {
+            // All-reduced gradients are the same on every rank.
+            (0..nb).map(|b| kernels::sum_squares(&self.grads[b][..self.shards[b].numel])).sum::<f64>().sqrt()
+        } else {
+            let local: f64 = self.gshard.iter().map(|g| kernels::sum_squares(g)).sum();
+            self.rank.sum_f64(local)?.sqrt()
+        };
+        let clip = clip_factor(norm, self.cfg.raw.optim.grad_clip);
+        let lr = self.schedule.at(self.step) as f32;
+        let t = self.step + 1;
+        let layout = &self.gpt.layout;
+        for b in 0..nb {
+            let s = self.shards[b];
+            if stage == 0 {
+                let g = &mut self.grads[b][..s.numel];
+                if clip != 1.0 {
+                    kernels::scale(g, clip);
+                }
+                let (p, m, v) = (&mut self.params[b][..s.numel], &mut self.exp_avg[b][..s.numel], &mut self.exp_avg_sq[b][..s.numel]);
+                self.adamw.update_range(layout, b, 0..s.numel, p, g, m, v, lr, t);
+                continue;
+            }
+            let real = s.real(r);
+            let k = real.len();
+            if clip != 1.0 {
+                kernels::scale(&mut self.gshard[b], clip);
+            }
+            let p = if stage == 3 { &mut self.params[b][..k] } else { &mut self.params[b][real.clone()] };
+            let (g, m, v) = (&self.gshard[b][..k], &mut self.exp_avg[b][..k], &mut self.exp_avg_sq[b][..k]);
+            self.adamw.update_range(layout, b, real, p, g, m, v, lr, t);
+        }
+        let t1 = Instant::now();
+        if stage == 1 || stage == 2 {
+            let mut gathers = Vec::with_capacity(nb);
+            for b in 0..nb {
+                let owned = self.shards[b].owned(r);
+                let mut mine = self.pool.take(owned.len());
+                mine.copy_from_slice(&self.params[b][owned]);
+                let full = std::mem::take(&mut self.params[b]);
+                gathers.push(self.rank.stream.all_gather(OwnedBuf::F32(mine), OwnedBuf::F32(full)));
+            }
+            for (b, h) in gathers.into_iter().enumerate() {
+                let (mine, full) = h.wait()??;
+                self.params[b] = f32s(full);
+                self.pool.give(f32s(mine));
+            }
+        }
+        times.optimizer += (t1 - t0).as_secs_f64();
+        times.comm += t1.elapsed().as_secs_f64();
+        Ok(norm)
+    }
+}
