@@ -66,7 +66,11 @@ pub const GPUS: &[Gpu] = &[
     Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)" },
     Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s" },
     Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s" },
-    Gpu { name: "cpu-local", peak_bf16: 0.30 * T, peak_fp8: 0.0, peak_fp32: 0.30 * T, mem_bytes: 8.0 * GB, mem_bw: 20.0 * GB, gemm_eff: 0.60, link: "shm", flash: false, source: "this machine: 2 AMD EPYC cores, AVX-512; peak measured with the kernels crate's f32 GEMM (docs/planner.md)" },
+    // Measured, not datasheet: best f32 GEMM of the kernels crate (gemm 0.19, AVX-512)
+    // is 255 GFLOP/s on one core (crates/kernels/BENCHMARKS.md), x 2 cores; streaming
+    // bandwidth 10.7 GB/s (numpy `x * 2.0` on 200 MB, loaded machine). The peak IS the
+    // measured GEMM rate, hence a GEMM fraction near 1.
+    Gpu { name: "cpu-local", peak_bf16: 0.51 * T, peak_fp8: 0.0, peak_fp32: 0.51 * T, mem_bytes: 8.0 * GB, mem_bw: 10.7 * GB, gemm_eff: 0.95, link: "shm", flash: false, source: "this machine: 2 AMD EPYC cores with AVX-512; 255 GFLOP/s per core measured (crates/kernels/BENCHMARKS.md), 10.7 GB/s measured stream bandwidth" },
 ];
 
 /// A link between GPUs or nodes.

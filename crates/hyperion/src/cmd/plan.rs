@@ -146,6 +146,16 @@ fn parse_count(text: &str) -> anyhow::Result<f64> {
     Ok(x * mult)
 }
 
+/// 124M, 174.6B, 1.01T.
+fn human(n: f64) -> String {
+    match n {
+        n if n >= 1e12 => format!("{:.2}T", n / 1e12),
+        n if n >= 1e9 => format!("{:.1}B", n / 1e9),
+        n if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        n => format!("{n:.0}"),
+    }
+}
+
 fn gb(x: f64) -> f64 {
     x / 1e9
 }
@@ -155,7 +165,7 @@ fn print_estimate(e: &Estimate) {
     let s = &e.step;
     println!("  layout        {}  ({} GPUs, {} micro-batches per step)", e.layout_text, e.gpus_used, e.micro_batches);
     println!(
-        "  memory/GPU    {:.1} GB = weights {:.1} + grads {:.1} + optimizer {:.1} + activations {:.1} + buffers {:.1} + frag/context {:.1}  ({} stage, {:.2}B params/GPU)",
+        "  memory/GPU    {:.1} GB = weights {:.1} + grads {:.1} + optimizer {:.1} + activations {:.1} + buffers {:.1} + frag/context {:.1}  ({} stage, {} params/GPU)",
         gb(m.total),
         gb(m.weights),
         gb(m.gradients),
@@ -164,23 +174,23 @@ fn print_estimate(e: &Estimate) {
         gb(m.comm_buffers),
         gb(m.fragmentation_and_context),
         m.worst_stage,
-        m.params_per_gpu / 1e9
+        human(m.params_per_gpu)
     );
     println!(
         "  step          {:.3} s = compute {:.3} (recompute {:.3}) + TP comm {:.3} + PP sends {:.3} + bubble {:.3} + DP comm exposed {:.3} + optimizer {:.3}",
         s.total, s.compute, s.recompute, s.tp_comm, s.pp_comm, s.bubble, s.dp_comm, s.optimizer
     );
     println!(
-        "  throughput    {:.1} model TFLOP/s per GPU ({:.1} counting recompute as Megatron eq. 3), MFU {:.1}%, {:.0} tokens/s, {:.1} days",
+        "  throughput    {:.1} model TFLOP/s per GPU ({:.1} counting recompute as Megatron eq. 3), MFU {:.1}%, {:.0} tokens/s, {:.2} days",
         e.model_tflops_per_gpu, e.eq3_tflops_per_gpu, e.mfu_pct, e.tokens_per_s, e.days
     );
 }
 
 fn print_plan(job: &Job, cluster: &hardware::Cluster, r: &SearchResult, elapsed: f64) {
     println!(
-        "{} ({:.1}B params) on {} ({} x {}, {} per node), global batch {} x {} tokens, {:.3e} tokens",
+        "{} ({} params) on {} ({} x {}, {} per node), global batch {} x {} tokens, {:.3e} tokens",
         job.model.name,
-        job.model.params() / 1e9,
+        human(job.model.params()),
         cluster.name,
         job.gpus,
         job.machine.gpu.name,
