@@ -14,6 +14,23 @@
 //! A crash or I/O error at any point leaves the previous checkpoint loadable.
 //! [`open`] verifies every shard's size and SHA-256 before anything is read.
 //!
+//! On disk (format version 1):
+//!
+//! ```text
+//! run_dir/checkpoints/
+//!   latest                      "step-00000100\n", replaced atomically
+//!   step-00000100/
+//!     manifest.json             {"format": "hyperion-checkpoint", "format_version": 1,
+//!                                "step": 100, "meta": {..caller's JSON..},
+//!                                "tensors": [{"name": "w", "shape": [2, 3]}],
+//!                                "files": [{"file": "rank-0.safetensors", "sha256": "..",
+//!                                  "bytes": 168, "pieces": [{"name": "w", "global_shape": [2, 3],
+//!                                  "start": 0, "end": 4, "key": "w[0:4]"}]}, ..]}
+//!     rank-0.safetensors        F32 tensors; a whole tensor under its own name and
+//!                               shape, a partial range 1-D under `name[start:end]`
+//!   .tmp-step-00000200/         being written (or left by a crash); never loaded
+//! ```
+//!
 //! For exchange with the Hugging Face ecosystem, [`export_safetensors`] writes chosen
 //! tensors whole into one standalone safetensors file and [`read_safetensors`] reads
 //! any safetensors file (F32/F64/F16/BF16) as f32 for import.
@@ -37,6 +54,7 @@
 //! let mut mid = [0f32; 3];
 //! ckpt.read_range("w", 2, 5, &mut mid)?; // spans both shard files
 //! assert_eq!(mid, [2.0, 3.0, 4.0]);
+//! assert_eq!(ckpt.files()[0].bytes, 168); // the size quoted in the layout above
 //! # Ok(()) }
 //! ```
 
