@@ -415,9 +415,54 @@ fn full_disk_fails_cleanly_and_keeps_previous_checkpoint() {
             .trim(),
         "step-00000001"
     );
+
+    // The disk fills up after the shards are written: the manifest cannot be written.
+    let pending = begin(&run, 2).unwrap();
+    let tmp = pending.path().to_path_buf();
+    let rec = pending
+        .write_file(
+            "a.safetensors",
+            &[TensorSlice {
+                name: "w",
+                global_shape: &[1000],
+                start: 0,
+                data: &big[..1000],
+            }],
+        )
+        .unwrap();
+    let filler = mnt.join("filler");
+    fill_disk(&filler);
+    let err = commit(pending, serde_json::json!({ "step": 2 }), vec![rec], 1).unwrap_err();
+    match &err {
+        CheckpointError::Io { path, source } => {
+            assert_eq!(path, &tmp.join("manifest.json"));
+            assert_eq!(source.raw_os_error(), Some(libc_enospc()), "{source}");
+        }
+        other => panic!("expected Io on the manifest, got {other}"),
+    }
+    assert!(!tmp.exists());
+    assert_eq!(
+        open(&run).unwrap().read("w").unwrap(),
+        step_values(1, 100_000)
+    );
+    fs::remove_file(&filler).unwrap();
+
     // With the space back, the next save goes through.
     save_step(run.as_path(), 3, 100_000, 1);
     assert_eq!(steps(&run), [3]);
+}
+
+/// Writes zeros to `path` until the file system reports it full.
+fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    let block = vec![0u8; 4096];
+    loop {
+        if let Err(e) = f.write_all(&block) {
+            assert_eq!(e.raw_os_error(), Some(libc_enospc()), "{e}");
+            break;
+        }
+    }
 }
 
 fn libc_enospc() -> i32 {
