@@ -20,14 +20,14 @@ pub enum CommError {
 
     /// Another rank failed (error, panic, timeout or left), so this rank's collective
     /// was aborted instead of hanging.
-    #[error("rank {rank}: {op} on group '{group}' aborted because world rank {failed_rank} failed ({failed_op} on group '{failed_group}'): {cause}")]
+    #[error("rank {rank}: {op} on group '{group}' aborted because world rank {failed_rank} failed ({failed_in}): {cause}")]
     PeerFailed {
         rank: usize,
         op: &'static str,
         group: String,
         failed_rank: usize,
-        failed_op: String,
-        failed_group: String,
+        /// Where the failing rank was: `"<collective> on group '<name>'"`.
+        failed_in: String,
         cause: String,
     },
 

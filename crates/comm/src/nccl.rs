@@ -143,7 +143,7 @@ impl NcclComm {
         let out_len = output.as_ref().map_or(0, |o| o.len());
         let need = (input.len() + out_len).max(1);
         let mut guard = self.staging.lock().map_err(|_| self.err(op, "staging lock poisoned".into()))?;
-        if guard.as_ref().map_or(true, |s| s.len() < need) {
+        if !matches!(guard.as_ref(), Some(s) if s.len() >= need) {
             *guard = Some(self.stream.alloc_zeros::<u8>(need).map_err(|e| self.err(op, format!("alloc {need} B: {e:?}")))?);
         }
         let dev = guard.as_mut().ok_or_else(|| self.err(op, "no staging buffer".into()))?;

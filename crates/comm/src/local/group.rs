@@ -228,6 +228,10 @@ pub(crate) struct Post {
     pub tag: u32,
 }
 
+/// Sub-groups being built by `split`: (split sequence number, color) -> (group,
+/// members still to pick it up).
+pub(crate) type SplitTable = HashMap<(u64, usize), (Arc<Group>, usize)>;
+
 /// One group of rank-threads.
 pub(crate) struct Group {
     pub name: String,
@@ -247,7 +251,7 @@ pub(crate) struct Group {
     pub pairs: Box<[Pair]>,
     /// Sub-groups being created by `split`, keyed by (split sequence number, color),
     /// with the number of members that have not picked theirs up yet.
-    pub splits: Mutex<HashMap<(u64, usize), (Arc<Group>, usize)>>,
+    pub splits: Mutex<SplitTable>,
 }
 
 impl Group {
@@ -307,8 +311,7 @@ impl Group {
             op: op.name(),
             group: self.name.clone(),
             failed_rank: f.world_rank,
-            failed_op: f.op,
-            failed_group: f.group,
+            failed_in: format!("{} on group '{}'", f.op, f.group),
             cause: f.cause,
         }
     }

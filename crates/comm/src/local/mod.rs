@@ -50,6 +50,7 @@ pub struct LocalWorld;
 impl LocalWorld {
     /// `n` communicators of one new world, rank `i` at index `i`; move each into its
     /// own thread. `timeout` bounds every wait inside a collective.
+    #[allow(clippy::new_ret_no_self)] // a world is its ranks' communicators
     pub fn new(n: usize, timeout: Duration) -> Result<Vec<LocalComm>> {
         if n == 0 {
             return Err(CommError::Config("a local world needs at least one rank".into()));
