@@ -28,6 +28,9 @@ pub struct Calibration {
     /// The same with a fused kernel stack (FlashAttention era: fused norm, bias-GELU/
     /// SwiGLU, residual; the `flash` layout flag stands for that stack).
     pub fused_elementwise_passes: f64,
+    /// Passes over the unfused attention's `5 a s^2 b` bytes (scores, softmax,
+    /// dropout): Megatron's fused scale-mask-softmax reads and writes each once.
+    pub score_passes: f64,
     /// Achieved fraction of HBM bandwidth for streaming kernels.
     pub mem_eff: f64,
     /// Achieved fraction of link bandwidth for NCCL collectives (bus bandwidth).
@@ -50,8 +53,9 @@ impl Default for Calibration {
             gemm_k0: 256.0,
             gemm_tile: 128.0,
             flash_rel: 0.45,
-            elementwise_passes: 6.0,
+            elementwise_passes: 8.0,
             fused_elementwise_passes: 4.0,
+            score_passes: 2.0,
             mem_eff: 0.80,
             nvlink_eff: 0.75,
             net_eff: 0.70,
@@ -132,10 +136,12 @@ fn block_times(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, s: f6
     // Flash backward recomputes the scores inside the kernel: 2.5x forward (Dao 2023).
     let attn_bwd = attn_fwd * if l.flash { 2.5 } else { 2.0 };
     // Memory-bound element-wise work scales with what the block stores (no recompute).
-    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::None, l.sp, l.flash) * act_scale;
+    // (The s^2 score tensors are counted apart: they move at `score_passes`.)
+    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::Selective, l.sp, l.flash) * act_scale;
     let passes = if l.flash { cal.fused_elementwise_passes } else { cal.elementwise_passes };
-    let elem = passes * act / (mm.gpu.mem_bw * cal.mem_eff);
-    let scores = if l.flash { 0.0 } else { cal.elementwise_passes * 5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale / (mm.gpu.mem_bw * cal.mem_eff) };
+    let score_bytes = if l.flash { 0.0 } else { 5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale };
+    let scores = cal.score_passes * score_bytes / (mm.gpu.mem_bw * cal.mem_eff);
+    let elem = passes * act / (mm.gpu.mem_bw * cal.mem_eff) + scores;
     // One third of element-wise traffic in forward, two thirds in backward.
     (fwd + attn_fwd + elem / 3.0, bwd + attn_bwd + 2.0 * elem / 3.0, attn_fwd + scores / 3.0)
 }
