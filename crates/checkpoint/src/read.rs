@@ -304,6 +304,11 @@ impl Checkpoint {
         self.index.get(name).map(|(shape, _)| shape.as_slice())
     }
 
+    /// The whole manifest (format, step, meta, tensors, files).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// The shard files and their pieces, as recorded in the manifest.
     pub fn files(&self) -> &[FileRecord] {
         &self.manifest.files

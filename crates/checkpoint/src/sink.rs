@@ -43,8 +43,6 @@ enum Hasher {
         pooled: usize,
         done: JoinHandle<Sha256>,
     },
-    /// Transient state while switching from inline to thread.
-    Moved,
 }
 
 pub(crate) struct Sink {
@@ -94,7 +92,6 @@ impl Sink {
         match &mut self.hasher {
             Hasher::Inline(h) => h.update(bytes),
             Hasher::Thread { .. } => self.send(bytes.to_vec())?,
-            Hasher::Moved => unreachable!("hasher is only Moved inside start_thread"),
         }
         Ok(())
     }
@@ -138,12 +135,12 @@ impl Sink {
     }
 
     fn start_thread(&mut self) {
-        if !matches!(self.hasher, Hasher::Inline(_)) {
-            return;
-        }
-        let Hasher::Inline(mut h) = std::mem::replace(&mut self.hasher, Hasher::Moved) else {
-            return;
+        let Hasher::Inline(inline) = &mut self.hasher else {
+            return; // already threaded
         };
+        // The state so far (the header) moves to the thread; `self.hasher` is
+        // overwritten below, so the fresh state `take` leaves is never used.
+        let mut h = std::mem::take(inline);
         let (to_hasher, from_writer) = sync_channel::<Vec<u8>>(IN_FLIGHT);
         let (to_writer, spare) = sync_channel::<Vec<u8>>(POOL);
         let done = std::thread::spawn(move || {
@@ -187,7 +184,6 @@ impl Sink {
                     Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
-            Hasher::Moved => unreachable!("hasher is only Moved inside start_thread"),
         };
         Ok((hex(&digest), self.written))
     }
