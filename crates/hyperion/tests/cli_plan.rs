@@ -85,7 +85,8 @@ fn validate_shipped_runs_json() {
     assert!(used >= 50, "{used}");
     let median = s["median_abs_error_pct"].as_f64().unwrap();
     let p90 = s["p90_abs_error_pct"].as_f64().unwrap();
-    assert!(median <= 5.5 && p90 <= 17.0, "median {median} p90 {p90}");
+    // The acceptance bar of the planner issue: median <= 5%, p90 <= 15%.
+    assert!(median <= 5.0 && p90 <= 15.0, "median {median} p90 {p90}");
     for r in rows {
         assert!(r["id"].is_string());
         if let Some(e) = r.get("error_pct") {
