@@ -131,6 +131,24 @@ impl RunInfo {
     }
 }
 
+/// Heap bytes the counting allocator ([`crate::alloc`]) saw this rank allocate.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Measured {
+    pub params: usize,
+    pub grads: usize,
+    pub optimizer: usize,
+    pub activations: usize,
+    /// Peak live bytes of the rank's thread over the run so far (model state,
+    /// activations, bucket buffers and everything else it allocated).
+    pub thread_peak: usize,
+}
+
+impl Measured {
+    pub fn model_state(&self) -> usize {
+        self.params + self.grads + self.optimizer
+    }
+}
+
 /// Bytes held by each kind of training state on this rank, with the analytical
 /// expectation beside them.
 #[derive(Clone, Debug, Serialize)]
@@ -146,6 +164,8 @@ pub struct MemoryReport {
     pub expected_model_state: f64,
     /// Expected model state + activations by formula ([`model::Activations::expected_bytes`]).
     pub expected_total: f64,
+    /// What the allocator measured, when the counting allocator is installed.
+    pub measured: Option<Measured>,
 }
 
 impl MemoryReport {
@@ -162,6 +182,7 @@ impl MemoryReport {
             buffers: t.pool.bytes(),
             expected_model_state: state,
             expected_total: state + model::Activations::expected_bytes(&t.gpt.cfg, b, tt, t.acts.recompute) as f64,
+            measured: t.measured.map(|m| Measured { thread_peak: crate::alloc::thread_peak().unwrap_or(0).max(0) as usize, ..m }),
         }
     }
 

@@ -25,6 +25,21 @@ pub trait Observer {
     fn checkpoint(&mut self, _dir: &Path, _step: u64) {}
 }
 
+impl<O: Observer + ?Sized> Observer for &mut O {
+    fn started(&mut self, info: &RunInfo) {
+        (**self).started(info)
+    }
+    fn step(&mut self, m: &StepMetrics) {
+        (**self).step(m)
+    }
+    fn checkpoint_file(&mut self, path: &Path) {
+        (**self).checkpoint_file(path)
+    }
+    fn checkpoint(&mut self, dir: &Path, step: u64) {
+        (**self).checkpoint(dir, step)
+    }
+}
+
 /// An observer that ignores everything.
 pub struct Quiet;
 impl Observer for Quiet {}
@@ -69,6 +84,9 @@ pub struct Trainer {
     pub exp_avg: Vec<Vec<f32>>,
     pub exp_avg_sq: Vec<Vec<f32>>,
     pub acts: Activations,
+    /// Bytes the allocator saw for each kind of state when it was created (None when
+    /// the counting allocator is not installed).
+    pub measured: Option<crate::metrics::Measured>,
     pub(crate) pool: Pool,
     pub(crate) gather_wait: f64,
     /// Optimizer steps completed.
@@ -113,10 +131,11 @@ impl Trainer {
         let gpt = Gpt::new(gpt_config(&cfg)?);
         let (dp, r, zero) = (rank.dp, rank.rank, par.zero);
         let shards = shards(&gpt.layout, dp);
-        let full = gpt.init_params(cfg.raw.train.seed);
         let whole = |s: &BucketShard| vec![0.0f32; s.padded(dp)];
         let part = |s: &BucketShard| vec![0.0f32; s.shard];
-        let params: Vec<Vec<f32>> = full
+        // The whole model is initialised, then each rank keeps what it holds: measured
+        // together, the transient whole copy nets out.
+        let (params, m_params) = crate::alloc::measure(|| -> Vec<Vec<f32>> { gpt.init_params(cfg.raw.train.seed)
             .into_iter()
             .zip(&shards)
             .map(|(p, s)| {
@@ -131,10 +150,14 @@ impl Trainer {
                     v
                 }
             })
-            .collect();
-        let grads = shards.iter().map(|s| if zero < 2 { whole(s) } else { Vec::new() }).collect();
-        let gshard = shards.iter().map(|s| if zero >= 1 { part(s) } else { Vec::new() }).collect();
+            .collect() });
+        let ((grads, gshard), m_grads) = crate::alloc::measure(|| {
+            let grads: Vec<Vec<f32>> = shards.iter().map(|s| if zero < 2 { whole(s) } else { Vec::new() }).collect();
+            let gshard: Vec<Vec<f32>> = shards.iter().map(|s| if zero >= 1 { part(s) } else { Vec::new() }).collect();
+            (grads, gshard)
+        });
         let moment = || -> Vec<Vec<f32>> { shards.iter().map(|s| if zero == 0 { whole(s) } else { part(s) }).collect() };
+        let ((exp_avg, exp_avg_sq), m_optim) = crate::alloc::measure(|| (moment(), moment()));
         let (b, t) = (cfg.raw.train.batch_size, cfg.raw.model.block_size);
         let recompute = matches!(par.recompute, config::Recompute::Full);
         let o = &cfg.raw.optim;
@@ -150,10 +173,18 @@ impl Trainer {
             Some(p) => (p, false),
             None => (crate::metrics::measure_peak_flops(), true),
         };
+        let (acts, m_acts) = crate::alloc::measure(|| Activations::new(&gpt.cfg, b, t, recompute));
+        let measured = match (m_params, m_grads, m_optim, m_acts) {
+            (Some(params), Some(grads), Some(optimizer), Some(activations)) => {
+                Some(crate::metrics::Measured { params, grads, optimizer, activations, thread_peak: 0 })
+            }
+            _ => None,
+        };
         Ok(Trainer {
-            acts: Activations::new(&gpt.cfg, b, t, recompute),
-            exp_avg: moment(),
-            exp_avg_sq: moment(),
+            acts,
+            measured,
+            exp_avg,
+            exp_avg_sq,
             params,
             grads,
             gshard,

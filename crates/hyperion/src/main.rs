@@ -6,6 +6,10 @@ mod cmd;
 
 use clap::{Parser, Subcommand};
 
+/// Counts heap bytes per thread, so each rank of a threaded run reports what it allocated.
+#[global_allocator]
+static ALLOC: engine::alloc::CountingAlloc = engine::alloc::CountingAlloc;
+
 #[derive(Parser)]
 #[command(name = "hyperion", version, about = "Train transformer language models on 1 to N devices, and plan runs on GPU clusters")]
 struct Cli {
@@ -34,6 +38,7 @@ enum Command {
 }
 
 fn main() {
+    ALLOC.activate();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),

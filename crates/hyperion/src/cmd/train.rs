@@ -1,11 +1,14 @@
-//! `hyperion train`: resolve the config, prepare data on first use, train with a progress
-//! bar, checkpoint, plot the loss curves and print a sample.
+//! `hyperion train`: resolve the config, prepare data on first use, train on one rank,
+//! on `--workers N` threads, or on the ranks of `mpirun`, with a progress bar; then
+//! report memory, plot the loss curves and print a sample.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use engine::{Observer, RunInfo, StepMetrics, Trainer};
+use comm::Communicator;
+use config::ResolvedConfig;
+use engine::{MemoryReport, Observer, Quiet, Rank, RunInfo, StepMetrics, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::{self, ConfigArgs};
@@ -17,9 +20,16 @@ pub struct TrainArgs {
     /// Run directory (checkpoints, metrics.jsonl, loss.png). Default: runs/<preset>.
     #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its latest checkpoint (its saved config; `--set` may override).
+    /// Continue the run in RUN_DIR from its latest checkpoint (its saved config; `--set`
+    /// may override, e.g. `--set train.steps=4000`, or `--workers` to change dp).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "preset", "config"])]
     pub resume: Option<PathBuf>,
+    /// Data-parallel ranks as threads of this process (sets parallel.dp).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seconds any rank waits in a collective before the run fails naming the rank.
+    #[arg(long, default_value_t = 300)]
+    pub comm_timeout: u64,
     /// Characters/tokens of sample text printed at the end (0 = none).
     #[arg(long, default_value_t = 300)]
     pub sample_tokens: usize,
@@ -27,76 +37,222 @@ pub struct TrainArgs {
     /// (makes a kill during a checkpoint write reproducible).
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_checkpoint_pause_ms: u64,
+    /// Testing aid: make rank R panic at step S (`R:S`), to exercise failure handling.
+    #[arg(long, hide = true, value_name = "R:S")]
+    pub debug_fail: Option<String>,
+}
+
+/// What every rank needs to start.
+struct Plan {
+    cfg: ResolvedConfig,
+    run_dir: PathBuf,
+    resume: bool,
+    sample_tokens: usize,
+    pause: Duration,
+    fail_at: Option<(usize, u64)>,
+}
+
+/// What a rank hands back at the end.
+struct Outcome {
+    val: Option<f64>,
+    step: u64,
+    memory: MemoryReport,
+    /// Rank 0 only: whole parameters and the tokenizer, for the sample.
+    sample: Option<(model::Gpt, Vec<Vec<f32>>, data::Meta)>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (cfg, run_dir, resume_from) = match &args.resume {
+    let mpi = mpi_launched();
+    if mpi && args.workers.is_some() {
+        anyhow::bail!("--workers starts threads; under mpirun the ranks come from MPI (drop --workers)");
+    }
+    let mut sets = args.config.sets.clone();
+    if let Some(w) = args.workers {
+        if w == 0 {
+            anyhow::bail!("--workers must be at least 1");
+        }
+        sets.push(format!("parallel.dp={w}"));
+    }
+    let (cfg, run_dir, resume) = match &args.resume {
         Some(dir) => {
             let ck = engine::open_checkpoint(dir).with_context(|| format!("resuming {}", dir.display()))?;
-            let cfg = config::resolve_saved(&engine::saved_config(&ck)?, &args.config.sets)?;
-            (cfg, dir.clone(), Some(ck))
+            let saved = engine::saved_config(&ck)?;
+            let mut cfg = config::resolve_saved(&saved, &sets)?;
+            let before = config::ResolvedConfig::from_toml_str(&saved)?;
+            let batch_keys = ["train.batch_size", "train.grad_accum", "train.global_batch"];
+            let batch_set = sets.iter().any(|s| batch_keys.iter().any(|k| s.starts_with(k)));
+            if cfg.global_batch != before.global_batch && !batch_set {
+                // A new number of ranks keeps the run's global batch: accumulation absorbs it.
+                let per_pass = cfg.raw.train.batch_size * cfg.raw.parallel.dp;
+                if before.global_batch % per_pass != 0 {
+                    anyhow::bail!(
+                        "the run's global batch is {} sequences; {} ranks x micro-batch {} cannot make it up by accumulation: set train.batch_size or train.grad_accum",
+                        before.global_batch,
+                        cfg.raw.parallel.dp,
+                        cfg.raw.train.batch_size
+                    );
+                }
+                sets.push(format!("train.grad_accum={}", before.global_batch / per_pass));
+                cfg = config::resolve_saved(&saved, &sets)?;
+                println!(
+                    "keeping the global batch of {} sequences: {} ranks x micro-batch {} x accumulation {}",
+                    cfg.global_batch, cfg.raw.parallel.dp, cfg.raw.train.batch_size, cfg.raw.train.grad_accum
+                );
+            }
+            (cfg, dir.clone(), true)
         }
         None => {
-            let cfg = args.config.resolve()?;
+            let cfg = config::resolve(args.config.preset.as_deref(), args.config.config.as_deref(), &sets)?;
             let run_dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(cfg.preset.clone().unwrap_or_else(|| "custom".into()))
             });
             refuse_existing_run(&run_dir)?;
-            (cfg, run_dir, None)
+            (cfg, run_dir, false)
         }
     };
-    if cfg.raw.parallel.dp > 1 {
-        anyhow::bail!("parallel.dp = {}: data-parallel training is not available yet; use parallel.dp = 1", cfg.raw.parallel.dp);
+    let fail_at = args.debug_fail.as_deref().map(parse_fail).transpose()?;
+    let plan = Plan {
+        cfg,
+        run_dir,
+        resume,
+        sample_tokens: args.sample_tokens,
+        pause: Duration::from_millis(args.debug_checkpoint_pause_ms),
+        fail_at,
+    };
+    let timeout = Duration::from_secs(args.comm_timeout.max(1));
+    if mpi {
+        return run_mpi(&plan, timeout);
     }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    let removed = checkpoint::clean_stale(&run_dir)?;
+    let dp = plan.cfg.raw.parallel.dp;
+    prepare_run_dir(&plan, true)?;
+    let outcomes = comm::run_local(dp, timeout, |c| {
+        let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / dp).max(1);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| anyhow::anyhow!("{e}"))?;
+        pool.install(|| train_rank(&plan, &c))
+    })
+    .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
+    report(&plan, &outcomes)
+}
+
+fn parse_fail(s: &str) -> Result<(usize, u64)> {
+    let (r, st) = s.split_once(':').context("--debug-fail takes RANK:STEP")?;
+    Ok((r.parse().context("--debug-fail rank")?, st.parse().context("--debug-fail step")?))
+}
+
+/// Creates the run directory, removes unfinished checkpoint folders, and prepares the
+/// data on first use (once, before any rank starts).
+fn prepare_run_dir(plan: &Plan, root: bool) -> Result<()> {
+    if !root {
+        return Ok(());
+    }
+    let run_dir = &plan.run_dir;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let removed = checkpoint::clean_stale(run_dir)?;
     if removed > 0 {
         eprintln!("removed {removed} unfinished checkpoint folder(s) left by an interrupted write");
     }
-    let data = common::open_data(&cfg, cfg.raw.log.progress)?;
-    let mut trainer = Trainer::new(cfg, data, &run_dir)?;
-    println!("# resolved config\n{}", trainer.cfg.to_toml());
-    if let Some(ck) = &resume_from {
-        trainer.restore(ck)?;
-        println!("resumed {} at step {} ({} tokens seen)", ck.dir().display(), trainer.step, trainer.tokens_seen);
-    }
+    common::open_data(&plan.cfg, plan.cfg.raw.log.progress)?;
+    println!("# resolved config\n{}", plan.cfg.to_toml());
     let cfg_path = run_dir.join("config.toml");
-    std::fs::write(&cfg_path, trainer.cfg.to_toml()).with_context(|| format!("writing {}", cfg_path.display()))?;
+    std::fs::write(&cfg_path, plan.cfg.to_toml()).with_context(|| format!("writing {}", cfg_path.display()))?;
+    Ok(())
+}
 
-    let mut bar = Bar::new(trainer.cfg.raw.log.progress, args.debug_checkpoint_pause_ms);
-    let val = trainer.run(&mut bar)?;
+/// One rank's whole run (SPMD: every rank calls this with its communicator).
+fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
+    let rank = Rank::new(world)?;
+    let root = rank.rank == 0;
+    engine::alloc::reset_thread_peak();
+    let data = data::Dataset::open(&plan.cfg.raw.data.dir)?;
+    let mut trainer = Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?;
+    if plan.resume {
+        let ck = engine::open_checkpoint(&plan.run_dir)?;
+        trainer.restore(&ck)?;
+        if root {
+            let layout = &ck.meta()["layout"];
+            println!(
+                "resumed {} at step {} ({} tokens seen; written by dp={} zero={}, now dp={} zero={})",
+                ck.dir().display(),
+                trainer.step,
+                trainer.tokens_seen,
+                layout["dp"],
+                layout["zero"],
+                trainer.rank.dp,
+                trainer.cfg.raw.parallel.zero
+            );
+        }
+    }
+    let mut bar = Bar::new(root && trainer.cfg.raw.log.progress, plan.pause);
+    let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, rank: trainer.rank.rank };
+    let val = if root {
+        let mut obs = FailAt { inner: &mut bar, pause: plan.pause, fail: plan.fail_at, rank: 0 };
+        trainer.run(&mut obs)?
+    } else {
+        quiet.fail = plan.fail_at;
+        trainer.run(&mut quiet)?
+    };
     bar.pb.finish_and_clear();
-    let step = trainer.step;
-    match val {
-        Some(v) => println!("done: step {step}, validation loss {v:.4} (perplexity {:.2})", v.exp()),
-        None => println!("done: step {step}"),
+    let params = if plan.sample_tokens > 0 { Some(trainer.full_params()?) } else { None };
+    let memory = trainer.memory();
+    let sample = match (root, params) {
+        (true, Some(p)) => {
+            let meta = trainer.data.as_ref().map(|d| d.meta.clone()).context("training data is open")?;
+            Some((model::Gpt::new(trainer.gpt.cfg), p, meta))
+        }
+        _ => None,
+    };
+    Ok(Outcome { val, step: trainer.step, memory, sample })
+}
+
+fn report(plan: &Plan, outcomes: &[Outcome]) -> Result<()> {
+    let first = &outcomes[0];
+    match first.val {
+        Some(v) => println!("done: step {}, validation loss {v:.4} (perplexity {:.2})", first.step, v.exp()),
+        None => println!("done: step {}", first.step),
     }
-    if let Some(rss) = engine::peak_rss_bytes() {
-        let m = trainer.memory();
-        println!(
-            "memory: peak RSS {:.1} MiB; params {:.1} + grads {:.1} + Adam {:.1} + activations {:.1} = {:.1} MiB (formula {:.1} MiB)",
-            mib(rss as usize), mib(m.params), mib(m.grads), mib(m.optimizer), mib(m.activations), mib(m.total()), m.expected_total / 1048576.0
-        );
-    }
-    let png = run_dir.join("loss.png");
-    match super::plot::plot_run(&run_dir, &png) {
+    print_memory(outcomes);
+    let png = plan.run_dir.join("loss.png");
+    match super::plot::plot_run(&plan.run_dir, &png) {
         Ok(()) => println!("loss curves: {}", png.display()),
         Err(e) => eprintln!("warning: could not plot loss curves: {e:#}"),
     }
-    println!("checkpoint: {}", run_dir.join("checkpoints").display());
-    if args.sample_tokens > 0 {
-        let meta = &trainer.data.as_ref().expect("training data is open").meta;
+    println!("checkpoint: {}", plan.run_dir.join("checkpoints").display());
+    if let Some((gpt, params, meta)) = &first.sample {
         let tok = data::Tokenizer::from_meta(meta)?;
         let prompt = tok.encode("\n")?;
-        let opts = engine::sample::SampleOptions { tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: 1 };
-        let out = engine::sample::generate(&trainer.gpt, &trainer.params, &prompt, &opts);
+        let opts = engine::sample::SampleOptions { tokens: plan.sample_tokens, temperature: 0.8, top_k: 40, seed: 1 };
+        let out = engine::sample::generate(gpt, params, &prompt, &opts);
         println!("--- sample (temperature 0.8, top-k 40) ---\n{}\n---", tok.decode(&out));
     }
     Ok(())
 }
 
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
+fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+fn print_memory(outcomes: &[Outcome]) {
+    println!("memory per rank (MiB): model state = params + grads + Adam moments; measured by the allocator where shown");
+    println!("{:>4} {:>9} {:>9} {:>9} {:>11} {:>9} {:>12} {:>12} {:>11}", "rank", "params", "grads", "adam", "activations", "buffers", "model state", "ZeRO formula", "measured");
+    for (r, o) in outcomes.iter().enumerate() {
+        let m = &o.memory;
+        let measured = m.measured.map(|x| format!("{:.2}", mib(x.model_state() as f64))).unwrap_or_else(|| "-".into());
+        println!(
+            "{r:>4} {:>9.2} {:>9.2} {:>9.2} {:>11.2} {:>9.2} {:>12.2} {:>12.2} {:>11}",
+            mib(m.params as f64),
+            mib(m.grads as f64),
+            mib(m.optimizer as f64),
+            mib(m.activations as f64),
+            mib(m.buffers as f64),
+            mib(m.model_state() as f64),
+            mib(m.expected_model_state),
+            measured
+        );
+    }
+    if let Some(rss) = engine::peak_rss_bytes() {
+        let total: f64 = outcomes.iter().map(|o| o.memory.expected_total).sum();
+        println!("peak RSS of the process {:.1} MiB; analytical total (model state + activations, all ranks) {:.1} MiB", mib(rss as f64), mib(total));
+    }
 }
 
 /// A fresh run never writes over an existing one.
@@ -114,20 +270,88 @@ fn refuse_existing_run(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether this process was started by an MPI launcher (read once, here at the edge).
+fn mpi_launched() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
+}
+
+#[cfg(feature = "mpi")]
+fn run_mpi(plan: &Plan, timeout: Duration) -> Result<()> {
+    let world = comm::mpi::MpiComm::world(&comm::mpi::MpiOptions { timeout, ..Default::default() })?;
+    if world.size() != plan.cfg.raw.parallel.dp {
+        anyhow::bail!("mpirun started {} ranks but parallel.dp = {}: they must be equal", world.size(), plan.cfg.raw.parallel.dp);
+    }
+    let root = world.rank() == 0;
+    let prepared = prepare_run_dir(plan, root);
+    // Nobody starts before rank 0 has prepared the data (or failed to).
+    let mut ok = vec![u8::from(prepared.is_ok())];
+    world.broadcast((&mut ok[..]).into(), 0)?;
+    prepared?;
+    if ok[0] == 0 {
+        anyhow::bail!("rank 0 failed to prepare the run");
+    }
+    let local = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1);
+    let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / local.max(1)).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let outcome = pool.install(|| train_rank(plan, &world));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => world.abort(&format!("rank {}: {e:#}", world.rank())),
+    };
+    if root {
+        report(plan, std::slice::from_ref(&outcome))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(_plan: &Plan, _timeout: Duration) -> Result<()> {
+    anyhow::bail!("started by an MPI launcher, but this hyperion was built without MPI: rebuild with `cargo build --release --features mpi`")
+}
+
+/// Wraps an observer: pauses after checkpoint files (testing aid) and panics at a chosen
+/// step on a chosen rank (failure-handling tests).
+struct FailAt<O> {
+    inner: O,
+    pause: Duration,
+    fail: Option<(usize, u64)>,
+    rank: usize,
+}
+
+impl<O: Observer> Observer for FailAt<O> {
+    fn started(&mut self, info: &RunInfo) {
+        self.inner.started(info)
+    }
+    fn step(&mut self, m: &StepMetrics) {
+        if self.fail == Some((self.rank, m.step)) {
+            panic!("injected failure on rank {} at step {} (--debug-fail)", self.rank, m.step);
+        }
+        self.inner.step(m)
+    }
+    fn checkpoint_file(&mut self, path: &Path) {
+        if !self.pause.is_zero() {
+            std::thread::sleep(self.pause);
+        }
+        self.inner.checkpoint_file(path)
+    }
+    fn checkpoint(&mut self, dir: &Path, step: u64) {
+        self.inner.checkpoint(dir, step)
+    }
+}
+
 struct Bar {
     pb: ProgressBar,
-    pause: Duration,
 }
 
 impl Bar {
-    fn new(show: bool, pause_ms: u64) -> Bar {
+    fn new(show: bool, _pause: Duration) -> Bar {
         let pb = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
         pb.set_style(
             ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        Bar { pb, pause: Duration::from_millis(pause_ms) }
+        Bar { pb }
     }
 }
 
@@ -138,7 +362,7 @@ impl Observer for Bar {
         self.pb.reset_eta();
         let peak = if info.peak_measured { "measured" } else { "configured" };
         self.pb.println(format!(
-            "model: {:.2}M parameters, {} tokens/step, {:.2} MFLOP/token; peak {:.1} GFLOP/s ({peak})",
+            "model: {:.2}M parameters, {} tokens/step, {:.2} MFLOP/token; peak {:.1} GFLOP/s per rank ({peak})",
             info.params as f64 / 1e6,
             info.tokens_per_step,
             info.flops_per_token / 1e6,
@@ -157,12 +381,6 @@ impl Observer for Bar {
         ));
         if let Some(v) = m.val_loss {
             self.pb.println(format!("step {:>6}: train loss {:.4}, val loss {:.4}", m.step, m.train_loss, v));
-        }
-    }
-
-    fn checkpoint_file(&mut self, _path: &Path) {
-        if !self.pause.is_zero() {
-            std::thread::sleep(self.pause);
         }
     }
 

@@ -1,0 +1,141 @@
+//! Data-parallel runs through the CLI: sharded checkpoints that load into another
+//! layout (4 ranks ZeRO-3 -> 2 ranks ZeRO-1 -> 1 rank), and a failing rank that ends the
+//! job with an error naming it, leaving a loadable checkpoint to resume from with a
+//! different number of ranks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hyperion"))
+}
+
+fn base(data: &Path, steps: u64) -> Vec<String> {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/shakespeare/sonnets.txt");
+    [
+        "train".to_string(),
+        "--preset".into(),
+        "tiny".into(),
+        "--set".into(),
+        format!("data.dir=\"{}\"", data.display()),
+        "--set".into(),
+        format!("data.inputs=[\"{}\"]", corpus.display()),
+        "--set".into(),
+        format!("train.steps={steps}"),
+        "--set".into(),
+        "checkpoint.interval=10".into(),
+        // A fixed schedule: extending train.steps on resume must not reshape the LR curve.
+        "--set".into(),
+        "optim.decay_steps=40".into(),
+        "--set".into(),
+        "log.progress=false".into(),
+        "--set".into(),
+        "log.peak_flops=1e11".into(),
+        "--sample-tokens".into(),
+        "0".into(),
+    ]
+    .to_vec()
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn resume(run: &Path, extra: &[&str]) -> Output {
+    ok(bin().arg("train").arg("--resume").arg(run).args(["--sample-tokens", "0", "--set", "log.progress=false"]).args(extra))
+}
+
+/// Every model tensor of the latest checkpoint, whole.
+fn params(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = checkpoint::open(run).unwrap();
+    let mut names: Vec<String> = ck.tensor_names().into_iter().filter(|n| !n.starts_with("optim.")).collect();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), ck.read(&n).unwrap())).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("data");
+    (t, d)
+}
+
+#[test]
+fn checkpoints_move_between_layouts() {
+    let (t, data) = setup();
+    let x = t.path().join("x");
+    ok(bin().args(base(&data, 20)).args(["--workers", "4", "--set", "parallel.zero=3", "--out"]).arg(&x));
+    let manifest = std::fs::read_to_string(x.join("checkpoints/step-00000020/manifest.json")).unwrap();
+    assert!(manifest.contains("model-rank00003.safetensors"), "each rank writes its own shard");
+    let y = t.path().join("y");
+    copy_dir(&x, &y);
+    // Original layout all the way to step 40.
+    resume(&x, &["--set", "train.steps=40"]);
+    // 4 x ZeRO-3 -> 2 x ZeRO-1 (to 30) -> 1 rank (to 40).
+    let out = resume(&y, &["--workers", "2", "--set", "parallel.zero=1", "--set", "train.steps=30"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("written by dp=4 zero=3, now dp=2 zero=1"), "{text}");
+    resume(&y, &["--workers", "1", "--set", "parallel.zero=0", "--set", "train.steps=40"]);
+    let (a, b) = (params(&x), params(&y));
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff: f64 = va.iter().zip(vb).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = va.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(diff <= 1e-5 * norm.max(1e-12), "{na}: relative difference {}", diff / norm);
+    }
+}
+
+#[test]
+fn a_failed_rank_ends_the_job_naming_it_and_the_run_resumes_on_other_ranks() {
+    let (t, data) = setup();
+    let run = t.path().join("run");
+    let start = Instant::now();
+    let out = bin()
+        .args(base(&data, 40))
+        .args(["--workers", "3", "--set", "parallel.zero=2", "--comm-timeout", "20", "--debug-fail", "2:15", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rank 2") && err.contains("step 15"), "{err}");
+    assert!(start.elapsed().as_secs() < 20, "the job must end well within the timeout, took {:?}", start.elapsed());
+    // The checkpoint of step 10 survived and is loadable; resume on 2 ranks to the end.
+    assert_eq!(checkpoint::open(&run).unwrap().step(), 10);
+    resume(&run, &["--workers", "2", "--set", "train.batch_size=6"]);
+    assert_eq!(checkpoint::open(&run).unwrap().step(), 40);
+}
+
+#[test]
+fn workers_must_agree_with_the_config() {
+    let (t, data) = setup();
+    let out = bin().args(base(&data, 5)).args(["--workers", "0", "--out"]).arg(t.path().join("r")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers"));
+    let out = bin()
+        .args(base(&data, 5))
+        .args(["--set", "train.global_batch=5", "--workers", "2", "--out"])
+        .arg(t.path().join("r2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // global = micro x accumulation x dp: the error names the three numbers.
+    assert!(err.contains("global_batch") && err.contains('4') && err.contains('2'), "{err}");
+}
