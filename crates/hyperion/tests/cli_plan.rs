@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn hyperion(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperion")).args(args).output().expect("the hyperion binary runs")
+    Command::new(env!("CARGO_BIN_EXE_hyperion"))
+        .args(args)
+        .output()
+        .expect("the hyperion binary runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -14,11 +17,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const RUNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../planner/data/published_runs.csv");
+const RUNS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../planner/data/published_runs.csv"
+);
 
 #[test]
 fn plan_json_for_gpt3_on_azure_2020() {
-    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--tokens", "300B", "--json"]);
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt3-175b",
+        "--cluster",
+        "azure-openai-2020",
+        "--tokens",
+        "300B",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["gpus"], 10000);
@@ -46,10 +61,31 @@ fn plan_json_for_gpt3_on_azure_2020() {
 
 #[test]
 fn plan_text_and_fixed_layout() {
-    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "selene", "--gpus", "1024", "--layout", "tp=8,pp=8,recompute=selective", "--top", "2"]);
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt3-175b",
+        "--cluster",
+        "selene",
+        "--gpus",
+        "1024",
+        "--layout",
+        "tp=8,pp=8,recompute=selective",
+        "--top",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    for want in ["best:", "tp=8,pp=8,", "recompute=selective", "memory/GPU", "MFU", "days", "runners-up", "lost on:"] {
+    for want in [
+        "best:",
+        "tp=8,pp=8,",
+        "recompute=selective",
+        "memory/GPU",
+        "MFU",
+        "days",
+        "runners-up",
+        "lost on:",
+    ] {
         assert!(out.contains(want), "missing `{want}` in\n{out}");
     }
 }
@@ -59,14 +95,51 @@ fn plan_errors_name_the_problem() {
     let o = hyperion(&["plan", "--model", "gpt-9", "--cluster", "selene"]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("unknown model `gpt-9`") && e.contains("llama3-405b") && e.contains("gpt3-175b"), "{e}");
+    assert!(
+        e.contains("unknown model `gpt-9`") && e.contains("llama3-405b") && e.contains("gpt3-175b"),
+        "{e}"
+    );
     let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "moon"]);
-    assert!(stderr(&o).contains("unknown cluster `moon`") && stderr(&o).contains("azure-openai-2020"));
-    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "selene", "--layout", "tp=8,zero=5"]);
-    assert!(stderr(&o).contains("bad layout") && stderr(&o).contains("zero"), "{}", stderr(&o));
-    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "selene", "--layout", "tp=5"]);
-    assert!(stderr(&o).contains("tp=5 does not divide 12 attention heads"), "{}", stderr(&o));
-    let o = hyperion(&["plan", "--model", "gpt2", "--cluster", "selene", "--tokens", "lots"]);
+    assert!(
+        stderr(&o).contains("unknown cluster `moon`") && stderr(&o).contains("azure-openai-2020")
+    );
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt2",
+        "--cluster",
+        "selene",
+        "--layout",
+        "tp=8,zero=5",
+    ]);
+    assert!(
+        stderr(&o).contains("bad layout") && stderr(&o).contains("zero"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt2",
+        "--cluster",
+        "selene",
+        "--layout",
+        "tp=5",
+    ]);
+    assert!(
+        stderr(&o).contains("tp=5 does not divide 12 attention heads"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt2",
+        "--cluster",
+        "selene",
+        "--tokens",
+        "lots",
+    ]);
     assert!(stderr(&o).contains("--tokens `lots`"), "{}", stderr(&o));
     let o = hyperion(&["plan"]);
     assert!(!o.status.success() && stderr(&o).contains("--model"));
@@ -76,7 +149,10 @@ fn plan_errors_name_the_problem() {
 fn validate_shipped_runs_json() {
     let o = hyperion(&["plan", "validate", RUNS, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let (summary, rows) = lines.split_last().unwrap();
     let s = &summary["summary"];
     assert_eq!(s["rows"].as_u64().unwrap() as usize, rows.len());
@@ -90,7 +166,10 @@ fn validate_shipped_runs_json() {
     for r in rows {
         assert!(r["id"].is_string());
         if let Some(e) = r.get("error_pct") {
-            let (p, q) = (r["predicted"].as_f64().unwrap(), r["published"].as_f64().unwrap());
+            let (p, q) = (
+                r["predicted"].as_f64().unwrap(),
+                r["published"].as_f64().unwrap(),
+            );
             assert!((e.as_f64().unwrap() - 100.0 * (p - q) / q).abs() < 1e-9);
             assert!(r["metric"].is_string());
         } else {
@@ -106,14 +185,27 @@ fn validate_text_and_bad_files() {
     let o = hyperion(&["plan", "validate", RUNS]);
     assert!(o.status.success());
     let out = stdout(&o);
-    assert!(out.contains("median |error|") && out.contains("p90 |error|") && out.contains("skipped:") && out.contains("K22-T5-02a"));
+    assert!(
+        out.contains("median |error|")
+            && out.contains("p90 |error|")
+            && out.contains("skipped:")
+            && out.contains("K22-T5-02a")
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "id,model_name\nx,y\n").unwrap();
     let o = hyperion(&["plan", "validate", bad.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("bad.csv: missing column `layers`"), "{}", stderr(&o));
-    let o = hyperion(&["plan", "validate", dir.path().join("none.csv").to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("bad.csv: missing column `layers`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hyperion(&[
+        "plan",
+        "validate",
+        dir.path().join("none.csv").to_str().unwrap(),
+    ]);
     assert!(stderr(&o).contains("none.csv"));
 }
 
@@ -121,7 +213,17 @@ fn validate_text_and_bad_files() {
 fn png_memory_chart() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("mem.png");
-    let o = hyperion(&["plan", "--model", "llama3-70b", "--cluster", "dgx-h100-superpod", "--png", png.to_str().unwrap(), "--top", "3"]);
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "llama3-70b",
+        "--cluster",
+        "dgx-h100-superpod",
+        "--png",
+        png.to_str().unwrap(),
+        "--top",
+        "3",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");

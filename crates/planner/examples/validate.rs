@@ -2,12 +2,18 @@
 //! `cargo run -p hyperion-planner --example validate [FILE.csv]`
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/data/published_runs.csv").to_string());
+    let path = std::env::args().nth(1).unwrap_or_else(|| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/data/published_runs.csv").to_string()
+    });
     let text = std::fs::read_to_string(&path)?;
     // CAL="dp_overlap=0.5,net_eff=0.7" overrides calibration constants (exploration only).
     let mut cal = planner::Calibration::default();
     let mut v = serde_json::to_value(cal)?;
-    for kv in std::env::var("CAL").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+    for kv in std::env::var("CAL")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
         let (k, x) = kv.split_once('=').ok_or("CAL wants k=v")?;
         v[k] = serde_json::json!(x.parse::<f64>()?);
     }
@@ -17,7 +23,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match (&r.skipped, r.predicted, r.published, r.error_pct) {
             (Some(why), ..) => println!("{:<14} skipped: {why}", r.id),
             (None, Some(p), Some(q), Some(e)) => {
-                println!("{:<14} {:<12.12} {:>9.1} {:>9.1} {:>+6.1}%  {}", r.id, r.metric.as_deref().unwrap_or(""), p, q, e, r.layout.as_deref().unwrap_or(""));
+                println!(
+                    "{:<14} {:<12.12} {:>9.1} {:>9.1} {:>+6.1}%  {}",
+                    r.id,
+                    r.metric.as_deref().unwrap_or(""),
+                    p,
+                    q,
+                    e,
+                    r.layout.as_deref().unwrap_or("")
+                );
                 if std::env::var("DETAIL").is_ok() {
                     if let Some(d) = &r.detail {
                         let st = &d.step;

@@ -33,7 +33,13 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Vec<String>>, PlanError> {
                 quoted = true;
                 start_line = line;
             }
-            '"' => return Err(PlanError::Csv { file: file.to_string(), line, reason: "quote inside an unquoted field".to_string() }),
+            '"' => {
+                return Err(PlanError::Csv {
+                    file: file.to_string(),
+                    line,
+                    reason: "quote inside an unquoted field".to_string(),
+                })
+            }
             ',' => row.push(std::mem::take(&mut field)),
             '\r' => {}
             '\n' => {
@@ -48,7 +54,11 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Vec<String>>, PlanError> {
         }
     }
     if quoted {
-        return Err(PlanError::Csv { file: file.to_string(), line: start_line, reason: "unterminated quoted field".to_string() });
+        return Err(PlanError::Csv {
+            file: file.to_string(),
+            line: start_line,
+            reason: "unterminated quoted field".to_string(),
+        });
     }
     if !field.is_empty() || !row.is_empty() {
         row.push(field);
@@ -64,8 +74,14 @@ mod tests {
     #[test]
     fn quotes_commas_and_newlines() {
         let rows = parse("a,b,c\n1,\"x, \"\"y\"\"\nz\",3\n", "t.csv").unwrap();
-        assert_eq!(rows, vec![vec!["a", "b", "c"], vec!["1", "x, \"y\"\nz", "3"]]);
+        assert_eq!(
+            rows,
+            vec![vec!["a", "b", "c"], vec!["1", "x, \"y\"\nz", "3"]]
+        );
         let e = parse("a,b\n1,\"open\n", "t.csv").unwrap_err().to_string();
-        assert!(e.contains("t.csv: line 2") && e.contains("unterminated"), "{e}");
+        assert!(
+            e.contains("t.csv: line 2") && e.contains("unterminated"),
+            "{e}"
+        );
     }
 }

@@ -69,26 +69,45 @@ pub fn check_layout(job: &Job, l: &Layout) -> Result<(), PlanError> {
     let bad = |reason: String| Err(PlanError::InvalidLayout { reason });
     let m = &job.model;
     if l.gpus() > job.gpus {
-        return Err(PlanError::DegreeMismatch { tp: l.tp, pp: l.pp, dp: l.dp, product: l.gpus(), gpus: job.gpus });
+        return Err(PlanError::DegreeMismatch {
+            tp: l.tp,
+            pp: l.pp,
+            dp: l.dp,
+            product: l.gpus(),
+            gpus: job.gpus,
+        });
     }
     if m.heads % l.tp != 0 {
-        return bad(format!("tp={} does not divide {} attention heads", l.tp, m.heads));
+        return bad(format!(
+            "tp={} does not divide {} attention heads",
+            l.tp, m.heads
+        ));
     }
     if l.pp > m.layers {
         return bad(format!("pp={} exceeds {} layers", l.pp, m.layers));
     }
     if job.global_batch % (l.dp * l.mb) != 0 {
-        return bad(format!("global batch {} is not a multiple of dp={} x mb={}", job.global_batch, l.dp, l.mb));
+        return bad(format!(
+            "global batch {} is not a multiple of dp={} x mb={}",
+            job.global_batch, l.dp, l.mb
+        ));
     }
     if l.interleave > 1 {
         if l.pp == 1 {
             return bad("interleaving needs pp > 1".to_string());
         }
         if l.pp * l.interleave > m.layers {
-            return bad(format!("{} layers do not split into pp={} x v={} chunks", m.layers, l.pp, l.interleave));
+            return bad(format!(
+                "{} layers do not split into pp={} x v={} chunks",
+                m.layers, l.pp, l.interleave
+            ));
         }
         if l.micro_batches(job.global_batch) % l.pp != 0 {
-            return bad(format!("interleaving needs micro-batches ({}) to be a multiple of pp={}", l.micro_batches(job.global_batch), l.pp));
+            return bad(format!(
+                "interleaving needs micro-batches ({}) to be a multiple of pp={}",
+                l.micro_batches(job.global_batch),
+                l.pp
+            ));
         }
     }
     Ok(())
@@ -118,6 +137,10 @@ pub fn estimate(job: &Job, l: &Layout, cal: &Calibration) -> Estimate {
         eq3_tflops_per_gpu: eq3 / (n * 1e12) / (b * s / tokens_per_s),
         mfu_pct: 100.0 * per_gpu / job.peak(),
         tokens_per_s,
-        days: if tokens_per_s > 0.0 { job.tokens / tokens_per_s / 86_400.0 } else { f64::INFINITY },
+        days: if tokens_per_s > 0.0 {
+            job.tokens / tokens_per_s / 86_400.0
+        } else {
+            f64::INFINITY
+        },
     }
 }

@@ -42,7 +42,8 @@ pub fn iteration_flops(m: &ModelSpec, batch: f64, s: f64, conv: FlopConvention) 
         FlopConvention::Model => 3.0 * (blocks + logits),
         FlopConvention::WithRecompute => 4.0 * blocks + 3.0 * logits,
         FlopConvention::Palm => {
-            let per_token = 6.0 * m.non_embedding_params() + 12.0 * m.layers as f64 * m.hidden as f64 * s;
+            let per_token =
+                6.0 * m.non_embedding_params() + 12.0 * m.layers as f64 * m.hidden as f64 * s;
             batch * s * per_token
         }
     }
@@ -51,7 +52,13 @@ pub fn iteration_flops(m: &ModelSpec, batch: f64, s: f64, conv: FlopConvention) 
 /// Days to train `tokens` at `flops_per_gpu` achieved FLOP/s on `gpus` GPUs, with the
 /// FLOPs per token of the convention (Megatron 2021 §5.1: `8 T P / (n X)` with
 /// recompute, `6 T P / (n X)` without).
-pub fn days_to_train(m: &ModelSpec, tokens: f64, gpus: f64, flops_per_gpu: f64, conv: FlopConvention) -> f64 {
+pub fn days_to_train(
+    m: &ModelSpec,
+    tokens: f64,
+    gpus: f64,
+    flops_per_gpu: f64,
+    conv: FlopConvention,
+) -> f64 {
     let per_token = iteration_flops(m, 1.0, m.seq as f64, conv) / m.seq as f64;
     tokens * per_token / (gpus * flops_per_gpu) / 86_400.0
 }

@@ -86,22 +86,102 @@ pub struct Link {
 
 /// The link catalog.
 pub const LINKS: &[Link] = &[
-    Link { name: "nvlink2", bw_per_dir: 150.0 * GB, latency: 5e-6, source: "V100 NVLink 2.0: 6 links x 25 GB/s per direction = 300 GB/s bidirectional" },
-    Link { name: "nvswitch2", bw_per_dir: 150.0 * GB, latency: 5e-6, source: "DGX-2 NVSwitch: 300 GB/s bidirectional per GPU" },
-    Link { name: "nvlink3", bw_per_dir: 300.0 * GB, latency: 5e-6, source: "A100 NVLink 3.0: 12 links, 600 GB/s bidirectional" },
-    Link { name: "nvlink4", bw_per_dir: 450.0 * GB, latency: 5e-6, source: "H100 NVLink 4.0: 18 links, 900 GB/s bidirectional" },
-    Link { name: "nvlink5", bw_per_dir: 900.0 * GB, latency: 5e-6, source: "B200 NVLink 5.0: 1.8 TB/s bidirectional" },
-    Link { name: "pcie3", bw_per_dir: 16.0 * GB, latency: 10e-6, source: "PCIe 3.0 x16: ~16 GB/s per direction" },
-    Link { name: "pcie4", bw_per_dir: 32.0 * GB, latency: 10e-6, source: "PCIe 4.0 x16: ~32 GB/s per direction" },
-    Link { name: "pcie5", bw_per_dir: 64.0 * GB, latency: 10e-6, source: "PCIe 5.0 x16: ~64 GB/s per direction" },
-    Link { name: "ib-edr", bw_per_dir: 12.5 * GB, latency: 8e-6, source: "InfiniBand EDR 100 Gb/s" },
-    Link { name: "ib-hdr", bw_per_dir: 25.0 * GB, latency: 8e-6, source: "InfiniBand HDR 200 Gb/s" },
-    Link { name: "ib-ndr", bw_per_dir: 50.0 * GB, latency: 8e-6, source: "InfiniBand NDR 400 Gb/s" },
-    Link { name: "roce-100", bw_per_dir: 12.5 * GB, latency: 10e-6, source: "RoCE v2, 100 GbE" },
-    Link { name: "roce-200", bw_per_dir: 25.0 * GB, latency: 10e-6, source: "RoCE v2, 200 GbE" },
-    Link { name: "roce-400", bw_per_dir: 50.0 * GB, latency: 10e-6, source: "RoCE v2, 400 GbE (e.g. Meta's Llama 3 RoCE fabric)" },
-    Link { name: "omnipath-100", bw_per_dir: 12.5 * GB, latency: 8e-6, source: "Intel Omni-Path 100 Gb/s" },
-    Link { name: "shm", bw_per_dir: 10.0 * GB, latency: 2e-6, source: "shared memory between threads of one CPU (assumed)" },
+    Link {
+        name: "nvlink2",
+        bw_per_dir: 150.0 * GB,
+        latency: 5e-6,
+        source: "V100 NVLink 2.0: 6 links x 25 GB/s per direction = 300 GB/s bidirectional",
+    },
+    Link {
+        name: "nvswitch2",
+        bw_per_dir: 150.0 * GB,
+        latency: 5e-6,
+        source: "DGX-2 NVSwitch: 300 GB/s bidirectional per GPU",
+    },
+    Link {
+        name: "nvlink3",
+        bw_per_dir: 300.0 * GB,
+        latency: 5e-6,
+        source: "A100 NVLink 3.0: 12 links, 600 GB/s bidirectional",
+    },
+    Link {
+        name: "nvlink4",
+        bw_per_dir: 450.0 * GB,
+        latency: 5e-6,
+        source: "H100 NVLink 4.0: 18 links, 900 GB/s bidirectional",
+    },
+    Link {
+        name: "nvlink5",
+        bw_per_dir: 900.0 * GB,
+        latency: 5e-6,
+        source: "B200 NVLink 5.0: 1.8 TB/s bidirectional",
+    },
+    Link {
+        name: "pcie3",
+        bw_per_dir: 16.0 * GB,
+        latency: 10e-6,
+        source: "PCIe 3.0 x16: ~16 GB/s per direction",
+    },
+    Link {
+        name: "pcie4",
+        bw_per_dir: 32.0 * GB,
+        latency: 10e-6,
+        source: "PCIe 4.0 x16: ~32 GB/s per direction",
+    },
+    Link {
+        name: "pcie5",
+        bw_per_dir: 64.0 * GB,
+        latency: 10e-6,
+        source: "PCIe 5.0 x16: ~64 GB/s per direction",
+    },
+    Link {
+        name: "ib-edr",
+        bw_per_dir: 12.5 * GB,
+        latency: 8e-6,
+        source: "InfiniBand EDR 100 Gb/s",
+    },
+    Link {
+        name: "ib-hdr",
+        bw_per_dir: 25.0 * GB,
+        latency: 8e-6,
+        source: "InfiniBand HDR 200 Gb/s",
+    },
+    Link {
+        name: "ib-ndr",
+        bw_per_dir: 50.0 * GB,
+        latency: 8e-6,
+        source: "InfiniBand NDR 400 Gb/s",
+    },
+    Link {
+        name: "roce-100",
+        bw_per_dir: 12.5 * GB,
+        latency: 10e-6,
+        source: "RoCE v2, 100 GbE",
+    },
+    Link {
+        name: "roce-200",
+        bw_per_dir: 25.0 * GB,
+        latency: 10e-6,
+        source: "RoCE v2, 200 GbE",
+    },
+    Link {
+        name: "roce-400",
+        bw_per_dir: 50.0 * GB,
+        latency: 10e-6,
+        source: "RoCE v2, 400 GbE (e.g. Meta's Llama 3 RoCE fabric)",
+    },
+    Link {
+        name: "omnipath-100",
+        bw_per_dir: 12.5 * GB,
+        latency: 8e-6,
+        source: "Intel Omni-Path 100 Gb/s",
+    },
+    Link {
+        name: "shm",
+        bw_per_dir: 10.0 * GB,
+        latency: 2e-6,
+        source: "shared memory between threads of one CPU (assumed)",
+    },
 ];
 
 /// A cluster: identical nodes of `gpus_per_node` GPUs on one network.
@@ -154,29 +234,37 @@ fn names<I: Iterator<Item = &'static str>>(it: I) -> String {
 
 /// Look up a GPU by catalog name.
 pub fn gpu(name: &str) -> Result<&'static Gpu, PlanError> {
-    GPUS.iter().find(|g| g.name.eq_ignore_ascii_case(name)).ok_or_else(|| PlanError::UnknownName {
-        kind: "gpu",
-        name: name.to_string(),
-        valid: names(GPUS.iter().map(|g| g.name)),
-    })
+    GPUS.iter()
+        .find(|g| g.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| PlanError::UnknownName {
+            kind: "gpu",
+            name: name.to_string(),
+            valid: names(GPUS.iter().map(|g| g.name)),
+        })
 }
 
 /// Look up a link by catalog name.
 pub fn link(name: &str) -> Result<&'static Link, PlanError> {
-    LINKS.iter().find(|l| l.name.eq_ignore_ascii_case(name)).ok_or_else(|| PlanError::UnknownName {
-        kind: "link",
-        name: name.to_string(),
-        valid: names(LINKS.iter().map(|l| l.name)),
-    })
+    LINKS
+        .iter()
+        .find(|l| l.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| PlanError::UnknownName {
+            kind: "link",
+            name: name.to_string(),
+            valid: names(LINKS.iter().map(|l| l.name)),
+        })
 }
 
 /// Look up a cluster by catalog name.
 pub fn cluster(name: &str) -> Result<&'static Cluster, PlanError> {
-    CLUSTERS.iter().find(|c| c.name.eq_ignore_ascii_case(name)).ok_or_else(|| PlanError::UnknownName {
-        kind: "cluster",
-        name: name.to_string(),
-        valid: names(CLUSTERS.iter().map(|c| c.name)),
-    })
+    CLUSTERS
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| PlanError::UnknownName {
+            kind: "cluster",
+            name: name.to_string(),
+            valid: names(CLUSTERS.iter().map(|c| c.name)),
+        })
 }
 
 /// A resolved machine: what the time model reads (a cluster with its parts looked up,
@@ -223,10 +311,17 @@ mod tests {
     fn every_cluster_resolves_and_unknown_names_list_valid_ones() {
         for c in CLUSTERS {
             let m = Machine::from_cluster(c).unwrap();
-            assert!(m.gpu.peak_bf16 > 0.0 && m.intra_bw > 0.0 && m.node_net_bw > 0.0, "{}", c.name);
+            assert!(
+                m.gpu.peak_bf16 > 0.0 && m.intra_bw > 0.0 && m.node_net_bw > 0.0,
+                "{}",
+                c.name
+            );
         }
         let err = cluster("nope").unwrap_err().to_string();
-        assert!(err.contains("azure-openai-2020") && err.contains("h100-10k"), "{err}");
+        assert!(
+            err.contains("azure-openai-2020") && err.contains("h100-10k"),
+            "{err}"
+        );
         // 400 Gb/s per server of 8 GPUs = 6.25 GB/s per GPU.
         let az = Machine::from_cluster(cluster("azure-openai-2020").unwrap()).unwrap();
         assert!((az.net_bw_per_gpu() - 6.25e9).abs() < 1.0);

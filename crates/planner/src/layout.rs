@@ -100,11 +100,22 @@ pub struct LayoutSpec {
 impl LayoutSpec {
     /// Parse `tp=8,pp=16,dp=...,zero=1,mb=1,recompute=selective,v=2,sp=1,flash=1,fp8=0`.
     pub fn parse(text: &str) -> Result<LayoutSpec, PlanError> {
-        let bad = |reason: String| PlanError::BadLayout { text: text.to_string(), reason };
+        let bad = |reason: String| PlanError::BadLayout {
+            text: text.to_string(),
+            reason,
+        };
         let mut spec = LayoutSpec::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, val) = part.split_once('=').ok_or_else(|| bad(format!("`{part}` is not key=value")))?;
-            let num = || val.trim().parse::<u64>().ok().filter(|&n| n >= 1).ok_or_else(|| bad(format!("`{key}` needs a positive integer, got `{val}`")));
+            let (key, val) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{part}` is not key=value")))?;
+            let num = || {
+                val.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad(format!("`{key}` needs a positive integer, got `{val}`")))
+            };
             let flag = || match val.trim() {
                 "1" | "true" | "yes" | "on" => Ok(true),
                 "0" | "false" | "no" | "off" => Ok(false),
@@ -146,8 +157,14 @@ mod tests {
     #[test]
     fn parses_and_rejects_layouts() {
         let s = LayoutSpec::parse("tp=8,pp=16,zero=1,mb=2,recompute=selective,v=3,sp=1").unwrap();
-        assert_eq!((s.tp, s.pp, s.dp, s.zero, s.mb), (Some(8), Some(16), None, Some(1), Some(2)));
-        assert_eq!((s.recompute, s.interleave, s.sp), (Some(Recompute::Selective), Some(3), Some(true)));
+        assert_eq!(
+            (s.tp, s.pp, s.dp, s.zero, s.mb),
+            (Some(8), Some(16), None, Some(1), Some(2))
+        );
+        assert_eq!(
+            (s.recompute, s.interleave, s.sp),
+            (Some(Recompute::Selective), Some(3), Some(true))
+        );
         for bad in ["tp=0", "zero=4", "recompute=half", "foo=1", "tp8"] {
             let e = LayoutSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");

@@ -21,6 +21,9 @@
 //! assert_eq!(r.best.layout.tp, 8);
 //! ```
 
+// `x % y == 0` instead of `is_multiple_of` (stable only since 1.87; MSRV is 1.80).
+#![allow(clippy::manual_is_multiple_of)]
+
 pub mod csv;
 pub mod error;
 pub mod estimate;

@@ -46,7 +46,15 @@ pub fn model_states(psi: f64, zero: u8, nd: u64) -> (f64, f64, f64) {
 /// The 24 of "24/t" is `4h + 4 kv_width + 16h` for GPT (Q,K,V and the
 /// attention-output input, plus GELU's two `4h` tensors); SwiGLU stores three `f`
 /// wide tensors instead of two.
-pub fn block_activation_bytes(m: &ModelSpec, b: f64, s: f64, t: f64, recompute: Recompute, sp: bool, flash: bool) -> f64 {
+pub fn block_activation_bytes(
+    m: &ModelSpec,
+    b: f64,
+    s: f64,
+    t: f64,
+    recompute: Recompute,
+    sp: bool,
+    flash: bool,
+) -> f64 {
     let h = m.hidden as f64;
     let sbh = s * b * h;
     if recompute == Recompute::Full {
@@ -58,7 +66,11 @@ pub fn block_activation_bytes(m: &ModelSpec, b: f64, s: f64, t: f64, recompute: 
     } * m.ffn as f64;
     let split = s * b * (4.0 * h + 4.0 * m.kv_width() + mlp) / t;
     let replicated = 10.0 * sbh / if sp { t } else { 1.0 };
-    let scores = if recompute == Recompute::None && !flash { 5.0 * m.heads as f64 * s * s * b / t } else { 0.0 };
+    let scores = if recompute == Recompute::None && !flash {
+        5.0 * m.heads as f64 * s * s * b / t
+    } else {
+        0.0
+    };
     replicated + split + scores
 }
 
@@ -87,7 +99,13 @@ pub fn layers_per_stage(m: &ModelSpec, pp: u64, v: u64) -> f64 {
 
 /// Memory of the worst stage of `layout` (`global_batch` sequences of length `s`).
 /// `act_scale` is bytes per activation element / 2 (1 for 16-bit, 2 for fp32).
-pub fn memory(m: &ModelSpec, layout: &Layout, global_batch: u64, s: f64, act_scale: f64) -> MemoryBreakdown {
+pub fn memory(
+    m: &ModelSpec,
+    layout: &Layout,
+    global_batch: u64,
+    s: f64,
+    act_scale: f64,
+) -> MemoryBreakdown {
     let t = layout.tp as f64;
     let p = layout.pp;
     let lps = layers_per_stage(m, p, layout.interleave);
@@ -96,15 +114,31 @@ pub fn memory(m: &ModelSpec, layout: &Layout, global_batch: u64, s: f64, act_sca
     let h = m.hidden as f64;
     let vh = m.vocab as f64 * h;
     // Megatron keeps a copy of a tied embedding on the last stage when pp > 1.
-    let head = if m.tied { if p > 1 { vh } else { 0.0 } } else { vh };
+    let head = if m.tied {
+        if p > 1 {
+            vh
+        } else {
+            0.0
+        }
+    } else {
+        vh
+    };
     let first_params = (lps * m.block_params() + m.embedding_params()) / t;
-    let last_params = if p == 1 { first_params + head / t } else { (lps * m.block_params() + head + m.head_params()) / t };
+    let last_params = if p == 1 {
+        first_params + head / t
+    } else {
+        (lps * m.block_params() + head + m.head_params()) / t
+    };
 
     // Activations. 1F1B: stage 1 holds min(p, m) micro-batches in flight, the last
     // stage one; interleaving multiplies by 1 + (p-1)/(p v) (2022 paper §4.2.3).
     let per_block = block_activation_bytes(m, mb, s, t, layout.recompute, layout.sp, layout.flash);
     let in_flight = (p as f64).min(micro);
-    let interleave = if layout.interleave > 1 && p > 1 { 1.0 + (p as f64 - 1.0) / (p as f64 * layout.interleave as f64) } else { 1.0 };
+    let interleave = if layout.interleave > 1 && p > 1 {
+        1.0 + (p as f64 - 1.0) / (p as f64 * layout.interleave as f64)
+    } else {
+        1.0
+    };
     // With full recompute one block's full activations live during its backward.
     let working = if layout.recompute == Recompute::Full {
         block_activation_bytes(m, mb, s, t, Recompute::None, layout.sp, layout.flash)
@@ -116,7 +150,8 @@ pub fn memory(m: &ModelSpec, layout: &Layout, global_batch: u64, s: f64, act_sca
     let emb_act = 3.0 * s * mb * h / if layout.sp { t } else { 1.0 };
     let logits = 8.0 * s * mb * m.vocab as f64 / t;
     let first_act = (per_block * lps * in_flight * interleave + working + emb_act) * act_scale;
-    let last_act = (per_block * lps + working + logits) * act_scale + if p == 1 { first_act } else { 0.0 };
+    let last_act =
+        (per_block * lps + working + logits) * act_scale + if p == 1 { first_act } else { 0.0 };
 
     let stage = |psi: f64, act: f64| {
         let (w, g, o) = model_states(psi, layout.zero, layout.dp);
@@ -181,30 +216,70 @@ mod tests {
         let sbh = s * b * h;
         let got = |r, sp, tt| block_activation_bytes(&m, b, s, tt, r, sp, false);
         let close = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-12;
-        assert!(close(got(Recompute::None, false, 1.0), sbh * (34.0 + 5.0 * a * s / h)));
-        assert!(close(got(Recompute::None, false, t), sbh * (10.0 + 24.0 / t + 5.0 * a * s / (h * t))));
-        assert!(close(got(Recompute::None, true, t), sbh * (34.0 / t + 5.0 * a * s / (h * t))));
-        assert!(close(got(Recompute::Selective, false, t), sbh * (10.0 + 24.0 / t)));
+        assert!(close(
+            got(Recompute::None, false, 1.0),
+            sbh * (34.0 + 5.0 * a * s / h)
+        ));
+        assert!(close(
+            got(Recompute::None, false, t),
+            sbh * (10.0 + 24.0 / t + 5.0 * a * s / (h * t))
+        ));
+        assert!(close(
+            got(Recompute::None, true, t),
+            sbh * (34.0 / t + 5.0 * a * s / (h * t))
+        ));
+        assert!(close(
+            got(Recompute::Selective, false, t),
+            sbh * (10.0 + 24.0 / t)
+        ));
         assert!(close(got(Recompute::Selective, true, t), sbh * 34.0 / t));
         assert!(close(got(Recompute::Full, false, t), 2.0 * sbh));
         // The paper's headline: selective + SP cuts 175B activations ~5x vs TP alone.
         let ratio = got(Recompute::None, false, t) / got(Recompute::Selective, true, t);
         assert!(ratio > 4.5 && ratio < 6.5, "{ratio}");
         // Fused attention stores no s^2 scores.
-        assert!(close(block_activation_bytes(&m, b, s, t, Recompute::None, true, true), sbh * 34.0 / t));
+        assert!(close(
+            block_activation_bytes(&m, b, s, t, Recompute::None, true, true),
+            sbh * 34.0 / t
+        ));
     }
 
     #[test]
     fn pipeline_stage_holds_p_micro_batches_and_interleave_adds() {
         let m = model("gpt3-175b").unwrap();
-        let base = Layout { tp: 8, pp: 8, dp: 1, zero: 0, mb: 1, recompute: Recompute::Selective, interleave: 1, sp: true, flash: false, fp8: false, tp_overlap: false };
+        let base = Layout {
+            tp: 8,
+            pp: 8,
+            dp: 1,
+            zero: 0,
+            mb: 1,
+            recompute: Recompute::Selective,
+            interleave: 1,
+            sp: true,
+            flash: false,
+            fp8: false,
+            tp_overlap: false,
+        };
         let one = memory(&m, &base, 64, 2048.0, 1.0);
         // 12 layers x 8 micro-batches = all 96 layers' activations on stage 1.
         let per = block_activation_bytes(&m, 1.0, 2048.0, 8.0, Recompute::Selective, true, false);
         assert!((one.activations - 96.0 * per) / one.activations < 0.01);
-        let il = memory(&m, &Layout { interleave: 3, ..base }, 64, 2048.0, 1.0);
+        let il = memory(
+            &m,
+            &Layout {
+                interleave: 3,
+                ..base
+            },
+            64,
+            2048.0,
+            1.0,
+        );
         let want = 1.0 + 7.0 / 24.0;
-        assert!(((il.activations / one.activations) - want).abs() < 0.01, "{}", il.activations / one.activations);
+        assert!(
+            ((il.activations / one.activations) - want).abs() < 0.01,
+            "{}",
+            il.activations / one.activations
+        );
         assert!(one.total < 80e9 && one.total > one.weights + one.optimizer);
     }
 }

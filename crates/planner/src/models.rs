@@ -48,7 +48,15 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// A GPT-2/3 style model (`f = 4h`, GELU, LayerNorm, biases, learned positions, tied).
-    pub fn gpt(name: &str, layers: u64, hidden: u64, heads: u64, vocab: u64, seq: u64, source: &str) -> ModelSpec {
+    pub fn gpt(
+        name: &str,
+        layers: u64,
+        hidden: u64,
+        heads: u64,
+        vocab: u64,
+        seq: u64,
+        source: &str,
+    ) -> ModelSpec {
         ModelSpec {
             name: name.to_string(),
             layers,
@@ -69,7 +77,17 @@ impl ModelSpec {
 
     /// A Llama style model (GQA, SwiGLU, RMSNorm, rotary, no biases, untied head).
     #[allow(clippy::too_many_arguments)]
-    pub fn llama(name: &str, layers: u64, hidden: u64, heads: u64, kv_heads: u64, ffn: u64, vocab: u64, seq: u64, source: &str) -> ModelSpec {
+    pub fn llama(
+        name: &str,
+        layers: u64,
+        hidden: u64,
+        heads: u64,
+        kv_heads: u64,
+        ffn: u64,
+        vocab: u64,
+        seq: u64,
+        source: &str,
+    ) -> ModelSpec {
         ModelSpec {
             name: name.to_string(),
             layers,
@@ -114,7 +132,11 @@ impl ModelSpec {
     /// All parameters of one block, biases and norms included.
     pub fn block_params(&self) -> f64 {
         let h = self.hidden as f64;
-        let bias = if self.bias { h + 2.0 * self.kv_width() + h + self.ffn as f64 + h } else { 0.0 };
+        let bias = if self.bias {
+            h + 2.0 * self.kv_width() + h + self.ffn as f64 + h
+        } else {
+            0.0
+        };
         let norms = match self.norm {
             Norm::LayerNorm => 4.0 * h,
             Norm::RmsNorm => 2.0 * h,
@@ -125,7 +147,11 @@ impl ModelSpec {
     /// Embedding parameters: tokens (and learned positions).
     pub fn embedding_params(&self) -> f64 {
         let h = self.hidden as f64;
-        let pos = if self.learned_pos { self.seq as f64 * h } else { 0.0 };
+        let pos = if self.learned_pos {
+            self.seq as f64 * h
+        } else {
+            0.0
+        };
         self.vocab as f64 * h + pos
     }
 
@@ -136,7 +162,11 @@ impl ModelSpec {
             Norm::LayerNorm => 2.0 * h,
             Norm::RmsNorm => h,
         };
-        norm + if self.tied { 0.0 } else { self.vocab as f64 * h }
+        norm + if self.tied {
+            0.0
+        } else {
+            self.vocab as f64 * h
+        }
     }
 
     /// Total parameters. For GPT shapes this is Megatron-LM 2021 eq. 2,
@@ -147,7 +177,13 @@ impl ModelSpec {
 
     /// Parameters outside the embeddings (PaLM's `N` in `6N + 12 L H Q T`).
     pub fn non_embedding_params(&self) -> f64 {
-        self.params() - self.embedding_params() - if self.tied { 0.0 } else { self.vocab as f64 * self.hidden as f64 }
+        self.params()
+            - self.embedding_params()
+            - if self.tied {
+                0.0
+            } else {
+                self.vocab as f64 * self.hidden as f64
+            }
     }
 }
 
@@ -195,7 +231,12 @@ pub fn catalog() -> Vec<ModelSpec> {
         ModelSpec::llama("llama3-405b", 126, 16384, 128, 8, 53248, 128256, 8192, "Llama 3 herd (Dubey et al. 2024) Table 3 / HF config"),
     ];
     // Short aliases for the README questions.
-    let mut alias = m.iter().find(|x| x.name == "gpt3-175b").cloned().into_iter().collect::<Vec<_>>();
+    let mut alias = m
+        .iter()
+        .find(|x| x.name == "gpt3-175b")
+        .cloned()
+        .into_iter()
+        .collect::<Vec<_>>();
     for a in alias.iter_mut() {
         a.name = "gpt3".to_string();
     }
@@ -207,11 +248,18 @@ pub fn catalog() -> Vec<ModelSpec> {
 pub fn model(name: &str) -> Result<ModelSpec, PlanError> {
     let key = normalize(name);
     let all = catalog();
-    all.iter().find(|m| normalize(&m.name) == key).cloned().ok_or_else(|| PlanError::UnknownName {
-        kind: "model",
-        name: name.to_string(),
-        valid: all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
-    })
+    all.iter()
+        .find(|m| normalize(&m.name) == key)
+        .cloned()
+        .ok_or_else(|| PlanError::UnknownName {
+            kind: "model",
+            name: name.to_string(),
+            valid: all
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Lowercase, with spaces and underscores turned to `-`.
@@ -227,7 +275,13 @@ mod tests {
     fn megatron_eq2_parameter_counts_match_table_1() {
         // Table 1 prints 1.7, 7.5, 145.6, 529.6 and 1008.0 billion parameters (1.7 is
         // 1.65 rounded).
-        for (name, want) in [("megatron-1.7b", 1.7), ("megatron-7.5b", 7.5), ("megatron-145.6b", 145.6), ("megatron-529.6b", 529.6), ("megatron-1t", 1008.0)] {
+        for (name, want) in [
+            ("megatron-1.7b", 1.7),
+            ("megatron-7.5b", 7.5),
+            ("megatron-145.6b", 145.6),
+            ("megatron-529.6b", 529.6),
+            ("megatron-1t", 1008.0),
+        ] {
             let p = model(name).unwrap().params() / 1e9;
             assert!((p - want).abs() / want < 0.03, "{name}: {p}");
         }
@@ -236,17 +290,34 @@ mod tests {
         let (l, h, v, s) = (128.0, 25600.0, 51200.0, 2048.0);
         let eq2 = 12.0 * l * h * h * (1.0 + 13.0 / (12.0 * h) + (v + s) / (12.0 * l * h));
         // Equal up to the final LayerNorm (2h), which eq. 2 leaves out.
-        assert!((m.params() - eq2 - 2.0 * h).abs() < 1.0, "{} vs {eq2}", m.params());
+        assert!(
+            (m.params() - eq2 - 2.0 * h).abs() < 1.0,
+            "{} vs {eq2}",
+            m.params()
+        );
     }
 
     #[test]
     fn published_sizes_of_other_families() {
-        for (name, want) in [("gpt2", 0.124), ("gpt2-xl", 1.558), ("gpt3-175b", 174.6), ("llama2-7b", 6.74), ("llama2-70b", 68.98), ("llama3-8b", 8.03), ("llama3-70b", 70.55), ("llama3-405b", 405.8), ("bloom-176b", 176.2)] {
+        for (name, want) in [
+            ("gpt2", 0.124),
+            ("gpt2-xl", 1.558),
+            ("gpt3-175b", 174.6),
+            ("llama2-7b", 6.74),
+            ("llama2-70b", 68.98),
+            ("llama3-8b", 8.03),
+            ("llama3-70b", 70.55),
+            ("llama3-405b", 405.8),
+            ("bloom-176b", 176.2),
+        ] {
             let p = model(name).unwrap().params() / 1e9;
             assert!((p - want).abs() / want < 0.01, "{name}: {p} vs {want}");
         }
         assert!(model("GPT3_175B").is_ok());
         let e = model("gpt5").unwrap_err().to_string();
-        assert!(e.contains("llama3-405b") && e.contains("shakespeare-char"), "{e}");
+        assert!(
+            e.contains("llama3-405b") && e.contains("shakespeare-char"),
+            "{e}"
+        );
     }
 }

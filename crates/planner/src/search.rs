@@ -38,15 +38,24 @@ fn candidates(job: &Job, spec: &LayoutSpec) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     let m = &job.model;
     let tps: Vec<u64> = match spec.tp {
         Some(t) => vec![t],
-        None => (0..=6).map(|i| 1u64 << i).filter(|&t| t <= job.machine.gpus_per_node && m.heads % t == 0).collect(),
+        None => (0..=6)
+            .map(|i| 1u64 << i)
+            .filter(|&t| t <= job.machine.gpus_per_node && m.heads % t == 0)
+            .collect(),
     };
     let pps: Vec<u64> = match spec.pp {
         Some(p) => vec![p],
-        None => divisors(m.layers).into_iter().filter(|&p| p <= job.gpus).collect(),
+        None => divisors(m.layers)
+            .into_iter()
+            .filter(|&p| p <= job.gpus)
+            .collect(),
     };
     let dps: Vec<u64> = match spec.dp {
         Some(d) => vec![d],
-        None => divisors(job.global_batch).into_iter().filter(|&d| d <= job.gpus).collect(),
+        None => divisors(job.global_batch)
+            .into_iter()
+            .filter(|&d| d <= job.gpus)
+            .collect(),
     };
     (tps, pps, dps)
 }
@@ -55,7 +64,10 @@ fn candidates(job: &Job, spec: &LayoutSpec) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
 fn why_lost(best: &Estimate, e: &Estimate) -> String {
     let (a, b) = (&best.step, &e.step);
     let parts = [
-        ("compute", b.compute - b.recompute - (a.compute - a.recompute)),
+        (
+            "compute",
+            b.compute - b.recompute - (a.compute - a.recompute),
+        ),
         ("recompute", b.recompute - a.recompute),
         ("tensor-parallel communication", b.tp_comm - a.tp_comm),
         ("pipeline bubble", b.bubble - a.bubble),
@@ -63,10 +75,17 @@ fn why_lost(best: &Estimate, e: &Estimate) -> String {
         ("data-parallel communication", b.dp_comm - a.dp_comm),
         ("optimizer step", b.optimizer - a.optimizer),
     ];
-    let (name, dt) = parts.iter().cloned().fold(("compute", f64::MIN), |acc, x| if x.1 > acc.1 { x } else { acc });
+    let (name, dt) =
+        parts.iter().cloned().fold(
+            ("compute", f64::MIN),
+            |acc, x| if x.1 > acc.1 { x } else { acc },
+        );
     let mut why = format!("{name} +{:.2} s/step", dt.max(0.0));
     if e.gpus_used < best.gpus_used {
-        why.push_str(&format!(" (uses {} GPUs, best uses {})", e.gpus_used, best.gpus_used));
+        why.push_str(&format!(
+            " (uses {} GPUs, best uses {})",
+            e.gpus_used, best.gpus_used
+        ));
     }
     why
 }
@@ -74,29 +93,57 @@ fn why_lost(best: &Estimate, e: &Estimate) -> String {
 /// Reject fixed degrees that can never work, naming the rule.
 fn precheck(job: &Job, spec: &LayoutSpec) -> Result<(), PlanError> {
     let bad = |reason: String| Err(PlanError::InvalidLayout { reason });
-    let (tp, pp, dp) = (spec.tp.unwrap_or(1), spec.pp.unwrap_or(1), spec.dp.unwrap_or(1));
+    let (tp, pp, dp) = (
+        spec.tp.unwrap_or(1),
+        spec.pp.unwrap_or(1),
+        spec.dp.unwrap_or(1),
+    );
     if tp * pp * dp > job.gpus {
-        return Err(PlanError::DegreeMismatch { tp, pp, dp, product: tp * pp * dp, gpus: job.gpus });
+        return Err(PlanError::DegreeMismatch {
+            tp,
+            pp,
+            dp,
+            product: tp * pp * dp,
+            gpus: job.gpus,
+        });
     }
     if job.model.heads % tp != 0 {
-        return bad(format!("tp={tp} does not divide {} attention heads", job.model.heads));
+        return bad(format!(
+            "tp={tp} does not divide {} attention heads",
+            job.model.heads
+        ));
     }
     if pp > job.model.layers {
         return bad(format!("pp={pp} exceeds {} layers", job.model.layers));
     }
     if job.global_batch % (dp * spec.mb.unwrap_or(1)) != 0 {
-        return bad(format!("global batch {} is not a multiple of dp={dp} x mb={}", job.global_batch, spec.mb.unwrap_or(1)));
+        return bad(format!(
+            "global batch {} is not a multiple of dp={dp} x mb={}",
+            job.global_batch,
+            spec.mb.unwrap_or(1)
+        ));
     }
     Ok(())
 }
 
 /// Search all layouts allowed by `spec`; return the fastest that fits and up to
 /// `keep` runners-up.
-pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> Result<SearchResult, PlanError> {
+pub fn search(
+    job: &Job,
+    spec: &LayoutSpec,
+    cal: &Calibration,
+    keep: usize,
+) -> Result<SearchResult, PlanError> {
     precheck(job, spec)?;
     let (tps, pps, dps) = candidates(job, spec);
-    let zeros: Vec<u8> = spec.zero.map(|z| vec![z]).unwrap_or_else(|| spec.zero_choices.unwrap_or(&[0, 1, 2, 3]).to_vec());
-    let recomputes: Vec<Recompute> = spec.recompute.map(|r| vec![r]).unwrap_or_else(|| spec.recompute_choices.unwrap_or(&Recompute::ALL).to_vec());
+    let zeros: Vec<u8> = spec
+        .zero
+        .map(|z| vec![z])
+        .unwrap_or_else(|| spec.zero_choices.unwrap_or(&[0, 1, 2, 3]).to_vec());
+    let recomputes: Vec<Recompute> = spec
+        .recompute
+        .map(|r| vec![r])
+        .unwrap_or_else(|| spec.recompute_choices.unwrap_or(&Recompute::ALL).to_vec());
     let mut first_reason: Option<PlanError> = None;
     let mut all: Vec<Estimate> = Vec::new();
     let mut too_big: Vec<Estimate> = Vec::new();
@@ -121,7 +168,9 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
                     let micro = per_dp / mb;
                     let vs: Vec<u64> = match spec.interleave {
                         Some(v) => vec![v],
-                        None if pp > 1 && micro % pp == 0 => (1..=8).filter(|v| *v == 1 || pp * v <= job.model.layers).collect(),
+                        None if pp > 1 && micro % pp == 0 => (1..=8)
+                            .filter(|v| *v == 1 || pp * v <= job.model.layers)
+                            .collect(),
                         None => vec![1],
                     };
                     for &v in &vs {
@@ -153,7 +202,11 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
                                 } else {
                                     &mut shape_big
                                 };
-                                if slot.as_ref().is_none_or(|b| e.tokens_per_s > b.tokens_per_s) {
+                                let better = match slot {
+                                    Some(b) => e.tokens_per_s > b.tokens_per_s,
+                                    None => true,
+                                };
+                                if better {
                                     *slot = Some(e);
                                 }
                             }
@@ -169,21 +222,46 @@ pub fn search(job: &Job, spec: &LayoutSpec, cal: &Calibration, keep: usize) -> R
     all.sort_by(by_speed);
     too_big.sort_by(by_speed);
     if evaluated == 0 {
-        return Err(first_reason.unwrap_or(PlanError::InvalidLayout { reason: "no layout satisfies the constraints".to_string() }));
+        return Err(first_reason.unwrap_or(PlanError::InvalidLayout {
+            reason: "no layout satisfies the constraints".to_string(),
+        }));
     }
     let mut it = all.into_iter();
     let best = it.next().ok_or_else(|| PlanError::NothingFits {
         model: job.model.name.clone(),
         gpus: job.gpus,
         mem_gb: mem_cap / 1e9,
-        best_gb: if smallest.is_finite() { smallest / 1e9 } else { 0.0 },
+        best_gb: if smallest.is_finite() {
+            smallest / 1e9
+        } else {
+            0.0
+        },
     })?;
-    let runners_up = it.take(keep).map(|e| RunnerUp { why: why_lost(&best, &e), estimate: e }).collect();
+    let runners_up = it
+        .take(keep)
+        .map(|e| RunnerUp {
+            why: why_lost(&best, &e),
+            estimate: e,
+        })
+        .collect();
     let too_big = too_big
         .into_iter()
         .filter(|e| e.tokens_per_s > best.tokens_per_s)
         .take(3)
-        .map(|e| RunnerUp { why: format!("memory: needs {:.1} GB > {:.0} GB per GPU", e.memory.total / 1e9, mem_cap / 1e9), estimate: e })
+        .map(|e| RunnerUp {
+            why: format!(
+                "memory: needs {:.1} GB > {:.0} GB per GPU",
+                e.memory.total / 1e9,
+                mem_cap / 1e9
+            ),
+            estimate: e,
+        })
         .collect();
-    Ok(SearchResult { best, runners_up, too_big, evaluated, fit })
+    Ok(SearchResult {
+        best,
+        runners_up,
+        too_big,
+        evaluated,
+        fit,
+    })
 }

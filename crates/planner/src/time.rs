@@ -99,26 +99,51 @@ pub fn gemm_time(mm: &Machine, cal: &Calibration, m: f64, n: f64, k: f64, dtype:
 
 /// Forward, backward, the two directions of a linear layer: `y (M x N) = x (M x K) W`.
 /// Backward = dX (M x K, inner N) + dW (K x N, inner M).
-fn linear_times(mm: &Machine, cal: &Calibration, m: f64, k: f64, n: f64, dtype: Dtype) -> (f64, f64) {
+fn linear_times(
+    mm: &Machine,
+    cal: &Calibration,
+    m: f64,
+    k: f64,
+    n: f64,
+    dtype: Dtype,
+) -> (f64, f64) {
     let f = gemm_time(mm, cal, m, n, k, dtype);
     let b = gemm_time(mm, cal, m, k, n, dtype) + gemm_time(mm, cal, k, n, m, dtype);
     (f, b)
 }
 
 /// Per-block times for one micro-batch: (forward, backward, attention-core forward).
-fn block_times(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, s: f64, act_scale: f64) -> (f64, f64, f64) {
+fn block_times(
+    m: &ModelSpec,
+    mm: &Machine,
+    cal: &Calibration,
+    l: &Layout,
+    s: f64,
+    act_scale: f64,
+) -> (f64, f64, f64) {
     let t = l.tp as f64;
     let rows = l.mb as f64 * s;
     let h = m.hidden as f64;
     let f = m.ffn as f64;
-    let lin_dtype = if l.fp8 { Dtype::Fp8 } else if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 };
+    let lin_dtype = if l.fp8 {
+        Dtype::Fp8
+    } else if act_scale > 1.0 {
+        Dtype::Fp32
+    } else {
+        Dtype::Bf16
+    };
     let up = match m.mlp {
         Mlp::Gelu => f,
         Mlp::SwiGlu => 2.0 * f,
     };
     let mut fwd = 0.0;
     let mut bwd = 0.0;
-    for (k, n) in [(h, (h + 2.0 * m.kv_width()) / t), (h / t, h), (h, up / t), (f / t, h)] {
+    for (k, n) in [
+        (h, (h + 2.0 * m.kv_width()) / t),
+        (h / t, h),
+        (h, up / t),
+        (f / t, h),
+    ] {
         let (a, b) = linear_times(mm, cal, rows, k, n, lin_dtype);
         fwd += a;
         bwd += b;
@@ -127,7 +152,11 @@ fn block_times(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, s: f6
     let heads = (m.heads as f64 / t).max(1.0);
     let d = m.head_dim();
     let batch = l.mb as f64 * heads;
-    let attn_dtype = if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 };
+    let attn_dtype = if act_scale > 1.0 {
+        Dtype::Fp32
+    } else {
+        Dtype::Bf16
+    };
     let attn_fwd = if l.flash {
         4.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel)
     } else {
@@ -137,13 +166,26 @@ fn block_times(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, s: f6
     let attn_bwd = attn_fwd * if l.flash { 2.5 } else { 2.0 };
     // Memory-bound element-wise work scales with what the block stores (no recompute).
     // (The s^2 score tensors are counted apart: they move at `score_passes`.)
-    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::Selective, l.sp, l.flash) * act_scale;
-    let passes = if l.flash { cal.fused_elementwise_passes } else { cal.elementwise_passes };
-    let score_bytes = if l.flash { 0.0 } else { 5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale };
+    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::Selective, l.sp, l.flash)
+        * act_scale;
+    let passes = if l.flash {
+        cal.fused_elementwise_passes
+    } else {
+        cal.elementwise_passes
+    };
+    let score_bytes = if l.flash {
+        0.0
+    } else {
+        5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale
+    };
     let scores = cal.score_passes * score_bytes / (mm.gpu.mem_bw * cal.mem_eff);
     let elem = passes * act / (mm.gpu.mem_bw * cal.mem_eff) + scores;
     // One third of element-wise traffic in forward, two thirds in backward.
-    (fwd + attn_fwd + elem / 3.0, bwd + attn_bwd + 2.0 * elem / 3.0, attn_fwd + scores / 3.0)
+    (
+        fwd + attn_fwd + elem / 3.0,
+        bwd + attn_bwd + 2.0 * elem / 3.0,
+        attn_fwd + scores / 3.0,
+    )
 }
 
 /// Ring all-reduce of `bytes` over `n` ranks: `2 (n-1)/n bytes / bw + 2 (n-1) alpha`;
@@ -169,7 +211,15 @@ pub fn gather_time(bytes: f64, n: u64, bw: f64, alpha: f64) -> f64 {
 }
 
 /// Step time of `layout` for `global_batch` sequences of length `s`.
-pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, global_batch: u64, s: f64, act_scale: f64) -> StepTime {
+pub fn step_time(
+    m: &ModelSpec,
+    mm: &Machine,
+    cal: &Calibration,
+    l: &Layout,
+    global_batch: u64,
+    s: f64,
+    act_scale: f64,
+) -> StepTime {
     let t = l.tp as f64;
     let p = l.pp;
     let micro = l.micro_batches(global_batch).max(1) as f64;
@@ -178,7 +228,13 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
     let (bf, bb, battn) = block_times(m, mm, cal, l, s, act_scale);
     let rec_per_block = match l.recompute {
         Recompute::None => 0.0,
-        Recompute::Selective => if l.flash { 0.0 } else { battn },
+        Recompute::Selective => {
+            if l.flash {
+                0.0
+            } else {
+                battn
+            }
+        }
         Recompute::Full => bf,
     };
 
@@ -192,11 +248,33 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
     };
     let act_bytes = 2.0 * act_scale * l.mb as f64 * s * h;
     let ar = allreduce_time(act_bytes, l.tp, tp_bw, tp_alpha);
-    let n_ar = 4.0 + if l.recompute == Recompute::Full { 2.0 } else { 0.0 };
-    let tp_block = n_ar * ar * if l.tp_overlap { 1.0 - cal.tp_overlap } else { 1.0 };
+    let n_ar = 4.0
+        + if l.recompute == Recompute::Full {
+            2.0
+        } else {
+            0.0
+        };
+    let tp_block = n_ar
+        * ar
+        * if l.tp_overlap {
+            1.0 - cal.tp_overlap
+        } else {
+            1.0
+        };
 
     // Logits + loss on the last stage (vocab-parallel): 2 b s h V / t forward.
-    let (lf, lb) = linear_times(mm, cal, l.mb as f64 * s, h, m.vocab as f64 / t, if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 });
+    let (lf, lb) = linear_times(
+        mm,
+        cal,
+        l.mb as f64 * s,
+        h,
+        m.vocab as f64 / t,
+        if act_scale > 1.0 {
+            Dtype::Fp32
+        } else {
+            Dtype::Bf16
+        },
+    );
     // Softmax cross-entropy over the vocabulary is memory-bound: fp32 logits are
     // written, read for the max/sum, and the gradient written and read (4 passes).
     let ce = 4.0 * 4.0 * l.mb as f64 * s * m.vocab as f64 / t / (mm.gpu.mem_bw * cal.mem_eff);
@@ -208,31 +286,69 @@ pub fn step_time(m: &ModelSpec, mm: &Machine, cal: &Calibration, l: &Layout, glo
 
     // PP: a (b, s, h) activation forward and its gradient backward per micro-batch
     // per chunk boundary; scatter/gather splits it over the TP group (2021 §4.1).
-    let v = if p > 1 { l.interleave.max(1) as f64 } else { 1.0 };
+    let v = if p > 1 {
+        l.interleave.max(1) as f64
+    } else {
+        1.0
+    };
     let pp_cross_node = l.tp * p > mm.gpus_per_node;
-    let pp_bw = if pp_cross_node { mm.net_bw_per_gpu() * cal.net_eff } else { mm.intra_bw * cal.nvlink_eff };
-    let pp_alpha = if pp_cross_node { mm.net_latency } else { mm.intra_latency };
-    let p2p = if p > 1 { act_bytes / t / pp_bw + pp_alpha } else { 0.0 };
-    let pp_comm = if p > 1 { 2.0 * v * (p as f64 - 1.0 + micro) * p2p / p as f64 } else { 0.0 };
+    let pp_bw = if pp_cross_node {
+        mm.net_bw_per_gpu() * cal.net_eff
+    } else {
+        mm.intra_bw * cal.nvlink_eff
+    };
+    let pp_alpha = if pp_cross_node {
+        mm.net_latency
+    } else {
+        mm.intra_latency
+    };
+    let p2p = if p > 1 {
+        act_bytes / t / pp_bw + pp_alpha
+    } else {
+        0.0
+    };
+    let pp_comm = if p > 1 {
+        2.0 * v * (p as f64 - 1.0 + micro) * p2p / p as f64
+    } else {
+        0.0
+    };
 
     let busy = micro * per_micro;
     let bubble = (p as f64 - 1.0) / v * per_micro;
 
     // DP / ZeRO over the dp axis. Parameters of this GPU's stage:
     let vh = m.vocab as f64 * h;
-    let psi = (lps * m.block_params() + if p == 1 { m.embedding_params() + m.head_params() } else { vh }) / t;
+    let psi = (lps * m.block_params()
+        + if p == 1 {
+            m.embedding_params() + m.head_params()
+        } else {
+            vh
+        })
+        / t;
     let dp_in_node = l.tp * l.dp <= mm.gpus_per_node;
-    let (dp_bw, dp_alpha) = if dp_in_node { (mm.intra_bw * cal.nvlink_eff, mm.intra_latency) } else { (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency) };
+    let (dp_bw, dp_alpha) = if dp_in_node {
+        (mm.intra_bw * cal.nvlink_eff, mm.intra_latency)
+    } else {
+        (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency)
+    };
     let grad_bytes = 2.0 * act_scale * psi;
     let (dp_total, overlap, overlappable) = match l.zero {
         // Gradient all-reduce (ZeRO-1/2: reduce-scatter + all-gather, same bytes);
         // it overlaps only with the backward of the last micro-batch.
-        0..=2 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), cal.dp_overlap, lps * bb),
+        0..=2 => (
+            allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha),
+            cal.dp_overlap,
+            lps * bb,
+        ),
         // ZeRO-3 / FSDP: all-gather in forward and in backward, reduce-scatter of
         // gradients, every micro-batch: 3 psi per micro-batch; overlaps with all compute.
         // One collective per block (DeepSpeed/FSDP gather per module), so the
         // latency term counts `3 x blocks` collectives per micro-batch.
-        _ => (micro * 3.0 * lps * gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha), cal.zero3_overlap, busy),
+        _ => (
+            micro * 3.0 * lps * gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha),
+            cal.zero3_overlap,
+            busy,
+        ),
     };
     let dp_comm = (dp_total - overlap * overlappable).max(0.0);
 

@@ -55,26 +55,60 @@ struct Row<'a> {
 
 impl Row<'_> {
     fn get(&self, key: &str) -> &str {
-        self.cols.get(key).and_then(|&i| self.cells.get(i)).map(|s| s.trim()).unwrap_or("")
+        self.cols
+            .get(key)
+            .and_then(|&i| self.cells.get(i))
+            .map(|s| s.trim())
+            .unwrap_or("")
     }
     fn num(&self, key: &str) -> Option<f64> {
         self.get(key).parse::<f64>().ok()
     }
     fn int(&self, key: &str) -> Option<u64> {
-        self.num(key).filter(|x| *x >= 1.0 && x.fract() == 0.0).map(|x| x as u64)
+        self.num(key)
+            .filter(|x| *x >= 1.0 && x.fract() == 0.0)
+            .map(|x| x as u64)
     }
 }
 
-const REQUIRED: [&str; 12] = ["id", "model_name", "layers", "hidden", "heads", "seq_len", "gpu", "num_gpus", "tflops_per_gpu", "mfu_or_hfu_pct", "which_metric", "global_batch"];
+const REQUIRED: [&str; 12] = [
+    "id",
+    "model_name",
+    "layers",
+    "hidden",
+    "heads",
+    "seq_len",
+    "gpu",
+    "num_gpus",
+    "tflops_per_gpu",
+    "mfu_or_hfu_pct",
+    "which_metric",
+    "global_batch",
+];
 
 /// Validate every row of CSV `text` (named `file` in errors).
-pub fn validate(text: &str, file: &str, cal: &Calibration) -> Result<(Vec<RowResult>, Summary), PlanError> {
+pub fn validate(
+    text: &str,
+    file: &str,
+    cal: &Calibration,
+) -> Result<(Vec<RowResult>, Summary), PlanError> {
     let records = crate::csv::parse(text, file)?;
-    let header = records.first().ok_or_else(|| PlanError::Csv { file: file.to_string(), line: 1, reason: "empty file".to_string() })?;
-    let cols: HashMap<String, usize> = header.iter().enumerate().map(|(i, c)| (c.trim().to_string(), i)).collect();
+    let header = records.first().ok_or_else(|| PlanError::Csv {
+        file: file.to_string(),
+        line: 1,
+        reason: "empty file".to_string(),
+    })?;
+    let cols: HashMap<String, usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.trim().to_string(), i))
+        .collect();
     for c in REQUIRED {
         if !cols.contains_key(c) {
-            return Err(PlanError::MissingColumn { file: file.to_string(), column: c.to_string() });
+            return Err(PlanError::MissingColumn {
+                file: file.to_string(),
+                column: c.to_string(),
+            });
         }
     }
     let mut out = Vec::new();
@@ -83,12 +117,29 @@ pub fn validate(text: &str, file: &str, cal: &Calibration) -> Result<(Vec<RowRes
         let id = row.get("id").to_string();
         out.push(match predict_row(&row, cal) {
             Ok(r) => RowResult { id, ..r },
-            Err(reason) => RowResult { id, metric: None, predicted: None, published: None, error_pct: None, layout: None, skipped: Some(reason), detail: None },
+            Err(reason) => RowResult {
+                id,
+                metric: None,
+                predicted: None,
+                published: None,
+                error_pct: None,
+                layout: None,
+                skipped: Some(reason),
+                detail: None,
+            },
         });
     }
-    let mut errs: Vec<f64> = out.iter().filter_map(|r| r.error_pct.map(f64::abs)).collect();
+    let mut errs: Vec<f64> = out
+        .iter()
+        .filter_map(|r| r.error_pct.map(f64::abs))
+        .collect();
     errs.sort_by(f64::total_cmp);
-    let summary = Summary { rows: out.len(), used: errs.len(), median_abs_error_pct: percentile(&errs, 0.5), p90_abs_error_pct: percentile(&errs, 0.9) };
+    let summary = Summary {
+        rows: out.len(),
+        used: errs.len(),
+        median_abs_error_pct: percentile(&errs, 0.5),
+        p90_abs_error_pct: percentile(&errs, 0.9),
+    };
     Ok((out, summary))
 }
 
@@ -139,16 +190,28 @@ fn row_gpu(text: &str) -> Result<(&'static str, u64, f64), String> {
 /// The model: architecture by shape match in the catalog (Llama: GQA + SwiGLU,
 /// BLOOM: ALiBi), else GPT style; vocab and sequence from the row.
 fn row_model(row: &Row) -> Result<ModelSpec, String> {
-    let (l, h, a, s) = match (row.int("layers"), row.int("hidden"), row.int("heads"), row.int("seq_len")) {
+    let (l, h, a, s) = match (
+        row.int("layers"),
+        row.int("hidden"),
+        row.int("heads"),
+        row.int("seq_len"),
+    ) {
         (Some(l), Some(h), Some(a), Some(s)) => (l, h, a, s),
         _ => return Err("model shape (layers, hidden, heads, seq_len) not published".to_string()),
     };
     // Unstated vocab: Megatron/DeepSpeed pad GPT-2's 50257 to 51200 (assumption).
     let v = row.int("vocab").unwrap_or(51200);
     let name = row.get("model_name");
-    let base = catalog().into_iter().find(|m| m.layers == l && m.hidden == h && m.heads == a);
+    let base = catalog()
+        .into_iter()
+        .find(|m| m.layers == l && m.hidden == h && m.heads == a);
     Ok(match base {
-        Some(m) => ModelSpec { name: name.to_string(), vocab: v, seq: s, ..m },
+        Some(m) => ModelSpec {
+            name: name.to_string(),
+            vocab: v,
+            seq: s,
+            ..m
+        },
         None => ModelSpec::gpt(name, l, h, a, v, s, "validation row"),
     })
 }
@@ -163,20 +226,42 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let tokens = row.num("tokens_per_s");
     // Which figure to predict, on which FLOP convention.
     let (metric, published, conv) = if which.contains("TPS") {
-        ("tokens_per_s", tokens.ok_or("tokens_per_s missing")?, FlopConvention::Model)
+        (
+            "tokens_per_s",
+            tokens.ok_or("tokens_per_s missing")?,
+            FlopConvention::Model,
+        )
     } else if let (true, Some(p)) = (which.starts_with("MFU"), pct) {
-        let conv = if which.contains("PaLM") { FlopConvention::Palm } else { FlopConvention::Model };
-        (if conv == FlopConvention::Palm { "mfu_pct_palm" } else { "mfu_pct" }, p, conv)
+        let conv = if which.contains("PaLM") {
+            FlopConvention::Palm
+        } else {
+            FlopConvention::Model
+        };
+        (
+            if conv == FlopConvention::Palm {
+                "mfu_pct_palm"
+            } else {
+                "mfu_pct"
+            },
+            p,
+            conv,
+        )
     } else if let Some(x) = tflops {
         if which.contains("not stated") {
             ("tflops_per_gpu_model", x, FlopConvention::Model)
         } else {
-            ("tflops_per_gpu_with_recompute", x, FlopConvention::WithRecompute)
+            (
+                "tflops_per_gpu_with_recompute",
+                x,
+                FlopConvention::WithRecompute,
+            )
         }
     } else {
         return Err("no measured figure".to_string());
     };
-    let batch = row.int("global_batch").ok_or("global batch not published")?;
+    let batch = row
+        .int("global_batch")
+        .ok_or("global batch not published")?;
 
     // Degrees: what is given, the rest derived from the GPU count.
     let (tp, pp, dp) = (row.int("tp"), row.int("pp"), row.int("dp"));
@@ -208,7 +293,12 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let zero = if zero_text.contains("FSDP") {
         3
     } else {
-        zero_text.chars().next().and_then(|c| c.to_digit(10)).map(|d| d.min(3) as u8).unwrap_or(0)
+        zero_text
+            .chars()
+            .next()
+            .and_then(|c| c.to_digit(10))
+            .map(|d| d.min(3) as u8)
+            .unwrap_or(0)
     };
     let rc = row.get("recompute").to_ascii_lowercase();
     let recompute = if rc.contains("selective") {
@@ -231,7 +321,11 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let il = row.get("interleave").to_ascii_lowercase();
     let interleave = if il.starts_with("no") || il.starts_with("n/a") || pp == 1 {
         Some(1)
-    } else if let Some(v) = il.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse::<u64>().ok()).find(|&v| (2..=16).contains(&v)) {
+    } else if let Some(v) = il
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse::<u64>().ok())
+        .find(|&v| (2..=16).contains(&v))
+    {
         Some(v)
     } else if il.starts_with("yes") {
         // Interleaved, count not given: assume the smallest interleaving that splits
@@ -243,14 +337,20 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     // torchtitan's "local batch" under PP is split into micro-batches; its default
     // count is the number of stages (torchtitan 2024 `pipeline_parallel_microbatches`).
     let mb = match row.int("micro_batch") {
-        Some(local) if notes.contains("local batch") && pp > 1 && local % pp == 0 => Some(local / pp),
+        Some(local) if notes.contains("local batch") && pp > 1 && local % pp == 0 => {
+            Some(local / pp)
+        }
         other => other,
     };
     let spec = LayoutSpec {
         tp: Some(tp),
         pp: Some(pp),
         dp: Some(dp),
-        zero: if row.get("zero_stage").is_empty() { None } else { Some(zero) },
+        zero: if row.get("zero_stage").is_empty() {
+            None
+        } else {
+            Some(zero)
+        },
         mb,
         recompute,
         interleave,
@@ -262,7 +362,11 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         tp_overlap: Some(notes.contains("tp-comm-overlap") || notes.contains("AsyncTP")),
         // Selective recompute and Megatron's distributed optimizer (ZeRO-1) appeared
         // in 2022 (Korthikanti et al.); earlier runs had full recompute or none.
-        zero_choices: Some(if year >= 2022 && row.get("zero_stage").is_empty() { &[0, 1] } else { &[0] }),
+        zero_choices: Some(if year >= 2022 && row.get("zero_stage").is_empty() {
+            &[0, 1]
+        } else {
+            &[0]
+        }),
         // Sources that used selective recompute say so: unstated means none or full.
         recompute_choices: Some(&[Recompute::None, Recompute::Full]),
     };
@@ -271,15 +375,29 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let intra = hardware::link(gpu.link).map_err(|e| e.to_string())?;
     let gpn = row.int("gpus_per_node").unwrap_or(default_gpn);
     let machine = Machine {
-        intra_bw: row.num("intra_node_bw_GBps").map(|x| x * 1e9 / 2.0).unwrap_or(intra.bw_per_dir),
+        intra_bw: row
+            .num("intra_node_bw_GBps")
+            .map(|x| x * 1e9 / 2.0)
+            .unwrap_or(intra.bw_per_dir),
         intra_latency: intra.latency,
-        node_net_bw: row.num("inter_node_bw_Gbps_per_node").unwrap_or(default_net) * 1e9 / 8.0,
+        node_net_bw: row
+            .num("inter_node_bw_Gbps_per_node")
+            .unwrap_or(default_net)
+            * 1e9
+            / 8.0,
         net_latency: 8e-6,
         gpus_per_node: gpn,
         gpu,
     };
     let seq = model.seq;
-    let mut job = Job { model, machine, gpus: n, global_batch: batch, seq, tokens: 0.0 };
+    let mut job = Job {
+        model,
+        machine,
+        gpus: n,
+        global_batch: batch,
+        seq,
+        tokens: 0.0,
+    };
     let mut note = "";
     let best: Estimate = match search(&job, &spec, cal, 0) {
         Ok(r) => r.best,

@@ -19,13 +19,20 @@ fn rows_pick_their_metric_and_skips_say_why() {
     assert_eq!(rows.len(), 5);
     assert_eq!(rows[0].metric.as_deref(), Some("mfu_pct"));
     assert!(rows[0].layout.as_deref().unwrap().contains("v=3"));
-    assert_eq!(rows[1].metric.as_deref(), Some("tflops_per_gpu_with_recompute"));
+    assert_eq!(
+        rows[1].metric.as_deref(),
+        Some("tflops_per_gpu_with_recompute")
+    );
     // 2021: no selective recompute on offer.
     assert!(!rows[1].layout.as_deref().unwrap().contains("selective"));
     assert_eq!(rows[2].metric.as_deref(), Some("tokens_per_s"));
     assert!(rows[2].layout.as_deref().unwrap().contains("zero=3"));
     assert!(rows[3].skipped.as_deref().unwrap().contains("not a GPU"));
-    assert!(rows[4].skipped.as_deref().unwrap().contains("not published"));
+    assert!(rows[4]
+        .skipped
+        .as_deref()
+        .unwrap()
+        .contains("not published"));
     assert_eq!((s.rows, s.used), (5, 3));
     for r in &rows[..3] {
         let e = r.error_pct.unwrap();
@@ -35,7 +42,9 @@ fn rows_pick_their_metric_and_skips_say_why() {
 
 #[test]
 fn missing_columns_and_percentiles() {
-    let e = validate("id,layers\n1,2\n", "x.csv", &Calibration::default()).unwrap_err().to_string();
+    let e = validate("id,layers\n1,2\n", "x.csv", &Calibration::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("x.csv: missing column `model_name`"), "{e}");
     let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0];
     assert_eq!(percentile(&v, 0.5), 6.0);

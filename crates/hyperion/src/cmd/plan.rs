@@ -74,16 +74,31 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         bail!("--seq must be positive");
     }
     let global_batch = args.global_batch.unwrap_or_else(|| default_batch(seq));
-    let tokens = parse_count(&args.tokens).with_context(|| format!("--tokens `{}`", args.tokens))?;
+    let tokens =
+        parse_count(&args.tokens).with_context(|| format!("--tokens `{}`", args.tokens))?;
     let gpus = args.gpus.unwrap_or(cluster.gpus);
-    let job = Job { model, machine, gpus, global_batch, seq, tokens };
+    let job = Job {
+        model,
+        machine,
+        gpus,
+        global_batch,
+        seq,
+        tokens,
+    };
     let spec = match &args.layout {
         Some(text) => LayoutSpec::parse(text)?,
         None => LayoutSpec::default(),
     };
     if let (Some(tp), Some(pp), Some(dp)) = (spec.tp, spec.pp, spec.dp) {
         if tp * pp * dp > gpus {
-            return Err(planner::PlanError::DegreeMismatch { tp, pp, dp, product: tp * pp * dp, gpus }.into());
+            return Err(planner::PlanError::DegreeMismatch {
+                tp,
+                pp,
+                dp,
+                product: tp * pp * dp,
+                gpus,
+            }
+            .into());
         }
     }
     let started = std::time::Instant::now();
@@ -92,7 +107,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.png {
         let mut bars = vec![&result.best];
         bars.extend(result.runners_up.iter().map(|r| &r.estimate));
-        draw_memory_png(path, &bars, job.machine.gpu.mem_bytes).with_context(|| format!("writing {}", path.display()))?;
+        draw_memory_png(path, &bars, job.machine.gpu.mem_bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         let out = serde_json::json!({
@@ -139,7 +155,9 @@ fn parse_count(text: &str) -> anyhow::Result<f64> {
         Some('T') => (&t[..t.len() - 1], 1e12),
         _ => (t, 1.0),
     };
-    let x: f64 = num.parse().context("expected a number such as 300e9 or 300B")?;
+    let x: f64 = num
+        .parse()
+        .context("expected a number such as 300e9 or 300B")?;
     if !(x > 0.0 && x.is_finite()) {
         bail!("must be positive");
     }
@@ -163,7 +181,10 @@ fn gb(x: f64) -> f64 {
 fn print_estimate(e: &Estimate) {
     let m = &e.memory;
     let s = &e.step;
-    println!("  layout        {}  ({} GPUs, {} micro-batches per step)", e.layout_text, e.gpus_used, e.micro_batches);
+    println!(
+        "  layout        {}  ({} GPUs, {} micro-batches per step)",
+        e.layout_text, e.gpus_used, e.micro_batches
+    );
     println!(
         "  memory/GPU    {:.1} GB = weights {:.1} + grads {:.1} + optimizer {:.1} + activations {:.1} + buffers {:.1} + frag/context {:.1}  ({} stage, {} params/GPU)",
         gb(m.total),
@@ -200,7 +221,13 @@ fn print_plan(job: &Job, cluster: &hardware::Cluster, r: &SearchResult, elapsed:
         job.tokens
     );
     println!("assumptions: {}", cluster.assumptions);
-    println!("searched {} layouts in {:.2} s, {} fit in {:.0} GB", r.evaluated, elapsed, r.fit, gb(job.machine.gpu.mem_bytes));
+    println!(
+        "searched {} layouts in {:.2} s, {} fit in {:.0} GB",
+        r.evaluated,
+        elapsed,
+        r.fit,
+        gb(job.machine.gpu.mem_bytes)
+    );
     println!("\nbest:");
     print_estimate(&r.best);
     if !r.runners_up.is_empty() {
@@ -223,14 +250,19 @@ fn print_plan(job: &Job, cluster: &hardware::Cluster, r: &SearchResult, elapsed:
     if !r.too_big.is_empty() {
         println!("\nfaster but do not fit:");
         for ru in &r.too_big {
-            println!("  {:<58} MFU {:>5.1}%  {}", ru.estimate.layout_text, ru.estimate.mfu_pct, ru.why);
+            println!(
+                "  {:<58} MFU {:>5.1}%  {}",
+                ru.estimate.layout_text, ru.estimate.mfu_pct, ru.why
+            );
         }
     }
 }
 
 fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let (rows, summary) = planner::validate::validate(&text, &file.display().to_string(), &Calibration::default())?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let (rows, summary) =
+        planner::validate::validate(&text, &file.display().to_string(), &Calibration::default())?;
     if json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -239,7 +271,10 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
         println!("{{\"summary\":{}}}", serde_json::to_string(&summary)?);
         return Ok(());
     }
-    println!("{:<14} {:<30} {:>10} {:>10} {:>8}  layout (predicted where the source is silent)", "id", "metric", "predicted", "published", "error");
+    println!(
+        "{:<14} {:<30} {:>10} {:>10} {:>8}  layout (predicted where the source is silent)",
+        "id", "metric", "predicted", "published", "error"
+    );
     for r in rows.iter().filter(|r| r.skipped.is_none()) {
         println!(
             "{:<14} {:<30} {:>10.1} {:>10.1} {:>+7.1}%  {}",
@@ -263,14 +298,25 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
 }
 
 /// Stacked bars of the per-GPU memory of the best layouts against GPU memory.
-fn draw_memory_png(path: &std::path::Path, bars: &[&Estimate], capacity: f64) -> anyhow::Result<()> {
+fn draw_memory_png(
+    path: &std::path::Path,
+    bars: &[&Estimate],
+    capacity: f64,
+) -> anyhow::Result<()> {
     use plotters::prelude::*;
     register_font();
     let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let ymax = bars.iter().map(|e| gb(e.memory.total)).fold(gb(capacity), f64::max) * 1.1;
+    let ymax = bars
+        .iter()
+        .map(|e| gb(e.memory.total))
+        .fold(gb(capacity), f64::max)
+        * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption("per-GPU memory of the best layouts (GB)", ("sans-serif", 22))
+        .caption(
+            "per-GPU memory of the best layouts (GB)",
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -286,9 +332,15 @@ fn draw_memory_png(path: &std::path::Path, bars: &[&Estimate], capacity: f64) ->
         ("weights", RGBColor(31, 119, 180), |e| e.memory.weights),
         ("gradients", RGBColor(255, 127, 14), |e| e.memory.gradients),
         ("optimizer", RGBColor(44, 160, 44), |e| e.memory.optimizer),
-        ("activations", RGBColor(214, 39, 40), |e| e.memory.activations),
-        ("buffers", RGBColor(148, 103, 189), |e| e.memory.comm_buffers),
-        ("frag+context", RGBColor(140, 140, 140), |e| e.memory.fragmentation_and_context),
+        ("activations", RGBColor(214, 39, 40), |e| {
+            e.memory.activations
+        }),
+        ("buffers", RGBColor(148, 103, 189), |e| {
+            e.memory.comm_buffers
+        }),
+        ("frag+context", RGBColor(140, 140, 140), |e| {
+            e.memory.fragmentation_and_context
+        }),
     ];
     for (name, color, get) in parts {
         let rects: Vec<_> = bars
@@ -297,13 +349,29 @@ fn draw_memory_png(path: &std::path::Path, bars: &[&Estimate], capacity: f64) ->
             .map(|(i, e)| {
                 let below: f64 = parts_below(e, name);
                 let x = i as f64;
-                Rectangle::new([(x + 0.15, gb(below)), (x + 0.85, gb(below + get(e)))], color.filled())
+                Rectangle::new(
+                    [(x + 0.15, gb(below)), (x + 0.85, gb(below + get(e)))],
+                    color.filled(),
+                )
             })
             .collect();
-        chart.draw_series(rects)?.label(name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart
+            .draw_series(rects)?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
-    chart.draw_series(LineSeries::new([(0.0, gb(capacity)), (bars.len() as f64, gb(capacity))], BLACK.stroke_width(2)))?.label("GPU memory").legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK));
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, gb(capacity)), (bars.len() as f64, gb(capacity))],
+            BLACK.stroke_width(2),
+        ))?
+        .label("GPU memory")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -311,8 +379,19 @@ fn draw_memory_png(path: &std::path::Path, bars: &[&Estimate], capacity: f64) ->
 /// Bytes of the components drawn below `name` in the stack.
 fn parts_below(e: &Estimate, name: &str) -> f64 {
     let m = &e.memory;
-    let order = [("weights", m.weights), ("gradients", m.gradients), ("optimizer", m.optimizer), ("activations", m.activations), ("buffers", m.comm_buffers), ("frag+context", m.fragmentation_and_context)];
-    order.iter().take_while(|(n, _)| *n != name).map(|(_, v)| v).sum()
+    let order = [
+        ("weights", m.weights),
+        ("gradients", m.gradients),
+        ("optimizer", m.optimizer),
+        ("activations", m.activations),
+        ("buffers", m.comm_buffers),
+        ("frag+context", m.fragmentation_and_context),
+    ];
+    order
+        .iter()
+        .take_while(|(n, _)| *n != name)
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// plotters' `ab_glyph` backend draws text only with a registered font: use the
@@ -320,10 +399,20 @@ fn parts_below(e: &Estimate, name: &str) -> f64 {
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        for p in ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"] {
+        for p in [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        ] {
             if let Ok(bytes) = std::fs::read(p) {
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                if plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+                {
                     return;
                 }
             }
