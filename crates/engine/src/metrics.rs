@@ -39,6 +39,16 @@ pub struct MetricsRecord {
     pub mfu: f64,
     pub step_ms: f64,
     pub tokens_seen: u64,
+    /// The step's breakdown: computation (forward incl. the fused head, backward),
+    /// communication the step waited for (exposed, after overlap), and the optimizer.
+    #[serde(default)]
+    pub forward_ms: f64,
+    #[serde(default)]
+    pub backward_ms: f64,
+    #[serde(default)]
+    pub comm_ms: f64,
+    #[serde(default)]
+    pub optimizer_ms: f64,
 }
 
 /// Appends records to `RUN_DIR/metrics.jsonl`. On resume, lines past the resumed step
@@ -80,6 +90,10 @@ impl MetricsLog {
             mfu: m.mfu,
             step_ms: m.step_ms,
             tokens_seen: m.tokens_seen,
+            forward_ms: m.times.forward * 1e3,
+            backward_ms: m.times.backward * 1e3,
+            comm_ms: m.times.comm * 1e3,
+            optimizer_ms: m.times.optimizer * 1e3,
         };
         let line = serde_json::to_string(&rec).expect("metrics serialise");
         writeln!(self.file, "{line}").map_err(io(&self.path))

@@ -114,10 +114,10 @@ impl Trainer {
         Self::build(cfg, Some(data), run_dir, rank)
     }
 
-    /// A single-rank trainer on uniformly random tokens (no data files, no evaluation),
+    /// A trainer on uniformly random tokens (no data files, no evaluation),
     /// for `hyperion bench train`. `model.vocab_size` must be set.
-    pub fn synthetic(cfg: ResolvedConfig) -> Result<Trainer> {
-        Self::build(cfg, None, Path::new(""), Rank::single()?)
+    pub fn synthetic(cfg: ResolvedConfig, rank: Rank) -> Result<Trainer> {
+        Self::build(cfg, None, Path::new(""), rank)
     }
 
     fn build(cfg: ResolvedConfig, data: Option<Dataset>, run_dir: &Path, rank: Rank) -> Result<Trainer> {

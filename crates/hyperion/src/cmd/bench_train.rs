@@ -1,8 +1,11 @@
 //! `hyperion bench train`: full training steps (forward, backward, AdamW) on random
-//! tokens after a warm-up; medians of the step and of its phases.
+//! tokens after a warm-up, on one rank or on `--workers N` data-parallel threads at the
+//! same global batch; medians of the step and of its phases.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use engine::{StepTimes, Trainer};
+use engine::{Rank, StepTimes, Trainer};
 
 use super::common::ConfigArgs;
 
@@ -10,7 +13,7 @@ use super::common::ConfigArgs;
 pub struct BenchTrainArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Micro-batch size in sequences (overrides train.batch_size).
+    /// Global batch in sequences (default: train.batch_size); split evenly over the workers.
     #[arg(long)]
     pub batch: Option<usize>,
     /// Timed steps.
@@ -19,6 +22,9 @@ pub struct BenchTrainArgs {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Data-parallel ranks as threads (the cores are shared out among them).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -31,70 +37,115 @@ const DEFAULT_CHAR_VOCAB: usize = 65;
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Per-step samples of one rank.
+#[derive(Default)]
+struct Samples {
+    step: Vec<f64>,
+    fwd: Vec<f64>,
+    bwd: Vec<f64>,
+    opt: Vec<f64>,
+    comm: Vec<f64>,
 }
 
 pub fn run(a: BenchTrainArgs) -> Result<()> {
-    if a.steps == 0 {
-        anyhow::bail!("--steps must be at least 1");
+    if a.steps == 0 || a.workers == 0 {
+        anyhow::bail!("--steps and --workers must be at least 1");
     }
     let mut cfg_args = a.config.clone();
-    if let Some(b) = a.batch {
-        cfg_args.sets.push(format!("train.batch_size={b}"));
+    let global = match a.batch {
+        Some(b) => b,
+        None => cfg_args.resolve()?.raw.train.batch_size,
+    };
+    if global % a.workers != 0 {
+        anyhow::bail!("--batch {global} does not split evenly over --workers {}", a.workers);
     }
-    cfg_args.sets.push("train.grad_accum=1".into());
-    cfg_args.sets.push("train.global_batch=none".into());
+    cfg_args.sets.extend([
+        format!("train.batch_size={}", global / a.workers),
+        "train.grad_accum=1".into(),
+        "train.global_batch=none".into(),
+        format!("parallel.dp={}", a.workers),
+    ]);
     let mut cfg = cfg_args.resolve()?;
     if cfg.raw.model.vocab_size.is_none() {
         cfg = cfg.with_vocab_size(DEFAULT_CHAR_VOCAB)?;
     }
-    let mut t = Trainer::synthetic(cfg)?;
-    let (b, tt) = (t.cfg.raw.train.batch_size, t.cfg.raw.model.block_size);
-    let tokens = (b * tt) as f64;
-    let mut scratch = StepTimes::default();
-    for _ in 0..a.warmup {
-        t.train_step(&mut scratch)?;
-    }
-    let (mut step, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..a.steps {
-        let mut times = StepTimes::default();
-        let t0 = std::time::Instant::now();
-        t.train_step(&mut times)?;
-        step.push(t0.elapsed().as_secs_f64());
-        fwd.push(times.forward);
-        bwd.push(times.backward);
-        opt.push(times.optimizer);
-    }
-    let step_s = median(&mut step);
-    let tokens_per_s = tokens / step_s;
-    let mfu = t.gpt.flops_per_token(tt) * tokens_per_s / t.peak_flops;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let runs = comm::run_local(a.workers, Duration::from_secs(600), |c| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads((cores / a.workers).max(1)).build()?;
+        pool.install(|| -> Result<(Samples, Trainer)> {
+            let mut t = Trainer::synthetic(cfg.clone(), Rank::new(&c)?)?;
+            let mut scratch = StepTimes::default();
+            for _ in 0..a.warmup {
+                t.train_step(&mut scratch)?;
+            }
+            let mut s = Samples::default();
+            for _ in 0..a.steps {
+                let mut times = StepTimes::default();
+                let t0 = Instant::now();
+                t.train_step(&mut times)?;
+                s.step.push(t0.elapsed().as_secs_f64());
+                s.fwd.push(times.forward);
+                s.bwd.push(times.backward);
+                s.opt.push(times.optimizer);
+                s.comm.push(times.comm);
+            }
+            Ok((s, t))
+        })
+    })
+    .map_err(|e| anyhow::anyhow!("benchmark failed: {e}"))?;
+    let (mut s, t) = runs.into_iter().next().expect("rank 0");
+    let tt = t.cfg.raw.model.block_size;
+    let step_s = median(&mut s.step);
+    let tokens_per_s = (global * tt) as f64 / step_s;
+    // Each worker measured (or was given) the peak of its share of the cores.
+    let mfu = t.gpt.flops_per_token(tt) * tokens_per_s / (t.peak_flops * a.workers as f64);
     let params = t.gpt.layout.num_params();
+    let (fwd, bwd, opt, comm) = (median(&mut s.fwd), median(&mut s.bwd), median(&mut s.opt), median(&mut s.comm));
     if a.json {
         println!(
             "{}",
             serde_json::json!({
                 "tokens_per_s": tokens_per_s,
                 "step_ms": step_s * 1e3,
-                "forward_ms": median(&mut fwd) * 1e3,
-                "backward_ms": median(&mut bwd) * 1e3,
-                "optimizer_ms": median(&mut opt) * 1e3,
+                "forward_ms": fwd * 1e3,
+                "backward_ms": bwd * 1e3,
+                "optimizer_ms": opt * 1e3,
+                "comm_ms": comm * 1e3,
                 "mfu": mfu,
                 "params": params,
-                "batch": b,
+                "batch": global,
                 "block": tt,
-                "threads": rayon::current_num_threads(),
+                "workers": a.workers,
+                "zero": t.cfg.raw.parallel.zero,
+                "recompute": format!("{:?}", t.cfg.raw.parallel.recompute).to_lowercase(),
+                "threads_per_worker": (cores / a.workers).max(1),
                 "peak_flops": t.peak_flops,
                 "peak_rss_mb": engine::peak_rss_bytes().map(|x| x as f64 / 1048576.0),
             })
         );
     } else {
-        println!("model {:.2}M params, batch {b} x {tt} tokens, {} timed steps after {} warm-up", params as f64 / 1e6, a.steps, a.warmup);
         println!(
-            "median step {:.1} ms (forward {:.1}, backward {:.1}, optimizer {:.1})",
+            "model {:.2}M params, global batch {global} x {tt} tokens on {} worker(s), ZeRO-{}; {} timed steps after {} warm-up",
+            params as f64 / 1e6,
+            a.workers,
+            t.cfg.raw.parallel.zero,
+            a.steps,
+            a.warmup
+        );
+        println!(
+            "median step {:.1} ms (forward {:.1}, backward {:.1}, optimizer {:.1}, exposed communication {:.1})",
             step_s * 1e3,
-            median(&mut fwd) * 1e3,
-            median(&mut bwd) * 1e3,
-            median(&mut opt) * 1e3
+            fwd * 1e3,
+            bwd * 1e3,
+            opt * 1e3,
+            comm * 1e3
         );
         println!("{tokens_per_s:.0} tokens/s, MFU {:.1}% of {:.1} GFLOP/s", 100.0 * mfu, t.peak_flops / 1e9);
     }
