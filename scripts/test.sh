@@ -20,3 +20,4 @@ fi
 
 cargo test --workspace --no-fail-fast
 bash scripts/test-mpi.sh
+bash scripts/test-mpi-train.sh

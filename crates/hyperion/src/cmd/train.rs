@@ -121,7 +121,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let timeout = Duration::from_secs(args.comm_timeout.max(1));
     if mpi {
-        return run_mpi(&plan, timeout);
+        return run_mpi(plan, timeout);
     }
     let dp = plan.cfg.raw.parallel.dp;
     prepare_run_dir(&plan, true)?;
@@ -276,8 +276,16 @@ fn mpi_launched() -> bool {
 }
 
 #[cfg(feature = "mpi")]
-fn run_mpi(plan: &Plan, timeout: Duration) -> Result<()> {
+fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     let world = comm::mpi::MpiComm::world(&comm::mpi::MpiOptions { timeout, ..Default::default() })?;
+    if plan.cfg.raw.parallel.dp == 1 && world.size() > 1 {
+        // Left at its default: the launcher decides.
+        let mut raw = plan.cfg.raw.clone();
+        raw.parallel.dp = world.size();
+        raw.train.global_batch = None;
+        plan.cfg = config::ResolvedConfig::new(raw)?;
+    }
+    let plan = &plan;
     if world.size() != plan.cfg.raw.parallel.dp {
         anyhow::bail!("mpirun started {} ranks but parallel.dp = {}: they must be equal", world.size(), plan.cfg.raw.parallel.dp);
     }
@@ -305,7 +313,7 @@ fn run_mpi(plan: &Plan, timeout: Duration) -> Result<()> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn run_mpi(_plan: &Plan, _timeout: Duration) -> Result<()> {
+fn run_mpi(_plan: Plan, _timeout: Duration) -> Result<()> {
     anyhow::bail!("started by an MPI launcher, but this hyperion was built without MPI: rebuild with `cargo build --release --features mpi`")
 }
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Data-parallel training over MPI processes (issue: ZeRO across processes), for .ci/run:
+#  1. the layout-equivalence test under mpirun -np 2 and -np 4;
+#  2. `hyperion train` under mpirun -np 2 (ZeRO-2), resumed under -np 4 (ZeRO-3);
+#  3. SIGKILL of one MPI rank ends the job (no hang), and the run resumes from its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mpirun >/dev/null; then
+  echo "error: mpirun not found. Install: apt-get install -y libopenmpi-dev openmpi-bin libclang-dev" >&2
+  exit 1
+fi
+mpirun_() { mpirun --allow-run-as-root --oversubscribe "$@"; }
+
+bin=$(cargo test -p hyperion-engine --features mpi --test mpi_equivalence --no-run --message-format=json 2>/dev/null \
+  | sed -n 's/.*"executable":"\([^"]*mpi_equivalence[^"]*\)".*/\1/p' | tail -1)
+[ -x "$bin" ] || { cargo test -p hyperion-engine --features mpi --test mpi_equivalence --no-run >&2; echo "error: no mpi_equivalence binary" >&2; exit 1; }
+for np in 2 4; do
+  echo "== engine layout equivalence over MPI, mpirun -np $np"
+  mpirun_ -np "$np" "$bin" --ignored --exact mpi_dp_matches_single_rank --nocapture --test-threads=1
+done
+
+cargo build -q -p hyperion --features mpi
+hyp=target/debug/hyperion
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+common=(train --preset tiny --set "data.dir=\"$work/data\"" --set 'data.inputs=["data/shakespeare/sonnets.txt"]'
+        --set log.progress=false --set log.peak_flops=1e11 --set checkpoint.interval=10 --sample-tokens 0)
+
+echo "== hyperion train under mpirun -np 2 (ZeRO-2), then resumed under -np 4 (ZeRO-3)"
+mpirun_ -np 2 "$hyp" "${common[@]}" --set parallel.dp=2 --set parallel.zero=2 --set train.batch_size=4 --set train.steps=20 --out "$work/run" > "$work/np2.log"
+grep -q "done: step 20" "$work/np2.log" || { cat "$work/np2.log"; echo "error: np=2 run did not finish" >&2; exit 1; }
+ls "$work/run/checkpoints/step-00000020/model-rank00001.safetensors" >/dev/null
+mpirun_ -np 4 "$hyp" train --resume "$work/run" --set parallel.dp=4 --set parallel.zero=3 --set train.batch_size=2 \
+  --set train.steps=30 --set log.progress=false --sample-tokens 0 > "$work/np4.log"
+grep -q "written by dp=2 zero=2, now dp=4 zero=3" "$work/np4.log" && grep -q "done: step 30" "$work/np4.log" \
+  || { cat "$work/np4.log"; echo "error: resume on 4 ranks failed" >&2; exit 1; }
+
+echo "== SIGKILL of one MPI rank ends the job, and the run resumes"
+mpirun_ -np 2 "$hyp" "${common[@]}" --set parallel.dp=2 --set parallel.zero=1 --set train.steps=100000 \
+  --set checkpoint.interval=20 --out "$work/kill" > "$work/kill.log" 2>&1 &
+job=$!
+for _ in $(seq 600); do [ -e "$work/kill/checkpoints/latest" ] && break; sleep 0.1; done
+victim=$(pgrep -f "$work/kill" | while read -r p; do [ "$(ps -o comm= -p "$p")" = hyperion ] && echo "$p"; done | tail -1)
+[ -n "$victim" ] || { echo "error: no rank process found" >&2; exit 1; }
+start=$(date +%s)
+kill -9 "$victim"
+for _ in $(seq 1000); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$job" 2>/dev/null; then kill -9 "$job"; echo "error: the job still runs 100 s after a rank was killed" >&2; exit 1; fi
+if wait "$job"; then echo "error: the job exited 0 after a rank was killed" >&2; exit 1; fi
+echo "the job ended $(( $(date +%s) - start )) s after rank process $victim was killed"
+tail -5 "$work/kill.log"
+mpirun_ -np 2 "$hyp" train --resume "$work/kill" --set parallel.dp=2 --set train.steps=60 --set log.progress=false --sample-tokens 0 > "$work/resume.log"
+grep -q "done: step 60" "$work/resume.log" || { cat "$work/resume.log"; echo "error: resume after the kill failed" >&2; exit 1; }
+echo "MPI training tests: 3 passed, 0 failed"
