@@ -229,3 +229,45 @@ fn png_memory_chart() {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     assert!(bytes.len() > 5_000);
 }
+
+#[test]
+fn seq_batch_and_gpus_flags_reach_the_plan() {
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt2",
+        "--cluster",
+        "dgx-a100-superpod",
+        "--gpus",
+        "16",
+        "--seq",
+        "512",
+        "--global-batch",
+        "256",
+        "--tokens",
+        "1e9",
+        "--json",
+        "--top",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (
+            v["gpus"].as_u64(),
+            v["seq"].as_u64(),
+            v["global_batch"].as_u64()
+        ),
+        (Some(16), Some(512), Some(256))
+    );
+    let best = &v["best"];
+    assert!(best["gpus_used"].as_u64().unwrap() <= 16);
+    // tokens/s x step time = batch x seq.
+    let step = best["step"]["total"].as_f64().unwrap();
+    assert!((best["tokens_per_s"].as_f64().unwrap() * step - 256.0 * 512.0).abs() < 1e-6);
+    // A 124M model needs no model parallelism on 80 GB GPUs.
+    assert_eq!(
+        (best["layout"]["tp"].as_u64(), best["layout"]["pp"].as_u64()),
+        (Some(1), Some(1))
+    );
+}

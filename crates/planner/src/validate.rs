@@ -17,6 +17,8 @@ use crate::time::Calibration;
 use serde::Serialize;
 use std::collections::HashMap;
 
+const GIB: f64 = (1u64 << 30) as f64;
+
 /// One row's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct RowResult {
@@ -31,6 +33,11 @@ pub struct RowResult {
     pub error_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// Predicted peak memory per GPU (GiB) where the row reports one (`peak_mem_gb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_mem_gib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_mem_gib: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// The estimate behind the prediction (not serialised).
@@ -124,6 +131,8 @@ pub fn validate(
                 published: None,
                 error_pct: None,
                 layout: None,
+                predicted_mem_gib: None,
+                published_mem_gib: None,
                 skipped: Some(reason),
                 detail: None,
             },
@@ -410,6 +419,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         }
         Err(e) => return Err(e.to_string()),
     };
+    let mem_gib = row.num("peak_mem_gb");
     let step = best.step.total;
     let flops = iteration_flops(&job.model, batch as f64, seq as f64, conv);
     let per_gpu = flops / step / n as f64;
@@ -425,6 +435,8 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         published: Some(published),
         error_pct: Some(100.0 * (predicted - published) / published),
         layout: Some(format!("{}{note}", best.layout_text)),
+        predicted_mem_gib: mem_gib.map(|_| best.memory.total / GIB),
+        published_mem_gib: mem_gib,
         skipped: None,
         detail: Some(best),
     })

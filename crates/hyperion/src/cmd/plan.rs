@@ -286,6 +286,18 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
             r.layout.as_deref().unwrap_or("")
         );
     }
+    let mem: Vec<_> = rows.iter().filter(|r| r.published_mem_gib.is_some()).collect();
+    if !mem.is_empty() {
+        println!("\npeak memory per GPU where published (GiB; not part of the error summary):");
+        for r in mem {
+            println!(
+                "  {:<14} predicted {:>6.1}  published {:>6.1}",
+                r.id,
+                r.predicted_mem_gib.unwrap_or(f64::NAN),
+                r.published_mem_gib.unwrap_or(f64::NAN)
+            );
+        }
+    }
     println!(
         "\nrows {}, used {}: median |error| {:.1}%, p90 |error| {:.1}%",
         summary.rows, summary.used, summary.median_abs_error_pct, summary.p90_abs_error_pct
