@@ -271,3 +271,37 @@ fn seq_batch_and_gpus_flags_reach_the_plan() {
         (Some(1), Some(1))
     );
 }
+
+#[test]
+fn png_scaling_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("scale.png");
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt3-6.7b",
+        "--cluster",
+        "dgx-a100-superpod",
+        "--gpus",
+        "256",
+        "--png",
+        png.to_str().unwrap(),
+        "--chart",
+        "scaling",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt2",
+        "--cluster",
+        "selene",
+        "--png",
+        png.to_str().unwrap(),
+        "--chart",
+        "pie",
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("pie"));
+}

@@ -42,9 +42,19 @@ pub struct PlanArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
-    /// Write a PNG chart of the per-GPU memory breakdown of the best layouts.
+    /// Write a PNG chart (see --chart).
     #[arg(long)]
     png: Option<PathBuf>,
+    /// What --png draws: the per-GPU memory of the best layouts, or the best
+    /// throughput and MFU against GPU count (one search per count).
+    #[arg(long, value_enum, default_value_t = Chart::Memory)]
+    chart: Chart,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Chart {
+    Memory,
+    Scaling,
 }
 
 #[derive(clap::Subcommand)]
@@ -105,10 +115,15 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let result = planner::search(&job, &spec, &Calibration::default(), args.top)?;
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(path) = &args.png {
-        let mut bars = vec![&result.best];
-        bars.extend(result.runners_up.iter().map(|r| &r.estimate));
-        draw_memory_png(path, &bars, job.machine.gpu.mem_bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let drawn = match args.chart {
+            Chart::Memory => {
+                let mut bars = vec![&result.best];
+                bars.extend(result.runners_up.iter().map(|r| &r.estimate));
+                draw_memory_png(path, &bars, job.machine.gpu.mem_bytes)
+            }
+            Chart::Scaling => draw_scaling_png(path, &job, &spec),
+        };
+        drawn.with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         let out = serde_json::json!({
@@ -286,7 +301,10 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
             r.layout.as_deref().unwrap_or("")
         );
     }
-    let mem: Vec<_> = rows.iter().filter(|r| r.published_mem_gib.is_some()).collect();
+    let mem: Vec<_> = rows
+        .iter()
+        .filter(|r| r.published_mem_gib.is_some())
+        .collect();
     if !mem.is_empty() {
         println!("\npeak memory per GPU where published (GiB; not part of the error summary):");
         for r in mem {
@@ -384,6 +402,80 @@ fn draw_memory_png(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Best predicted tokens/s and MFU for GPU counts node, 2 x node, ... up to the job's.
+fn draw_scaling_png(path: &std::path::Path, job: &Job, spec: &LayoutSpec) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    register_font();
+    let mut counts = Vec::new();
+    let mut n = job.machine.gpus_per_node.max(1);
+    while n < job.gpus {
+        counts.push(n);
+        n *= 2;
+    }
+    counts.push(job.gpus);
+    // (GPUs, tokens/s, MFU %) of the best layout that fits at each count.
+    let points: Vec<(f64, f64, f64)> = counts
+        .iter()
+        .filter_map(|&n| {
+            let j = Job {
+                gpus: n,
+                ..job.clone()
+            };
+            let r = planner::search(&j, spec, &Calibration::default(), 0).ok()?;
+            Some((n as f64, r.best.tokens_per_s, r.best.mfu_pct))
+        })
+        .collect();
+    if points.is_empty() {
+        bail!("no GPU count up to {} fits {}", job.gpus, job.model.name);
+    }
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(380);
+    let xmax = job.gpus as f64 * 1.2;
+    let xmin = points[0].0 / 1.2;
+    let tmax = points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1;
+    let mut c = ChartBuilder::on(&top)
+        .caption(
+            format!("{}: best tokens/s vs GPUs", job.model.name),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(80)
+        .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..tmax)?;
+    c.configure_mesh()
+        .x_desc("GPUs")
+        .y_desc("tokens/s")
+        .draw()?;
+    c.draw_series(LineSeries::new(
+        points.iter().map(|p| (p.0, p.1)),
+        BLUE.stroke_width(2),
+    ))?;
+    c.draw_series(
+        points
+            .iter()
+            .map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())),
+    )?;
+    let mut c = ChartBuilder::on(&bottom)
+        .caption("MFU of the best layout (%)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(80)
+        .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..100.0)?;
+    c.configure_mesh().x_desc("GPUs").y_desc("MFU %").draw()?;
+    c.draw_series(LineSeries::new(
+        points.iter().map(|p| (p.0, p.2)),
+        RED.stroke_width(2),
+    ))?;
+    c.draw_series(
+        points
+            .iter()
+            .map(|p| Circle::new((p.0, p.2), 4, RED.filled())),
+    )?;
     root.present()?;
     Ok(())
 }
