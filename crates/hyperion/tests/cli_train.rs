@@ -266,3 +266,44 @@ fn bench_train_json_has_the_documented_keys() {
     let (step, parts) = (v["step_ms"].as_f64().unwrap(), ["forward_ms", "backward_ms", "optimizer_ms"].iter().map(|k| v[k].as_f64().unwrap()).sum::<f64>());
     assert!(parts <= step * 1.5, "phases {parts} ms vs step {step} ms");
 }
+
+/// A full disk during a checkpoint write: the run fails naming the file, and the
+/// previous checkpoint stays intact and loadable. Needs root to mount a small tmpfs;
+/// says SKIP otherwise.
+#[test]
+fn full_disk_during_checkpoint_keeps_the_previous_one() {
+    let s = setup();
+    let mnt = s.root.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=900k", "tmpfs"]).arg(&mnt).status();
+    if !matches!(mounted, Ok(st) if st.success()) {
+        eprintln!("SKIP full_disk_during_checkpoint_keeps_the_previous_one: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let run = mnt.join("run");
+    // Each checkpoint of the tiny model is ~340 kB (model + two moments); the third
+    // cannot fit in 900 kB while the older two are kept.
+    let out = bin()
+        .arg("train")
+        .args(tiny_args(&s.data, 40, 10))
+        .args(["--set", "checkpoint.keep_last=5", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run must fail on a full disk");
+    assert!(err.contains("No space left") && err.contains(".safetensors"), "{err}");
+    let ck = checkpoint::open(&run).expect("the previous checkpoint still loads");
+    assert!(ck.step() >= 10 && ck.step() < 40, "latest is step {}", ck.step());
+    let out = run_ok(bin().args(["eval", "--json", "--batches", "1", "--checkpoint"]).arg(&run));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("val_loss"));
+    assert!(!run.join("checkpoints").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp")),
+        "the failed temporary folder is removed");
+}
