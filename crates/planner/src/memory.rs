@@ -85,7 +85,7 @@ pub struct MemoryBreakdown {
     pub comm_buffers: f64,
     pub fragmentation_and_context: f64,
     pub total: f64,
-    /// `first` or `last` pipeline stage.
+    /// `first` or `last` pipeline stage (`only` without pipelining).
     pub worst_stage: &'static str,
 }
 
@@ -150,8 +150,7 @@ pub fn memory(
     let emb_act = 3.0 * s * mb * h / if layout.sp { t } else { 1.0 };
     let logits = 8.0 * s * mb * m.vocab as f64 / t;
     let first_act = (per_block * lps * in_flight * interleave + working + emb_act) * act_scale;
-    let last_act =
-        (per_block * lps + working + logits) * act_scale + if p == 1 { first_act } else { 0.0 };
+    let last_act = (per_block * lps + working + logits) * act_scale;
 
     let stage = |psi: f64, act: f64| {
         let (w, g, o) = model_states(psi, layout.zero, layout.dp);
@@ -181,10 +180,15 @@ pub fn memory(
             worst_stage: "first",
         }
     };
+    if p == 1 {
+        let mut only = stage(last_params, first_act + logits * act_scale);
+        only.worst_stage = "only";
+        return only;
+    }
     let first = stage(first_params, first_act);
     let mut last = stage(last_params, last_act);
     last.worst_stage = "last";
-    if p == 1 || first.total >= last.total {
+    if first.total >= last.total {
         first
     } else {
         last

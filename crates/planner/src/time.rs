@@ -280,9 +280,9 @@ pub fn step_time(
     let ce = 4.0 * 4.0 * l.mb as f64 * s * m.vocab as f64 / t / (mm.gpu.mem_bw * cal.mem_eff);
     let head = lf + lb + ce;
     let stage_compute = lps * (bf + bb + rec_per_block);
-    let per_micro = stage_compute + lps * tp_block + if p == 1 { head } else { 0.0 };
-    // The last stage carries the head: the pipeline runs at the slowest stage.
-    let per_micro = if p > 1 { per_micro + head } else { per_micro };
+    // The last stage also runs the head (the embedding lookup on the first is
+    // negligible): the pipeline runs at the pace of this slowest stage.
+    let per_micro = stage_compute + lps * tp_block + head;
 
     // PP: a (b, s, h) activation forward and its gradient backward per micro-batch
     // per chunk boundary; scatter/gather splits it over the TP group (2021 §4.1).
