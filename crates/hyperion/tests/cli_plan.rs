@@ -305,3 +305,27 @@ fn png_scaling_chart() {
     ]);
     assert!(!o.status.success() && stderr(&o).contains("pie"));
 }
+
+#[test]
+fn too_big_shows_the_most_frugal_breakdown_and_fails() {
+    let o = hyperion(&[
+        "plan",
+        "--model",
+        "gpt3-175b",
+        "--cluster",
+        "selene",
+        "--gpus",
+        "8",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no layout of gpt3-175b fits in 80 GB per GPU on 8 GPUs"),
+        "{}",
+        stderr(&o)
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("least memory") && out.contains("optimizer"),
+        "{out}"
+    );
+}

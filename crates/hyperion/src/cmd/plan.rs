@@ -112,7 +112,22 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         }
     }
     let started = std::time::Instant::now();
-    let result = planner::search(&job, &spec, &Calibration::default(), args.top)?;
+    let result = match planner::search(&job, &spec, &Calibration::default(), args.top) {
+        Err(err @ planner::PlanError::NothingFits { best_gb, .. }) => {
+            // Show where the memory goes in the most frugal layout, then fail.
+            let mut roomy = job.clone();
+            roomy.machine.gpu.mem_bytes = best_gb * 1e9 * 1.0001;
+            if let Ok(r) = planner::search(&roomy, &spec, &Calibration::default(), 0) {
+                println!(
+                    "the layout needing the least memory ({:.1} GB per GPU):",
+                    best_gb
+                );
+                print_estimate(&r.best);
+            }
+            return Err(err.into());
+        }
+        other => other?,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(path) = &args.png {
         let drawn = match args.chart {
