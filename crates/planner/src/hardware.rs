@@ -66,6 +66,31 @@ pub const GPUS: &[Gpu] = &[
     Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)" },
     Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s" },
     Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s" },
+    // AMD: papers on Frontier count each MI250X graphics compute die (GCD) as a GPU.
+    Gpu {
+        name: "mi250x-gcd",
+        peak_bf16: 191.5 * T,
+        peak_fp8: 0.0,
+        peak_fp32: 23.9 * T,
+        mem_bytes: 64.0 * GB,
+        mem_bw: 1638.0 * GB,
+        gemm_eff: 0.60,
+        link: "infinity-fabric-mi250x",
+        flash: true,
+        source: "AMD Instinct MI250X datasheet (383 TF bf16, 128 GB, 3.2 TB/s per OAM = 2 GCDs); GEMM fraction assumed below NVIDIA's (rocBLAS)",
+    },
+    Gpu {
+        name: "mi300x",
+        peak_bf16: 1307.0 * T,
+        peak_fp8: 2615.0 * T,
+        peak_fp32: 163.4 * T,
+        mem_bytes: 192.0 * GB,
+        mem_bw: 5300.0 * GB,
+        gemm_eff: 0.55,
+        link: "xgmi-mi300x",
+        flash: true,
+        source: "AMD Instinct MI300X datasheet: 1307 TF bf16 dense, 192 GB, 5.3 TB/s; public hipBLASLt GEMM benchmarks reach ~55-60% of peak",
+    },
     // Measured, not datasheet: best f32 GEMM of the kernels crate (gemm 0.19, AVX-512)
     // is 255 GFLOP/s on one core (crates/kernels/BENCHMARKS.md), x 2 cores; streaming
     // bandwidth 10.7 GB/s (numpy `x * 2.0` on 200 MB, loaded machine). The peak IS the
@@ -115,6 +140,18 @@ pub const LINKS: &[Link] = &[
         bw_per_dir: 900.0 * GB,
         latency: 5e-6,
         source: "B200 NVLink 5.0: 1.8 TB/s bidirectional",
+    },
+    Link {
+        name: "infinity-fabric-mi250x",
+        bw_per_dir: 50.0 * GB,
+        latency: 5e-6,
+        source: "MI250X GCD-to-GCD Infinity Fabric, 50-100 GB/s per direction in a Frontier node; 50 assumed",
+    },
+    Link {
+        name: "xgmi-mi300x",
+        bw_per_dir: 448.0 * GB,
+        latency: 5e-6,
+        source: "MI300X: 7 x 64 GB/s xGMI links, 896 GB/s bidirectional",
     },
     Link {
         name: "pcie3",
@@ -175,6 +212,12 @@ pub const LINKS: &[Link] = &[
         bw_per_dir: 12.5 * GB,
         latency: 8e-6,
         source: "Intel Omni-Path 100 Gb/s",
+    },
+    Link {
+        name: "slingshot-200",
+        bw_per_dir: 25.0 * GB,
+        latency: 10e-6,
+        source: "HPE Slingshot-11, 200 Gb/s per NIC (Frontier: 4 per node)",
     },
     Link {
         name: "shm",

@@ -176,6 +176,10 @@ fn row_gpu(text: &str) -> Result<(&'static str, u64, f64), String> {
         ("h100-96gb-500w", 8, 3200.0)
     } else if t.contains("H100") {
         ("h100-sxm", 8, 3200.0)
+    } else if t.contains("MI250") {
+        ("mi250x-gcd", 8, 800.0)
+    } else if t.contains("MI300") {
+        ("mi300x", 8, 3200.0)
     } else if t.contains("H200") {
         ("h200", 8, 3200.0)
     } else if t.contains("B200") {
@@ -256,7 +260,11 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
             conv,
         )
     } else if let Some(x) = tflops {
-        if which.contains("not stated") {
+        // Model FLOPs when the row says MFU / model FLOPs or leaves the convention
+        // open; otherwise the Megatron/DeepSpeed/BLOOM recompute-inclusive count.
+        let upper = which.to_ascii_uppercase();
+        if which.contains("not stated") || upper.starts_with("MFU") || upper.contains("MODEL FLOP")
+        {
             ("tflops_per_gpu_model", x, FlopConvention::Model)
         } else {
             (
@@ -265,6 +273,8 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
                 FlopConvention::WithRecompute,
             )
         }
+    } else if let Some(x) = tokens {
+        ("tokens_per_s", x, FlopConvention::Model)
     } else {
         return Err("no measured figure".to_string());
     };
