@@ -342,6 +342,9 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads one memory component of an estimate.
+type Getter = fn(&Estimate) -> f64;
+
 /// Stacked bars of the per-GPU memory of the best layouts against GPU memory.
 fn draw_memory_png(
     path: &std::path::Path,
@@ -373,7 +376,7 @@ fn draw_memory_png(
         .x_label_formatter(&|x| format!("#{}", *x as usize + 1))
         .y_desc("GB")
         .draw()?;
-    let parts: [(&str, RGBColor, fn(&Estimate) -> f64); 6] = [
+    let parts: [(&str, RGBColor, Getter); 6] = [
         ("weights", RGBColor(31, 119, 180), |e| e.memory.weights),
         ("gradients", RGBColor(255, 127, 14), |e| e.memory.gradients),
         ("optimizer", RGBColor(44, 160, 44), |e| e.memory.optimizer),
