@@ -182,14 +182,18 @@ pub fn run(comm: &dyn Communicator, ops: &[BenchOp], sizes: &[usize]) -> Result<
 
 /// Aggregate memcpy bandwidth (bytes copied per second, each read once and written
 /// once) of `threads` threads each copying its own `bytes`-byte buffer at the same
-/// time: the bound the local backend's copies run against. Best of [`TRIALS`] + 2
-/// synchronised rounds (a bound should not be lowered by other load on the machine).
+/// time: the bound the local backend's copies run against. Each round starts the
+/// threads together and divides all bytes copied by the round's wall time (so more
+/// threads than cores are not over-counted); the best of [`TRIALS`] + 2 rounds is
+/// returned (a bound should not be lowered by other load on the machine).
 pub fn memcpy_bandwidth(threads: usize, bytes: usize) -> f64 {
     let threads = threads.max(1);
     let iters = iters_for(bytes).min(50);
     let rounds = TRIALS + 2;
     let start = std::sync::Barrier::new(threads);
-    let per: Vec<Vec<f64>> = std::thread::scope(|s| {
+    let epoch = Instant::now();
+    // Per thread, per round: (start, end) in seconds since `epoch`.
+    let spans: Vec<Vec<(f64, f64)>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let start = &start;
@@ -200,12 +204,12 @@ pub fn memcpy_bandwidth(threads: usize, bytes: usize) -> f64 {
                     (0..rounds)
                         .map(|_| {
                             start.wait();
-                            let t0 = Instant::now();
+                            let t0 = epoch.elapsed().as_secs_f64();
                             for _ in 0..iters {
                                 dst.copy_from_slice(std::hint::black_box(&src));
                             }
                             std::hint::black_box(&dst);
-                            (bytes * iters) as f64 / t0.elapsed().as_secs_f64()
+                            (t0, epoch.elapsed().as_secs_f64())
                         })
                         .collect()
                 })
@@ -213,5 +217,12 @@ pub fn memcpy_bandwidth(threads: usize, bytes: usize) -> f64 {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
-    (0..rounds).map(|r| per.iter().map(|t| t.get(r).copied().unwrap_or(0.0)).sum::<f64>()).fold(0.0, f64::max)
+    let total = (threads * iters * bytes) as f64;
+    (0..rounds)
+        .filter_map(|r| {
+            let t0 = spans.iter().filter_map(|t| t.get(r).map(|x| x.0)).fold(f64::INFINITY, f64::min);
+            let t1 = spans.iter().filter_map(|t| t.get(r).map(|x| x.1)).fold(0.0, f64::max);
+            (t1 > t0).then(|| total / (t1 - t0))
+        })
+        .fold(0.0, f64::max)
 }

@@ -28,3 +28,9 @@ fn bus_factors_and_traffic_follow_the_formulas() {
     assert_eq!(iters_for(1 << 30), 5);
     assert_eq!(iters_for(1), 1000);
 }
+
+#[test]
+fn memcpy_bandwidth_is_positive_and_finite() {
+    let bw = comm::bench::memcpy_bandwidth(2, 1 << 20);
+    assert!(bw.is_finite() && bw > 1e8, "{bw}");
+}
