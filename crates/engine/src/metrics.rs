@@ -9,26 +9,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Result};
-use crate::trainer::{StepTimes, Trainer};
+use crate::trainer::Trainer;
 
-#[derive(Clone, Debug)]
-pub struct StepMetrics {
-    /// Optimizer steps completed.
-    pub step: u64,
-    pub train_loss: f64,
-    pub val_loss: Option<f64>,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens_per_s: f64,
-    pub mfu: f64,
-    pub step_ms: f64,
-    pub tokens_seen: u64,
-    pub times: StepTimes,
-}
-
-/// One line of `metrics.jsonl`.
+/// The metrics of one optimizer step; one line of `metrics.jsonl`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct MetricsRecord {
+pub struct StepMetrics {
     pub step: u64,
     pub train_loss: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -80,28 +65,13 @@ impl MetricsLog {
     }
 
     pub fn append(&mut self, m: &StepMetrics) -> Result<()> {
-        let rec = MetricsRecord {
-            step: m.step,
-            train_loss: m.train_loss,
-            val_loss: m.val_loss,
-            lr: m.lr,
-            grad_norm: m.grad_norm,
-            tokens_per_s: m.tokens_per_s,
-            mfu: m.mfu,
-            step_ms: m.step_ms,
-            tokens_seen: m.tokens_seen,
-            forward_ms: m.times.forward * 1e3,
-            backward_ms: m.times.backward * 1e3,
-            comm_ms: m.times.comm * 1e3,
-            optimizer_ms: m.times.optimizer * 1e3,
-        };
-        let line = serde_json::to_string(&rec).expect("metrics serialise");
+        let line = serde_json::to_string(m).expect("metrics serialise");
         writeln!(self.file, "{line}").map_err(io(&self.path))
     }
 }
 
 /// Reads `metrics.jsonl`; a malformed line is an error naming the file and line number.
-pub fn read_records(path: &Path) -> Result<Vec<MetricsRecord>> {
+pub fn read_records(path: &Path) -> Result<Vec<StepMetrics>> {
     let f = File::open(path).map_err(io(path))?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(f).lines().enumerate() {

@@ -344,7 +344,10 @@ impl Trainer {
                 mfu: info.flops_per_token * tokens_per_s / (self.peak_flops * self.rank.dp as f64),
                 step_ms: secs * 1e3,
                 tokens_seen: self.tokens_seen,
-                times,
+                forward_ms: times.forward * 1e3,
+                backward_ms: times.backward * 1e3,
+                comm_ms: times.comm * 1e3,
+                optimizer_ms: times.optimizer * 1e3,
             };
             if let Some(log) = &mut log {
                 if done % tc.log_interval.max(1) == 0 || val_loss.is_some() || done == total {
