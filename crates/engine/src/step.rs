@@ -14,6 +14,10 @@ use crate::trainer::{StepTimes, Trainer};
 
 type Gather = Handle<comm::Result<(OwnedBuf, OwnedBuf)>>;
 
+/// Gradient reductions a stage 2-3 rank keeps in flight before it waits for the oldest:
+/// enough to overlap the next blocks' backward, few enough to bound scratch memory.
+const IN_FLIGHT: usize = 2;
+
 /// A bucket reduction in flight.
 pub(crate) enum Reduction {
     /// Stage 0: the whole gradient bucket, all-reduced in place.
@@ -101,12 +105,14 @@ impl Trainer {
         }
     }
 
-    /// Bucket `b`'s backward for this micro-batch is complete.
-    fn grad_done(&mut self, b: usize, g: Vec<f32>, last_micro: bool, pending: &mut Vec<Reduction>) {
+    /// Bucket `b`'s backward for this micro-batch is complete: start its reduction.
+    /// Under stages 2-3 at most [`IN_FLIGHT`] gradient scratch buffers are out at once,
+    /// so gradient memory stays a few buckets rather than a whole model.
+    fn grad_done(&mut self, b: usize, g: Vec<f32>, first_micro: bool, last_micro: bool, pending: &mut Vec<Reduction>) -> Result<()> {
         let stage = self.stage();
         if self.rank.dp == 1 && stage < 2 {
             self.grads[b] = g;
-            return;
+            return Ok(());
         }
         match stage {
             0 if last_micro => {
@@ -122,8 +128,13 @@ impl Trainer {
                 let recv = self.pool.take(self.shards[b].shard);
                 let h = self.rank.stream.reduce_scatter(OwnedBuf::F32(g), OwnedBuf::F32(recv), ReduceOp::Sum);
                 pending.push(Reduction::ReduceScatter { bucket: b, h });
+                if pending.len() > IN_FLIGHT {
+                    let oldest = pending.remove(0);
+                    self.finish(vec![oldest], first_micro)?;
+                }
             }
         }
+        Ok(())
     }
 
     /// Waits for reductions and puts their buffers where the optimizer expects them.
@@ -185,7 +196,7 @@ impl Trainer {
         );
         self.release(head, hp);
         self.release(EMBED, emb);
-        self.grad_done(head, g_head, last, &mut pending);
+        self.grad_done(head, g_head, first, last, &mut pending)?;
         let t1 = Instant::now();
         let fwd_wait = std::mem::take(&mut self.gather_wait);
         for l in (0..nl).rev() {
@@ -195,10 +206,10 @@ impl Trainer {
             let n = self.shards[b].numel;
             self.gpt.block_backward(l, &p[..n], &mut g[..n], &mut self.acts);
             self.release(b, p);
-            self.grad_done(b, g, last, &mut pending);
+            self.grad_done(b, g, first, last, &mut pending)?;
         }
         self.gpt.embed_backward(&mut g_emb[..n_emb], &self.acts);
-        self.grad_done(EMBED, g_emb, last, &mut pending);
+        self.grad_done(EMBED, g_emb, first, last, &mut pending)?;
         let t2 = Instant::now();
         self.finish(pending, first)?;
         let t3 = Instant::now();
