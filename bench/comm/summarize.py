@@ -3,8 +3,9 @@
 
 Files: <config>-<np>-r<rep>.txt with rows `op size time algbw busbw [bound %bound]`.
 busbw is recomputed from the best (lowest) time over passes, each itself the best of
-3 timed loops; %bound is the local row's time bound (from the best memcpy bandwidth
-seen) over that time. The machine is shared, so the minimum is the stable statistic.
+3 timed loops (the machine is shared, so the minimum is the stable statistic). The
+local "% of bound" is the median over passes of (time bound / time), both from the
+same pass: the bound uses the memcpy bandwidth measured at the start of that pass.
 """
 import collections
 import pathlib
@@ -26,7 +27,8 @@ for f in sorted(out.glob("*-r*.txt")):
             key = (cfg, np_, parts[0], int(parts[1]))
             times[key].append(float(parts[2]))
             if len(parts) >= 6 and parts[5] != "-":
-                bounds[key].append(float(parts[5]))
+                # Fraction of the bound measured in the same pass (same machine load).
+                bounds[key].append(float(parts[5]) / float(parts[2]))
 
 def busbw(op, size, p, t_us):
     f = 2 * (p - 1) / p if op == "all_reduce" else (p - 1) / p
@@ -52,7 +54,7 @@ for np_ in (2, 4):
             for c in cfgs:
                 cells.append("%.2f" % busbw(op, size, np_, t[c]) if t[c] else "-")
             b = bounds.get(("local", np_, op, size))
-            frac = "%.0f%%" % (100 * min(b) / t["local"]) if b and t["local"] else "-"
+            frac = "%.0f%%" % (100 * statistics.median(b)) if b else "-"
             r1 = "%.2fx" % (t["c_tuned"] / t["local"]) if t["local"] and t["c_tuned"] else "-"
             r2 = "%.2f" % (t["c_tuned"] / t["mpi"]) if t["mpi"] and t["c_tuned"] else "-"
             print("| %d | %s | %d MiB | %s | %s | %s | %s | %s | %s | %s | %s |" % (
