@@ -156,3 +156,62 @@ fn a_bad_argument_on_one_rank_fails_all() {
     let e = run_local(1, Duration::from_secs(1), |c| c.all_reduce((&mut vec![0u8; 3]).into(), ReduceOp::Sum)).unwrap_err();
     assert!(e.to_string().contains("not bytes"), "{e}");
 }
+
+#[test]
+fn a_recv_without_a_sender_times_out_naming_the_source() {
+    let outs = run_local(2, Duration::from_millis(200), |c| {
+        if c.rank() == 1 {
+            let mut x = vec![0.0f32; 3];
+            return Ok::<_, String>(Some(c.recv((&mut x).into(), 0, 5).unwrap_err()));
+        }
+        // Rank 0 never sends, and stays alive past rank 1's timeout.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(None)
+    })
+    .unwrap();
+    match &outs[1] {
+        Some(CommError::Timeout { op: "recv", missing, .. }) => assert_eq!(missing, &vec![0]),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(outs[0].is_none());
+}
+
+#[test]
+fn async_operations_report_peer_failures() {
+    use comm::{AsyncComm, OwnedBuf};
+    use std::sync::Arc;
+    let outs = run_local(2, Duration::from_secs(20), |c| {
+        let stream: Arc<dyn Communicator> = Arc::from(c.split(0, c.rank(), "async").map_err(|e| e.to_string())?);
+        if c.rank() == 0 {
+            c.abort("rank 0 gave up");
+            return Ok::<_, String>(None);
+        }
+        let a = AsyncComm::new(stream);
+        let h = a.all_reduce(OwnedBuf::F32(vec![1.0; 8]), ReduceOp::Sum);
+        Ok(Some(h.wait().map_err(|e| e.to_string())?.unwrap_err()))
+    })
+    .unwrap();
+    match &outs[1] {
+        Some(CommError::PeerFailed { failed_rank: 0, cause, group, .. }) => {
+            assert_eq!(group, "async");
+            assert!(cause.contains("rank 0 gave up"), "{cause}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_recv_from_a_departed_rank_fails_fast() {
+    let mut comms = LocalWorld::new(2, Duration::from_secs(30)).unwrap();
+    let c1 = comms.pop().unwrap();
+    let t0 = Instant::now();
+    let h = std::thread::spawn(move || {
+        let mut x = [0u8; 4];
+        c1.recv((&mut x[..]).into(), 0, 1)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(comms);
+    let e = h.join().unwrap().unwrap_err();
+    assert!(matches!(e, CommError::PeerFailed { failed_rank: 0, op: "recv", .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}

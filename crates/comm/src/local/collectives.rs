@@ -336,6 +336,11 @@ impl LocalComm {
                 st.posted = None;
                 return Err(g.peer_failed(self.rank, o));
             }
+            if g.departed_rank() == Some(dst) {
+                st.posted = None;
+                drop(st);
+                return Err(self.peer_left(o, dst));
+            }
             let waited = start.elapsed();
             if waited >= g.timeout {
                 st.posted = None;
@@ -383,6 +388,10 @@ impl LocalComm {
             if g.world.is_failed() {
                 return Err(g.peer_failed(self.rank, o));
             }
+            if g.departed_rank() == Some(src) {
+                drop(st);
+                return Err(self.peer_left(o, src));
+            }
             let waited = start.elapsed();
             if waited >= g.timeout {
                 drop(st);
@@ -392,6 +401,18 @@ impl LocalComm {
             let slice = (g.timeout - waited).min(std::time::Duration::from_millis(50));
             st = pair.cv.wait_timeout(st, slice).map(|(s, _)| s).unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// The peer of a send/recv dropped its communicator: fail the world naming it.
+    fn peer_left(&self, o: Op, peer: usize) -> CommError {
+        let g = self.g();
+        g.world.poison(Failure {
+            world_rank: g.world_ranks[peer],
+            op: "(left)".into(),
+            group: g.name.clone(),
+            cause: format!("rank {peer} of group '{}' dropped its communicator", g.name),
+        });
+        g.peer_failed(self.rank, o)
     }
 
     fn timeout_p2p(&self, o: Op, peer: usize, waited: std::time::Duration) {

@@ -323,6 +323,12 @@ impl Group {
         self.cv.notify_all();
     }
 
+    /// Group rank that dropped its communicator, if any.
+    pub(crate) fn departed_rank(&self) -> Option<usize> {
+        let d = self.departed.load(Ordering::SeqCst);
+        (d != usize::MAX).then_some(d)
+    }
+
     /// Wait until all `size` ranks have called `barrier` for this generation.
     pub(crate) fn barrier(&self, rank: usize, op: Op) -> Result<(), CommError> {
         let start = Instant::now();
