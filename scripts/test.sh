@@ -19,5 +19,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --no-fail-fast
+# The NCCL backend builds without CUDA (dynamic loading); its unit tests run without a GPU.
+cargo test -p hyperion-comm --features nccl --lib
 bash scripts/test-mpi.sh
 bash scripts/test-mpi-train.sh

@@ -182,7 +182,7 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
             );
         }
     }
-    let mut bar = Bar::new(root && trainer.cfg.raw.log.progress, plan.pause);
+    let mut bar = Bar::new(root && trainer.cfg.raw.log.progress);
     let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, rank: trainer.rank.rank };
     let val = if root {
         let mut obs = FailAt { inner: &mut bar, pause: plan.pause, fail: plan.fail_at, rank: 0 };
@@ -352,7 +352,7 @@ struct Bar {
 }
 
 impl Bar {
-    fn new(show: bool, _pause: Duration) -> Bar {
+    fn new(show: bool) -> Bar {
         let pb = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
         pb.set_style(
             ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
