@@ -352,7 +352,7 @@ fn draw_memory_png(
     capacity: f64,
 ) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    register_font();
+    crate::chart::register_font();
     let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let ymax = bars
@@ -427,7 +427,7 @@ fn draw_memory_png(
 /// Best predicted tokens/s and MFU for GPU counts node, 2 x node, ... up to the job's.
 fn draw_scaling_png(path: &std::path::Path, job: &Job, spec: &LayoutSpec) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    register_font();
+    crate::chart::register_font();
     let mut counts = Vec::new();
     let mut n = job.machine.gpus_per_node.max(1);
     while n < job.gpus {
@@ -516,28 +516,3 @@ fn parts_below(e: &Estimate, name: &str) -> f64 {
         .sum()
 }
 
-/// plotters' `ab_glyph` backend draws text only with a registered font: use the
-/// system's DejaVu Sans (shipped by most Linux distributions) when present.
-fn register_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        for p in [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        ] {
-            if let Ok(bytes) = std::fs::read(p) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font(
-                    "sans-serif",
-                    plotters::style::FontStyle::Normal,
-                    bytes,
-                )
-                .is_ok()
-                {
-                    return;
-                }
-            }
-        }
-    });
-}
