@@ -70,7 +70,7 @@ impl Trainer {
             None
         };
         // Rank 0 tells everyone whether the commit landed.
-        let mut status = vec![u8::from(matches!(committed, Some(Err(_))))];
+        let mut status = [u8::from(matches!(committed, Some(Err(_))))];
         self.rank.comm.broadcast((&mut status[..]).into(), 0)?;
         match committed {
             Some(res) => Ok(res?),

@@ -328,7 +328,7 @@ impl Trainer {
             let (loss, norm) = self.train_step(&mut times)?;
             let secs = t0.elapsed().as_secs_f64();
             let done = self.step;
-            let eval_now = tc.eval_interval > 0 && (done % tc.eval_interval == 0 || done == total);
+            let eval_now = tc.eval_interval > 0 && (done.is_multiple_of(tc.eval_interval) || done == total);
             let val_loss = if eval_now { Some(self.evaluate()?) } else { None };
             if val_loss.is_some() {
                 last_val = val_loss;
@@ -350,12 +350,12 @@ impl Trainer {
                 optimizer_ms: times.optimizer * 1e3,
             };
             if let Some(log) = &mut log {
-                if done % tc.log_interval.max(1) == 0 || val_loss.is_some() || done == total {
+                if done.is_multiple_of(tc.log_interval.max(1)) || val_loss.is_some() || done == total {
                     log.append(&m)?;
                 }
             }
             observer.step(&m);
-            if (ck.interval > 0 && done % ck.interval == 0) || done == total {
+            if (ck.interval > 0 && done.is_multiple_of(ck.interval)) || done == total {
                 let dir = self.save_checkpoint(observer)?;
                 observer.checkpoint(&dir, done);
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use comm::bench::{self, BenchOp, Row};
+#[cfg(feature = "mpi")]
 use comm::Communicator;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
