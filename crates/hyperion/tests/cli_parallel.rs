@@ -82,6 +82,10 @@ fn checkpoints_move_between_layouts() {
     ok(bin().args(base(&data, 20)).args(["--workers", "4", "--set", "parallel.zero=3", "--out"]).arg(&x));
     let manifest = std::fs::read_to_string(x.join("checkpoints/step-00000020/manifest.json")).unwrap();
     assert!(manifest.contains("model-rank00003.safetensors"), "each rank writes its own shard");
+    // Sampling and evaluation read a sharded checkpoint whole.
+    let out = ok(bin().args(["generate", "--tokens", "12", "--prompt", "O", "--checkpoint"]).arg(&x));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').chars().count(), 13);
+    ok(bin().args(["eval", "--batches", "1", "--checkpoint"]).arg(&x));
     let y = t.path().join("y");
     copy_dir(&x, &y);
     // Original layout all the way to step 40.
