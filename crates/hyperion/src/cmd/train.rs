@@ -182,6 +182,12 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
             );
         }
     }
+    if root && trainer.step >= trainer.cfg.raw.train.steps {
+        println!(
+            "the run is already at step {} (train.steps = {}): nothing to train; continue it with --set train.steps=N",
+            trainer.step, trainer.cfg.raw.train.steps
+        );
+    }
     let mut bar = Bar::new(root && trainer.cfg.raw.log.progress);
     let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, rank: trainer.rank.rank };
     let val = if root {
