@@ -102,7 +102,8 @@ fn setup() -> Setup {
     Setup { _tmp: tmp, root, data }
 }
 
-const STEPS: u64 = 600;
+// Long enough that the kill below always lands mid-run, even on a fast machine.
+const STEPS: u64 = 2000;
 const INTERVAL: u64 = 100;
 
 fn reference_run(s: &Setup) -> (u64, Vec<(String, String)>) {
