@@ -19,7 +19,7 @@ use safetensors::Dtype;
 use crate::error::{io_at, CheckpointError};
 use crate::fsutil;
 use crate::manifest::numel;
-use crate::read::Checkpoint;
+use crate::read::{read_header, Checkpoint, Header};
 use crate::sink::Sink;
 use crate::write::{safetensors_header, TensorSlice};
 
@@ -147,26 +147,8 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>, CheckpointError
     };
     let file = File::open(path).map_err(io_at(path))?;
     let size = file.metadata().map_err(io_at(path))?.len();
-    let mut len = [0u8; 8];
-    file.read_exact_at(&mut len, 0)
-        .map_err(|e| bad(format!("cannot read the 8-byte header length: {e}")))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 || 8 + n > size {
-        return Err(bad(format!(
-            "header length {n} is implausible for a {size}-byte file"
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact_at(&mut header, 8).map_err(io_at(path))?;
-    let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not a valid safetensors header: {e}")))?;
-    let data_start = 8 + n;
+    let Header { metadata, data_start, data_end } = read_header(&file, path, size)?;
     let tensors = metadata.tensors();
-    let data_end = tensors
-        .values()
-        .map(|t| t.data_offsets.1)
-        .max()
-        .unwrap_or(0) as u64;
     if data_start + data_end > size {
         return Err(CheckpointError::Truncated {
             file: path.to_path_buf(),

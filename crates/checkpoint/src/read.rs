@@ -222,28 +222,8 @@ fn check_header(
         file: path.to_path_buf(),
         message,
     };
-    let mut len = [0u8; 8];
-    file.read_exact_at(&mut len, 0)
-        .map_err(|e| bad(format!("cannot read the 8-byte header length: {e}")))?;
-    let n = u64::from_le_bytes(len);
-    // Same cap as the reference reader (100 MB), which also bounds our allocation.
-    if n > 100_000_000 || 8 + n > record.bytes {
-        return Err(bad(format!(
-            "header length {n} is implausible for a {}-byte file",
-            record.bytes
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact_at(&mut header, 8).map_err(io_at(path))?;
-    let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not a valid safetensors header: {e}")))?;
-    let data_start = 8 + n;
+    let Header { metadata, data_start, data_end } = read_header(file, path, record.bytes)?;
     let tensors = metadata.tensors();
-    let data_end = tensors
-        .values()
-        .map(|t| t.data_offsets.1)
-        .max()
-        .unwrap_or(0) as u64;
     if data_start + data_end != record.bytes {
         return Err(bad(format!(
             "header describes {} bytes of data but the file holds {}",
@@ -391,4 +371,32 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// A parsed safetensors header: the metadata, where the data section starts, and the
+/// end of the data the header describes (relative to `data_start`).
+pub(crate) struct Header {
+    pub metadata: safetensors::tensor::Metadata,
+    pub data_start: u64,
+    pub data_end: u64,
+}
+
+/// Reads and parses the header of the safetensors file `file` (of `size` bytes) with the
+/// `safetensors` crate's types; a malformed header is `BadShard` naming the file.
+pub(crate) fn read_header(file: &File, path: &Path, size: u64) -> Result<Header, CheckpointError> {
+    let bad = |message: String| CheckpointError::BadShard { file: path.to_path_buf(), message };
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0)
+        .map_err(|e| bad(format!("cannot read the 8-byte header length: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    // Same cap as the reference reader (100 MB), which also bounds our allocation.
+    if n > 100_000_000 || 8 + n > size {
+        return Err(bad(format!("header length {n} is implausible for a {size}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(io_at(path))?;
+    let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not a valid safetensors header: {e}")))?;
+    let data_end = metadata.tensors().values().map(|t| t.data_offsets.1).max().unwrap_or(0) as u64;
+    Ok(Header { metadata, data_start: 8 + n, data_end })
 }
