@@ -45,13 +45,19 @@ pub const SECTIONS: &[&str] = &[
 
 /// Every valid `section.key` and its kind.
 pub(crate) const FIELDS: &[(&str, Kind)] = &[
-    ("model.arch", Kind::Enum(&["gpt2"])),
+    ("model.arch", Kind::Enum(&["gpt2", "llama"])),
     ("model.n_layer", U),
     ("model.n_head", U),
     ("model.n_embd", U),
     ("model.block_size", U),
     ("model.vocab_size", Kind::OptUInt),
     ("model.bias", Kind::Bool),
+    ("model.n_kv_head", U),
+    ("model.head_dim", U),
+    ("model.ffn_hidden", U),
+    ("model.norm_eps", Kind::Float),
+    ("model.rope_theta", Kind::Float),
+    ("model.tie_embeddings", Kind::Bool),
     ("train.steps", U),
     ("train.batch_size", U),
     ("train.grad_accum", U),

@@ -13,10 +13,18 @@
 //! | `gpt2-xl` | 48 | 25 | 1600 | 1024 | 1558M |
 //! | `gpt2-mini` | 4 | 4 | 256 | 128 | GPT-2 tokenizer, tiny model |
 //! | `tiny` | 2 | 2 | 32 | 16 | for tests: 20 steps |
+//! | `llama-char-cpu` | 4 | 4 (2 kv) | 128 | 64 | Llama blocks, `shakespeare-char-cpu`'s size |
+//! | `llama-mini` | 4 | 4 (2 kv) | 256 | 128 | Llama blocks, GPT-2 tokenizer, untied head |
+//! | `tinyllama-1.1b`, `llama3-8b`, `llama3-70b`, `llama3.1-405b` | | | | | published shapes, to plan and check memory |
+//!
+//! The model shapes are not written here: each preset names its entry in the model
+//! catalog (`model::spec::catalog`), which the planner reads too.
 
 use std::path::PathBuf;
 
-use crate::{RunConfig, TokenizerKind};
+use model::spec::{Family, ModelSpec};
+
+use crate::{Arch, ModelConfig, RunConfig, TokenizerKind};
 
 const NAMES: &[&str] = &[
     "shakespeare-char",
@@ -27,6 +35,12 @@ const NAMES: &[&str] = &[
     "gpt2-xl",
     "gpt2-mini",
     "tiny",
+    "llama-char-cpu",
+    "llama-mini",
+    "tinyllama-1.1b",
+    "llama3-8b",
+    "llama3-70b",
+    "llama3.1-405b",
 ];
 
 /// The names [`get`] accepts.
@@ -36,35 +50,54 @@ pub fn names() -> &'static [&'static str] {
 
 /// The full raw config of a preset, or `None` for an unknown name.
 pub fn get(name: &str) -> Option<RunConfig> {
-    Some(match name {
+    let mut c = match name {
         "shakespeare-char" => shakespeare_char(),
         // The crate's defaults are this preset, so that `hyperion train` with no
         // arguments is a run that finishes on a CPU.
-        "shakespeare-char-cpu" => RunConfig::default(),
-        "gpt2" => gpt2(12, 12, 768),
-        "gpt2-medium" => gpt2(24, 16, 1024),
-        "gpt2-large" => gpt2(36, 20, 1280),
-        "gpt2-xl" => gpt2(48, 25, 1600),
-        "gpt2-mini" => {
-            let mut c = gpt2(4, 4, 256);
-            c.model.block_size = 128;
-            c
-        }
+        "shakespeare-char-cpu" | "llama-char-cpu" => RunConfig::default(),
+        "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" | "llama-mini" | "tinyllama-1.1b" | "llama3-8b" | "llama3-70b" | "llama3.1-405b" => gpt2(),
+        "gpt2-mini" => gpt2(),
         "tiny" => tiny(),
         _ => return None,
-    })
+    };
+    let spec = model::spec::get(name)?;
+    // Character-level presets take the vocabulary from the prepared data.
+    let from_data = c.data.tokenizer == TokenizerKind::Char;
+    c.model = model_config(&spec, from_data);
+    Some(c)
+}
+
+/// The `[model]` section that resolves back into `spec` (see
+/// `ResolvedConfig::model_spec`; a test checks the round trip for every preset).
+pub fn model_config(spec: &ModelSpec, vocab_from_data: bool) -> ModelConfig {
+    let d = ModelConfig::default();
+    let theta = match spec.positions {
+        model::spec::Positions::Rope { theta } => theta,
+        _ => d.rope_theta,
+    };
+    ModelConfig {
+        arch: match spec.family {
+            Family::Gpt2 => Arch::Gpt2,
+            Family::Llama => Arch::Llama,
+        },
+        n_layer: spec.layers,
+        n_head: spec.heads,
+        n_embd: spec.hidden,
+        block_size: spec.seq,
+        vocab_size: (!vocab_from_data).then_some(spec.vocab),
+        bias: spec.bias,
+        n_kv_head: if spec.kv_heads == spec.heads { 0 } else { spec.kv_heads },
+        head_dim: if spec.head_dim * spec.heads == spec.hidden { 0 } else { spec.head_dim },
+        ffn_hidden: if spec.family == Family::Gpt2 && spec.ffn == 4 * spec.hidden { 0 } else { spec.ffn },
+        norm_eps: spec.norm_eps,
+        rope_theta: theta,
+        tie_embeddings: spec.tied,
+    }
 }
 
 /// nanoGPT's `train_shakespeare_char.py`: a "baby GPT" that reaches ~1.47 val loss.
 fn shakespeare_char() -> RunConfig {
     let mut c = RunConfig::default();
-    (
-        c.model.n_layer,
-        c.model.n_head,
-        c.model.n_embd,
-        c.model.block_size,
-    ) = (6, 6, 384, 256);
-    c.model.bias = false;
     c.train.batch_size = 64;
     c.train.steps = 5000;
     (
@@ -86,16 +119,8 @@ fn shakespeare_char() -> RunConfig {
 
 /// GPT-2 family (nanoGPT's `train_gpt2.py` optimizer settings, GPT-3 paper's beta2 0.95)
 /// fine-tuned on Shakespeare with the GPT-2 tokenizer.
-fn gpt2(n_layer: usize, n_head: usize, n_embd: usize) -> RunConfig {
+fn gpt2() -> RunConfig {
     let mut c = RunConfig::default();
-    (
-        c.model.n_layer,
-        c.model.n_head,
-        c.model.n_embd,
-        c.model.block_size,
-    ) = (n_layer, n_head, n_embd, 1024);
-    c.model.vocab_size = Some(50257);
-    c.model.bias = true;
     c.train.batch_size = 8;
     c.train.steps = 5000;
     (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps) = (6e-4, 6e-5, 200);
@@ -110,13 +135,6 @@ fn gpt2(n_layer: usize, n_head: usize, n_embd: usize) -> RunConfig {
 /// The smallest useful run, for tests: a few seconds on one core.
 fn tiny() -> RunConfig {
     let mut c = RunConfig::default();
-    (
-        c.model.n_layer,
-        c.model.n_head,
-        c.model.n_embd,
-        c.model.block_size,
-    ) = (2, 2, 32, 16);
-    c.model.bias = true;
     c.train.batch_size = 4;
     c.train.steps = 20;
     (
@@ -140,6 +158,22 @@ mod tests {
             assert!(get(name).is_some(), "{name}");
         }
         assert!(get("gpt3").is_none());
+    }
+
+    #[test]
+    fn presets_resolve_to_their_catalog_spec() {
+        for name in names() {
+            let spec = model::spec::get(name).unwrap();
+            let mut r = crate::ResolvedConfig::new(get(name).unwrap()).unwrap();
+            r.preset = Some(name.to_string());
+            let r = r.with_vocab_size(spec.vocab).unwrap();
+            let got = r.model_spec().unwrap();
+            assert_eq!(ModelSpec { source: spec.source.clone(), ..got }, spec, "{name}");
+        }
+        let l = get("llama-char-cpu").unwrap();
+        assert_eq!((l.model.arch, l.model.n_kv_head, l.model.ffn_hidden, l.model.tie_embeddings), (Arch::Llama, 2, 384, false));
+        assert_eq!(l.data.tokenizer, TokenizerKind::Char);
+        assert_eq!(get("llama-mini").unwrap().data.tokenizer, TokenizerKind::Gpt2);
     }
 
     #[test]

@@ -103,6 +103,49 @@ impl ResolvedConfig {
     }
 }
 
+impl ResolvedConfig {
+    /// The model this config describes, as the one spec the engine, the planner and
+    /// exports share. Needs the vocabulary (set from the data by
+    /// [`ResolvedConfig::with_vocab_size`], or given).
+    pub fn model_spec(&self) -> Result<model::ModelSpec, ConfigError> {
+        use model::spec::{Family, Mlp, ModelSpec, Norm, Positions};
+        let m = &self.raw.model;
+        let vocab = m.vocab_size.ok_or_else(|| ConfigError::InvalidValue {
+            key: "model.vocab_size".into(),
+            reason: "is unknown: the data folder's meta.json must set it".into(),
+        })?;
+        let head_dim = if m.head_dim == 0 { m.n_embd / m.n_head.max(1) } else { m.head_dim };
+        let llama = m.arch == crate::Arch::Llama;
+        let ffn = match (m.ffn_hidden, llama) {
+            (0, false) => 4 * m.n_embd,
+            // Meta's reference `FeedForward`: hidden = 2 * 4d / 3, rounded up to 256.
+            (0, true) => (2 * 4 * m.n_embd / 3).div_ceil(256) * 256,
+            (f, _) => f,
+        };
+        let spec = ModelSpec {
+            name: self.preset.clone().unwrap_or_else(|| "custom".into()),
+            family: if llama { Family::Llama } else { Family::Gpt2 },
+            layers: m.n_layer,
+            hidden: m.n_embd,
+            heads: m.n_head,
+            kv_heads: if m.n_kv_head == 0 { m.n_head } else { m.n_kv_head },
+            head_dim,
+            ffn,
+            vocab,
+            seq: m.block_size,
+            norm: if llama { Norm::RmsNorm } else { Norm::LayerNorm },
+            norm_eps: m.norm_eps,
+            mlp: if llama { Mlp::SwiGlu } else { Mlp::Gelu },
+            positions: if llama { Positions::Rope { theta: m.rope_theta } } else { Positions::Learned },
+            bias: m.bias,
+            tied: m.tie_embeddings,
+            source: "run config".into(),
+        };
+        spec.validate().map_err(|reason| ConfigError::InvalidValue { key: "model".into(), reason })?;
+        Ok(spec)
+    }
+}
+
 impl fmt::Display for ResolvedConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_toml())

@@ -24,14 +24,19 @@ pub struct RunConfig {
     pub log: LogConfig,
 }
 
-/// Model architecture family. Only GPT-2 (Radford et al. 2019) for now.
+/// Model architecture family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
+    /// GPT-2 (Radford et al. 2019): LayerNorm, GELU-tanh MLP, learned positions.
     Gpt2,
+    /// Llama (Touvron et al. 2023): RMSNorm, SwiGLU MLP, rotary positions, GQA.
+    Llama,
 }
 
 /// `[model]`: the transformer's shape. Names follow GPT-2 / nanoGPT (`n_embd`, ...).
+/// It resolves into one `model::ModelSpec` ([`crate::ResolvedConfig::model_spec`]);
+/// a `0` in the derived fields means "the family's default".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -45,8 +50,23 @@ pub struct ModelConfig {
     /// (see [`crate::ResolvedConfig::with_vocab_size`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<usize>,
-    /// Biases in linear layers and layer norms (GPT-2: true; nanoGPT's small runs: false).
+    /// Biases in linear layers and layer norms (GPT-2: true; nanoGPT's small runs and
+    /// Llama: false).
     pub bias: bool,
+    /// Key/value heads for grouped-query attention (Ainslie et al. 2023); must divide
+    /// `n_head`. 0 = `n_head` (multi-head attention).
+    pub n_kv_head: usize,
+    /// Width of one attention head. 0 = `n_embd / n_head`.
+    pub head_dim: usize,
+    /// Feed-forward width. 0 = `4 n_embd` (gpt2) or Meta's Llama rule
+    /// `256 * ceil((2 * 4 n_embd / 3) / 256)` (llama; 11008 for 4096).
+    pub ffn_hidden: usize,
+    /// Epsilon of LayerNorm / RMSNorm.
+    pub norm_eps: f64,
+    /// Rotary base theta (llama; Su et al. 2021). Ignored by gpt2's learned positions.
+    pub rope_theta: f64,
+    /// The output head shares the token embedding (GPT-2 always; Llama 3.2 1B/3B).
+    pub tie_embeddings: bool,
 }
 
 impl Default for ModelConfig {
@@ -59,6 +79,12 @@ impl Default for ModelConfig {
             block_size: 64,
             vocab_size: None,
             bias: false,
+            n_kv_head: 0,
+            head_dim: 0,
+            ffn_hidden: 0,
+            norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_embeddings: true,
         }
     }
 }

@@ -66,8 +66,8 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
         positive("model.vocab_size", v as u64)?;
     }
     // Multi-head attention splits the width into n_head heads of n_embd / n_head dims
-    // (Vaswani et al. 2017, sec. 3.2.2).
-    if m.n_embd % m.n_head != 0 {
+    // (Vaswani et al. 2017, sec. 3.2.2), unless head_dim is given.
+    if m.head_dim == 0 && m.n_embd % m.n_head != 0 {
         return Err(invalid(
             "model.n_embd",
             format!(
@@ -77,6 +77,27 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
                 m.n_embd % m.n_head
             ),
         ));
+    }
+
+    if m.n_kv_head != 0 && m.n_head % m.n_kv_head != 0 {
+        return Err(invalid(
+            "model.n_kv_head",
+            format!("must divide model.n_head ({} % {} = {})", m.n_head, m.n_kv_head, m.n_head % m.n_kv_head),
+        ));
+    }
+    if !(m.norm_eps > 0.0 && m.norm_eps < 1.0) {
+        return Err(invalid("model.norm_eps", format!("must be in (0, 1), found {}", m.norm_eps)));
+    }
+    if m.arch == crate::Arch::Llama {
+        if !(m.rope_theta > 1.0 && m.rope_theta.is_finite()) {
+            return Err(invalid("model.rope_theta", format!("must be a finite number above 1, found {}", m.rope_theta)));
+        }
+        let hd = if m.head_dim == 0 { m.n_embd / m.n_head } else { m.head_dim };
+        if hd % 2 != 0 {
+            return Err(invalid("model.head_dim", format!("rotary embeddings need an even head width, found {hd}")));
+        }
+    } else if !m.tie_embeddings {
+        return Err(invalid("model.tie_embeddings", "gpt2 ties its output head to the token embedding; use arch = \"llama\" for an untied head"));
     }
 
     let t = &c.train;

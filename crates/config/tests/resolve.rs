@@ -190,6 +190,12 @@ fn every_preset_validates_with_the_documented_shape() {
         ("gpt2-xl", [48, 25, 1600, 1024], TokenizerKind::Gpt2),
         ("gpt2-mini", [4, 4, 256, 128], TokenizerKind::Gpt2),
         ("tiny", [2, 2, 32, 16], TokenizerKind::Char),
+        ("llama-char-cpu", [4, 4, 128, 64], TokenizerKind::Char),
+        ("llama-mini", [4, 4, 256, 128], TokenizerKind::Gpt2),
+        ("tinyllama-1.1b", [22, 32, 2048, 2048], TokenizerKind::Gpt2),
+        ("llama3-8b", [32, 32, 4096, 8192], TokenizerKind::Gpt2),
+        ("llama3-70b", [80, 64, 8192, 8192], TokenizerKind::Gpt2),
+        ("llama3.1-405b", [126, 128, 16384, 131072], TokenizerKind::Gpt2),
     ];
     assert_eq!(presets::names().len(), expect.len());
     for (name, shape, tok) in expect {

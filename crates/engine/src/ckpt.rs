@@ -114,6 +114,8 @@ impl Trainer {
             // No dropout: the only randomness is the seeded sampler, keyed by sample index.
             "rng": { "seed": self.cfg.raw.train.seed, "kind": "sampler keyed by (seed, global sample index)" },
             "model": self.gpt.cfg,
+            // The whole spec (family, GQA, norms, positions): what an export needs.
+            "model_spec": self.gpt.spec,
             "layout": { "dp": self.rank.dp, "zero": self.cfg.raw.parallel.zero },
             // The tokenizer travels with the model, so sampling needs no data folder.
             "data": self.data.as_ref().map(|d| serde_json::to_value(&d.meta).expect("meta serialises")),

@@ -28,4 +28,4 @@ pub use ckpt::{load_model, meta_u64, open as open_checkpoint, saved_config, save
 pub use error::{EngineError, Result};
 pub use metrics::{measure_peak_flops, Measured, MemoryReport, RunInfo, StepMetrics};
 pub use rank::Rank;
-pub use trainer::{evaluate, gpt_config, peak_rss_bytes, Observer, Quiet, StepTimes, Trainer};
+pub use trainer::{evaluate, model_spec, peak_rss_bytes, Observer, Quiet, StepTimes, Trainer};

@@ -17,7 +17,7 @@ pub struct SampleOptions {
 /// affect the logits that are read.
 pub fn generate(gpt: &Gpt, params: &[Vec<f32>], prompt: &[u32], opts: &SampleOptions) -> Vec<u32> {
     let (t, v) = (gpt.cfg.block_size, gpt.cfg.vocab_size);
-    let mut acts = Activations::new(&gpt.cfg, 1, t, false);
+    let mut acts = Activations::new(&gpt.spec, 1, t, false);
     let mut rng = SplitMix64(opts.seed);
     let mut ctx: Vec<u32> = prompt.to_vec();
     let mut window = vec![0u32; t];

@@ -3,10 +3,11 @@
 //! as soon as its backward ends, and under stage 3 the next bucket's parameters are
 //! all-gathered while the current one computes.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use comm::{Handle, OwnedBuf, ReduceOp};
-use model::layout::EMBED;
+use model::{Activations, Cpu, Driver, Gpt};
 
 use crate::error::{EngineError, Result};
 use crate::optim::clip_factor;
@@ -46,15 +47,33 @@ impl Trainer {
         self.cfg.raw.parallel.zero
     }
 
-    /// Bucket use order of one forward (+ backward) pass, for stage 3's prefetch. The
-    /// embedding bucket is held from the embedding through the (tied) head.
+    /// Bucket use order of one forward (+ backward) pass, for stage 3's prefetch
+    /// (the model's stage loop acquires buckets in exactly this order).
     pub(crate) fn prefetch_plan(&self, backward: bool) -> Prefetch {
-        let nl = self.gpt.cfg.n_layer;
-        let mut order: Vec<usize> = std::iter::once(EMBED).chain(1..=nl).chain([self.gpt.layout.head()]).collect();
-        if backward {
-            order.extend((1..=nl).rev());
-        }
-        Prefetch { order, pos: 0, pending: None }
+        Prefetch { order: self.gpt.use_order(backward), pos: 0, pending: None }
+    }
+
+    /// Runs one pass of the model's stage loop with this trainer as its [`Driver`]:
+    /// the activations and the batch are lent to the pass and put back afterwards.
+    /// Returns the pass's result, the reductions still in flight and when the forward
+    /// ended (with the gather wait until then).
+    pub(crate) fn drive<R>(
+        &mut self,
+        plan: Prefetch,
+        first: bool,
+        last: bool,
+        pass: impl FnOnce(&Gpt, &mut Stepper<'_>, &mut Activations, &[u32], &[u32]) -> Result<R>,
+    ) -> Result<(R, Vec<Reduction>, Option<(Instant, f64)>)> {
+        let gpt = Arc::clone(&self.gpt);
+        let mut acts = std::mem::replace(&mut self.acts, Activations::empty());
+        let (x, y) = (std::mem::take(&mut self.inputs), std::mem::take(&mut self.targets));
+        let mut d = Stepper { t: self, plan, pending: Vec::new(), first, last, forward_end: None };
+        let r = pass(&gpt, &mut d, &mut acts, &x, &y);
+        let (pending, forward_end) = (d.pending, d.forward_end);
+        self.acts = acts;
+        self.inputs = x;
+        self.targets = y;
+        Ok((r?, pending, forward_end))
     }
 
     fn submit_gather(&mut self, b: usize) -> Gather {
@@ -167,52 +186,14 @@ impl Trainer {
     /// Forward and backward of the micro-batch in `self.inputs`/`targets`, adding this
     /// rank's share of the gradient (scaled by `grad_scale`). Returns the summed loss.
     pub(crate) fn micro_step(&mut self, grad_scale: f32, first: bool, last: bool, times: &mut StepTimes) -> Result<f64> {
-        let nl = self.gpt.cfg.n_layer;
-        let head = self.gpt.layout.head();
-        let mut plan = self.prefetch_plan(true);
-        let mut pending = Vec::new();
+        let plan = self.prefetch_plan(true);
         self.gather_wait = 0.0;
         let t0 = Instant::now();
-        let emb = self.acquire(EMBED, &mut plan)?;
-        let n_emb = self.shards[EMBED].numel;
-        self.gpt.embed_forward(&emb[..n_emb], &mut self.acts, &self.inputs);
-        for l in 0..nl {
-            let p = self.acquire(l + 1, &mut plan)?;
-            self.gpt.block_forward(l, &p[..self.shards[l + 1].numel], &mut self.acts);
-            self.release(l + 1, p);
-        }
-        let hp = self.acquire(head, &mut plan)?;
-        let mut g_emb = self.grad_target(EMBED);
-        let mut g_head = self.grad_target(head);
-        let n_head = self.shards[head].numel;
-        let loss = self.gpt.head_forward_backward(
-            &emb[..n_emb],
-            &hp[..n_head],
-            &mut g_emb[..n_emb],
-            &mut g_head[..n_head],
-            &mut self.acts,
-            &self.targets,
-            grad_scale,
-        );
-        self.release(head, hp);
-        self.release(EMBED, emb);
-        self.grad_done(head, g_head, first, last, &mut pending)?;
-        let t1 = Instant::now();
-        let fwd_wait = std::mem::take(&mut self.gather_wait);
-        for l in (0..nl).rev() {
-            let b = l + 1;
-            let p = self.acquire(b, &mut plan)?;
-            let mut g = self.grad_target(b);
-            let n = self.shards[b].numel;
-            self.gpt.block_backward(l, &p[..n], &mut g[..n], &mut self.acts);
-            self.release(b, p);
-            self.grad_done(b, g, first, last, &mut pending)?;
-        }
-        self.gpt.embed_backward(&mut g_emb[..n_emb], &self.acts);
-        self.grad_done(EMBED, g_emb, first, last, &mut pending)?;
+        let (loss, pending, forward_end) = self.drive(plan, first, last, |gpt, d, acts, x, y| gpt.train_micro(d, acts, x, y, grad_scale))?;
         let t2 = Instant::now();
         self.finish(pending, first)?;
         let t3 = Instant::now();
+        let (t1, fwd_wait) = forward_end.unwrap_or((t2, 0.0));
         let bwd_wait = std::mem::take(&mut self.gather_wait);
         times.forward += (t1 - t0).as_secs_f64() - fwd_wait;
         times.backward += (t2 - t1).as_secs_f64() - bwd_wait;
@@ -276,5 +257,38 @@ impl Trainer {
         times.optimizer += (t1 - t0).as_secs_f64();
         times.comm += t1.elapsed().as_secs_f64();
         Ok(norm)
+    }
+}
+
+/// The trainer as the model's [`Driver`]: buckets are lent (ZeRO-3: gathered, with the
+/// next one prefetched) and each gradient bucket's reduction starts as soon as its
+/// backward ends.
+pub(crate) struct Stepper<'t> {
+    t: &'t mut Trainer,
+    plan: Prefetch,
+    pending: Vec<Reduction>,
+    first: bool,
+    last: bool,
+    forward_end: Option<(Instant, f64)>,
+}
+
+impl Driver<Cpu> for Stepper<'_> {
+    type Error = EngineError;
+    type Params = Vec<f32>;
+    type Grads = Vec<f32>;
+    fn acquire(&mut self, b: usize) -> Result<Vec<f32>> {
+        self.t.acquire(b, &mut self.plan)
+    }
+    fn release(&mut self, b: usize, p: Vec<f32>) {
+        self.t.release(b, p)
+    }
+    fn grad(&mut self, b: usize) -> Result<Vec<f32>> {
+        Ok(self.t.grad_target(b))
+    }
+    fn grad_done(&mut self, b: usize, g: Vec<f32>) -> Result<()> {
+        self.t.grad_done(b, g, self.first, self.last, &mut self.pending)
+    }
+    fn forward_done(&mut self) {
+        self.forward_end = Some((Instant::now(), std::mem::take(&mut self.t.gather_wait)));
     }
 }

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use config::ResolvedConfig;
 use data::Dataset;
-use model::layout::EMBED;
-use model::{Activations, Gpt, GptConfig};
+use model::{Activations, Gpt, ModelSpec};
 
 use crate::error::{EngineError, Result};
 use crate::metrics::{MemoryReport, MetricsLog, RunInfo, StepMetrics};
@@ -47,12 +46,9 @@ impl Observer for Quiet {}
 /// Sample-index stream for evaluation, disjoint from training by seed.
 const EVAL_SEED_SALT: u64 = 0x5EED_0E7A_1000_0001;
 
-pub fn gpt_config(cfg: &ResolvedConfig) -> Result<GptConfig> {
-    let m = &cfg.raw.model;
-    let vocab_size = m
-        .vocab_size
-        .ok_or_else(|| EngineError::Invalid("model.vocab_size is unknown: the data folder's meta.json must set it".into()))?;
-    Ok(GptConfig { vocab_size, n_layer: m.n_layer, n_head: m.n_head, n_embd: m.n_embd, block_size: m.block_size, bias: m.bias })
+/// The model a resolved config describes (the vocabulary must be known).
+pub fn model_spec(cfg: &ResolvedConfig) -> Result<ModelSpec> {
+    Ok(cfg.model_spec()?)
 }
 
 /// Time of each phase of a step, in seconds. `comm` is communication the step waited
@@ -69,7 +65,7 @@ pub struct StepTimes {
 /// every rank runs the same loop on its share of each global batch (SPMD).
 pub struct Trainer {
     pub cfg: ResolvedConfig,
-    pub gpt: Gpt,
+    pub gpt: std::sync::Arc<Gpt>,
     /// None for benchmarks, which train on random tokens.
     pub data: Option<Dataset>,
     pub rank: Rank,
@@ -128,7 +124,7 @@ impl Trainer {
                 par.dp, rank.dp
             )));
         }
-        let gpt = Gpt::new(gpt_config(&cfg)?);
+        let gpt = std::sync::Arc::new(Gpt::new(model_spec(&cfg)?));
         let (dp, r, zero) = (rank.dp, rank.rank, par.zero);
         let shards = shards(&gpt.layout, dp);
         let whole = |s: &BucketShard| vec![0.0f32; s.padded(dp)];
@@ -173,7 +169,7 @@ impl Trainer {
             Some(p) => (p, false),
             None => (crate::metrics::measure_peak_flops(), true),
         };
-        let (acts, m_acts) = crate::alloc::measure(|| Activations::new(&gpt.cfg, b, t, recompute));
+        let (acts, m_acts) = crate::alloc::measure(|| Activations::new(&gpt.spec, b, t, recompute));
         let measured = match (m_params, m_grads, m_optim, m_acts) {
             (Some(params), Some(grads), Some(optimizer), Some(activations)) => {
                 Some(crate::metrics::Measured { params, grads, optimizer, activations, thread_peak: 0 })
@@ -225,7 +221,7 @@ impl Trainer {
         match (&self.data, val) {
             (Some(d), false) => d.train.fill_batch(tc.seed, first, b, t, &mut self.inputs, &mut self.targets),
             (Some(d), true) => d.val.fill_batch(tc.seed ^ EVAL_SEED_SALT, first, b, t, &mut self.inputs, &mut self.targets),
-            (None, _) => random_tokens(tc.seed, first, self.gpt.cfg.vocab_size, &mut self.inputs, &mut self.targets),
+            (None, _) => random_tokens(tc.seed, first, self.gpt.spec.vocab, &mut self.inputs, &mut self.targets),
         }
     }
 
@@ -280,21 +276,8 @@ impl Trainer {
 
     /// Summed loss of the batch in `inputs`/`targets`, no gradients.
     fn forward_loss(&mut self) -> Result<f64> {
-        let mut plan = self.prefetch_plan(false);
-        let emb = self.acquire(EMBED, &mut plan)?;
-        let n_emb = self.shards[EMBED].numel;
-        self.gpt.embed_forward(&emb[..n_emb], &mut self.acts, &self.inputs);
-        for l in 0..self.gpt.cfg.n_layer {
-            let p = self.acquire(l + 1, &mut plan)?;
-            self.gpt.block_forward(l, &p[..self.shards[l + 1].numel], &mut self.acts);
-            self.release(l + 1, p);
-        }
-        let head = self.gpt.layout.head();
-        let hp = self.acquire(head, &mut plan)?;
-        let loss = self.gpt.head_loss(&emb[..n_emb], &hp[..self.shards[head].numel], &mut self.acts, &self.targets);
-        self.release(head, hp);
-        self.release(EMBED, emb);
-        Ok(loss)
+        let plan = self.prefetch_plan(false);
+        Ok(self.drive(plan, false, false, |gpt, d, acts, x, y| gpt.eval_micro(d, acts, x, y))?.0)
     }
 
     /// The whole model's parameters, unpadded, on every rank (a collective under ZeRO-3).
@@ -367,7 +350,7 @@ impl Trainer {
 /// Mean validation loss of whole `params` over `batches` batches of (b, t): the batches a
 /// single-rank run with this `seed` evaluates.
 pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, b: usize, t: usize, batches: usize) -> f64 {
-    let mut acts = Activations::new(&gpt.cfg, b, t, false);
+    let mut acts = Activations::new(&gpt.spec, b, t, false);
     let (mut x, mut y) = (vec![0; b * t], vec![0; b * t]);
     let sum: f64 = (0..batches)
         .map(|i| {

@@ -1,51 +1,93 @@
 //! Activation buffers, allocated once per (micro-batch, sequence) shape and reused every
-//! step: fresh large allocations cost page faults on every step otherwise.
+//! step: fresh large allocations cost page faults on every step otherwise. Buffers are
+//! the backend's ([`crate::backend::Backend::Vec`]).
 
-use crate::layout::GptConfig;
+use crate::backend::{Backend, Cpu};
+use crate::layout::ToSpec;
+use crate::spec::{Mlp, ModelSpec, Norm, Positions};
 
-/// What one transformer block keeps from its forward for its backward. Shapes per token
-/// row (B*T rows): ln (C), qkv (3C), att (C), res2 (C), fc and gelu (4C).
-pub struct BlockActs {
-    pub ln1: Vec<f32>,       // (B,T,C)
-    pub ln1_mean: Vec<f32>,  // (B,T)
-    pub ln1_rstd: Vec<f32>,  // (B,T)
-    pub qkv: Vec<f32>,       // (B,T,3C)
-    pub att: Vec<f32>,       // (B,T,C) attention output before c_proj
-    pub att_saved: Vec<f32>, // kernel-defined softmax statistics
-    pub res2: Vec<f32>,      // (B,T,C) residual after attention
-    pub ln2: Vec<f32>,       // (B,T,C)
-    pub ln2_mean: Vec<f32>,
-    pub ln2_rstd: Vec<f32>,
-    pub fc: Vec<f32>,   // (B,T,4C) before GELU
-    pub gelu: Vec<f32>, // (B,T,4C)
+/// Floats per row (token) of each activation, from the spec: the allocation and the
+/// analytical byte count both read these, so they cannot drift apart.
+#[derive(Clone, Copy, Debug)]
+struct Widths {
+    c: usize,
+    /// Packed q|k|v.
+    qkv: usize,
+    /// Attention output (heads * head_dim).
+    att: usize,
+    /// MLP input projection output: f (GELU) or 2f (SwiGLU gate|up).
+    up: usize,
+    /// MLP activation output: f.
+    act: usize,
+    /// LayerNorm saves a mean per row; RMSNorm does not.
+    mean: usize,
 }
 
-impl BlockActs {
-    fn new(cfg: &GptConfig, b: usize, t: usize) -> Self {
-        let (n, c) = (b * t, cfg.n_embd);
+impl Widths {
+    fn of(m: &ModelSpec) -> Widths {
+        let up = match m.mlp {
+            Mlp::Gelu => m.ffn,
+            Mlp::SwiGlu => 2 * m.ffn,
+        };
+        let mean = usize::from(m.norm == Norm::LayerNorm);
+        Widths { c: m.hidden, qkv: m.q_width() + 2 * m.kv_width(), att: m.q_width(), up, act: m.ffn, mean }
+    }
+
+    /// Floats per row saved by one block (ln1, stats, qkv, att, res2, ln2, stats, up, act).
+    fn block_row(&self) -> usize {
+        3 * self.c + 2 * (self.mean + 1) + self.qkv + self.att + self.up + self.act
+    }
+
+    /// Floats per row of the backward scratch (dres, d_ln, d_att, d_qkv, d_fc, d_gelu).
+    fn scratch_row(&self) -> usize {
+        2 * self.c + self.att + self.qkv + self.up + self.act
+    }
+}
+
+/// What one transformer block keeps from its forward for its backward, per token row
+/// (B*T rows). Names follow GPT-2; for Llama `fc` holds the packed gate|up projection
+/// and `gelu` the SwiGLU output.
+pub struct BlockActs<B: Backend = Cpu> {
+    pub ln1: B::Vec,       // (B,T,C)
+    pub ln1_mean: B::Vec,  // (B,T) LayerNorm only (empty for RMSNorm)
+    pub ln1_rstd: B::Vec,  // (B,T)
+    pub qkv: B::Vec,       // (B,T,Q+2KV) after RoPE
+    pub att: B::Vec,       // (B,T,Q) attention output before the output projection
+    pub att_saved: B::Vec, // kernel-defined softmax statistics
+    pub res2: B::Vec,      // (B,T,C) residual after attention
+    pub ln2: B::Vec,       // (B,T,C)
+    pub ln2_mean: B::Vec,
+    pub ln2_rstd: B::Vec,
+    pub fc: B::Vec,   // (B,T,F) before GELU, or (B,T,2F) gate|up before SwiGLU
+    pub gelu: B::Vec, // (B,T,F)
+}
+
+impl<B: Backend> BlockActs<B> {
+    fn new(be: &B, w: &Widths, b: usize, t: usize, nh: usize) -> Self {
+        let n = b * t;
         BlockActs {
-            ln1: vec![0.0; n * c],
-            ln1_mean: vec![0.0; n],
-            ln1_rstd: vec![0.0; n],
-            qkv: vec![0.0; n * 3 * c],
-            att: vec![0.0; n * c],
-            att_saved: vec![0.0; kernels::attention_saved_len(b, t, cfg.n_head)],
-            res2: vec![0.0; n * c],
-            ln2: vec![0.0; n * c],
-            ln2_mean: vec![0.0; n],
-            ln2_rstd: vec![0.0; n],
-            fc: vec![0.0; n * 4 * c],
-            gelu: vec![0.0; n * 4 * c],
+            ln1: be.zeros(n * w.c),
+            ln1_mean: be.zeros(n * w.mean),
+            ln1_rstd: be.zeros(n),
+            qkv: be.zeros(n * w.qkv),
+            att: be.zeros(n * w.att),
+            att_saved: be.zeros(be.attention_saved_len(b, t, nh)),
+            res2: be.zeros(n * w.c),
+            ln2: be.zeros(n * w.c),
+            ln2_mean: be.zeros(n * w.mean),
+            ln2_rstd: be.zeros(n),
+            fc: be.zeros(n * w.up),
+            gelu: be.zeros(n * w.act),
         }
     }
 
     fn floats(&self) -> usize {
         [
-            &self.ln1, &self.ln1_mean, &self.ln1_rstd, &self.qkv, &self.att, &self.att_saved,
-            &self.res2, &self.ln2, &self.ln2_mean, &self.ln2_rstd, &self.fc, &self.gelu,
+            &self.ln1, &self.ln1_mean, &self.ln1_rstd, &self.qkv, &self.att, &self.att_saved, &self.res2, &self.ln2, &self.ln2_mean,
+            &self.ln2_rstd, &self.fc, &self.gelu,
         ]
         .iter()
-        .map(|v| v.len())
+        .map(|v| crate::backend::Buf::len(&***v))
         .sum()
     }
 }
@@ -55,81 +97,128 @@ impl BlockActs {
 /// With `recompute = true` (activation checkpointing, "full") only each block's input
 /// (`resid[l]`) is kept; a single [`BlockActs`] is scratch that the backward refills by
 /// re-running the block's forward.
-pub struct Activations {
+pub struct Activations<B: Backend = Cpu> {
     pub b: usize,
     pub t: usize,
     pub recompute: bool,
     pub tokens: Vec<u32>, // (B,T)
     /// `resid[0]` is the embedding output, `resid[l + 1]` block l's output. (L+1, B,T,C)
-    pub resid: Vec<Vec<f32>>,
-    pub blocks: Vec<BlockActs>,
-    pub lnf: Vec<f32>, // (B,T,C)
-    pub lnf_mean: Vec<f32>,
-    pub lnf_rstd: Vec<f32>,
+    pub resid: Vec<B::Vec>,
+    pub blocks: Vec<BlockActs<B>>,
+    pub lnf: B::Vec, // (B,T,C)
+    pub lnf_mean: B::Vec,
+    pub lnf_rstd: B::Vec,
     /// Logits of `head_rows` rows at a time: the head never materialises (B*T, V).
-    pub logits: Vec<f32>,
+    pub logits: B::Vec,
     pub head_rows: usize,
-    pub losses: Vec<f32>, // (B,T)
+    pub losses: B::Vec, // (B,T)
+    /// Rotary tables for positions 0..T (RoPE models).
+    pub rope: Option<B::Rope>,
     // Backward scratch.
-    pub dres: Vec<f32>,  // (B,T,C) gradient flowing down the residual stream
-    pub d_ln: Vec<f32>,  // (B,T,C)
-    pub d_att: Vec<f32>, // (B,T,C)
-    pub d_qkv: Vec<f32>, // (B,T,3C)
-    pub d_fc: Vec<f32>,  // (B,T,4C)
-    pub d_gelu: Vec<f32>,
+    pub dres: B::Vec,  // (B,T,C) gradient flowing down the residual stream
+    pub d_ln: B::Vec,  // (B,T,C)
+    pub d_att: B::Vec, // (B,T,Q)
+    pub d_qkv: B::Vec, // (B,T,Q+2KV)
+    pub d_fc: B::Vec,  // (B,T,F) or (B,T,2F)
+    pub d_gelu: B::Vec,
 }
 
 /// Bound on the logits scratch, in floats (64 MiB).
 const HEAD_SCRATCH_FLOATS: usize = 1 << 24;
 
-impl Activations {
-    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool) -> Self {
-        assert!(t <= cfg.block_size, "sequence {t} longer than block_size {}", cfg.block_size);
-        let (n, c) = (b * t, cfg.n_embd);
-        let head_rows = (HEAD_SCRATCH_FLOATS / cfg.vocab_size).clamp(1, n).max(n.min(64));
-        let stored = if recompute { 1 } else { cfg.n_layer };
+fn head_rows(vocab: usize, n: usize) -> usize {
+    (HEAD_SCRATCH_FLOATS / vocab.max(1)).clamp(1, n.max(1)).max(n.min(64))
+}
+
+impl Activations<Cpu> {
+    /// Host activations for shape (B, T) of a model (a [`ModelSpec`] or a `GptConfig`).
+    pub fn new(shape: &impl ToSpec, b: usize, t: usize, recompute: bool) -> Self {
+        Self::with_backend(&Cpu, &shape.to_spec(), b, t, recompute)
+    }
+
+    /// No buffers (a placeholder while the real ones are lent out).
+    pub fn empty() -> Self {
+        let e = Vec::new;
+        Activations {
+            b: 0,
+            t: 0,
+            recompute: false,
+            tokens: Vec::new(),
+            resid: Vec::new(),
+            blocks: Vec::new(),
+            lnf: e(),
+            lnf_mean: e(),
+            lnf_rstd: e(),
+            logits: e(),
+            head_rows: 0,
+            losses: e(),
+            rope: None,
+            dres: e(),
+            d_ln: e(),
+            d_att: e(),
+            d_qkv: e(),
+            d_fc: e(),
+            d_gelu: e(),
+        }
+    }
+
+    /// Analytical activation bytes for shape (B, T) (equals [`Activations::bytes`]; the
+    /// memory report uses this without allocating).
+    pub fn expected_bytes(shape: &impl ToSpec, b: usize, t: usize, recompute: bool) -> usize {
+        let m = shape.to_spec();
+        let w = Widths::of(&m);
+        let (n, l) = (b * t, m.layers);
+        let block = n * w.block_row() + kernels::attention_saved_len(b, t, m.heads);
+        let stored = if recompute { 1 } else { l };
+        let floats = (l + 1) * n * w.c + stored * block + n * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + n * w.scratch_row();
+        4 * floats + 4 * n
+    }
+}
+
+impl<B: Backend> Activations<B> {
+    pub fn with_backend(be: &B, m: &ModelSpec, b: usize, t: usize, recompute: bool) -> Self {
+        assert!(t <= m.seq, "sequence {t} longer than the context length {}", m.seq);
+        let w = Widths::of(m);
+        let n = b * t;
+        let head_rows = head_rows(m.vocab, n);
+        let stored = if recompute { 1 } else { m.layers };
+        let rope = match m.positions {
+            Positions::Rope { theta } => Some(be.rope_table(t, m.head_dim, theta)),
+            _ => None,
+        };
         Activations {
             b,
             t,
             recompute,
             tokens: vec![0; n],
-            resid: (0..=cfg.n_layer).map(|_| vec![0.0; n * c]).collect(),
-            blocks: (0..stored).map(|_| BlockActs::new(cfg, b, t)).collect(),
-            lnf: vec![0.0; n * c],
-            lnf_mean: vec![0.0; n],
-            lnf_rstd: vec![0.0; n],
-            logits: vec![0.0; head_rows * cfg.vocab_size],
+            resid: (0..=m.layers).map(|_| be.zeros(n * w.c)).collect(),
+            blocks: (0..stored).map(|_| BlockActs::new(be, &w, b, t, m.heads)).collect(),
+            lnf: be.zeros(n * w.c),
+            lnf_mean: be.zeros(n * w.mean),
+            lnf_rstd: be.zeros(n),
+            logits: be.zeros(head_rows * m.vocab),
             head_rows,
-            losses: vec![0.0; n],
-            dres: vec![0.0; n * c],
-            d_ln: vec![0.0; n * c],
-            d_att: vec![0.0; n * c],
-            d_qkv: vec![0.0; n * 3 * c],
-            d_fc: vec![0.0; n * 4 * c],
-            d_gelu: vec![0.0; n * 4 * c],
+            losses: be.zeros(n),
+            rope,
+            dres: be.zeros(n * w.c),
+            d_ln: be.zeros(n * w.c),
+            d_att: be.zeros(n * w.att),
+            d_qkv: be.zeros(n * w.qkv),
+            d_fc: be.zeros(n * w.up),
+            d_gelu: be.zeros(n * w.act),
         }
     }
 
     /// Bytes held, for the memory report.
     pub fn bytes(&self) -> usize {
+        use crate::backend::Buf;
         let vecs = [
-            &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.losses, &self.dres,
-            &self.d_ln, &self.d_att, &self.d_qkv, &self.d_fc, &self.d_gelu,
+            &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.losses, &self.dres, &self.d_ln, &self.d_att, &self.d_qkv,
+            &self.d_fc, &self.d_gelu,
         ];
-        let floats: usize = vecs.iter().map(|v| v.len()).sum::<usize>()
-            + self.resid.iter().map(|v| v.len()).sum::<usize>()
+        let floats: usize = vecs.iter().map(|v| Buf::len(&***v)).sum::<usize>()
+            + self.resid.iter().map(|v| Buf::len(&**v)).sum::<usize>()
             + self.blocks.iter().map(|b| b.floats()).sum::<usize>();
         4 * floats + 4 * self.tokens.len()
-    }
-
-    /// Analytical activation bytes for shape (B, T) (equals [`Activations::bytes`]; the
-    /// planner and the memory report use this without allocating).
-    pub fn expected_bytes(cfg: &GptConfig, b: usize, t: usize, recompute: bool) -> usize {
-        let (n, c, l) = (b * t, cfg.n_embd, cfg.n_layer);
-        let block = n * (15 * c + 4) + kernels::attention_saved_len(b, t, cfg.n_head);
-        let stored = if recompute { 1 } else { l };
-        let head_rows = (HEAD_SCRATCH_FLOATS / cfg.vocab_size).clamp(1, n).max(n.min(64));
-        let floats = (l + 1) * n * c + stored * block + n * (c + 3) + head_rows * cfg.vocab_size + n * (c * 3 + 3 * c + 8 * c);
-        4 * floats + 4 * n
     }
 }

@@ -1,8 +1,9 @@
-//! Deterministic parameter initialisation, GPT-2 style, independent of the layout:
+//! Deterministic parameter initialisation, GPT-2 style for every family, independent of the layout:
 //! every tensor draws from its own stream keyed by (seed, tensor name), so any sharding
 //! of the buckets initialises the same model.
 
-use crate::layout::{BucketSpec, GptConfig, TensorKind};
+use crate::layout::{BucketSpec, TensorKind};
+use crate::spec::ModelSpec;
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a small, fast, well-mixed 64-bit generator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,9 +37,10 @@ pub fn name_hash(name: &str) -> u64 {
 }
 
 /// Fills `out` (the bucket's flat buffer) with GPT-2's initialisation: matrices and
-/// embeddings N(0, 0.02), residual projections (`c_proj`) N(0, 0.02 / sqrt(2 L))
-/// (GPT-2 paper, section 2.3), LayerNorm weights 1, biases 0.
-pub fn init_bucket(cfg: &GptConfig, bucket: &BucketSpec, seed: u64, out: &mut [f32]) {
+/// embeddings N(0, 0.02), projections into the residual stream (GPT-2's `c_proj`,
+/// Llama's `o_proj` and `down_proj`) N(0, 0.02 / sqrt(2 L)) (GPT-2 paper, section 2.3),
+/// norm weights 1, biases 0.
+pub fn init_bucket(spec: &ModelSpec, bucket: &BucketSpec, seed: u64, out: &mut [f32]) {
     assert_eq!(out.len(), bucket.numel, "bucket {} buffer length", bucket.name);
     for t in &bucket.tensors {
         let dst = &mut out[t.range()];
@@ -46,8 +48,9 @@ pub fn init_bucket(cfg: &GptConfig, bucket: &BucketSpec, seed: u64, out: &mut [f
             TensorKind::NormWeight => dst.fill(1.0),
             TensorKind::Bias => dst.fill(0.0),
             TensorKind::Embedding | TensorKind::Matrix => {
-                let std = if t.name.ends_with("c_proj.weight") {
-                    0.02 / (2.0 * cfg.n_layer as f64).sqrt()
+                let residual = ["c_proj.weight", "o_proj.weight", "down_proj.weight"].iter().any(|s| t.name.ends_with(s));
+                let std = if residual {
+                    0.02 / (2.0 * spec.layers as f64).sqrt()
                 } else {
                     0.02
                 };

@@ -1,7 +1,12 @@
-//! GPT-2 as flat parameter buckets with an explicit forward and backward per stage.
+//! Decoder-only transformers (GPT-2 and Llama) as data: one [`ModelSpec`] per model,
+//! its parameters as named tensor specs in flat buckets, and the model as stages with an
+//! explicit forward and backward, run through a [`Backend`].
 //!
-//! Parameter names and shapes equal Hugging Face GPT-2's (`transformer.h.0.attn.c_attn.weight`,
-//! Conv1D layout `(in, out)`); the buckets are `[embedding, h.0 .. h.{L-1}, head]`.
+//! - [`spec`]: the shape (family, dims, norm, MLP, positions, tied head) and its exact
+//!   parameter and FLOP counts; the catalog the presets and the planner share.
+//! - [`layout`]: every parameter's Hugging Face name, shape, split dim and bucket offset.
+//! - [`Model`]: stages (embedding, blocks, head) and the one stage loop every pass uses.
+//! - [`backend`]: the seam where a backend plugs in ([`Cpu`] today).
 //!
 //! ```
 //! use model::{Activations, Gpt, GptConfig};
@@ -12,33 +17,22 @@
 //! let mut acts = Activations::new(&cfg, 1, 4, false);
 //! let loss = gpt.forward_backward(&params, &mut grads, &mut acts, &[1, 2, 3, 4], &[2, 3, 4, 5], 0.25) / 4.0;
 //! assert!((loss - (11f64).ln()).abs() < 0.1); // near-uniform predictions at init
+//!
+//! // The same for a Llama from the catalog.
+//! let spec = model::spec::get("llama-char-cpu").unwrap();
+//! let llama = model::Model::new(spec.clone());
+//! assert_eq!(llama.layout.num_params(), spec.num_params());
 //! ```
 
 mod acts;
-mod gpt;
+pub mod backend;
 pub mod init;
 pub mod layout;
+mod model;
+pub mod spec;
 
 pub use acts::{Activations, BlockActs};
-pub use gpt::Gpt;
-pub use layout::{BucketSpec, GptConfig, Layout, TensorKind, TensorSpec};
-
-impl Gpt {
-    /// Freshly initialised buckets (see [`init::init_bucket`]).
-    pub fn init_params(&self, seed: u64) -> Vec<Vec<f32>> {
-        self.layout
-            .buckets
-            .iter()
-            .map(|b| {
-                let mut v = vec![0.0; b.numel];
-                init::init_bucket(&self.cfg, b, seed, &mut v);
-                v
-            })
-            .collect()
-    }
-
-    /// Zeroed buffers shaped like the buckets (gradients, optimizer moments).
-    pub fn zeros(&self) -> Vec<Vec<f32>> {
-        self.layout.buckets.iter().map(|b| vec![0.0; b.numel]).collect()
-    }
-}
+pub use backend::{Backend, Cpu};
+pub use layout::{BucketSpec, GptConfig, Layout, Split, TensorKind, TensorSpec, ToSpec};
+pub use model::{Driver, Gpt, Model, Stage};
+pub use spec::ModelSpec;

@@ -82,7 +82,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
     let ck = engine::open_checkpoint(path)?;
     let cfg = ResolvedConfig::from_toml_str(&engine::saved_config(&ck)?)
         .with_context(|| format!("the config saved in {}", ck.dir().display()))?;
-    let gpt = model::Gpt::new(engine::gpt_config(&cfg)?);
+    let gpt = model::Gpt::new(engine::model_spec(&cfg)?);
     let mut params = gpt.zeros();
     engine::load_model(&gpt, &ck, &mut params)?;
     Ok(Loaded { meta: engine::saved_data_meta(&ck)?, step: ck.step(), dir: ck.dir().to_path_buf(), cfg, gpt, params })

@@ -203,7 +203,7 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     let sample = match (root, params) {
         (true, Some(p)) => {
             let meta = trainer.data.as_ref().map(|d| d.meta.clone()).context("training data is open")?;
-            Some((model::Gpt::new(trainer.gpt.cfg), p, meta))
+            Some((model::Gpt::new(trainer.gpt.spec.clone()), p, meta))
         }
         _ => None,
     };

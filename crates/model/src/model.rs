@@ -1,0 +1,471 @@
+//! A decoder-only transformer as stages over flat parameter buckets: embedding, block
+//! 0..L-1, head. Each stage has an explicit forward and backward (llm.c's style) and
+//! runs every op through the [`Backend`] seam.
+//!
+//! One stage loop drives every pass ([`Model::train_micro`], [`Model::eval_micro`]):
+//! the engine's data-parallel step (ZeRO-3 gathering a bucket just before its use,
+//! reducing a bucket's gradient as soon as its backward ends), the single-rank path
+//! ([`Model::forward_backward`]), recompute and evaluation. What differs between them
+//! is the [`Driver`]: where a bucket's parameters come from and where its gradient goes.
+//!
+//! ```text
+//! acquire(embed) -> embed fwd -> [release(embed) unless the head is tied]
+//! for l in 0..L:  acquire(block l) -> block fwd (saves acts) -> release
+//! acquire(head) -> ln_f, logits in row chunks, fused softmax-xent fwd+bwd -> grad_done(head)
+//! for l in L-1..0: acquire(block l), grad(block l) -> [recompute fwd] -> block bwd -> grad_done(block l)
+//! grad(embed) -> embed bwd -> grad_done(embed)
+//! ```
+
+use std::ops::{Deref, DerefMut};
+
+use crate::acts::{Activations, BlockActs};
+use crate::backend::{Backend, Buf, Cpu};
+use crate::layout::{BlockView, BlockViewMut, GptConfig, Layout, ToSpec, EMBED};
+use crate::spec::ModelSpec;
+
+/// The model: its spec, its parameter layout and its backend. Parameters live outside
+/// (in the engine's buckets), so one model serves any sharding of them.
+pub struct Model<B: Backend = Cpu> {
+    pub spec: ModelSpec,
+    /// The family-independent dims in GPT-2's names (`n_embd`, `block_size`, ...).
+    pub cfg: GptConfig,
+    pub layout: Layout,
+    pub be: B,
+}
+
+/// The CPU model (the name predates Llama support).
+pub type Gpt = Model<Cpu>;
+
+/// A stage of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Embed,
+    Block(usize),
+    Head,
+}
+
+/// Where a pass gets parameter buckets and sends gradient buckets (see module docs).
+/// Buffers may be longer than the bucket (ZeRO padding): the model uses the prefix.
+pub trait Driver<B: Backend> {
+    type Error;
+    type Params: Deref<Target = B::Buf>;
+    type Grads: DerefMut<Target = B::Buf>;
+    /// The whole parameter bucket `b`, for computing.
+    fn acquire(&mut self, b: usize) -> Result<Self::Params, Self::Error>;
+    fn release(&mut self, b: usize, p: Self::Params);
+    /// The buffer bucket `b`'s backward adds its gradient into.
+    fn grad(&mut self, b: usize) -> Result<Self::Grads, Self::Error>;
+    /// Bucket `b`'s gradient for this micro-batch is complete.
+    fn grad_done(&mut self, b: usize, g: Self::Grads) -> Result<(), Self::Error>;
+    /// The forward (and the head's backward) is done; block backwards start.
+    fn forward_done(&mut self) {}
+}
+
+impl Model<Cpu> {
+    pub fn new(shape: impl ToSpec) -> Model<Cpu> {
+        Model::with_backend(Cpu, shape.to_spec())
+    }
+
+    /// Freshly initialised buckets (see [`crate::init::init_bucket`]).
+    pub fn init_params(&self, seed: u64) -> Vec<Vec<f32>> {
+        self.layout
+            .buckets
+            .iter()
+            .map(|b| {
+                let mut v = vec![0.0; b.numel];
+                crate::init::init_bucket(&self.spec, b, seed, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    /// Zeroed buffers shaped like the buckets (gradients, optimizer moments).
+    pub fn zeros(&self) -> Vec<Vec<f32>> {
+        self.layout.buckets.iter().map(|b| vec![0.0; b.numel]).collect()
+    }
+}
+
+impl<B: Backend> Model<B> {
+    pub fn with_backend(be: B, spec: ModelSpec) -> Model<B> {
+        Model { cfg: GptConfig::from(&spec), layout: Layout::new(&spec), spec, be }
+    }
+
+    /// Model FLOPs per trained token at sequence length `t` ([`ModelSpec::flops_per_token`]).
+    pub fn flops_per_token(&self, t: usize) -> f64 {
+        self.spec.flops_per_token(t)
+    }
+
+    /// The stages in forward order.
+    pub fn stages(&self) -> impl Iterator<Item = Stage> {
+        std::iter::once(Stage::Embed).chain((0..self.spec.layers).map(Stage::Block)).chain([Stage::Head])
+    }
+
+    /// The parameter bucket a stage owns.
+    pub fn bucket_of(&self, s: Stage) -> usize {
+        match s {
+            Stage::Embed => EMBED,
+            Stage::Block(l) => Layout::block(l),
+            Stage::Head => self.layout.head(),
+        }
+    }
+
+    /// True when the output head reuses the token embedding.
+    pub fn tied(&self) -> bool {
+        self.layout.ends.lm_head.is_none()
+    }
+
+    /// Buckets in the order a pass acquires them (for prefetching): the embedding, the
+    /// blocks, the head, then (with a backward) the blocks in reverse.
+    pub fn use_order(&self, backward: bool) -> Vec<usize> {
+        let mut order: Vec<usize> = self.stages().map(|s| self.bucket_of(s)).collect();
+        if backward {
+            order.extend((0..self.spec.layers).rev().map(Layout::block));
+        }
+        order
+    }
+
+    fn part<'a>(&self, buf: &'a B::Buf, b: usize) -> &'a B::Buf {
+        buf.slice(0..self.layout.buckets[b].numel)
+    }
+
+    fn part_mut<'a>(&self, buf: &'a mut B::Buf, b: usize) -> &'a mut B::Buf {
+        buf.slice_mut(0..self.layout.buckets[b].numel)
+    }
+
+    /// One micro-batch forward and backward through `d`; gradients are ADDED, scaled by
+    /// `grad_scale`. Returns the summed loss over the B*T positions.
+    pub fn train_micro<D: Driver<B>>(
+        &self,
+        d: &mut D,
+        acts: &mut Activations<B>,
+        tokens: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> Result<f64, D::Error> {
+        let head = self.layout.head();
+        let emb = self.forward_blocks(d, acts, tokens)?;
+        let hp = d.acquire(head)?;
+        let mut g_head = d.grad(head)?;
+        let mut g_emb = if emb.is_some() { Some(d.grad(EMBED)?) } else { None };
+        let loss = self.head_forward_backward(
+            emb.as_deref().map(|e| self.part(e, EMBED)),
+            self.part(&hp, head),
+            g_emb.as_deref_mut().map(|g| self.part_mut(g, EMBED)),
+            self.part_mut(&mut g_head, head),
+            acts,
+            targets,
+            grad_scale,
+        );
+        d.release(head, hp);
+        if let Some(e) = emb {
+            d.release(EMBED, e);
+        }
+        d.grad_done(head, g_head)?;
+        d.forward_done();
+        for l in (0..self.spec.layers).rev() {
+            let b = Layout::block(l);
+            let p = d.acquire(b)?;
+            let mut g = d.grad(b)?;
+            self.block_backward(l, self.part(&p, b), self.part_mut(&mut g, b), acts);
+            d.release(b, p);
+            d.grad_done(b, g)?;
+        }
+        let mut g_emb = match g_emb {
+            Some(g) => g,
+            None => d.grad(EMBED)?,
+        };
+        self.embed_backward(self.part_mut(&mut g_emb, EMBED), acts);
+        d.grad_done(EMBED, g_emb)?;
+        Ok(loss)
+    }
+
+    /// One micro-batch forward to the summed loss, no gradients.
+    pub fn eval_micro<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, tokens: &[u32], targets: &[u32]) -> Result<f64, D::Error> {
+        let head = self.layout.head();
+        let emb = self.forward_blocks(d, acts, tokens)?;
+        let hp = d.acquire(head)?;
+        let loss = self.head_loss(emb.as_deref().map(|e| self.part(e, EMBED)), self.part(&hp, head), acts, targets);
+        d.release(head, hp);
+        if let Some(e) = emb {
+            d.release(EMBED, e);
+        }
+        Ok(loss)
+    }
+
+    /// Embedding and every block; returns the embedding bucket when the tied head needs it.
+    fn forward_blocks<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, tokens: &[u32]) -> Result<Option<D::Params>, D::Error> {
+        let emb = d.acquire(EMBED)?;
+        self.embed_forward(self.part(&emb, EMBED), acts, tokens);
+        let emb = if self.tied() {
+            Some(emb)
+        } else {
+            d.release(EMBED, emb);
+            None
+        };
+        for l in 0..self.spec.layers {
+            let b = Layout::block(l);
+            let p = d.acquire(b)?;
+            self.block_forward(l, self.part(&p, b), acts);
+            d.release(b, p);
+        }
+        Ok(emb)
+    }
+
+    /// `resid[0] = wte[tokens] (+ wpe[0..T])`. tokens (B,T).
+    pub fn embed_forward(&self, emb: &B::Buf, acts: &mut Activations<B>, tokens: &[u32]) {
+        let (b, t, c) = (acts.b, acts.t, self.spec.hidden);
+        acts.tokens.copy_from_slice(tokens);
+        let e = &self.layout.ends;
+        let wpe = e.wpe.as_ref().map(|r| emb.slice(r.clone()));
+        self.be.embedding_forward(&mut acts.resid[0], tokens, emb.slice(e.wte.clone()), wpe, b, t, c);
+    }
+
+    /// Adds d wte (and d wpe) from `acts.dres` (d loss / d resid[0]) into `d_emb`.
+    pub fn embed_backward(&self, d_emb: &mut B::Buf, acts: &Activations<B>) {
+        let e = &self.layout.ends;
+        let (dwte, rest) = d_emb.split_at_mut(e.wte.end);
+        let dwte = dwte.slice_mut(e.wte.clone());
+        let dwpe = e.wpe.as_ref().map(|r| rest.slice_mut(r.start - e.wte.end..r.end - e.wte.end));
+        self.be.embedding_backward(dwte, dwpe, &acts.dres, &acts.tokens, acts.b, acts.t, self.spec.hidden);
+    }
+
+    /// Block `l`: `resid[l+1] = res2 + mlp(norm2(res2))`, `res2 = resid[l] + attn(norm1(resid[l]))`.
+    pub fn block_forward(&self, l: usize, params: &B::Buf, acts: &mut Activations<B>) {
+        let slot = if acts.recompute { 0 } else { l };
+        let (input, rest) = acts.resid.split_at_mut(l + 1);
+        let (b, t) = (acts.b, acts.t);
+        self.block_fwd(params, &mut acts.blocks[slot], &input[l], &mut rest[0], acts.rope.as_ref(), b, t);
+    }
+
+    #[allow(clippy::too_many_arguments)] // one block's parameters, saved activations, input and output
+    fn block_fwd(&self, params: &B::Buf, a: &mut BlockActs<B>, input: &B::Buf, output: &mut B::Buf, rope: Option<&B::Rope>, b: usize, t: usize) {
+        let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
+        let (n, c, f, eps) = (b * t, m.hidden, m.ffn, m.norm_eps as f32);
+        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
+        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
+        let p = BlockView::new(params, &self.layout.block);
+        be.norm_forward(m.norm, eps, &mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, input, p.ln1_w, p.ln1_b, n, c);
+        be.linear_forward(&mut a.qkv, &a.ln1, p.qkv_w, p.qkv_b, wl, n, c, qkv);
+        if let Some(r) = rope {
+            be.rope_forward(&mut a.qkv, r, b, t, nh, nkv, hd);
+        }
+        be.attention_forward(&mut a.att, &mut a.att_saved, &a.qkv, b, t, nh, nkv, hd);
+        be.linear_forward(&mut a.res2, &a.att, p.o_w, p.o_b, wl, n, q, c);
+        be.add_inplace(&mut a.res2, input);
+        be.norm_forward(m.norm, eps, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res2, p.ln2_w, p.ln2_b, n, c);
+        be.linear_forward(&mut a.fc, &a.ln2, p.up_w, p.up_b, wl, n, c, up);
+        be.mlp_act_forward(m.mlp, &mut a.gelu, &a.fc, n, f);
+        be.linear_forward(output, &a.gelu, p.down_w, p.down_b, wl, n, f, c);
+        be.add_inplace(output, &a.res2);
+    }
+
+    /// Backward of block `l`: on entry `acts.dres` holds d loss / d resid[l+1]; on exit
+    /// d loss / d resid[l]. Adds the block's parameter gradients into `grads`. With
+    /// recompute, first re-runs the block's forward from `resid[l]`.
+    pub fn block_backward(&self, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) {
+        if acts.recompute {
+            self.block_forward(l, params, acts);
+        }
+        let slot = if acts.recompute { 0 } else { l };
+        let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
+        let (n, c, f) = (acts.b * acts.t, m.hidden, m.ffn);
+        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
+        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
+        let p = BlockView::new(params, &self.layout.block);
+        let g = BlockViewMut::new(grads, &self.layout.block);
+        let a = &acts.blocks[slot];
+        let input = &acts.resid[l];
+        let dres = &mut acts.dres;
+        // MLP: resid[l+1] = res2 + down(act(up(norm2(res2))))
+        be.fill_zero(&mut acts.d_gelu);
+        be.linear_backward(Some(&mut acts.d_gelu), g.down_w, g.down_b, dres, &a.gelu, p.down_w, wl, n, f, c);
+        be.fill_zero(&mut acts.d_fc);
+        be.mlp_act_backward(m.mlp, &mut acts.d_fc, &acts.d_gelu, &a.fc, n, f);
+        be.fill_zero(&mut acts.d_ln);
+        be.linear_backward(Some(&mut acts.d_ln), g.up_w, g.up_b, &acts.d_fc, &a.ln2, p.up_w, wl, n, c, up);
+        // dres becomes d res2: the residual path plus the norm's input gradient.
+        be.norm_backward(m.norm, dres, g.ln2_w, g.ln2_b, &acts.d_ln, &a.res2, p.ln2_w, &a.ln2_mean, &a.ln2_rstd, n, c);
+        // Attention: res2 = resid[l] + o(attn(rope(qkv(norm1(resid[l])))))
+        be.fill_zero(&mut acts.d_att);
+        be.linear_backward(Some(&mut acts.d_att), g.o_w, g.o_b, dres, &a.att, p.o_w, wl, n, q, c);
+        be.fill_zero(&mut acts.d_qkv);
+        be.attention_backward(&mut acts.d_qkv, &acts.d_att, &a.qkv, &a.att, &a.att_saved, acts.b, acts.t, nh, nkv, hd);
+        if let Some(r) = &acts.rope {
+            be.rope_backward(&mut acts.d_qkv, r, acts.b, acts.t, nh, nkv, hd);
+        }
+        be.fill_zero(&mut acts.d_ln);
+        be.linear_backward(Some(&mut acts.d_ln), g.qkv_w, g.qkv_b, &acts.d_qkv, &a.ln1, p.qkv_w, wl, n, c, qkv);
+        be.norm_backward(m.norm, dres, g.ln1_w, g.ln1_b, &acts.d_ln, input, p.ln1_w, &a.ln1_mean, &a.ln1_rstd, n, c);
+    }
+
+    fn final_norm(&self, head: &B::Buf, acts: &mut Activations<B>) {
+        let e = &self.layout.ends;
+        let n = acts.b * acts.t;
+        let b = e.norm_b.as_ref().map(|r| head.slice(r.clone()));
+        let last = &acts.resid[self.spec.layers];
+        let eps = self.spec.norm_eps as f32;
+        self.be.norm_forward(self.spec.norm, eps, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, head.slice(e.norm_w.clone()), b, n, self.spec.hidden);
+    }
+
+    /// The output projection `(V, C)`: `lm_head` in the head bucket, or the tied `wte`.
+    fn head_weight<'a>(&self, emb: Option<&'a B::Buf>, head: &'a B::Buf) -> &'a B::Buf {
+        let e = &self.layout.ends;
+        match (&e.lm_head, emb) {
+            (Some(r), _) => head.slice(r.clone()),
+            (None, Some(emb)) => emb.slice(e.wte.clone()),
+            (None, None) => panic!("a tied head needs the embedding bucket"),
+        }
+    }
+
+    /// Head on training rows: final norm, logits = x W^T, fused softmax cross-entropy and
+    /// its backward, in chunks of rows. Fills `acts.dres` with d loss / d resid[L] and
+    /// adds the head's gradients into `d_head` (norm, untied `lm_head`) and `d_emb` (tied
+    /// `wte`). `emb`/`d_emb` are needed only for a tied head. Returns the summed loss
+    /// over the B*T positions; gradients are scaled by `grad_scale`.
+    #[allow(clippy::too_many_arguments)] // parameters, gradients, activations and targets of the head
+    pub fn head_forward_backward(
+        &self,
+        emb: Option<&B::Buf>,
+        head: &B::Buf,
+        d_emb: Option<&mut B::Buf>,
+        d_head: &mut B::Buf,
+        acts: &mut Activations<B>,
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> f64 {
+        let (c, v, be) = (self.spec.hidden, self.spec.vocab, &self.be);
+        let n = acts.b * acts.t;
+        self.final_norm(head, acts);
+        let w = self.head_weight(emb, head);
+        let e = &self.layout.ends;
+        let (d_norm, dw) = match (&e.lm_head, d_emb) {
+            (Some(r), _) => {
+                let (norm, lm) = d_head.split_at_mut(r.start);
+                (norm, lm.slice_mut(0..r.len()))
+            }
+            (None, Some(d_emb)) => (d_head, d_emb.slice_mut(e.wte.clone())),
+            (None, None) => panic!("a tied head needs the embedding gradient"),
+        };
+        be.fill_zero(&mut acts.d_ln);
+        let mut loss = 0.0;
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = acts.head_rows.min(n - r0);
+            let logits = acts.logits.slice_mut(0..rows * v);
+            let x = acts.lnf.slice(r0 * c..(r0 + rows) * c);
+            // (rows, V) = (rows, C) @ W^T
+            be.matmul(logits, x, false, w, true, rows, v, c, false);
+            loss += be.xent_forward_backward(logits, acts.losses.slice_mut(r0..r0 + rows), &targets[r0..r0 + rows], rows, v, grad_scale);
+            // d x (rows, C) += dlogits (rows, V) @ W (V, C)
+            be.matmul(acts.d_ln.slice_mut(r0 * c..(r0 + rows) * c), logits, false, w, false, rows, c, v, true);
+            // d W (V, C) += dlogits^T (V, rows) @ x (rows, C)
+            be.matmul(dw, logits, true, x, false, v, c, rows, true);
+            r0 += rows;
+        }
+        let (dnw, dnb) = match &e.norm_b {
+            Some(rb) => {
+                let (w, b) = d_norm.split_at_mut(rb.start);
+                (w.slice_mut(e.norm_w.clone()), Some(b.slice_mut(0..rb.len())))
+            }
+            None => (d_norm.slice_mut(e.norm_w.clone()), None),
+        };
+        be.fill_zero(&mut acts.dres);
+        let last = &acts.resid[self.spec.layers];
+        let nw = head.slice(e.norm_w.clone());
+        be.norm_backward(self.spec.norm, &mut acts.dres, dnw, dnb, &acts.d_ln, last, nw, &acts.lnf_mean, &acts.lnf_rstd, n, c);
+        loss
+    }
+
+    /// Head for evaluation: summed loss over the B*T positions, no gradients.
+    pub fn head_loss(&self, emb: Option<&B::Buf>, head: &B::Buf, acts: &mut Activations<B>, targets: &[u32]) -> f64 {
+        let (c, v, be) = (self.spec.hidden, self.spec.vocab, &self.be);
+        let n = acts.b * acts.t;
+        self.final_norm(head, acts);
+        let w = self.head_weight(emb, head);
+        let mut loss = 0.0;
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = acts.head_rows.min(n - r0);
+            let logits = acts.logits.slice_mut(0..rows * v);
+            be.matmul(logits, acts.lnf.slice(r0 * c..(r0 + rows) * c), false, w, true, rows, v, c, false);
+            loss += be.xent_forward(logits, acts.losses.slice_mut(r0..r0 + rows), &targets[r0..r0 + rows], rows, v);
+            r0 += rows;
+        }
+        loss
+    }
+
+    /// Logits (V) of one position `pos` of sequence `seq` into host `out` (sampling, tests).
+    /// `emb` and `head` are the embedding and head buckets.
+    pub fn head_logits(&self, emb: &B::Buf, head: &B::Buf, acts: &mut Activations<B>, seq: usize, pos: usize, out: &mut [f32]) {
+        let (c, v) = (self.spec.hidden, self.spec.vocab);
+        self.final_norm(head, acts);
+        let row = seq * acts.t + pos;
+        let w = self.head_weight(Some(emb), head);
+        let logits = acts.logits.slice_mut(0..v);
+        self.be.matmul(logits, acts.lnf.slice(row * c..(row + 1) * c), false, w, true, 1, v, c, false);
+        self.be.to_host(logits, &mut out[..v]);
+    }
+
+    /// Whole forward, then backward, of one micro-batch on one rank. `params` and `grads`
+    /// are the buckets in layout order; gradients are ADDED into `grads`, scaled by
+    /// `grad_scale` (e.g. 1 / (B*T*accumulation) for the mean loss). Returns the summed loss.
+    pub fn forward_backward(
+        &self,
+        params: &[B::Vec],
+        grads: &mut [B::Vec],
+        acts: &mut Activations<B>,
+        tokens: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> f64 {
+        let mut d = Whole { be: &self.be, params, grads: Some(grads) };
+        match self.train_micro(&mut d, acts, tokens, targets, grad_scale) {
+            Ok(loss) => loss,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Whole forward to the summed loss, no gradients (evaluation).
+    pub fn forward_loss(&self, params: &[B::Vec], acts: &mut Activations<B>, tokens: &[u32], targets: &[u32]) -> f64 {
+        let mut d = Whole { be: &self.be, params, grads: None };
+        match self.eval_micro(&mut d, acts, tokens, targets) {
+            Ok(loss) => loss,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Embedding and every block: leaves the last hidden state in `acts.resid[L]`.
+    pub fn forward_hidden(&self, params: &[B::Vec], acts: &mut Activations<B>, tokens: &[u32]) {
+        let mut d = Whole { be: &self.be, params, grads: None };
+        match self.forward_blocks(&mut d, acts, tokens) {
+            Ok(_) => {}
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The single-rank driver: whole buckets held by the caller.
+struct Whole<'a, B: Backend> {
+    be: &'a B,
+    params: &'a [B::Vec],
+    grads: Option<&'a mut [B::Vec]>,
+}
+
+impl<'a, B: Backend> Driver<B> for Whole<'a, B> {
+    type Error = std::convert::Infallible;
+    type Params = &'a B::Buf;
+    type Grads = B::Vec;
+    fn acquire(&mut self, b: usize) -> Result<&'a B::Buf, Self::Error> {
+        Ok(&*self.params[b])
+    }
+    fn release(&mut self, _b: usize, _p: &'a B::Buf) {}
+    fn grad(&mut self, b: usize) -> Result<B::Vec, Self::Error> {
+        let grads = self.grads.as_deref_mut().expect("gradients requested in a forward-only pass");
+        Ok(std::mem::replace(&mut grads[b], self.be.zeros(0)))
+    }
+    fn grad_done(&mut self, b: usize, g: B::Vec) -> Result<(), Self::Error> {
+        let grads = self.grads.as_deref_mut().expect("gradients requested in a forward-only pass");
+        grads[b] = g;
+        Ok(())
+    }
+}
