@@ -42,7 +42,8 @@ pub enum CheckpointError {
     #[error("tensor `{name}` is not in the checkpoint")]
     MissingTensor { name: String },
 
-    /// The pieces of a tensor do not tile `[0, numel)` exactly once.
+    /// The pieces of a tensor do not cover each of its elements exactly once (a gap, an
+    /// overlap, or a piece outside the shape); `detail` names the files and region.
     #[error("tensor `{name}` is not covered exactly once by the saved pieces: {detail}")]
     Coverage { name: String, detail: String },
 
@@ -54,7 +55,8 @@ pub enum CheckpointError {
         second: Vec<usize>,
     },
 
-    /// A slice handed to `write_file` does not fit in its tensor's global shape.
+    /// A slice handed to `write_file` does not fit in its tensor's global shape, has the
+    /// wrong rank or data length, or is written twice to one file.
     #[error("slice of `{name}` in {file}: {detail}")]
     InvalidSlice {
         file: String,
@@ -68,6 +70,15 @@ pub enum CheckpointError {
         name: String,
         start: usize,
         end: usize,
+        detail: String,
+    },
+
+    /// A requested N-d box (`(start, len)` per dim) does not fit the tensor or does
+    /// not match the output buffer.
+    #[error("slice {} of `{name}` is invalid: {detail}", crate::geometry::show(.slice))]
+    InvalidReadSlice {
+        name: String,
+        slice: Vec<(usize, usize)>,
         detail: String,
     },
 

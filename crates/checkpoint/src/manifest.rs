@@ -1,47 +1,90 @@
 //! manifest.json: what a checkpoint holds and where.
 //!
 //! The manifest is the only place that knows the global picture. Each shard file lists
-//! its pieces as flat element ranges `[start, end)` of a global tensor in row-major
-//! order, so a loader with any layout (ZeRO stage, dp/tp/pp degrees) finds the bytes it
-//! needs by intersecting ranges, without knowing the layout that wrote them.
+//! its pieces; a piece is either
+//!
+//! - **flat**: elements `[start, end)` of the global tensor in row-major order (what
+//!   ZeRO writes: a tensor cut anywhere, even mid-row), stored 1-D under
+//!   `name[start:end]`; or
+//! - **N-d** (format version 2): a box of the tensor, a `(start, len)` pair per
+//!   dimension in `slice` (what tensor parallelism writes: e.g. columns 256..512 of a
+//!   (768, 1024) matrix is `"slice": [[0, 768], [256, 256]]`), stored with the box's
+//!   own shape, row-major within the box, under `name[0:768,256:512]`. Its `start` and
+//!   `end` are the flat span it touches (first element, last element + 1).
+//!
+//! A piece holding a whole tensor is always flat and keeps the tensor's name and shape.
+//! Every tensor must be covered exactly once by its pieces, any mix of flat and N-d
+//! ([`crate::coverage`]), so a loader with any layout (ZeRO stage, dp/tp/pp degrees)
+//! finds the elements it needs by intersecting its request with the pieces, without
+//! knowing the layout that wrote them.
+//!
+//! Version 1 manifests (flat pieces only) are still written whenever a checkpoint has
+//! no N-d piece, byte for byte as before, so older builds keep loading them; version 2
+//! is used only when some piece is N-d. This build reads both.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::coverage::check_coverage;
 use crate::error::CheckpointError;
+use crate::geometry::{self, volume};
 
 /// Format tag written in every manifest and shard header.
 pub const FORMAT_NAME: &str = "hyperion-checkpoint";
-/// Bumped on any incompatible change of the manifest or shard layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest format version this build writes and reads: 2 added N-d pieces
+/// ([`Piece::slice`]). Bumped on any incompatible change of the manifest or shard layout.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads, and the version written for checkpoints
+/// whose pieces are all flat (version 1 knows only flat pieces).
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// File name of the manifest inside a checkpoint folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// One contiguous flat range of a global tensor stored in one shard file.
+/// One part of a global tensor stored in one shard file: a flat range, or an N-d box
+/// when `slice` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Piece {
     /// Global tensor name (Hugging Face parameter name, or e.g. `adam.m.<name>`).
     pub name: String,
-    /// Global tensor shape; the piece covers flat elements `[start, end)` of it.
+    /// Global tensor shape.
     pub global_shape: Vec<usize>,
+    /// A flat piece covers flat elements `[start, end)`; for an N-d piece these are the
+    /// flat span of its box (first element, last element + 1), which it only partly
+    /// fills.
     pub start: usize,
     pub end: usize,
-    /// Key of this piece inside the safetensors file (see [`piece_key`]).
+    /// Key of this piece inside the safetensors file (see [`piece_key`], [`slice_key`]).
     pub key: String,
+    /// For an N-d piece, `(start, len)` per dimension of the global shape; the data is
+    /// that box, row-major within the box, stored with shape `[len, ...]`. Absent for
+    /// flat pieces (and in every format version 1 manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<Vec<(usize, usize)>>,
 }
 
 impl Piece {
     /// Number of f32 elements in the piece.
     pub fn len(&self) -> usize {
-        self.end - self.start
+        match &self.slice {
+            Some(slice) => volume(slice),
+            None => self.end - self.start,
+        }
     }
 
-    /// True for an empty range (only written for tensors with zero elements).
+    /// True for a piece without elements (only written for tensors with zero elements).
     pub fn is_empty(&self) -> bool {
-        self.end == self.start
+        self.len() == 0
+    }
+
+    /// The key this piece must have in its shard file, derived from its range or box.
+    pub fn expected_key(&self) -> String {
+        match &self.slice {
+            Some(slice) => slice_key(&self.name, &self.global_shape, slice),
+            None => piece_key(&self.name, &self.global_shape, self.start, self.end),
+        }
     }
 }
 
@@ -98,6 +141,20 @@ pub fn piece_key(name: &str, global_shape: &[usize], start: usize, end: usize) -
     }
 }
 
+/// The key of an N-d piece holding the box `slice` (`(start, len)` per dim):
+/// `name[s0:e0,s1:e1,...]` with exclusive ends, e.g. `w[0:768,256:512]`; the plain name
+/// for the whole tensor, like [`piece_key`].
+pub fn slice_key(name: &str, global_shape: &[usize], slice: &[(usize, usize)]) -> String {
+    if geometry::is_whole(global_shape, slice) {
+        return name.to_string();
+    }
+    let dims: Vec<String> = slice
+        .iter()
+        .map(|&(s, l)| geometry::show_dim(s, l))
+        .collect();
+    format!("{name}[{}]", dims.join(","))
+}
+
 impl Manifest {
     /// Builds the manifest from the file records, checking that every tensor has one
     /// global shape and is covered exactly once (no gap, no overlap).
@@ -108,7 +165,7 @@ impl Manifest {
     ) -> Result<Self, CheckpointError> {
         let mut order: Vec<TensorEntry> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut ranges: Vec<Vec<(usize, usize, &str)>> = Vec::new();
+        let mut ranges: Vec<Vec<(&Piece, &str)>> = Vec::new();
         for record in &files {
             for piece in &record.pieces {
                 let slot = match index.get(piece.name.as_str()) {
@@ -132,15 +189,15 @@ impl Manifest {
                         order.len() - 1
                     }
                 };
-                ranges[slot].push((piece.start, piece.end, &record.file));
+                ranges[slot].push((piece, &record.file));
             }
         }
-        for (entry, pieces) in order.iter().zip(ranges.iter_mut()) {
+        for (entry, pieces) in order.iter().zip(&ranges) {
             check_coverage(&entry.name, &entry.shape, pieces)?;
         }
         Ok(Manifest {
             format: FORMAT_NAME.to_string(),
-            format_version: FORMAT_VERSION,
+            format_version: format_version_for(files.iter().flat_map(|r| &r.pieces)),
             step,
             meta,
             tensors: order,
@@ -162,9 +219,16 @@ impl Manifest {
                 manifest.format
             )));
         }
-        if manifest.format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&manifest.format_version) {
             return Err(bad(format!(
-                "format_version {} is not supported (this build reads {FORMAT_VERSION})",
+                "format_version {} is not supported (this build reads {MIN_FORMAT_VERSION} to {FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        let needed = format_version_for(manifest.files.iter().flat_map(|r| &r.pieces));
+        if manifest.format_version < needed {
+            return Err(bad(format!(
+                "format_version {} cannot hold N-d pieces (`slice`), which need version {needed}",
                 manifest.format_version
             )));
         }
@@ -186,7 +250,7 @@ impl Manifest {
             // Keys encode the range; a piece whose key names another range would read
             // the wrong elements without any size mismatch to catch it.
             for p in &record.pieces {
-                if p.key != piece_key(&p.name, &p.global_shape, p.start, p.end) {
+                if p.key != p.expected_key() {
                     return Err(bad(format!(
                         "piece `{}` [{}, {}) in {} has key `{}`, expected `{}`",
                         p.name,
@@ -194,8 +258,24 @@ impl Manifest {
                         p.end,
                         record.file,
                         p.key,
-                        piece_key(&p.name, &p.global_shape, p.start, p.end)
+                        p.expected_key()
                     )));
+                }
+                // Readers skip N-d pieces whose span misses a request, so it must be true.
+                if let Some(slice) = &p.slice {
+                    let span = geometry::span(&p.global_shape, slice);
+                    if (p.start, p.end) != span {
+                        return Err(bad(format!(
+                            "N-d piece `{}` {} in {} records flat span [{}, {}), its slice spans [{}, {})",
+                            p.name,
+                            geometry::show(slice),
+                            record.file,
+                            p.start,
+                            p.end,
+                            span.0,
+                            span.1
+                        )));
+                    }
                 }
             }
         }
@@ -203,44 +283,14 @@ impl Manifest {
     }
 }
 
-/// Checks that `pieces` tile `[0, numel(shape))` exactly. Sorts `pieces` by start.
-fn check_coverage(
-    name: &str,
-    shape: &[usize],
-    pieces: &mut [(usize, usize, &str)],
-) -> Result<(), CheckpointError> {
-    let coverage = |detail: String| CheckpointError::Coverage {
-        name: name.to_string(),
-        detail,
-    };
-    let total = numel(shape).ok_or_else(|| coverage(format!("shape {shape:?} overflows usize")))?;
-    pieces.sort_unstable();
-    let mut covered = 0usize;
-    for &(start, end, file) in pieces.iter() {
-        if end < start || end > total {
-            return Err(coverage(format!(
-                "piece [{start}, {end}) in {file} is outside [0, {total})"
-            )));
-        }
-        if start > covered {
-            return Err(coverage(format!(
-                "elements [{covered}, {start}) are in no file (gap before the piece in {file})"
-            )));
-        }
-        if start < covered {
-            return Err(coverage(format!(
-                "piece [{start}, {end}) in {file} overlaps elements [{start}, {}) already saved",
-                covered.min(end)
-            )));
-        }
-        covered = end;
+/// The format version a set of pieces needs: 2 if any is N-d, else 1 (so checkpoints
+/// without N-d pieces stay readable by builds that only know version 1).
+pub(crate) fn format_version_for<'a>(mut pieces: impl Iterator<Item = &'a Piece>) -> u32 {
+    if pieces.any(|p| p.slice.is_some()) {
+        FORMAT_VERSION
+    } else {
+        MIN_FORMAT_VERSION
     }
-    if covered != total {
-        return Err(coverage(format!(
-            "elements [{covered}, {total}) are in no file"
-        )));
-    }
-    Ok(())
 }
 
 /// Shard file names are plain names inside the checkpoint folder: no separators, no
@@ -278,6 +328,7 @@ mod tests {
             start,
             end,
             key: piece_key(name, shape, start, end),
+            slice: None,
         }
     }
 
@@ -339,6 +390,69 @@ mod tests {
             err.to_string().contains("elements [9, 10) are in no file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn nd_keys_list_every_dim_and_whole_boxes_keep_the_name() {
+        assert_eq!(
+            slice_key("w", &[768, 1024], &[(0, 768), (256, 256)]),
+            "w[0:768,256:512]"
+        );
+        assert_eq!(slice_key("w", &[2, 3], &[(0, 2), (0, 3)]), "w");
+        assert_eq!(slice_key("s", &[], &[]), "s");
+    }
+
+    /// A manifest exactly as the flat-only writer (format version 1) wrote it, before
+    /// N-d pieces existed, parses unchanged; a rebuild from its files gives version 1
+    /// and the same JSON, so flat checkpoints stay readable by version-1 builds.
+    #[test]
+    fn format_version_1_manifest_parses_and_round_trips() {
+        let bytes = include_bytes!("../tests/fixtures/format-v1/step-00000007/manifest.json");
+        let m = Manifest::parse(bytes, Path::new("manifest.json")).unwrap();
+        assert_eq!(m.format_version, 1);
+        assert!(m
+            .files
+            .iter()
+            .flat_map(|f| &f.pieces)
+            .all(|p| p.slice.is_none()));
+        let rebuilt = Manifest::build(m.step, m.meta.clone(), m.files.clone()).unwrap();
+        assert_eq!(rebuilt, m);
+        assert_eq!(serde_json::to_vec_pretty(&rebuilt).unwrap(), bytes);
+    }
+
+    #[test]
+    fn nd_pieces_need_version_2_and_a_true_span() {
+        let shape = [4usize, 6];
+        let cols = |c: usize| Piece {
+            name: "w".into(),
+            global_shape: shape.to_vec(),
+            start: c,
+            end: 18 + c + 3,
+            key: slice_key("w", &shape, &[(0, 4), (c, 3)]),
+            slice: Some(vec![(0, 4), (c, 3)]),
+        };
+        let m = Manifest::build(
+            1,
+            serde_json::Value::Null,
+            vec![record("a", vec![cols(0)]), record("b", vec![cols(3)])],
+        )
+        .unwrap();
+        assert_eq!(m.format_version, FORMAT_VERSION);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""slice":[[0,4],[3,3]]"#), "{json}");
+        Manifest::parse(json.as_bytes(), Path::new("m")).unwrap();
+        let v1 = json.replace(r#""format_version":2"#, r#""format_version":1"#);
+        let err = Manifest::parse(v1.as_bytes(), Path::new("m")).unwrap_err();
+        assert!(err.to_string().contains("cannot hold N-d pieces"), "{err}");
+        let span = json.replace(r#""start":3,"end":24"#, r#""start":3,"end":23"#);
+        let err = Manifest::parse(span.as_bytes(), Path::new("m")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("records flat span [3, 23), its slice spans [3, 24)"),
+            "{err}"
+        );
+        let key = json.replace("w[0:4,3:6]", "w[0:4,0:3]");
+        assert!(Manifest::parse(key.as_bytes(), Path::new("m")).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Loading: resolve which folder to load, verify every shard, then serve any flat range
-//! of any tensor by intersecting it with the saved pieces.
+//! or N-d box of any tensor by intersecting it with the saved pieces, flat or N-d
+//! ([`crate::gather`]), whatever layout wrote them.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -11,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::dirs::{complete_steps, parse_step_dir, CHECKPOINTS_DIR, LATEST_FILE, TMP_PREFIX};
 use crate::error::{io_at, CheckpointError};
+use crate::gather::{gather, Located, Request};
+use crate::geometry::{misfit, span, volume};
 use crate::manifest::{numel, FileRecord, Manifest, MANIFEST_FILE};
 use crate::sink::hex;
 
@@ -21,18 +24,17 @@ pub struct Checkpoint {
     dir: PathBuf,
     manifest: Manifest,
     handles: Vec<File>,
-    /// Tensor name -> (global shape, its pieces sorted by start).
-    index: HashMap<String, (Vec<usize>, Vec<Located>)>,
+    index: HashMap<String, Tensor>,
 }
 
-/// A piece and where its bytes are.
-#[derive(Debug, Clone, Copy)]
-struct Located {
-    start: usize,
-    end: usize,
-    file: usize,
-    /// Byte offset of element `start` in the file.
-    offset: u64,
+/// A tensor's global shape and its pieces, sorted by (span) start.
+#[derive(Debug)]
+struct Tensor {
+    shape: Vec<usize>,
+    pieces: Vec<Located>,
+    /// No N-d piece: the pieces tile `[0, numel)` in order, so a flat range finds its
+    /// first piece by binary search.
+    all_flat: bool,
 }
 
 /// Opens a checkpoint. `path` is either a run dir (follows `checkpoints/latest`; if
@@ -47,7 +49,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let manifest = Manifest::parse(&bytes, &manifest_path)?;
 
     let mut handles = Vec::with_capacity(manifest.files.len());
-    let mut index: HashMap<String, (Vec<usize>, Vec<Located>)> = HashMap::new();
+    let mut index: HashMap<String, Tensor> = HashMap::new();
     for (file_idx, (record, verified)) in manifest
         .files
         .iter()
@@ -56,21 +58,25 @@ pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
     {
         let (handle, data_start) = verified?;
         for piece in &record.pieces {
-            let entry = index
-                .entry(piece.name.clone())
-                .or_insert_with(|| (piece.global_shape.clone(), Vec::new()));
-            entry.1.push(Located {
+            let entry = index.entry(piece.name.clone()).or_insert_with(|| Tensor {
+                shape: piece.global_shape.clone(),
+                pieces: Vec::new(),
+                all_flat: true,
+            });
+            entry.all_flat &= piece.slice.is_none();
+            entry.pieces.push(Located {
                 start: piece.start,
                 end: piece.end,
                 file: file_idx,
                 // check_header found every piece key, so the lookup cannot miss.
                 offset: data_start.get(&piece.key).copied().unwrap_or_default(),
+                slice: piece.slice.clone(),
             });
         }
         handles.push(handle);
     }
-    for (_, pieces) in index.values_mut() {
-        pieces.sort_by_key(|p| p.start);
+    for tensor in index.values_mut() {
+        tensor.pieces.sort_by_key(|p| p.start);
     }
     Ok(Checkpoint {
         dir,
@@ -249,6 +255,15 @@ fn check_header(
                 piece.len()
             )));
         }
+        if let Some(slice) = &piece.slice {
+            let lens: Vec<usize> = slice.iter().map(|&(_, l)| l).collect();
+            if info.shape != lens {
+                return Err(bad(format!(
+                    "key `{}` has shape {:?}, manifest expects its slice's shape {lens:?}",
+                    piece.key, info.shape
+                )));
+            }
+        }
         offsets.insert(piece.key.clone(), data_start + info.data_offsets.0 as u64);
     }
     Ok(offsets)
@@ -281,7 +296,15 @@ impl Checkpoint {
 
     /// A tensor's global shape, `None` if it is not in the checkpoint.
     pub fn global_shape(&self, name: &str) -> Option<&[usize]> {
-        self.index.get(name).map(|(shape, _)| shape.as_slice())
+        self.index.get(name).map(|t| t.shape.as_slice())
+    }
+
+    fn tensor(&self, name: &str) -> Result<&Tensor, CheckpointError> {
+        self.index
+            .get(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                name: name.to_string(),
+            })
     }
 
     /// The whole manifest (format, step, meta, tensors, files).
@@ -309,7 +332,8 @@ impl Checkpoint {
     }
 
     /// Reads flat elements `[start, end)` of tensor `name` into `out`
-    /// (`out.len() == end - start`), assembled from whichever pieces hold them.
+    /// (`out.len() == end - start`), assembled from whichever pieces hold them, flat
+    /// or N-d.
     pub fn read_range(
         &self,
         name: &str,
@@ -317,13 +341,8 @@ impl Checkpoint {
         end: usize,
         out: &mut [f32],
     ) -> Result<(), CheckpointError> {
-        let (shape, pieces) =
-            self.index
-                .get(name)
-                .ok_or_else(|| CheckpointError::MissingTensor {
-                    name: name.to_string(),
-                })?;
-        let total = numel(shape).unwrap_or(0);
+        let tensor = self.tensor(name)?;
+        let total = numel(&tensor.shape).unwrap_or(0);
         let invalid = |detail: String| CheckpointError::InvalidRange {
             name: name.to_string(),
             start,
@@ -332,7 +351,8 @@ impl Checkpoint {
         };
         if start > end || end > total {
             return Err(invalid(format!(
-                "tensor has {total} elements (shape {shape:?})"
+                "tensor has {total} elements (shape {:?})",
+                tensor.shape
             )));
         }
         if out.len() != end - start {
@@ -342,34 +362,75 @@ impl Checkpoint {
                 end - start
             )));
         }
-        // Pieces tile [0, total) in order (checked at open), so the first piece that
-        // ends after `start` is where the range begins.
-        let first = pieces.partition_point(|p| p.end <= start);
-        let mut bytes = Vec::new();
-        for p in &pieces[first..] {
+        // Flat pieces tile [0, total) in order (checked at open), so the first piece
+        // that ends after `start` is where the range begins. N-d pieces' spans overlap
+        // each other: every piece whose span meets the range is asked.
+        let first = if tensor.all_flat {
+            tensor.pieces.partition_point(|p| p.end <= start)
+        } else {
+            0
+        };
+        for p in &tensor.pieces[first..] {
             if p.start >= end {
                 break;
             }
-            let (lo, hi) = (p.start.max(start), p.end.min(end));
-            if lo >= hi {
-                continue;
-            }
-            let path = || self.dir.join(&self.manifest.files[p.file].file);
-            let dst = &mut out[lo - start..hi - start];
-            // Bounded chunks keep the staging buffer small for multi-GB tensors.
-            const CHUNK: usize = 1 << 18;
-            for (i, dst_chunk) in dst.chunks_mut(CHUNK).enumerate() {
-                let elem = lo - p.start + i * CHUNK;
-                bytes.resize(dst_chunk.len() * 4, 0);
-                self.handles[p.file]
-                    .read_exact_at(&mut bytes, p.offset + 4 * elem as u64)
-                    .map_err(|e| CheckpointError::io(path(), e))?;
-                for (d, b) in dst_chunk.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
+            if p.end > start {
+                self.gather(tensor, p, Request::Flat(start, end), out)?;
             }
         }
         Ok(())
+    }
+
+    /// Reads the N-d box `slice` (`(start, len)` for every dimension) of tensor `name`
+    /// into `out`, row-major within the box (`out.len()` is the product of the lens),
+    /// assembled from whichever pieces hold it, flat or N-d: e.g. a tensor-parallel
+    /// rank's column block of a matrix saved by any layout.
+    pub fn read_slice(
+        &self,
+        name: &str,
+        slice: &[(usize, usize)],
+        out: &mut [f32],
+    ) -> Result<(), CheckpointError> {
+        let tensor = self.tensor(name)?;
+        let invalid = |detail: String| CheckpointError::InvalidReadSlice {
+            name: name.to_string(),
+            slice: slice.to_vec(),
+            detail,
+        };
+        if let Some(why) = misfit(&tensor.shape, slice) {
+            return Err(invalid(why));
+        }
+        let n = volume(slice);
+        if out.len() != n {
+            return Err(invalid(format!(
+                "output buffer holds {} elements, slice has {n}",
+                out.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (start, end) = span(&tensor.shape, slice);
+        for p in &tensor.pieces {
+            if p.start >= end {
+                break;
+            }
+            if p.end > start {
+                self.gather(tensor, p, Request::Block(slice), out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn gather(
+        &self,
+        tensor: &Tensor,
+        p: &Located,
+        req: Request,
+        out: &mut [f32],
+    ) -> Result<(), CheckpointError> {
+        let path = self.dir.join(&self.manifest.files[p.file].file);
+        gather(&self.handles[p.file], &path, &tensor.shape, p, req, out)
     }
 }
 

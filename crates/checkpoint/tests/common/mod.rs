@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: seeded data and one-call checkpoints.
 #![allow(dead_code)]
 
+pub mod tp;
+
 use std::path::{Path, PathBuf};
 
 use checkpoint::{begin, commit, TensorSlice};
