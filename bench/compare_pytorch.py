@@ -6,9 +6,14 @@ For each preset, alternates `hyperion bench train` and `bench/pytorch_reference.
 the tokens/s ratio. Run after `cargo build --release`:
 
     python bench/compare_pytorch.py --rounds 3 --steps 8
+    python bench/compare_pytorch.py --presets llama-char-cpu,llama-mini
 
+Each preset name goes unchanged to both sides (`hyperion bench train --preset NAME` and
+`pytorch_reference.py --preset NAME`); the reference knows the GPT-2 presets
+shakespeare-char, gpt2-mini and the Llama presets llama-char-cpu, llama-mini.
 MFU for both uses the same peak (--peak-gflops, default 320 = this machine's 2 cores
-x AVX-512 FMA) and the same model FLOPs per token (6N + 12 L C T).
+x AVX-512 FMA) and the same model FLOPs per token (6N + 12 L C T; for Llama N excludes
+the embedding table, counts the untied head, and C is nh * hd in the attention term).
 """
 
 import argparse
@@ -31,7 +36,8 @@ def run_json(cmd):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", default="shakespeare-char,gpt2-mini")
+    p.add_argument("--presets", default="shakespeare-char,gpt2-mini",
+                   help="comma-separated; also llama-char-cpu, llama-mini")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)

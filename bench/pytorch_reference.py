@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference GPT-2 for Hyperion: the speed yardstick and the fixture model.
+"""PyTorch reference GPT-2 and Llama for Hyperion: the speed yardstick and the fixture models.
 
 The model is written out in plain PyTorch (no `transformers` import) so that every
 parameter name and layout is visible and equal to Hugging Face's GPT2LMHeadModel
@@ -18,11 +18,32 @@ checkpoint keys, which are also Hyperion's tensor names:
 With `bias=False` the linear layers AND the LayerNorms carry no bias (nanoGPT's
 convention). Dropout is 0 throughout, so the model is a deterministic function.
 
+The Llama presets (`llama-*`) select `Llama`, equally plain PyTorch, with Hugging Face's
+LlamaForCausalLM names and nn.Linear (out, in) layouts (no biases, untied head):
+
+    model.embed_tokens.weight                              (V, C)
+    model.layers.{i}.input_layernorm.weight                (C,)       RMSNorm
+    model.layers.{i}.self_attn.q_proj.weight               (nh*hd, C)
+    model.layers.{i}.self_attn.k_proj.weight/.v_proj       (nkv*hd, C)  grouped-query
+    model.layers.{i}.self_attn.o_proj.weight               (C, nh*hd)
+    model.layers.{i}.post_attention_layernorm.weight       (C,)
+    model.layers.{i}.mlp.gate_proj.weight/.up_proj.weight  (F, C)     SwiGLU
+    model.layers.{i}.mlp.down_proj.weight                  (C, F)
+    model.norm.weight                                      (C,)
+    lm_head.weight                                         (V, C)
+
+with rotary position embeddings in HF's `rotate_half` layout (the two halves of each
+head, not interleaved pairs, rotate together) and query head h reading key/value head
+h // (nh / nkv). `tests/fixtures/make_hf_fixtures.py` checks it against transformers'
+LlamaForCausalLM in float64.
+
 As a benchmark, one training step is: forward on random tokens (B, block), mean
 cross-entropy, backward, clip_grad_norm_(1.0), AdamW (lr 1e-3, betas (0.9, 0.99),
 weight decay 0.1 on 2-D weights except the embeddings), zero_grad(set_to_none=True).
 
     python bench/pytorch_reference.py --preset shakespeare-char --batch 8 --json
+
+    python bench/pytorch_reference.py --preset llama-char-cpu --batch 8 --json
 
 `tests/fixtures/make_gpt_fixture.py` imports `GPT` from this file, so the fixture
 checks exactly the model that is timed here.
@@ -56,6 +77,20 @@ class GPTConfig:
     bias: bool
 
 
+@dataclass(frozen=True)
+class LlamaConfig:
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    n_embd: int
+    ffn: int
+    block_size: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+
 PRESETS = {
     # nanoGPT's shakespeare_char config (train_shakespeare_char.py), bias off.
     "shakespeare-char": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256,
@@ -63,6 +98,13 @@ PRESETS = {
     # A small GPT-2 with the full GPT-2 BPE vocabulary: the head dominates.
     "gpt2-mini": GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=128,
                            vocab_size=50257, bias=True),
+    # Llama blocks (RMSNorm, RoPE, GQA, SwiGLU, untied head) at the GPT presets' sizes.
+    "llama-char-cpu": LlamaConfig(n_layer=4, n_head=4, n_kv_head=2, head_dim=32, n_embd=128,
+                                  ffn=384, block_size=64, vocab_size=65,
+                                  rope_theta=10000.0, norm_eps=1e-5),
+    "llama-mini": LlamaConfig(n_layer=4, n_head=4, n_kv_head=2, head_dim=64, n_embd=256,
+                              ffn=768, block_size=128, vocab_size=50257,
+                              rope_theta=10000.0, norm_eps=1e-5),
 }
 
 
@@ -196,18 +238,191 @@ class GPT(nn.Module):
                     p.zero_()
 
 
-def flops_per_token(cfg: GPTConfig, n_params: int) -> int:
+def _sdpa_has_gqa() -> bool:
+    """F.scaled_dot_product_attention(..., enable_gqa=True) exists since torch 2.5."""
+    q = torch.zeros(1, 2, 1, 1)
+    kv = torch.zeros(1, 1, 1, 1)
+    try:
+        F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+SDPA_GQA = _sdpa_has_gqa()
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the last dim (Zhang & Sennrich 2019).
+    Computed in the input's dtype (HF's LlamaRMSNorm upcasts to float32 first)."""
+
+    def __init__(self, c: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.eps = eps
+
+    def forward(self, x):
+        if hasattr(F, "rms_norm"):  # torch >= 2.4
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(head_dim: int, n_pos: int, theta: float):
+    """cos, sin (n_pos, head_dim) in float64: angle(p, j) = p * theta^(-2j/d) for
+    j < d/2, repeated for the second half (HF's `cat((freqs, freqs))`)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    freqs = torch.arange(n_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dim (HF's rotate_half)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, use_sdpa: bool):
+        super().__init__()
+        assert cfg.n_head % cfg.n_kv_head == 0, "n_kv_head must divide n_head"
+        assert cfg.head_dim % 2 == 0, "RoPE needs an even head_dim"
+        self.nh, self.nkv, self.hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.use_sdpa = use_sdpa
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)   # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q = q * cos + rotate_half(q) * sin  # cos, sin: (T, hd), broadcast over B, heads
+        k = k * cos + rotate_half(k) * sin
+        rep = self.nh // self.nkv
+        if self.use_sdpa and SDPA_GQA:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
+        else:
+            # Query head h reads kv head h // rep (HF's repeat_kv, SDPA's enable_gqa).
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+            if self.use_sdpa:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hd)  # (B, nh, T, T)
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+                y = att @ v
+        y = y.transpose(1, 2).reshape(B, T, self.nh * self.hd)
+        return self.o_proj(y)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.ffn, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.ffn, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        # down(silu(gate x) * up x) (Shazeer 2020); silu(z) = z * sigmoid(z).
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig, use_sdpa: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.self_attn = LlamaAttention(cfg, use_sdpa)
+        self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+class Llama(nn.Module):
+    """Llama (Touvron et al. 2023) with HF LlamaForCausalLM's parameter names."""
+
+    def __init__(self, cfg: LlamaConfig, use_sdpa: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=Embedding(cfg.vocab_size, cfg.n_embd),
+            layers=nn.ModuleList([LlamaBlock(cfg, use_sdpa) for _ in range(cfg.n_layer)]),
+            norm=RMSNorm(cfg.n_embd, cfg.norm_eps),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # float64 tables, not in the state dict; cast to the activations' dtype per call.
+        cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, idx, targets=None):
+        """idx, targets: (B, T) int64. Returns logits (B, T, V) and the mean loss."""
+        B, T = idx.shape
+        assert T <= self.cfg.block_size, f"sequence length {T} > block_size {self.cfg.block_size}"
+        m = self.model
+        x = m.embed_tokens.weight[idx]  # (B, T, C)
+        cos = self.rope_cos[:T].to(x.dtype)
+        sin = self.rope_sin[:T].to(x.dtype)
+        for layer in m.layers:
+            x = layer(x, cos, sin)
+        logits = self.lm_head(m.norm(x))  # (B, T, V), untied
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
+        return logits, loss
+
+    def init_weights(self, gen: torch.Generator, std: float = 0.02):
+        """N(0, std) matrices and embedding, residual outputs (o_proj, down_proj) scaled
+        by 1/sqrt(2L) as for GPT-2, unit RMSNorm weights."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() == 2:
+                    scaled = name.endswith("o_proj.weight") or name.endswith("down_proj.weight")
+                    s = std / math.sqrt(2 * self.cfg.n_layer) if scaled else std
+                    p.normal_(0.0, s, generator=gen)
+                else:
+                    p.fill_(1.0)
+
+
+def embedding_names(cfg) -> set:
+    """Parameters that are embedding tables (no weight decay; position table not in N)."""
+    if isinstance(cfg, LlamaConfig):
+        return {"model.embed_tokens.weight"}
+    return {"transformer.wte.weight", "transformer.wpe.weight"}
+
+
+def counted_params(model) -> int:
+    """N for the FLOPs formula: GPT-2, every parameter but wpe (the tied wte is the head's
+    matmul); Llama, every parameter but the embedding table (the untied head counts)."""
+    skip = "model.embed_tokens.weight" if isinstance(model.cfg, LlamaConfig) else "transformer.wpe.weight"
+    return sum(p.numel() for n, p in model.named_parameters() if n != skip)
+
+
+def flops_per_token(cfg, n_params: int) -> int:
     """Training FLOPs per token: 6N + 12 L C T (Kaplan et al. 2020; PaLM, Chowdhery et
     al. 2022, app. B). N counts every parameter except the position embedding (wte is
-    counted: it is the LM head's matmul); 12 L C T is the attention score/value work."""
+    counted: it is the LM head's matmul); 12 L C T is the attention score/value work.
+    For Llama, N is every parameter but the embedding table (the untied lm_head counts)
+    and C in the attention term is the attention width nh * hd."""
+    if isinstance(cfg, LlamaConfig):
+        return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
-def make_optimizer(model: GPT, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1):
-    """AdamW; decay only 2-D weights that are not embeddings (nanoGPT's grouping)."""
+def make_optimizer(model, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1):
+    """AdamW; decay only 2-D weights that are not embeddings (nanoGPT's grouping; the
+    untied Llama lm_head is a matrix and decays)."""
     decay, no_decay = [], []
+    embeddings = embedding_names(model.cfg)
     for name, p in model.named_parameters():
-        is_embedding = name.startswith("transformer.wte") or name.startswith("transformer.wpe")
+        is_embedding = name in embeddings
         (decay if p.dim() == 2 and not is_embedding else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
@@ -246,9 +461,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     cfg = PRESETS[args.preset]
     gen = torch.Generator().manual_seed(args.seed)
-    model = GPT(cfg, use_sdpa=True)
+    is_llama = isinstance(cfg, LlamaConfig)
+    model = Llama(cfg, use_sdpa=True) if is_llama else GPT(cfg, use_sdpa=True)
     model.init_weights(gen)
-    n_params = sum(p.numel() for n, p in model.named_parameters() if n != "transformer.wpe.weight")
+    n_params = counted_params(model)
     opt, opt_kind = make_optimizer(model)
     step_model = torch.compile(model) if args.compile else model
 
@@ -325,7 +541,8 @@ def main(argv=None):
         print(json.dumps(result))
     else:
         print(f"{args.preset}: torch {result['torch_version']}, {result['threads']} threads, "
-              f"B={B} T={T}, {n_params:,} params (excl. wpe), AdamW {opt_kind}"
+              f"B={B} T={T}, {n_params:,} params (excl. {'embed_tokens' if is_llama else 'wpe'}), "
+              f"AdamW {opt_kind}"
               f"{', compiled' if args.compile else ''}")
         print(f"  step {result['step_ms']:.1f} ms = forward {result['forward_ms']:.1f} + "
               f"backward {result['backward_ms']:.1f} + optimizer {result['optimizer_ms']:.1f} (medians)")

@@ -26,6 +26,7 @@
 
 mod acts;
 pub mod backend;
+pub mod hf;
 pub mod init;
 pub mod layout;
 mod model;
