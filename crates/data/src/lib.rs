@@ -37,6 +37,7 @@
 //! ```
 
 mod error;
+mod hf_tokenizer;
 mod meta;
 mod prepare;
 mod sampler;
@@ -44,6 +45,10 @@ mod tokenizer;
 mod tokens;
 
 pub use error::DataError;
+pub use hf_tokenizer::{
+    gpt2_bytes_to_unicode, hf_tokenizer_files, hf_tokenizer_files_with_max_length, special_ids, CHAR_SPLIT_REGEX,
+    HF_DEFAULT_MODEL_MAX_LENGTH,
+};
 pub use meta::{InputFile, Meta, TokenDtype, TokenizerKind, META_FILE, TRAIN_FILE, VAL_FILE};
 pub use prepare::{ensure_prepared, prepare};
 pub use sampler::{hash2, sample_start};

@@ -31,7 +31,7 @@ const EOT_TEXT: &str = "<|endoftext|>";
 
 /// The GPT-2 BPE tables, built once per process (parsing the embedded rank
 /// file) and shared by every `Tokenizer::Gpt2`.
-fn gpt2_bpe() -> Result<&'static CoreBPE, DataError> {
+pub(crate) fn gpt2_bpe() -> Result<&'static CoreBPE, DataError> {
     static BPE: OnceLock<Result<CoreBPE, String>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::r50k_base().map_err(|e| e.to_string()))
         .as_ref()

@@ -280,6 +280,28 @@ impl Trainer {
         Ok(self.drive(plan, false, false, |gpt, d, acts, x, y| gpt.eval_micro(d, acts, x, y))?.0)
     }
 
+    /// Replaces the parameters by `whole` (every bucket whole, layout order), e.g. the
+    /// weights of a Hugging Face model; each rank keeps what it holds.
+    pub fn load_params(&mut self, whole: &[Vec<f32>]) -> Result<()> {
+        if whole.len() != self.params.len() {
+            return Err(EngineError::Invalid(format!("{} parameter buckets given, the model has {}", whole.len(), self.params.len())));
+        }
+        let (zero, r) = (self.cfg.raw.parallel.zero, self.rank.rank);
+        for (b, src) in whole.iter().enumerate() {
+            let s = self.shards[b];
+            if src.len() != s.numel {
+                return Err(EngineError::Invalid(format!("bucket {b} has {} elements, the model needs {}", src.len(), s.numel)));
+            }
+            if zero == 3 {
+                let real = s.real(r);
+                self.params[b][..real.len()].copy_from_slice(&src[real]);
+            } else {
+                self.params[b][..s.numel].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
     /// The whole model's parameters, unpadded, on every rank (a collective under ZeRO-3).
     pub fn full_params(&mut self) -> Result<Vec<Vec<f32>>> {
         let mut plan = self.prefetch_plan(false);

@@ -35,6 +35,8 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Plot a run's loss curves to PNG.
     Plot(cmd::plot::PlotArgs),
+    /// Write a checkpoint as a Hugging Face model folder (`from_pretrained` loads it).
+    Export(cmd::hf::ExportArgs),
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
         Command::Train(a) => cmd::train::run(a),
+        Command::Export(a) => cmd::hf::export(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Plan(a) => cmd::plan::run(a),

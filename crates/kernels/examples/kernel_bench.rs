@@ -4,6 +4,10 @@
 //! T128, V50257, bias), batch 8. Prints GEMM GFLOP/s per shape, milliseconds per
 //! kernel (best of several runs), and a per-step estimate summed over the layers.
 //!
+//! Then the Llama kernels at the llama-mini preset's shapes (L4, NH4, NKV2, HD64, C256,
+//! F768, T128, batch 8): RMSNorm, RoPE, SwiGLU, GQA attention (and MHA at the same
+//! shape), nn.Linear-layout GEMMs against the Conv1D ones.
+//!
 //! cargo run --release -p hyperion-kernels --example kernel_bench [-- --reps N --threads N]
 
 use std::time::Instant;
@@ -200,6 +204,61 @@ fn bench_model(m: &Model, b: usize, reps: usize) {
     );
 }
 
+/// Llama kernels at llama-mini's shapes (per layer, ms per call).
+fn bench_llama(b: usize, reps: usize) {
+    let (nh, nkv, hd, c, f, t) = (4, 2, 64, 256, 768, 128);
+    let rows = b * t;
+    println!("llama-mini kernels (NH{nh} NKV{nkv} HD{hd} C{c} F{f} T{t} B{b})");
+    let ms = |name: &str, t_ms: f64| println!("  {name:<28} {t_ms:7.3} ms");
+    let x = filled(rows * c, 20);
+    let w = filled(c, 21);
+    let (mut o, mut rs) = (vec![0.0; rows * c], vec![0.0; rows]);
+    ms("rmsnorm_forward", time_ms(reps, || rmsnorm_forward(&mut o, &mut rs, &x, &w, rows, c, 1e-5)));
+    let (mut dx, mut dw) = (vec![0.0; rows * c], vec![0.0; c]);
+    ms("rmsnorm_backward", time_ms(reps, || rmsnorm_backward(&mut dx, &mut dw, &o, &x, &w, &rs, rows, c)));
+    let table = RopeTable::new(t, hd, 10_000.0);
+    let width = (nh + 2 * nkv) * hd;
+    let mut qkv = filled(rows * width, 22);
+    ms("rope_forward (q and k)", time_ms(reps, || rope_forward(&mut qkv, &table, b, t, nh, nkv, hd)));
+    ms("rope_backward (q and k)", time_ms(reps, || rope_backward(&mut qkv, &table, b, t, nh, nkv, hd)));
+    let h = filled(rows * 2 * f, 23);
+    let mut g = vec![0.0; rows * f];
+    ms("swiglu_forward", time_ms(reps, || swiglu_forward(&mut g, &h, rows, f)));
+    let mut dh = vec![0.0; rows * 2 * f];
+    ms("swiglu_backward", time_ms(reps, || swiglu_backward(&mut dh, &g, &h, rows, f)));
+    for kv in [nkv, nh] {
+        let qkv = filled(rows * (nh + 2 * kv) * hd, 24);
+        let mut att = vec![0.0; rows * nh * hd];
+        let mut saved = vec![0.0; attention_saved_len(b, t, nh)];
+        ms(
+            &format!("attention_gqa_forward nkv={kv}"),
+            time_ms(reps, || attention_gqa_forward(&mut att, &mut saved, &qkv, b, t, nh, kv, hd)),
+        );
+        let mut dqkv = vec![0.0; qkv.len()];
+        let dout = filled(rows * nh * hd, 25);
+        ms(
+            &format!("attention_gqa_backward nkv={kv}"),
+            time_ms(reps, || attention_gqa_backward(&mut dqkv, &dout, &qkv, &att, &saved, b, t, nh, kv, hd)),
+        );
+    }
+    // gate_up projection (rows, C) -> (rows, 2F): nn.Linear (out, in) vs Conv1D (in, out).
+    let wl = filled(2 * f * c, 26);
+    let dy = filled(rows * 2 * f, 27);
+    let mut y = vec![0.0; rows * 2 * f];
+    let (mut ldx, mut ldw) = (vec![0.0; rows * c], vec![0.0; 2 * f * c]);
+    let t_f = time_ms(reps, || linear_t_forward(&mut y, &x, &wl, None, rows, c, 2 * f));
+    let t_b = time_ms(reps, || linear_t_backward(Some(&mut ldx), &mut ldw, None, &dy, &x, &wl, rows, c, 2 * f));
+    let c_f = time_ms(reps, || linear_forward(&mut y, &x, &wl, None, rows, c, 2 * f));
+    let c_b = time_ms(reps, || linear_backward(Some(&mut ldx), &mut ldw, None, &dy, &x, &wl, rows, c, 2 * f));
+    println!("  gate_up {rows}x{c} -> {}: linear_t fwd {t_f:.3} bwd {t_b:.3} ms | linear fwd {c_f:.3} bwd {c_b:.3} ms", 2 * f);
+    let tokens: Vec<u32> = (0..rows).map(|i| (i * 31 % 32000) as u32).collect();
+    let wte = filled(32000 * c, 28);
+    let mut e = vec![0.0; rows * c];
+    ms("token_embedding_forward", time_ms(reps, || token_embedding_forward(&mut e, &tokens, &wte, b, t, c)));
+    let mut dwte = vec![0.0; 32000 * c];
+    ms("token_embedding_backward", time_ms(reps, || token_embedding_backward(&mut dwte, &x, &tokens, b, t, c)));
+}
+
 /// Value following `--name` on the command line, parsed.
 fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::args().skip_while(|a| a != name).nth(1).and_then(|s| s.parse().ok())
@@ -224,5 +283,6 @@ fn main() {
         for m in &models {
             bench_model(m, 8, reps);
         }
+        bench_llama(8, reps);
     });
 }

@@ -1,8 +1,11 @@
-//! Causal multi-head self-attention (Vaswani et al. 2017, eq. 1) on packed qkv.
+//! Causal self-attention (Vaswani et al. 2017, eq. 1) on packed qkv, multi-head or
+//! grouped-query (GQA, Ainslie et al. 2023; Hugging Face `repeat_kv` semantics).
 //!
-//! qkv (B, T, 3C) holds [q | k | v] along the last dim, head h at channels
-//! `h*hs..(h+1)*hs` of each part (hs = C / NH); out is (B, T, C).
-//! Per (b, h): `S = Q K^T / sqrt(hs)` with causal mask, `P = softmax(S)`, `O = P V`.
+//! A qkv row (one token) has width `(NH + 2 NKV) HD`: `[q (NH HD) | k (NKV HD) | v (NKV HD)]`,
+//! head j of a part at channels `j*HD..(j+1)*HD`; query head h reads key/value head
+//! `h / (NH / NKV)`. out is (B, T, NH HD). The GPT-2 entry points [`attention_forward`]
+//! and [`attention_backward`] (qkv (B, T, 3C), HD = C / NH) are the case NKV = NH.
+//! Per (b, h): `S = Q K^T / sqrt(HD)` with causal mask, `P = softmax(S)`, `O = P V`.
 //!
 //! Design (measured, see crates/kernels/BENCHMARKS.md): we save the probabilities P
 //! (B, NH, T, T) rather than only the row logsumexp of a flash-style kernel. On CPU
@@ -15,8 +18,11 @@
 //!
 //! Backward per (b, h), for each row block (in order, so dK/dV accumulate
 //! deterministically): `dP = dO V^T`, `dV += P^T dO`,
-//! `dS = P * (dP - rowsum(P * dP))` (softmax Jacobian), `dQ += dS K / sqrt(hs)`,
-//! `dK += dS^T Q / sqrt(hs)`.
+//! `dS = P * (dP - rowsum(P * dP))` (softmax Jacobian), `dQ += dS K / sqrt(HD)`,
+//! `dK += dS^T Q / sqrt(HD)`. With GQA several query heads add into one dK/dV: a task
+//! owns a (batch, kv head) pair and runs that group's query heads in order, so the
+//! accumulation order is fixed whatever the thread count (parallelism B * NKV tasks;
+//! for MHA this is exactly the per-(b, h) loop).
 
 use std::cell::RefCell;
 
@@ -46,38 +52,68 @@ fn check_shapes(kernel: &'static str, c: usize, nh: usize) -> usize {
     c / nh
 }
 
+/// Panics unless `nh` is a positive multiple of `nkv` and `hd > 0` (GQA / RoPE shapes).
+pub(crate) fn check_heads(kernel: &'static str, nh: usize, nkv: usize, hd: usize) {
+    if nkv == 0 || nh < nkv || nh % nkv != 0 {
+        panic!("{}", KernelError::KvHeadsDoNotDivide { kernel, heads: nh, kv_heads: nkv });
+    }
+    if hd == 0 {
+        let e = KernelError::InvalidArgument { kernel, name: "hd", value: 0.0, why: "the head dim must be positive" };
+        panic!("{e}");
+    }
+}
+
 /// Causal attention forward; writes `out` (B,T,C) and the probabilities into `saved`.
+/// qkv is (B, T, 3C); same as [`attention_gqa_forward`] with NKV = NH, HD = C / NH.
 pub fn attention_forward(out: &mut [f32], saved: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize) {
     let hs = check_shapes("attention_forward", c, nh);
-    check_len("attention_forward", "out", out.len(), b * t * c);
-    check_len("attention_forward", "qkv", qkv.len(), b * t * 3 * c);
-    check_len("attention_forward", "saved", saved.len(), attention_saved_len(b, t, nh));
-    if b * t * c == 0 {
+    forward("attention_forward", out, saved, qkv, b, t, nh, nh, hs);
+}
+
+/// Grouped-query causal attention forward: qkv (B, T, (NH + 2 NKV) HD) -> out
+/// (B, T, NH HD); writes the probabilities (B, NH, T, T) into `saved`.
+/// Panics unless NKV >= 1 divides NH and HD > 0.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_gqa_forward(out: &mut [f32], saved: &mut [f32], qkv: &[f32], b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
+    check_heads("attention_gqa_forward", nh, nkv, hd);
+    forward("attention_gqa_forward", out, saved, qkv, b, t, nh, nkv, hd);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward(kernel: &'static str, out: &mut [f32], saved: &mut [f32], qkv: &[f32], b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
+    let ow = nh * hd; // out row width
+    let w = (nh + 2 * nkv) * hd; // qkv row width
+    check_len(kernel, "out", out.len(), b * t * ow);
+    check_len(kernel, "qkv", qkv.len(), b * t * w);
+    check_len(kernel, "saved", saved.len(), attention_saved_len(b, t, nh));
+    if b * t * ow == 0 {
         return;
     }
-    let scale = 1.0 / (hs as f32).sqrt();
+    let group = nh / nkv;
+    let (k_off, v_off) = (nh * hd, (nh + nkv) * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
     let blocks = t.div_ceil(ROW_BLOCK);
     let out_p = SendPtr(out.as_mut_ptr());
     let saved_p = SendPtr(saved.as_mut_ptr());
-    let c3 = 3 * c;
     (0..b * nh * blocks).into_par_iter().for_each(|task| {
         let (bh, rb) = (task / blocks, task % blocks);
         let (bi, h) = (bh / nh, bh % nh);
+        let kvh = h / group;
         let i0 = rb * ROW_BLOCK;
         let i1 = (i0 + ROW_BLOCK).min(t);
         let (rows, keys) = (i1 - i0, i1);
-        let base = bi * t * c3;
-        let q = Mat { ptr: qkv[base + i0 * c3 + h * hs..].as_ptr(), rs: c3 as isize, cs: 1 };
-        // K^T (hs, keys): element (p, j) = k[j, p].
-        let kt = Mat { ptr: qkv[base + c + h * hs..].as_ptr(), rs: 1, cs: c3 as isize };
-        let v = Mat { ptr: qkv[base + 2 * c + h * hs..].as_ptr(), rs: c3 as isize, cs: 1 };
+        let base = bi * t * w;
+        let q = Mat { ptr: qkv[base + i0 * w + h * hd..].as_ptr(), rs: w as isize, cs: 1 };
+        // K^T (hd, keys): element (p, j) = k[j, p].
+        let kt = Mat { ptr: qkv[base + k_off + kvh * hd..].as_ptr(), rs: 1, cs: w as isize };
+        let v = Mat { ptr: qkv[base + v_off + kvh * hd..].as_ptr(), rs: w as isize, cs: 1 };
         // SAFETY: task (bh, rb) writes rows i0..i1 of head (bi, h) in `saved` and the
-        // (rows, hs) strip at channels h*hs of rows i0..i1 of batch bi in `out`; these
+        // (rows, hd) strip at channels h*hd of rows i0..i1 of batch bi in `out`; these
         // regions are disjoint between tasks, in bounds by the length checks, and the
         // buffers outlive the parallel loop. `qkv` is only read.
         let p_rows = unsafe { std::slice::from_raw_parts_mut(saved_p.get().add((bh * t + i0) * t), rows * t) };
         unsafe {
-            gemm_raw(p_rows.as_mut_ptr(), t, q, kt, rows, keys, hs, false, scale, false);
+            gemm_raw(p_rows.as_mut_ptr(), t, q, kt, rows, keys, hd, false, scale, false);
         }
         vectorized(#[inline(always)] || {
             for (r, row) in p_rows.chunks_exact_mut(t).enumerate() {
@@ -107,13 +143,14 @@ pub fn attention_forward(out: &mut [f32], saved: &mut [f32], qkv: &[f32], b: usi
         });
         let p = Mat { ptr: p_rows.as_ptr(), rs: t as isize, cs: 1 };
         unsafe {
-            let o = out_p.get().add((bi * t + i0) * c + h * hs);
-            gemm_raw(o, c, p, v, rows, hs, keys, false, 1.0, false);
+            let o = out_p.get().add((bi * t + i0) * ow + h * hd);
+            gemm_raw(o, ow, p, v, rows, hd, keys, false, 1.0, false);
         }
     });
 }
 
 /// Causal attention backward; adds into `dqkv` (B,T,3C).
+/// Same as [`attention_gqa_backward`] with NKV = NH, HD = C / NH.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
@@ -127,72 +164,118 @@ pub fn attention_backward(
     nh: usize,
 ) {
     let hs = check_shapes("attention_backward", c, nh);
-    check_len("attention_backward", "dqkv", dqkv.len(), b * t * 3 * c);
-    check_len("attention_backward", "dout", dout.len(), b * t * c);
-    check_len("attention_backward", "qkv", qkv.len(), b * t * 3 * c);
-    check_len("attention_backward", "out", out.len(), b * t * c);
-    check_len("attention_backward", "saved", saved.len(), attention_saved_len(b, t, nh));
-    if b * t * c == 0 {
+    backward("attention_backward", dqkv, dout, qkv, out, saved, b, t, nh, nh, hs);
+}
+
+/// Grouped-query causal attention backward; adds into `dqkv` (B, T, (NH + 2 NKV) HD).
+/// dout and out are (B, T, NH HD), saved is the forward's (B, NH, T, T).
+/// Bitwise independent of the thread count (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_gqa_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    saved: &[f32],
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) {
+    check_heads("attention_gqa_backward", nh, nkv, hd);
+    backward("attention_gqa_backward", dqkv, dout, qkv, out, saved, b, t, nh, nkv, hd);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    kernel: &'static str,
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    saved: &[f32],
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) {
+    let ow = nh * hd;
+    let w = (nh + 2 * nkv) * hd;
+    check_len(kernel, "dqkv", dqkv.len(), b * t * w);
+    check_len(kernel, "dout", dout.len(), b * t * ow);
+    check_len(kernel, "qkv", qkv.len(), b * t * w);
+    check_len(kernel, "out", out.len(), b * t * ow);
+    check_len(kernel, "saved", saved.len(), attention_saved_len(b, t, nh));
+    if b * t * ow == 0 {
         return;
     }
     // `out` is not needed: the saved probabilities replace the flash-style
     // `rowsum(dO * O)` term. It stays in the signature so a flash variant can use it.
     let _ = out;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let c3 = 3 * c;
+    let group = nh / nkv;
+    let (k_off, v_off) = (nh * hd, (nh + nkv) * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
     let dp = SendPtr(dqkv.as_mut_ptr());
-    (0..b * nh).into_par_iter().for_each(|bh| {
-        let (bi, h) = (bh / nh, bh % nh);
-        let base = bi * t * c3;
-        let probs = &saved[bh * t * t..(bh + 1) * t * t];
+    (0..b * nkv).into_par_iter().for_each(|bg| {
+        let (bi, kvh) = (bg / nkv, bg % nkv);
+        let base = bi * t * w;
+        let k = Mat { ptr: qkv[base + k_off + kvh * hd..].as_ptr(), rs: w as isize, cs: 1 };
+        let vt = Mat { ptr: qkv[base + v_off + kvh * hd..].as_ptr(), rs: 1, cs: w as isize };
         SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
             if scratch.len() < ROW_BLOCK * t {
                 scratch.resize(ROW_BLOCK * t, 0.0);
             }
-            for i0 in (0..t).step_by(ROW_BLOCK) {
-                let i1 = (i0 + ROW_BLOCK).min(t);
-                let (rows, keys) = (i1 - i0, i1);
-                let d_o = Mat { ptr: dout[(bi * t + i0) * c + h * hs..].as_ptr(), rs: c as isize, cs: 1 };
-                let vt = Mat { ptr: qkv[base + 2 * c + h * hs..].as_ptr(), rs: 1, cs: c3 as isize };
-                let p_blk = &probs[i0 * t..i1 * t];
-                let pt = Mat { ptr: p_blk.as_ptr(), rs: 1, cs: t as isize };
-                let ds = &mut scratch[..rows * keys];
-                // SAFETY: task bh writes only the dq/dk/dv strips of head (bi, h) in
-                // dqkv (channels h*hs, C + h*hs, 2C + h*hs of batch bi's rows), disjoint
-                // from other tasks; all reads are in bounds by the length checks; the
-                // scratch is this thread's own and does not alias any input.
-                unsafe {
-                    // dP (rows, keys) = dO (rows, hs) @ V^T (hs, keys)
-                    gemm_raw(ds.as_mut_ptr(), keys, d_o, vt, rows, keys, hs, false, 1.0, false);
-                    // dV (keys, hs) += P^T (keys, rows) @ dO (rows, hs)
-                    let dv = dp.get().add(base + 2 * c + h * hs);
-                    gemm_raw(dv, c3, pt, d_o, keys, hs, rows, true, 1.0, false);
-                }
-                vectorized(#[inline(always)] || {
-                    for r in 0..rows {
-                        let n = i0 + r + 1;
-                        let prow = &p_blk[r * t..r * t + n];
-                        let drow = &mut ds[r * keys..r * keys + keys];
-                        let inner = simd::dot(prow, &drow[..n]);
-                        for j in 0..n {
-                            drow[j] = prow[j] * (drow[j] - inner);
-                        }
-                        // Masked keys: P = 0 there, so dS = 0.
-                        drow[n..].fill(0.0);
+            // The group's query heads in order, then row blocks in order: the only
+            // accumulation order dK/dV of this kv head ever see.
+            for h in kvh * group..(kvh + 1) * group {
+                let bh = bi * nh + h;
+                let probs = &saved[bh * t * t..(bh + 1) * t * t];
+                for i0 in (0..t).step_by(ROW_BLOCK) {
+                    let i1 = (i0 + ROW_BLOCK).min(t);
+                    let (rows, keys) = (i1 - i0, i1);
+                    let d_o = Mat { ptr: dout[(bi * t + i0) * ow + h * hd..].as_ptr(), rs: ow as isize, cs: 1 };
+                    let p_blk = &probs[i0 * t..i1 * t];
+                    let pt = Mat { ptr: p_blk.as_ptr(), rs: 1, cs: t as isize };
+                    let ds = &mut scratch[..rows * keys];
+                    // SAFETY: task (bi, kvh) writes only the dq strips of its query heads
+                    // (channels h*hd) and the dk/dv strips of kv head kvh (channels
+                    // k_off + kvh*hd, v_off + kvh*hd) of batch bi's rows: disjoint from
+                    // other tasks. All reads are in bounds by the length checks; the
+                    // scratch is this thread's own and does not alias any input.
+                    unsafe {
+                        // dP (rows, keys) = dO (rows, hd) @ V^T (hd, keys)
+                        gemm_raw(ds.as_mut_ptr(), keys, d_o, vt, rows, keys, hd, false, 1.0, false);
+                        // dV (keys, hd) += P^T (keys, rows) @ dO (rows, hd)
+                        let dv = dp.get().add(base + v_off + kvh * hd);
+                        gemm_raw(dv, w, pt, d_o, keys, hd, rows, true, 1.0, false);
                     }
-                });
-                let dsm = Mat { ptr: ds.as_ptr(), rs: keys as isize, cs: 1 };
-                let dst = Mat { ptr: ds.as_ptr(), rs: 1, cs: keys as isize };
-                let k = Mat { ptr: qkv[base + c + h * hs..].as_ptr(), rs: c3 as isize, cs: 1 };
-                let q = Mat { ptr: qkv[base + i0 * c3 + h * hs..].as_ptr(), rs: c3 as isize, cs: 1 };
-                unsafe {
-                    // dQ (rows, hs) += scale * dS (rows, keys) @ K (keys, hs)
-                    let dq = dp.get().add(base + i0 * c3 + h * hs);
-                    gemm_raw(dq, c3, dsm, k, rows, hs, keys, true, scale, false);
-                    // dK (keys, hs) += scale * dS^T (keys, rows) @ Q (rows, hs)
-                    let dk = dp.get().add(base + c + h * hs);
-                    gemm_raw(dk, c3, dst, q, keys, hs, rows, true, scale, false);
+                    vectorized(#[inline(always)] || {
+                        for r in 0..rows {
+                            let n = i0 + r + 1;
+                            let prow = &p_blk[r * t..r * t + n];
+                            let drow = &mut ds[r * keys..r * keys + keys];
+                            let inner = simd::dot(prow, &drow[..n]);
+                            for j in 0..n {
+                                drow[j] = prow[j] * (drow[j] - inner);
+                            }
+                            // Masked keys: P = 0 there, so dS = 0.
+                            drow[n..].fill(0.0);
+                        }
+                    });
+                    let dsm = Mat { ptr: ds.as_ptr(), rs: keys as isize, cs: 1 };
+                    let dst = Mat { ptr: ds.as_ptr(), rs: 1, cs: keys as isize };
+                    let q = Mat { ptr: qkv[base + i0 * w + h * hd..].as_ptr(), rs: w as isize, cs: 1 };
+                    unsafe {
+                        // dQ (rows, hd) += scale * dS (rows, keys) @ K (keys, hd)
+                        let dq = dp.get().add(base + i0 * w + h * hd);
+                        gemm_raw(dq, w, dsm, k, rows, hd, keys, true, scale, false);
+                        // dK (keys, hd) += scale * dS^T (keys, rows) @ Q (rows, hd)
+                        let dk = dp.get().add(base + k_off + kvh * hd);
+                        gemm_raw(dk, w, dst, q, keys, hd, rows, true, scale, false);
+                    }
                 }
             }
         });

@@ -1,71 +1,45 @@
-//! Token + position embedding: `out[b, t] = wte[tokens[b, t]] + wpe[t]` (GPT-2).
+//! Token + position embedding: `out[b, t] = wte[tokens[b, t]] + wpe[t]` (GPT-2), and
+//! token-only embedding `out[b, t] = wte[tokens[b, t]]` (Llama: positions come from RoPE).
 //!
 //! The backward is a scatter-add into `dwte`, where repeated tokens collide. Instead of
 //! atomics (order-dependent float sums) each task owns a contiguous range of channels
 //! and visits all positions in order, so every `dwte` element receives its terms in
-//! position order regardless of the thread count.
+//! position order regardless of the thread count. Both variants share that code
+//! ([`scatter_add_rows`]) and the gather ([`gather_rows`]).
 
 use rayon::prelude::*;
 
-use crate::error::{check_ids, check_len};
+use crate::error::{check_ids, check_len, KernelError};
 use crate::simd::{vectorized, SendPtr};
 
 /// Channels per backward task: 2 cache lines per row visit.
 const CHANNELS_PER_TASK: usize = 32;
 
-/// out (B,T,C) = wte[tokens] + wpe[position]. Panics on a token id >= V
+/// `out (B,T,C) = wte[tokens] + wpe[position]`. Panics on a token id >= V
 /// (use [`crate::check_tokens`] on untrusted ids first).
 pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) {
-    check_len("embedding_forward", "out", out.len(), b * t * c);
-    check_len("embedding_forward", "tokens", tokens.len(), b * t);
-    if c == 0 || b * t == 0 {
-        return;
-    }
-    if wpe.len() < t * c {
-        panic!(
-            "{}",
-            crate::KernelError::LengthMismatch { kernel: "embedding_forward", buffer: "wpe", expected: t * c, got: wpe.len() }
-        );
-    }
-    if wte.len() % c != 0 {
-        panic!(
-            "{}",
-            crate::KernelError::LengthMismatch { kernel: "embedding_forward", buffer: "wte", expected: (wte.len() / c + 1) * c, got: wte.len() }
-        );
-    }
-    check_ids("embedding_forward", tokens, wte.len() / c);
-    out.par_chunks_mut(c).enumerate().for_each(|(row, o)| {
-        let tok = tokens[row] as usize;
-        let pos = row % t;
-        let e = &wte[tok * c..(tok + 1) * c];
-        let p = &wpe[pos * c..(pos + 1) * c];
-        for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
-            *o = e + p;
-        }
-    });
+    gather_rows("embedding_forward", out, tokens, wte, Some(wpe), b, t, c);
 }
 
-/// dwte[token] += dout, dwpe[pos] += dout, in a fixed (position) order.
+/// `out (B,T,C) = wte[tokens]`, no position embedding. Panics on a token id >= V
+/// (use [`crate::check_tokens`] on untrusted ids first).
+pub fn token_embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], b: usize, t: usize, c: usize) {
+    gather_rows("token_embedding_forward", out, tokens, wte, None, b, t, c);
+}
+
+/// `dwte[token] += dout`, `dwpe[pos] += dout`, in a fixed (position) order.
 pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], b: usize, t: usize, c: usize) {
-    check_len("embedding_backward", "dout", dout.len(), b * t * c);
-    check_len("embedding_backward", "tokens", tokens.len(), b * t);
+    let kernel = "embedding_backward";
+    check_len(kernel, "dout", dout.len(), b * t * c);
+    check_len(kernel, "tokens", tokens.len(), b * t);
     if c == 0 || b * t == 0 {
         return;
     }
     if dwpe.len() < t * c {
-        panic!(
-            "{}",
-            crate::KernelError::LengthMismatch { kernel: "embedding_backward", buffer: "dwpe", expected: t * c, got: dwpe.len() }
-        );
+        panic!("{}", KernelError::LengthMismatch { kernel, buffer: "dwpe", expected: t * c, got: dwpe.len() });
     }
-    if dwte.len() % c != 0 {
-        panic!(
-            "{}",
-            crate::KernelError::LengthMismatch { kernel: "embedding_backward", buffer: "dwte", expected: (dwte.len() / c + 1) * c, got: dwte.len() }
-        );
-    }
-    let vocab = dwte.len() / c;
-    check_ids("embedding_backward", tokens, vocab);
+    check_table(kernel, "dwte", dwte.len(), c);
+    check_ids(kernel, tokens, dwte.len() / c);
     // dwpe: rows are disjoint per position; sum over batch in order b = 0, 1, ...
     dwpe[..t * c].par_chunks_mut(c).enumerate().for_each(|(pos, d)| {
         for bi in 0..b {
@@ -75,6 +49,65 @@ pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], toke
             }
         }
     });
+    scatter_add_rows(kernel, dwte, dout, tokens, c);
+}
+
+/// `dwte[token] += dout` (B,T,C), in a fixed (position) order.
+pub fn token_embedding_backward(dwte: &mut [f32], dout: &[f32], tokens: &[u32], b: usize, t: usize, c: usize) {
+    let kernel = "token_embedding_backward";
+    check_len(kernel, "dout", dout.len(), b * t * c);
+    check_len(kernel, "tokens", tokens.len(), b * t);
+    if c == 0 || b * t == 0 {
+        return;
+    }
+    scatter_add_rows(kernel, dwte, dout, tokens, c);
+}
+
+/// Panics unless a (V, C) table's length is a multiple of `c` (> 0).
+fn check_table(kernel: &'static str, buffer: &'static str, len: usize, c: usize) {
+    if len % c != 0 {
+        panic!("{}", KernelError::LengthMismatch { kernel, buffer, expected: (len / c + 1) * c, got: len });
+    }
+}
+
+/// out[row] = wte[tokens[row]] (+ wpe[row % t]); checks every length and id.
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(kernel: &'static str, out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: Option<&[f32]>, b: usize, t: usize, c: usize) {
+    check_len(kernel, "out", out.len(), b * t * c);
+    check_len(kernel, "tokens", tokens.len(), b * t);
+    if c == 0 || b * t == 0 {
+        return;
+    }
+    if let Some(wpe) = wpe {
+        if wpe.len() < t * c {
+            panic!("{}", KernelError::LengthMismatch { kernel, buffer: "wpe", expected: t * c, got: wpe.len() });
+        }
+    }
+    check_table(kernel, "wte", wte.len(), c);
+    check_ids(kernel, tokens, wte.len() / c);
+    out.par_chunks_mut(c).enumerate().for_each(|(row, o)| {
+        let tok = tokens[row] as usize;
+        let e = &wte[tok * c..(tok + 1) * c];
+        match wpe {
+            Some(wpe) => {
+                let pos = row % t;
+                let p = &wpe[pos * c..(pos + 1) * c];
+                for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
+                    *o = e + p;
+                }
+            }
+            None => o.copy_from_slice(e),
+        }
+    });
+}
+
+/// dwte[tokens[row]] += dout[row] for every row (dout is (tokens.len(), c), c > 0).
+/// Each task owns a channel range and visits rows in order, so every element gets its
+/// terms in row order whatever the thread count.
+fn scatter_add_rows(kernel: &'static str, dwte: &mut [f32], dout: &[f32], tokens: &[u32], c: usize) {
+    check_len(kernel, "dout", dout.len(), tokens.len() * c);
+    check_table(kernel, "dwte", dwte.len(), c);
+    check_ids(kernel, tokens, dwte.len() / c);
     let base = SendPtr(dwte.as_mut_ptr());
     let tasks = c.div_ceil(CHANNELS_PER_TASK);
     (0..tasks).into_par_iter().for_each(|task| {
@@ -83,9 +116,9 @@ pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], toke
         vectorized(#[inline(always)] || {
             for (row, &tok) in tokens.iter().enumerate() {
                 let g = &dout[row * c + c0..row * c + c1];
-                // SAFETY: tok < vocab (checked above) so the range lies inside dwte;
-                // tasks own disjoint channel ranges [c0, c1), so no two threads write
-                // the same element, and dwte outlives this parallel section.
+                // SAFETY: tok < vocab (checked above) so the range lies inside
+                // dwte; tasks own disjoint channel ranges [c0, c1), so no two threads
+                // write the same element, and dwte outlives this parallel section.
                 let d = unsafe { std::slice::from_raw_parts_mut(base.get().add(tok as usize * c + c0), c1 - c0) };
                 for (d, &g) in d.iter_mut().zip(g) {
                     *d += g;

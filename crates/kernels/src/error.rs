@@ -31,6 +31,14 @@ pub enum KernelError {
         channels: usize,
         heads: usize,
     },
+    /// Grouped-query attention: the query heads are not a positive multiple of the
+    /// key/value heads (`nkv >= 1`, `nh >= nkv`, `nh % nkv == 0`).
+    #[error("kernel `{kernel}`: query heads {heads} are not a positive multiple of key/value heads {kv_heads}")]
+    KvHeadsDoNotDivide {
+        kernel: &'static str,
+        heads: usize,
+        kv_heads: usize,
+    },
     /// A scalar argument is outside its domain (e.g. temperature <= 0).
     #[error("kernel `{kernel}`: argument `{name}` = {value} is invalid: {why}")]
     InvalidArgument {

@@ -1,12 +1,20 @@
 //! # hyperion-kernels
 //!
-//! CPU numerical kernels for training GPT-2-style transformers, on flat row-major
-//! `f32` slices, each with an explicit forward and backward (like llm.c's layers).
-//! Shapes are documented per function: B batch, T sequence, C channels, NH heads,
-//! V vocabulary. Linear weights are `(in, out)` (Hugging Face `Conv1D` layout).
+//! CPU numerical kernels for training GPT-2- and Llama-style transformers, on flat
+//! row-major `f32` slices, each with an explicit forward and backward (like llm.c's
+//! layers). Shapes are documented per function: B batch, T sequence, C channels, NH
+//! heads, NKV key/value heads, HD head dim, V vocabulary. Linear weights are `(in, out)`
+//! (Hugging Face `Conv1D` layout, [`linear_forward`]) or `(out, in)` (`nn.Linear`,
+//! [`linear_t_forward`]).
+//!
+//! Llama's pieces: [`rmsnorm_forward`], [`rope_forward`] (with a [`RopeTable`]),
+//! [`swiglu_forward`], grouped-query [`attention_gqa_forward`], [`linear_t_forward`] and
+//! [`token_embedding_forward`], each with its backward.
 //!
 //! Conventions (docs/architecture.md):
-//! - every backward ADDS (`+=`) into all gradients it writes, so callers zero them;
+//! - every backward ADDS (`+=`) into all gradients it writes, so callers zero them
+//!   (the one exception is [`rope_backward`], a rotation applied in place to the
+//!   accumulated gradient of the rotated q/k);
 //! - results are bitwise identical for any rayon pool size: reductions use fixed
 //!   chunking and a fixed order, never atomics;
 //! - wrong buffer lengths are programmer errors and panic with a [`KernelError`]
@@ -45,14 +53,20 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod rmsnorm;
+mod rope;
 mod simd;
+mod swiglu;
 
 pub use activation::{gelu_backward, gelu_forward};
-pub use attention::{attention_backward, attention_forward, attention_saved_len};
+pub use attention::{attention_backward, attention_forward, attention_gqa_backward, attention_gqa_forward, attention_saved_len};
 pub use elementwise::{add, add_inplace, scale, sum_squares};
-pub use embedding::{embedding_backward, embedding_forward};
+pub use embedding::{embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward};
 pub use error::{check_tokens, KernelError};
 pub use loss::{softmax_row, softmax_xent_forward, softmax_xent_forward_backward};
-pub use matmul::{linear_backward, linear_forward, matmul};
-pub use norm::{layernorm_backward, layernorm_forward};
+pub use matmul::{linear_backward, linear_forward, linear_t_backward, linear_t_forward, matmul};
+pub use norm::{layernorm_backward, layernorm_forward, layernorm_forward_eps};
 pub use optim::adamw_step;
+pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+pub use rope::{rope_backward, rope_forward, RopeTable};
+pub use swiglu::{swiglu_backward, swiglu_forward};

@@ -1,4 +1,6 @@
-//! GEMM and the linear layer (Hugging Face `Conv1D` layout: `y = x W + b`, W is (in, out)).
+//! GEMM and the linear layer, in Hugging Face `Conv1D` layout (`y = x W + b`, W is
+//! (in, out): GPT-2) or `nn.Linear` layout (`y = x W^T + b`, W is (out, in): Llama).
+//! The `nn.Linear` variants read W through transposed strides: no copies.
 //!
 //! All products go through the `gemm` crate (0.19). Its `get_gemm_fn` picks the
 //! microkernel at run time (`is_x86_feature_detected!("avx512f")` with our `x86-v4`
@@ -61,7 +63,7 @@ pub(crate) unsafe fn gemm_raw(
     );
 }
 
-/// c[m,n] = op(a)[m,k] @ op(b)[k,n] (+ c if accumulate). op(a)=a stored (m,k) if !ta,
+/// `c[m,n] = op(a)[m,k] @ op(b)[k,n]` (+ c if accumulate). op(a)=a stored (m,k) if !ta,
 /// else a^T with a stored (k,m); same for b. Multi-threaded, deterministic.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -105,9 +107,43 @@ pub fn linear_forward(
     check_len("linear_forward", "y", y.len(), rows * out_dim);
     check_len("linear_forward", "x", x.len(), rows * in_dim);
     check_len("linear_forward", "w", w.len(), in_dim * out_dim);
+    // w (in, out) read as is.
+    linear_forward_with("linear_forward", y, x, Mat::row_major(w, out_dim, false), bias, rows, in_dim, out_dim);
+}
+
+/// y (rows, out) = x (rows, in) @ w^T + bias (out), with w (out, in) as `nn.Linear`
+/// stores it (Llama checkpoints).
+pub fn linear_t_forward(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    check_len("linear_t_forward", "y", y.len(), rows * out_dim);
+    check_len("linear_t_forward", "x", x.len(), rows * in_dim);
+    check_len("linear_t_forward", "w", w.len(), out_dim * in_dim);
+    // w^T (in, out): element (p, j) = w[j * in + p].
+    linear_forward_with("linear_t_forward", y, x, Mat::row_major(w, in_dim, true), bias, rows, in_dim, out_dim);
+}
+
+/// y = x @ wm + bias, `wm` an (in, out) view; lengths of y, x and w already checked.
+#[allow(clippy::too_many_arguments)]
+fn linear_forward_with(
+    kernel: &'static str,
+    y: &mut [f32],
+    x: &[f32],
+    wm: Mat,
+    bias: Option<&[f32]>,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
     let accumulate = match bias {
         Some(bias) => {
-            check_len("linear_forward", "bias", bias.len(), out_dim);
+            check_len(kernel, "bias", bias.len(), out_dim);
             // Broadcast the bias first and let the GEMM accumulate onto it: one pass
             // over y instead of a GEMM pass plus a bias pass.
             y.par_chunks_mut(out_dim.max(1) * 64).for_each(|blk| {
@@ -120,14 +156,14 @@ pub fn linear_forward(
         None => false,
     };
     let xm = Mat::row_major(x, in_dim, false);
-    let wm = Mat::row_major(w, out_dim, false);
     if in_dim == 0 {
         if !accumulate {
             y.fill(0.0);
         }
         return;
     }
-    // SAFETY: lengths checked above; y is a unique borrow.
+    // SAFETY: the callers checked the lengths of y, x and w for these shapes; y is a
+    // unique borrow, so it overlaps neither operand.
     unsafe { gemm_raw(y.as_mut_ptr(), out_dim, xm, wm, rows, out_dim, in_dim, accumulate, 1.0, true) };
 }
 
@@ -163,6 +199,43 @@ pub fn linear_backward(
     unsafe { gemm_raw(dw.as_mut_ptr(), out_dim, xt, dym, in_dim, out_dim, rows, true, 1.0, true) };
     if let Some(db) = dbias {
         check_len("linear_backward", "dbias", db.len(), out_dim);
+        column_sums_add(db, dy, rows, out_dim);
+    }
+}
+
+/// Backward of [`linear_t_forward`] (w (out, in)): dx += dy @ w ; dw (out, in) += dy^T @ x ;
+/// dbias += column sums of dy. (dx None = not needed.)
+#[allow(clippy::too_many_arguments)]
+pub fn linear_t_backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    check_len("linear_t_backward", "dw", dw.len(), out_dim * in_dim);
+    check_len("linear_t_backward", "dy", dy.len(), rows * out_dim);
+    check_len("linear_t_backward", "x", x.len(), rows * in_dim);
+    check_len("linear_t_backward", "w", w.len(), out_dim * in_dim);
+    let dym = Mat::row_major(dy, out_dim, false);
+    if let Some(dx) = dx {
+        check_len("linear_t_backward", "dx", dx.len(), rows * in_dim);
+        // dx (rows, in) += dy (rows, out) @ w (out, in)
+        let wm = Mat::row_major(w, in_dim, false);
+        // SAFETY: lengths checked; dx is a unique borrow.
+        unsafe { gemm_raw(dx.as_mut_ptr(), in_dim, dym, wm, rows, in_dim, out_dim, true, 1.0, true) };
+    }
+    // dw (out, in) += dy^T (out, rows) @ x (rows, in)
+    let dyt = Mat::row_major(dy, out_dim, true);
+    let xm = Mat::row_major(x, in_dim, false);
+    // SAFETY: lengths checked; dw is a unique borrow.
+    unsafe { gemm_raw(dw.as_mut_ptr(), in_dim, dyt, xm, out_dim, in_dim, rows, true, 1.0, true) };
+    if let Some(db) = dbias {
+        check_len("linear_t_backward", "dbias", db.len(), out_dim);
         column_sums_add(db, dy, rows, out_dim);
     }
 }

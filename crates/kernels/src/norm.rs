@@ -1,4 +1,5 @@
-//! LayerNorm over the last dim (Ba, Kiros & Hinton 2016), eps = 1e-5 as in GPT-2.
+//! LayerNorm over the last dim (Ba, Kiros & Hinton 2016), eps = 1e-5 as in GPT-2
+//! ([`layernorm_forward`]) or given ([`layernorm_forward_eps`]).
 //!
 //! Forward: `out = (x - mean) * rstd * w + b`, `rstd = 1 / sqrt(var + eps)` (biased var).
 //! Backward (llm.c's form): with `n = (x - mean) * rstd` and `g = dout * w`,
@@ -11,10 +12,11 @@ use crate::simd::{self, vectorized};
 
 const EPS: f32 = 1e-5;
 /// Rows per task; also the granularity of the dw/db partial sums, fixed so the
-/// reduction order does not depend on the number of threads.
-const ROWS_PER_CHUNK: usize = 32;
+/// reduction order does not depend on the number of threads (shared with RMSNorm).
+pub(crate) const ROWS_PER_CHUNK: usize = 32;
 
-/// LayerNorm forward over rows of length `c`; saves `mean` and `rstd` (one per row).
+/// LayerNorm forward over rows of length `c` with eps = 1e-5 (GPT-2); saves `mean` and
+/// `rstd` (one per row). Same as [`layernorm_forward_eps`] with `eps = 1e-5`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     out: &mut [f32],
@@ -25,6 +27,23 @@ pub fn layernorm_forward(
     b: Option<&[f32]>,
     rows: usize,
     c: usize,
+) {
+    layernorm_forward_eps(out, mean, rstd, x, w, b, rows, c, EPS);
+}
+
+/// LayerNorm forward over rows of length `c` with the given `eps`; saves `mean` and
+/// `rstd` (one per row). out, x: (rows, c); mean, rstd: (rows); w, b: (c).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward_eps(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    rows: usize,
+    c: usize,
+    eps: f32,
 ) {
     check_len("layernorm_forward", "out", out.len(), rows * c);
     check_len("layernorm_forward", "x", x.len(), rows * c);
@@ -57,7 +76,7 @@ pub fn layernorm_forward(
                     for &v in ch.remainder() {
                         var += (v - m) * (v - m);
                     }
-                    let s = 1.0 / (var / c as f32 + EPS).sqrt();
+                    let s = 1.0 / (var / c as f32 + eps).sqrt();
                     match b {
                         Some(b) => {
                             for i in 0..c {

@@ -263,7 +263,7 @@ impl ModelSpec {
         pos(self.ffn, "ffn")?;
         pos(self.vocab, "vocab")?;
         pos(self.seq, "seq")?;
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!("kv_heads = {} must divide heads = {}", self.kv_heads, self.heads));
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
@@ -274,7 +274,7 @@ impl ModelSpec {
                 if !(theta > 1.0 && theta.is_finite()) {
                     return Err(format!("rope_theta = {theta} must be a finite number above 1"));
                 }
-                if self.head_dim % 2 != 0 {
+                if !self.head_dim.is_multiple_of(2) {
                     return Err(format!("head_dim = {} must be even for rotary embeddings", self.head_dim));
                 }
             }
@@ -307,7 +307,10 @@ pub fn catalog() -> Vec<ModelSpec> {
         ModelSpec::gpt("gpt3-125m", 12, 768, 12, 50257, 2048, GPT3),
         ModelSpec::gpt("gpt3-350m", 24, 1024, 16, 50257, 2048, GPT3),
         ModelSpec::gpt("gpt3-760m", 24, 1536, 16, 50257, 2048, GPT3),
-        ModelSpec::gpt("gpt3-1.3b", 24, 2048, 24, 50257, 2048, GPT3),
+        // Table 2.1 prints 24 heads of d_head 128 for d_model 2048 (24 x 128 != 2048);
+        // modelled as 16 heads of 128 so that q/k/v are d_model wide, as in the paper's
+        // parameter count (and GPT-Neo 1.3B).
+        ModelSpec::gpt("gpt3-1.3b", 24, 2048, 16, 50257, 2048, GPT3),
         ModelSpec::gpt("gpt3-2.7b", 32, 2560, 32, 50257, 2048, GPT3),
         ModelSpec::gpt("gpt3-6.7b", 32, 4096, 32, 50257, 2048, GPT3),
         // Table 2.1 prints d_model = 5140 for 13B (40 heads of 128 would be 5120); kept as printed.
@@ -333,7 +336,9 @@ pub fn catalog() -> Vec<ModelSpec> {
         ModelSpec::llama("llama2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, "Touvron et al. 2023, Llama 2 / HF config (GQA 8)"),
         llama3(ModelSpec::llama("llama3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, "Llama 3 herd (Dubey et al. 2024) Table 3 / HF config")),
         llama3(ModelSpec::llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, "Llama 3 herd (Dubey et al. 2024) Table 3 / HF config")),
-        llama3(ModelSpec::llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, "Llama 3 herd (Dubey et al. 2024) Table 3 / HF config of Llama-3.1-405B (rope_scaling not modelled)")),
+        // seq = 8192: the pre-training length (the 128K context comes from a later
+        // long-context stage with scaled RoPE, which the engine does not implement).
+        llama3(ModelSpec::llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 8192, "Llama 3 herd (Dubey et al. 2024) Table 3 / HF config of Llama-3.1-405B (rope_scaling not modelled)")),
         // Llama presets of the engine: the GPT presets' sizes with Llama's blocks. GQA with
         // 2 key/value heads; SwiGLU width chosen so a block has a GPT block's parameters.
         ModelSpec::llama("llama-char-cpu", 4, 128, 4, 2, 384, 65, 64, "hyperion preset (shakespeare-char-cpu's size, Llama blocks)"),

@@ -77,13 +77,13 @@ pub fn check_layout(job: &Job, l: &Layout) -> Result<(), PlanError> {
             gpus: job.gpus,
         });
     }
-    if m.heads % l.tp != 0 {
+    if m.heads as u64 % l.tp != 0 {
         return bad(format!(
             "tp={} does not divide {} attention heads",
             l.tp, m.heads
         ));
     }
-    if l.pp > m.layers {
+    if l.pp > m.layers as u64 {
         return bad(format!("pp={} exceeds {} layers", l.pp, m.layers));
     }
     if job.global_batch % (l.dp * l.mb) != 0 {
@@ -96,7 +96,7 @@ pub fn check_layout(job: &Job, l: &Layout) -> Result<(), PlanError> {
         if l.pp == 1 {
             return bad("interleaving needs pp > 1".to_string());
         }
-        if l.pp * l.interleave > m.layers {
+        if l.pp * l.interleave > m.layers as u64 {
             return bad(format!(
                 "{} layers do not split into pp={} x v={} chunks",
                 m.layers, l.pp, l.interleave

@@ -23,28 +23,22 @@ pub enum FlopConvention {
     Palm,
 }
 
-/// Forward FLOPs of one block for `b` sequences of length `s`:
-/// `2 b s P_matmul + 4 b s^2 h` (= `24 b s h^2 + 4 b s^2 h` for GPT).
-pub fn block_fwd_flops(m: &ModelSpec, b: f64, s: f64) -> f64 {
-    2.0 * b * s * m.block_matmul_params() + 4.0 * b * s * s * m.hidden as f64
-}
-
-/// Forward FLOPs of the output logits: `2 b s h V`.
-pub fn logits_fwd_flops(m: &ModelSpec, b: f64, s: f64) -> f64 {
-    2.0 * b * s * m.hidden as f64 * m.vocab as f64
-}
-
-/// FLOPs of one iteration over `batch` sequences of length `s` in a convention.
+/// FLOPs of one iteration over `batch` sequences of length `s` in a convention,
+/// from the model spec's per-token counts ([`ModelSpec::block_fwd_flops`]:
+/// `2 b s P_matmul + 4 b s^2 q`, = `24 b s h^2 + 4 b s^2 h` for GPT;
+/// [`ModelSpec::logits_fwd_flops`]: `2 b s h V`).
 pub fn iteration_flops(m: &ModelSpec, batch: f64, s: f64, conv: FlopConvention) -> f64 {
-    let blocks = m.layers as f64 * block_fwd_flops(m, batch, s);
-    let logits = logits_fwd_flops(m, batch, s);
+    let tokens = batch * s;
+    let blocks = m.layers as f64 * m.block_fwd_flops(tokens, s);
+    let logits = m.logits_fwd_flops(tokens);
     match conv {
         FlopConvention::Model => 3.0 * (blocks + logits),
         FlopConvention::WithRecompute => 4.0 * blocks + 3.0 * logits,
         FlopConvention::Palm => {
+            // PaLM's `H Q` is heads x head width: the spec's `q_width` (= h for GPT).
             let per_token =
-                6.0 * m.non_embedding_params() + 12.0 * m.layers as f64 * m.hidden as f64 * s;
-            batch * s * per_token
+                6.0 * m.non_embedding_params() + 12.0 * m.layers as f64 * m.q_width() as f64 * s;
+            tokens * per_token
         }
     }
 }
@@ -108,5 +102,19 @@ mod tests {
         let attn = 12.0 * 96.0 * 12288.0 * 2048.0;
         assert!((per_tok - 6.0 * m.non_embedding_params() - attn).abs() < 1.0);
         assert!((m.non_embedding_params() / 1e9 - 174.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn model_convention_is_the_specs_flops_per_token() {
+        for m in crate::models::catalog() {
+            let s = m.seq.min(8192);
+            let per_token =
+                iteration_flops(&m, 4.0, s as f64, FlopConvention::Model) / (4.0 * s as f64);
+            assert!(
+                (per_token / m.flops_per_token(s) - 1.0).abs() < 1e-12,
+                "{}",
+                m.name
+            );
+        }
     }
 }

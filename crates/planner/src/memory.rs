@@ -43,9 +43,9 @@ pub fn model_states(psi: f64, zero: u8, nd: u64) -> (f64, f64, f64) {
 ///  - selective recompute (or fused attention) drops the `5 a s^2 b` term;
 ///  - full recompute keeps only the block input, `2 s b h` (`/t` with SP).
 ///
-/// The 24 of "24/t" is `4h + 4 kv_width + 16h` for GPT (Q,K,V and the
-/// attention-output input, plus GELU's two `4h` tensors); SwiGLU stores three `f`
-/// wide tensors instead of two.
+/// The 24 of "24/t" is `4q + 4 kv_width + 16h` for GPT (Q,K,V and the
+/// attention-output input, `q = heads * head_dim = h` for GPT, plus GELU's two `4h`
+/// tensors); SwiGLU stores three `f` wide tensors instead of two.
 pub fn block_activation_bytes(
     m: &ModelSpec,
     b: f64,
@@ -64,7 +64,7 @@ pub fn block_activation_bytes(
         Mlp::Gelu => 4.0,
         Mlp::SwiGlu => 6.0,
     } * m.ffn as f64;
-    let split = s * b * (4.0 * h + 4.0 * m.kv_width() + mlp) / t;
+    let split = s * b * (4.0 * m.q_width() as f64 + 4.0 * m.kv_width() as f64 + mlp) / t;
     let replicated = 10.0 * sbh / if sp { t } else { 1.0 };
     let scores = if recompute == Recompute::None && !flash {
         5.0 * m.heads as f64 * s * s * b / t
@@ -94,7 +94,7 @@ pub struct MemoryBreakdown {
 /// `ceil(l / (p v))` layers.
 pub fn layers_per_stage(m: &ModelSpec, pp: u64, v: u64) -> f64 {
     let chunks = pp.max(1) * v.max(1);
-    (m.layers.div_ceil(chunks) * v.max(1)) as f64
+    ((m.layers as u64).div_ceil(chunks) * v.max(1)) as f64
 }
 
 /// Memory of the worst stage of `layout` (`global_batch` sequences of length `s`).
@@ -112,22 +112,19 @@ pub fn memory(
     let mb = layout.mb as f64;
     let micro = layout.micro_batches(global_batch).max(1) as f64;
     let h = m.hidden as f64;
-    let vh = m.vocab as f64 * h;
-    // Megatron keeps a copy of a tied embedding on the last stage when pp > 1.
-    let head = if m.tied {
-        if p > 1 {
-            vh
-        } else {
-            0.0
-        }
+    // Parameters per stage. Without pipelining: every parameter, `m.params()`.
+    // With it, the first stage holds the embeddings, the last the final norm and the
+    // output head; Megatron keeps a copy of a tied embedding there too.
+    let tied_copy = if m.tied && p > 1 {
+        m.vocab as f64 * h
     } else {
-        vh
+        0.0
     };
     let first_params = (lps * m.block_params() + m.embedding_params()) / t;
     let last_params = if p == 1 {
-        first_params + head / t
+        (lps * m.block_params() + m.embedding_params() + m.head_params()) / t
     } else {
-        (lps * m.block_params() + head + m.head_params()) / t
+        (lps * m.block_params() + m.head_params() + tied_copy) / t
     };
 
     // Activations. 1F1B: stage 1 holds min(p, m) micro-batches in flight, the last
@@ -285,5 +282,57 @@ mod tests {
             il.activations / one.activations
         );
         assert!(one.total < 80e9 && one.total > one.weights + one.optimizer);
+    }
+
+    #[test]
+    fn parameter_bytes_use_the_exact_count_of_every_catalog_entry() {
+        let one = Layout {
+            tp: 1,
+            pp: 1,
+            dp: 1,
+            zero: 0,
+            mb: 1,
+            recompute: Recompute::Full,
+            interleave: 1,
+            sp: false,
+            flash: true,
+            fp8: false,
+            tp_overlap: false,
+        };
+        for m in crate::models::catalog() {
+            assert_eq!(m.params(), m.num_params() as f64, "{}", m.name);
+            let r = memory(&m, &one, 1, 16.0, 1.0);
+            assert_eq!(r.params_per_gpu, m.params(), "{}", m.name);
+            assert_eq!(
+                r.weights,
+                WEIGHT_BYTES * m.num_params() as f64,
+                "{}",
+                m.name
+            );
+            assert_eq!(
+                r.optimizer,
+                OPTIMIZER_BYTES * m.num_params() as f64,
+                "{}",
+                m.name
+            );
+            // Two stages hold every parameter once, plus the tied embedding's copy.
+            if m.layers % 2 == 0 {
+                let two = Layout { pp: 2, ..one };
+                let first = (m.layers / 2) as f64 * m.block_params() + m.embedding_params();
+                let copy = if m.tied {
+                    (m.vocab * m.hidden) as f64
+                } else {
+                    0.0
+                };
+                let last = m.params() - first + copy;
+                let r = memory(&m, &two, 2, 16.0, 1.0);
+                let want = if r.worst_stage == "first" {
+                    first
+                } else {
+                    last
+                };
+                assert_eq!(r.params_per_gpu, want, "{} {}", m.name, r.worst_stage);
+            }
+        }
     }
 }

@@ -40,12 +40,12 @@ fn candidates(job: &Job, spec: &LayoutSpec) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
         Some(t) => vec![t],
         None => (0..=6)
             .map(|i| 1u64 << i)
-            .filter(|&t| t <= job.machine.gpus_per_node && m.heads % t == 0)
+            .filter(|&t| t <= job.machine.gpus_per_node && m.heads as u64 % t == 0)
             .collect(),
     };
     let pps: Vec<u64> = match spec.pp {
         Some(p) => vec![p],
-        None => divisors(m.layers)
+        None => divisors(m.layers as u64)
             .into_iter()
             .filter(|&p| p <= job.gpus)
             .collect(),
@@ -107,13 +107,13 @@ fn precheck(job: &Job, spec: &LayoutSpec) -> Result<(), PlanError> {
             gpus: job.gpus,
         });
     }
-    if job.model.heads % tp != 0 {
+    if job.model.heads as u64 % tp != 0 {
         return bad(format!(
             "tp={tp} does not divide {} attention heads",
             job.model.heads
         ));
     }
-    if pp > job.model.layers {
+    if pp > job.model.layers as u64 {
         return bad(format!("pp={pp} exceeds {} layers", job.model.layers));
     }
     if job.global_batch % (dp * spec.mb.unwrap_or(1)) != 0 {
@@ -169,7 +169,7 @@ pub fn search(
                     let vs: Vec<u64> = match spec.interleave {
                         Some(v) => vec![v],
                         None if pp > 1 && micro % pp == 0 => (1..=8)
-                            .filter(|v| *v == 1 || pp * v <= job.model.layers)
+                            .filter(|v| *v == 1 || pp * v <= job.model.layers as u64)
                             .collect(),
                         None => vec![1],
                     };

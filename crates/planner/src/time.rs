@@ -138,19 +138,15 @@ fn block_times(
     };
     let mut fwd = 0.0;
     let mut bwd = 0.0;
-    for (k, n) in [
-        (h, (h + 2.0 * m.kv_width()) / t),
-        (h / t, h),
-        (h, up / t),
-        (f / t, h),
-    ] {
+    let (q, kv) = (m.q_width() as f64, m.kv_width() as f64);
+    for (k, n) in [(h, (q + 2.0 * kv) / t), (q / t, h), (h, up / t), (f / t, h)] {
         let (a, b) = linear_times(mm, cal, rows, k, n, lin_dtype);
         fwd += a;
         bwd += b;
     }
-    // Attention core: 4 b s^2 h / t FLOPs forward.
+    // Attention core: 4 b s^2 q / t FLOPs forward.
     let heads = (m.heads as f64 / t).max(1.0);
-    let d = m.head_dim();
+    let d = m.head_dim as f64;
     let batch = l.mb as f64 * heads;
     let attn_dtype = if act_scale > 1.0 {
         Dtype::Fp32

@@ -200,6 +200,17 @@ fn row_gpu(text: &str) -> Result<(&'static str, u64, f64), String> {
     Ok(pick)
 }
 
+/// The catalog entry whose shape (layers, hidden, heads) a row's model has: the first
+/// in catalog order. Published models come before the engine's Llama presets, which
+/// come after the GPT presets of the same shape, so no published row lands on a preset.
+/// Caveat: `gpt3-6.7b`, `llama2-7b` and `llama3-8b` share (32, 4096, 32); a row of that
+/// shape gets GPT-3 6.7B's blocks.
+pub fn catalog_match(layers: usize, hidden: usize, heads: usize) -> Option<ModelSpec> {
+    catalog()
+        .into_iter()
+        .find(|m| m.layers == layers && m.hidden == hidden && m.heads == heads)
+}
+
 /// The model: architecture by shape match in the catalog (Llama: GQA + SwiGLU,
 /// BLOOM: ALiBi), else GPT style; vocab and sequence from the row.
 fn row_model(row: &Row) -> Result<ModelSpec, String> {
@@ -209,16 +220,13 @@ fn row_model(row: &Row) -> Result<ModelSpec, String> {
         row.int("heads"),
         row.int("seq_len"),
     ) {
-        (Some(l), Some(h), Some(a), Some(s)) => (l, h, a, s),
+        (Some(l), Some(h), Some(a), Some(s)) => (l as usize, h as usize, a as usize, s as usize),
         _ => return Err("model shape (layers, hidden, heads, seq_len) not published".to_string()),
     };
     // Unstated vocab: Megatron/DeepSpeed pad GPT-2's 50257 to 51200 (assumption).
-    let v = row.int("vocab").unwrap_or(51200);
+    let v = row.int("vocab").unwrap_or(51200) as usize;
     let name = row.get("model_name");
-    let base = catalog()
-        .into_iter()
-        .find(|m| m.layers == l && m.hidden == h && m.heads == a);
-    Ok(match base {
+    Ok(match catalog_match(l, h, a) {
         Some(m) => ModelSpec {
             name: name.to_string(),
             vocab: v,
@@ -349,7 +357,11 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     } else if il.starts_with("yes") {
         // Interleaved, count not given: assume the smallest interleaving that splits
         // the layers evenly (Megatron requires it), else 2 chunks.
-        Some((2..=8).find(|v| model.layers % (pp * v) == 0).unwrap_or(2))
+        Some(
+            (2..=8)
+                .find(|v| model.layers as u64 % (pp * v) == 0)
+                .unwrap_or(2),
+        )
     } else {
         None
     };
@@ -408,7 +420,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         gpus_per_node: gpn,
         gpu,
     };
-    let seq = model.seq;
+    let seq = model.seq as u64;
     let mut job = Job {
         model,
         machine,

@@ -8,7 +8,7 @@ use planner::time::{allreduce_time, gather_time, Calibration};
 
 fn job(model_name: &str, cluster_name: &str, gpus: u64, batch: u64) -> Job {
     let m = model(model_name).unwrap();
-    let seq = m.seq;
+    let seq = m.seq as u64;
     Job {
         model: m,
         machine: Machine::from_cluster(cluster(cluster_name).unwrap()).unwrap(),

@@ -1,6 +1,6 @@
 //! The validator: how rows map to metrics, skips, and the summary statistics.
 
-use planner::validate::{percentile, validate};
+use planner::validate::{catalog_match, percentile, validate};
 use planner::Calibration;
 
 const HEADER: &str = "id,source,model_name,layers,hidden,heads,seq_len,vocab,gpu,num_gpus,gpus_per_node,intra_node_bw_GBps,inter_node_bw_Gbps_per_node,tp,pp,dp,zero_stage,micro_batch,global_batch,recompute,interleave,tflops_per_gpu,mfu_or_hfu_pct,which_metric,tokens_per_s,notes";
@@ -50,4 +50,53 @@ fn missing_columns_and_percentiles() {
     assert_eq!(percentile(&v, 0.5), 6.0);
     assert!((percentile(&v, 0.9) - 10.0).abs() < 1e-12);
     assert!(percentile(&[], 0.5).is_nan());
+}
+
+#[test]
+fn shipped_rows_match_published_shapes_not_engine_presets() {
+    // The catalog also holds the engine's presets (tiny, shakespeare-char*, gpt2-mini,
+    // llama-char-cpu, llama-mini, tinyllama-1.1b); a validation row is matched by
+    // (layers, hidden, heads) and must land on a published model or on plain GPT.
+    const PRESETS: [&str; 7] = [
+        "tiny",
+        "shakespeare-char",
+        "shakespeare-char-cpu",
+        "gpt2-mini",
+        "llama-char-cpu",
+        "llama-mini",
+        "tinyllama-1.1b",
+    ];
+    let text = include_str!("../data/published_runs.csv");
+    let recs = planner::csv::parse(text, "published_runs.csv").unwrap();
+    let col = |k: &str| recs[0].iter().position(|c| c.trim() == k).unwrap();
+    let (l, h, a) = (col("layers"), col("hidden"), col("heads"));
+    let mut matched = Vec::new();
+    for r in &recs[1..] {
+        let int = |i: usize| r[i].trim().parse::<usize>().ok();
+        if let (Some(l), Some(h), Some(a)) = (int(l), int(h), int(a)) {
+            if let Some(m) = catalog_match(l, h, a) {
+                assert!(
+                    !m.source.starts_with("hyperion preset") && !PRESETS.contains(&m.name.as_str()),
+                    "{}: {}",
+                    r[0],
+                    m.name
+                );
+                matched.push((r[0].trim().to_string(), m.name));
+            }
+        }
+    }
+    let of = |id: &str| {
+        matched
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, n)| n.as_str())
+    };
+    assert_eq!(of("N21-T1-10"), Some("megatron-1t"));
+    assert_eq!(of("BLOOM-176B"), Some("bloom-176b"));
+    assert_eq!(of("LLMC-124M"), Some("gpt2"));
+    assert_eq!(of("TT24-T4-a"), Some("llama2-70b"));
+    assert_eq!(of("TT24-T5-a"), Some("llama3.1-405b"));
+    // Known: Llama 3.1 8B shares (32, 4096, 32) with gpt3-6.7b, listed first.
+    assert_eq!(of("TT24-T1-a"), Some("gpt3-6.7b"));
+    assert_eq!(matched.len(), 50);
 }

@@ -7,6 +7,7 @@ pub mod common;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod hf;
 pub mod plan;
 pub mod plot;
 pub mod train;

@@ -79,7 +79,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let model = models::model(model)?;
     let cluster = hardware::cluster(cluster)?;
     let machine = Machine::from_cluster(cluster)?;
-    let seq = args.seq.unwrap_or(model.seq);
+    let seq = args.seq.unwrap_or(model.seq as u64);
     if seq == 0 {
         bail!("--seq must be positive");
     }

@@ -24,6 +24,10 @@ pub struct TrainArgs {
     /// may override, e.g. `--set train.steps=4000`, or `--workers` to change dp).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "preset", "config"])]
     pub resume: Option<PathBuf>,
+    /// Start from the weights of a Hugging Face model folder (fine-tuning): its
+    /// config.json sets the model section; names, shapes and settings are checked.
+    #[arg(long, value_name = "HF_DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Data-parallel ranks as threads of this process (sets parallel.dp).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -50,6 +54,8 @@ struct Plan {
     sample_tokens: usize,
     pause: Duration,
     fail_at: Option<(usize, u64)>,
+    /// Whole parameter buckets to start from (`--init-from`).
+    init: Option<Vec<Vec<f32>>>,
 }
 
 /// What a rank hands back at the end.
@@ -73,6 +79,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         sets.push(format!("parallel.dp={w}"));
     }
+    let hf = match &args.init_from {
+        Some(dir) => Some(super::hf::read_dir(dir).with_context(|| format!("--init-from {}", dir.display()))?),
+        None => None,
+    };
     let (cfg, run_dir, resume) = match &args.resume {
         Some(dir) => {
             let ck = engine::open_checkpoint(dir).with_context(|| format!("resuming {}", dir.display()))?;
@@ -102,7 +112,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (cfg, dir.clone(), true)
         }
         None => {
-            let cfg = config::resolve(args.config.preset.as_deref(), args.config.config.as_deref(), &sets)?;
+            let mut cfg = config::resolve(args.config.preset.as_deref(), args.config.config.as_deref(), &sets)?;
+            if let Some(hf) = &hf {
+                cfg = with_hf_model(cfg, &hf.spec)?;
+            }
             let run_dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(cfg.preset.clone().unwrap_or_else(|| "custom".into()))
             });
@@ -111,7 +124,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let fail_at = args.debug_fail.as_deref().map(parse_fail).transpose()?;
+    let init = match &hf {
+        Some(hf) => {
+            let spec = cfg.clone().with_vocab_size(hf.spec.vocab)?.model_spec()?;
+            let buckets = hf.buckets(&spec, &model::Layout::new(&spec))?;
+            println!("initialising from {} ({} tensors, {} parameters)", hf.dir.display(), hf.tensors.len(), spec.num_params());
+            Some(buckets)
+        }
+        None => None,
+    };
     let plan = Plan {
+        init,
         cfg,
         run_dir,
         resume,
@@ -132,6 +155,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })
     .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
     report(&plan, &outcomes)
+}
+
+/// The run config with its `[model]` section taken from a Hugging Face model. Llama
+/// keeps the run's `block_size` (RoPE has no table to match; at most the model's
+/// `max_position_embeddings`); GPT-2 trains at its `n_positions`, the rows of `wpe`.
+fn with_hf_model(cfg: ResolvedConfig, spec: &model::ModelSpec) -> Result<ResolvedConfig> {
+    let mut raw = cfg.raw.clone();
+    let block = raw.model.block_size;
+    raw.model = config::presets::model_config(spec, false);
+    if spec.family == model::spec::Family::Llama {
+        if block > spec.seq {
+            anyhow::bail!("model.block_size = {block} is longer than the model's max_position_embeddings = {}", spec.seq);
+        }
+        raw.model.block_size = block;
+    }
+    let mut out = ResolvedConfig::new(raw)?;
+    out.preset = cfg.preset;
+    Ok(out)
 }
 
 fn parse_fail(s: &str) -> Result<(usize, u64)> {
@@ -165,6 +206,9 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     engine::alloc::reset_thread_peak();
     let data = data::Dataset::open(&plan.cfg.raw.data.dir)?;
     let mut trainer = Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?;
+    if let Some(init) = &plan.init {
+        trainer.load_params(init)?;
+    }
     if plan.resume {
         let ck = engine::open_checkpoint(&plan.run_dir)?;
         trainer.restore(&ck)?;
