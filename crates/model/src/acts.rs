@@ -168,7 +168,7 @@ impl Activations<Cpu> {
         let m = shape.to_spec();
         let w = Widths::of(&m);
         let (n, l) = (b * t, m.layers);
-        let block = n * w.block_row() + kernels::attention_saved_len(b, t, m.heads);
+        let block = n * w.block_row() + Cpu.attention_saved_len(b, t, m.heads);
         let stored = if recompute { 1 } else { l };
         let floats = (l + 1) * n * w.c + stored * block + n * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + n * w.scratch_row();
         4 * floats + 4 * n

@@ -291,8 +291,8 @@ const MEG21: &str = "Narayanan et al. 2021 (Megatron-LM, SC21) Table 1 (vocab 51
 const PRESET: &str = "hyperion preset";
 
 /// The catalog: the engine's presets' shapes and published models (names are lowercase).
-/// Char-level presets carry the shipped corpus's 65 characters; the engine takes the
-/// vocabulary from the prepared data.
+/// Char-level presets carry nanoGPT's tiny-shakespeare vocabulary (65) for planning; the
+/// engine takes the vocabulary from the prepared data (84 characters for the shipped corpus).
 pub fn catalog() -> Vec<ModelSpec> {
     let nobias = |m: ModelSpec| ModelSpec { bias: false, ..m };
     let mut m = vec![
