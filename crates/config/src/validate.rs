@@ -67,7 +67,7 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     }
     // Multi-head attention splits the width into n_head heads of n_embd / n_head dims
     // (Vaswani et al. 2017, sec. 3.2.2), unless head_dim is given.
-    if m.head_dim == 0 && m.n_embd % m.n_head != 0 {
+    if m.head_dim == 0 && !m.n_embd.is_multiple_of(m.n_head) {
         return Err(invalid(
             "model.n_embd",
             format!(
@@ -79,7 +79,7 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
         ));
     }
 
-    if m.n_kv_head != 0 && m.n_head % m.n_kv_head != 0 {
+    if m.n_kv_head != 0 && !m.n_head.is_multiple_of(m.n_kv_head) {
         return Err(invalid(
             "model.n_kv_head",
             format!("must divide model.n_head ({} % {} = {})", m.n_head, m.n_kv_head, m.n_head % m.n_kv_head),

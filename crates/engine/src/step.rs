@@ -15,6 +15,10 @@ use crate::trainer::{StepTimes, Trainer};
 
 type Gather = Handle<comm::Result<(OwnedBuf, OwnedBuf)>>;
 
+/// What a driven pass leaves: its result, the reductions still in flight, and when the
+/// forward ended (with the gather wait until then).
+type Driven<R> = (R, Vec<Reduction>, Option<(Instant, f64)>);
+
 /// Gradient reductions a stage 2-3 rank keeps in flight before it waits for the oldest:
 /// enough to overlap the next blocks' backward, few enough to bound scratch memory.
 const IN_FLIGHT: usize = 2;
@@ -63,7 +67,7 @@ impl Trainer {
         first: bool,
         last: bool,
         pass: impl FnOnce(&Gpt, &mut Stepper<'_>, &mut Activations, &[u32], &[u32]) -> Result<R>,
-    ) -> Result<(R, Vec<Reduction>, Option<(Instant, f64)>)> {
+    ) -> Result<Driven<R>> {
         let gpt = Arc::clone(&self.gpt);
         let mut acts = std::mem::replace(&mut self.acts, Activations::empty());
         let (x, y) = (std::mem::take(&mut self.inputs), std::mem::take(&mut self.targets));

@@ -83,7 +83,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         "exported step {} of {} ({} {}, {} parameters) to {}: {} weight file(s), config.json, generation_config.json{}",
         m.step,
         m.dir.display(),
-        hf_spec.family_name(),
+        hf_class(&hf_spec),
         m.gpt.spec.name,
         hf_layout.num_params(),
         a.out.display(),
@@ -97,15 +97,11 @@ pub fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-trait FamilyName {
-    fn family_name(&self) -> &'static str;
-}
-impl FamilyName for ModelSpec {
-    fn family_name(&self) -> &'static str {
-        match self.family {
-            Family::Gpt2 => "GPT2LMHeadModel",
-            Family::Llama => "LlamaForCausalLM",
-        }
+/// The `transformers` class a family exports as.
+fn hf_class(spec: &ModelSpec) -> &'static str {
+    match spec.family {
+        Family::Gpt2 => "GPT2LMHeadModel",
+        Family::Llama => "LlamaForCausalLM",
     }
 }
 
