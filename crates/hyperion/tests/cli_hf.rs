@@ -178,6 +178,35 @@ fn llama_export_import_is_bitwise_and_loads_in_transformers() {
 }
 
 #[test]
+fn gpt2_tokenizer_travels_with_the_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut a = train_args(&tmp.path().join("data"), &run, false, 1, 1e-3);
+    a.extend(["--set".into(), "data.tokenizer=\"gpt2\"".into(), "--set".into(), "model.vocab_size=50257".into()]);
+    run_ok(bin().args(&a));
+    let export = tmp.path().join("export");
+    run_ok(bin().args(["export", "--checkpoint", &run.display().to_string(), "--out", &export.display().to_string()]));
+    let names = files(&export);
+    for f in ["vocab.json", "merges.txt", "tokenizer_config.json", "model.safetensors"] {
+        assert!(names.contains(&f.to_string()), "{f} missing: {names:?}");
+    }
+    let vocab: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(export.join("vocab.json")).unwrap()).unwrap();
+    assert_eq!(vocab.as_object().unwrap().len(), 50257);
+    assert_eq!(vocab["<|endoftext|>"], 50256);
+    let merges = std::fs::read_to_string(export.join("merges.txt")).unwrap();
+    assert_eq!(merges.lines().count(), 1 + 50000, "header + GPT-2's 50000 merges");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(export.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["bos_token_id"].as_u64(), cfg["eos_token_id"].as_u64()), (Some(50256), Some(50256)));
+    if let Some(py) = python_with_transformers() {
+        let reference = tmp.path().join("ref.safetensors");
+        write_reference(&run, &reference);
+        let out = Command::new(py).arg(root().join("scripts/check_hf_export.py")).arg(&export).arg(&reference).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("round trip ok"), "{text}");
+    }
+}
+
+#[test]
 fn broken_hf_folders_are_refused_with_the_tensor_named() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
