@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod hf;
+pub mod lock;
 pub mod plan;
 pub mod plot;
 pub mod train;

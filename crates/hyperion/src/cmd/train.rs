@@ -84,6 +84,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => None,
     };
     let (cfg, run_dir, resume) = match &args.resume {
+        Some(dir) if restart_from_scratch(dir) => {
+            // Killed before its first checkpoint: the run starts again in place.
+            let saved = std::fs::read_to_string(dir.join("config.toml")).with_context(|| format!("reading {}/config.toml", dir.display()))?;
+            let cfg = config::resolve_saved(&saved, &sets).with_context(|| format!("the config saved in {}", dir.display()))?;
+            println!("{} has no checkpoint (it stopped before its first one): starting it again from step 0 with its saved config", dir.display());
+            (cfg, dir.clone(), false)
+        }
         Some(dir) => {
             let ck = engine::open_checkpoint(dir).with_context(|| format!("resuming {}", dir.display()))?;
             let saved = engine::saved_config(&ck)?;
@@ -147,7 +154,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return run_mpi(plan, timeout);
     }
     let dp = plan.cfg.raw.parallel.dp;
-    prepare_run_dir(&plan, true)?;
+    let _lock = prepare_run_dir(&plan, true)?;
     let outcomes = comm::run_local(dp, timeout, |c| {
         let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / dp).max(1);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -155,6 +162,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })
     .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
     report(&plan, &outcomes)
+}
+
+/// A run directory that a `train` created (its `config.toml` is written before any step)
+/// but that holds no committed checkpoint.
+fn restart_from_scratch(dir: &Path) -> bool {
+    dir.join("config.toml").is_file() && matches!(checkpoint::list_checkpoints(dir), Ok(v) if v.is_empty())
 }
 
 /// The run config with its `[model]` section taken from a Hugging Face model. Llama
@@ -180,14 +193,16 @@ fn parse_fail(s: &str) -> Result<(usize, u64)> {
     Ok((r.parse().context("--debug-fail rank")?, st.parse().context("--debug-fail step")?))
 }
 
-/// Creates the run directory, removes unfinished checkpoint folders, and prepares the
-/// data on first use (once, before any rank starts).
-fn prepare_run_dir(plan: &Plan, root: bool) -> Result<()> {
+/// Creates the run directory, takes its lock (one writer per run), removes unfinished
+/// checkpoint folders (only under the lock: they may be a live run's), and prepares the
+/// data on first use (once, before any rank starts). The lock lives as long as the guard.
+fn prepare_run_dir(plan: &Plan, root: bool) -> Result<Option<super::lock::RunLock>> {
     if !root {
-        return Ok(());
+        return Ok(None);
     }
     let run_dir = &plan.run_dir;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let lock = super::lock::RunLock::acquire(run_dir)?;
     let removed = checkpoint::clean_stale(run_dir)?;
     if removed > 0 {
         eprintln!("removed {removed} unfinished checkpoint folder(s) left by an interrupted write");
@@ -196,7 +211,7 @@ fn prepare_run_dir(plan: &Plan, root: bool) -> Result<()> {
     println!("# resolved config\n{}", plan.cfg.to_toml());
     let cfg_path = run_dir.join("config.toml");
     std::fs::write(&cfg_path, plan.cfg.to_toml()).with_context(|| format!("writing {}", cfg_path.display()))?;
-    Ok(())
+    Ok(Some(lock))
 }
 
 /// One rank's whole run (SPMD: every rank calls this with its communicator).
@@ -344,7 +359,7 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     // Nobody starts before rank 0 has prepared the data (or failed to).
     let mut ok = vec![u8::from(prepared.is_ok())];
     world.broadcast((&mut ok[..]).into(), 0)?;
-    prepared?;
+    let _lock = prepared?;
     if ok[0] == 0 {
         anyhow::bail!("rank 0 failed to prepare the run");
     }
