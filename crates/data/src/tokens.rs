@@ -172,17 +172,24 @@ impl Dataset {
         Ok(())
     }
 
-    /// Checks that every token id is below `meta.vocab_size` (reads both files
-    /// once; `open` does not, to stay O(1) on large corpora).
+    /// Checks that every token id is below `meta.vocab_size`, reading both files once
+    /// on all cores (fixed chunks; the first bad token in file order is the one named,
+    /// whatever the thread count). `open` does not, to stay O(1); the trainer calls this
+    /// before the first step so that a bad id fails at once, naming the file and offset.
     pub fn verify_tokens(&self) -> Result<(), DataError> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 20;
+        let vocab = self.meta.vocab_size;
         for f in [&self.train, &self.val] {
-            if let Some(i) = (0..f.len()).find(|&i| f.get(i) as usize >= self.meta.vocab_size) {
-                return Err(DataError::BadToken {
-                    path: f.path.clone(),
-                    offset: (i * f.dtype.size()) as u64,
-                    token: f.get(i),
-                    vocab_size: self.meta.vocab_size,
-                });
+            let chunks = f.len().div_ceil(CHUNK);
+            let first_bad = (0..chunks).into_par_iter().find_map_first(|c| {
+                let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(f.len()));
+                let mut buf = vec![0u32; end - start];
+                f.copy_range(start, &mut buf);
+                buf.iter().position(|&t| t as usize >= vocab).map(|i| start + i)
+            });
+            if let Some(i) = first_bad {
+                return Err(DataError::BadToken { path: f.path.clone(), offset: (i * f.dtype.size()) as u64, token: f.get(i), vocab_size: vocab });
             }
         }
         Ok(())

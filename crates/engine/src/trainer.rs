@@ -107,6 +107,8 @@ impl Trainer {
     pub fn with_rank(cfg: ResolvedConfig, data: Dataset, run_dir: &Path, rank: Rank) -> Result<Trainer> {
         let cfg = cfg.with_vocab_size(data.meta.vocab_size)?;
         data.check_block(cfg.raw.model.block_size)?;
+        // A token id beyond the vocabulary would panic hours later inside the embedding.
+        data.verify_tokens()?;
         Self::build(cfg, Some(data), run_dir, rank)
     }
 

@@ -1,6 +1,7 @@
-//! One writer per run directory (issue 11, finding 1): a second `train --out RUN` or a
-//! `--resume RUN` while RUN is training fails naming the holder and touches nothing; a
-//! killed run's lock is taken over.
+//! Runs that fail safe (issue 11): one writer per run directory (a second `train --out
+//! RUN` or a `--resume RUN` while RUN is training fails naming the holder and touches
+//! nothing; a killed run's lock is taken over), a run killed before its first checkpoint
+//! restarts in place, and a token id beyond the vocabulary is refused before training.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -118,4 +119,23 @@ fn a_run_killed_before_its_first_checkpoint_restarts_in_place() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=6).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_token_beyond_the_vocabulary_is_refused_before_the_first_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    assert!(bin().args(args(&data, &tmp.path().join("warm"), 5)).output().unwrap().status.success());
+    // Token 1000 (u16, little-endian) at token index 12345 of train.bin.
+    let path = data.join("train.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2 * 12345..2 * 12345 + 2].copy_from_slice(&1000u16.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let t0 = Instant::now();
+    let out = bin().args(args(&data, &run, 5)).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("train.bin") && err.contains("1000") && err.contains(&format!("{}", 2 * 12345)), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert!(!run.join("checkpoints").exists(), "nothing trained");
 }
