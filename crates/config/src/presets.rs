@@ -55,8 +55,8 @@ pub fn get(name: &str) -> Option<RunConfig> {
         // The crate's defaults are this preset, so that `hyperion train` with no
         // arguments is a run that finishes on a CPU.
         "shakespeare-char-cpu" | "llama-char-cpu" => RunConfig::default(),
-        "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" | "llama-mini" | "tinyllama-1.1b" | "llama3-8b" | "llama3-70b" | "llama3.1-405b" => gpt2(),
-        "gpt2-mini" => gpt2(),
+        "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" | "gpt2-mini" | "llama-mini" | "tinyllama-1.1b" | "llama3-8b" | "llama3-70b"
+        | "llama3.1-405b" => gpt2(),
         "tiny" => tiny(),
         _ => return None,
     };

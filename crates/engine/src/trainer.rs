@@ -133,22 +133,17 @@ impl Trainer {
         let part = |s: &BucketShard| vec![0.0f32; s.shard];
         // The whole model is initialised, then each rank keeps what it holds: measured
         // together, the transient whole copy nets out.
-        let (params, m_params) = crate::alloc::measure(|| -> Vec<Vec<f32>> { gpt.init_params(cfg.raw.train.seed)
-            .into_iter()
-            .zip(&shards)
-            .map(|(p, s)| {
-                if zero == 3 {
-                    let mut v = part(s);
-                    let real = s.real(r);
-                    v[..real.len()].copy_from_slice(&p[real]);
+        let (params, m_params) = crate::alloc::measure(|| -> Vec<Vec<f32>> {
+            gpt.init_params(cfg.raw.train.seed)
+                .into_iter()
+                .zip(&shards)
+                .map(|(p, s)| {
+                    let mut v = if zero == 3 { part(s) } else { whole(s) };
+                    keep_held(&mut v, &p, *s, r, zero);
                     v
-                } else {
-                    let mut v = whole(s);
-                    v[..s.numel].copy_from_slice(&p);
-                    v
-                }
-            })
-            .collect() });
+                })
+                .collect()
+        });
         let ((grads, gshard), m_grads) = crate::alloc::measure(|| {
             let grads: Vec<Vec<f32>> = shards.iter().map(|s| if zero < 2 { whole(s) } else { Vec::new() }).collect();
             let gshard: Vec<Vec<f32>> = shards.iter().map(|s| if zero >= 1 { part(s) } else { Vec::new() }).collect();
@@ -294,12 +289,7 @@ impl Trainer {
             if src.len() != s.numel {
                 return Err(EngineError::Invalid(format!("bucket {b} has {} elements, the model needs {}", src.len(), s.numel)));
             }
-            if zero == 3 {
-                let real = s.real(r);
-                self.params[b][..real.len()].copy_from_slice(&src[real]);
-            } else {
-                self.params[b][..s.numel].copy_from_slice(src);
-            }
+            keep_held(&mut self.params[b], src, s, r, zero);
         }
         Ok(())
     }
@@ -383,6 +373,17 @@ pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, b: us
         })
         .sum();
     sum / (batches * b * t) as f64
+}
+
+/// Copies into `dst` the part of the whole bucket `src` this rank holds: its shard's
+/// real elements under ZeRO-3, else the whole bucket (the padding stays zero).
+fn keep_held(dst: &mut [f32], src: &[f32], s: BucketShard, r: usize, zero: u8) {
+    if zero == 3 {
+        let real = s.real(r);
+        dst[..real.len()].copy_from_slice(&src[real]);
+    } else {
+        dst[..s.numel].copy_from_slice(src);
+    }
 }
 
 fn random_tokens(seed: u64, first: u64, vocab: usize, x: &mut [u32], y: &mut [u32]) {

@@ -180,27 +180,7 @@ pub fn linear_backward(
     in_dim: usize,
     out_dim: usize,
 ) {
-    check_len("linear_backward", "dw", dw.len(), in_dim * out_dim);
-    check_len("linear_backward", "dy", dy.len(), rows * out_dim);
-    check_len("linear_backward", "x", x.len(), rows * in_dim);
-    check_len("linear_backward", "w", w.len(), in_dim * out_dim);
-    if let Some(dx) = dx {
-        check_len("linear_backward", "dx", dx.len(), rows * in_dim);
-        // dx (rows, in) += dy (rows, out) @ w^T (out, in)
-        let dym = Mat::row_major(dy, out_dim, false);
-        let wt = Mat::row_major(w, out_dim, true);
-        // SAFETY: lengths checked; dx is a unique borrow.
-        unsafe { gemm_raw(dx.as_mut_ptr(), in_dim, dym, wt, rows, in_dim, out_dim, true, 1.0, true) };
-    }
-    // dw (in, out) += x^T (in, rows) @ dy (rows, out)
-    let xt = Mat::row_major(x, in_dim, true);
-    let dym = Mat::row_major(dy, out_dim, false);
-    // SAFETY: lengths checked; dw is a unique borrow.
-    unsafe { gemm_raw(dw.as_mut_ptr(), out_dim, xt, dym, in_dim, out_dim, rows, true, 1.0, true) };
-    if let Some(db) = dbias {
-        check_len("linear_backward", "dbias", db.len(), out_dim);
-        column_sums_add(db, dy, rows, out_dim);
-    }
+    linear_backward_with("linear_backward", false, dx, dw, dbias, dy, x, w, rows, in_dim, out_dim);
 }
 
 /// Backward of [`linear_t_forward`] (w (out, in)): dx += dy @ w ; dw (out, in) += dy^T @ x ;
@@ -217,25 +197,51 @@ pub fn linear_t_backward(
     in_dim: usize,
     out_dim: usize,
 ) {
-    check_len("linear_t_backward", "dw", dw.len(), out_dim * in_dim);
-    check_len("linear_t_backward", "dy", dy.len(), rows * out_dim);
-    check_len("linear_t_backward", "x", x.len(), rows * in_dim);
-    check_len("linear_t_backward", "w", w.len(), out_dim * in_dim);
+    linear_backward_with("linear_t_backward", true, dx, dw, dbias, dy, x, w, rows, in_dim, out_dim);
+}
+
+/// Both weight layouts' backward: `out_in` = w stored (out, in), else (in, out). The
+/// same two GEMMs either way, only the strides of w and of dw's product differ.
+#[allow(clippy::too_many_arguments)]
+fn linear_backward_with(
+    kernel: &'static str,
+    out_in: bool,
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    check_len(kernel, "dw", dw.len(), in_dim * out_dim);
+    check_len(kernel, "dy", dy.len(), rows * out_dim);
+    check_len(kernel, "x", x.len(), rows * in_dim);
+    check_len(kernel, "w", w.len(), in_dim * out_dim);
     let dym = Mat::row_major(dy, out_dim, false);
     if let Some(dx) = dx {
-        check_len("linear_t_backward", "dx", dx.len(), rows * in_dim);
-        // dx (rows, in) += dy (rows, out) @ w (out, in)
-        let wm = Mat::row_major(w, in_dim, false);
+        check_len(kernel, "dx", dx.len(), rows * in_dim);
+        // dx (rows, in) += dy (rows, out) @ W^T (out, in), W the (in, out) view of w.
+        let wt = if out_in { Mat::row_major(w, in_dim, false) } else { Mat::row_major(w, out_dim, true) };
         // SAFETY: lengths checked; dx is a unique borrow.
-        unsafe { gemm_raw(dx.as_mut_ptr(), in_dim, dym, wm, rows, in_dim, out_dim, true, 1.0, true) };
+        unsafe { gemm_raw(dx.as_mut_ptr(), in_dim, dym, wt, rows, in_dim, out_dim, true, 1.0, true) };
     }
-    // dw (out, in) += dy^T (out, rows) @ x (rows, in)
-    let dyt = Mat::row_major(dy, out_dim, true);
-    let xm = Mat::row_major(x, in_dim, false);
-    // SAFETY: lengths checked; dw is a unique borrow.
-    unsafe { gemm_raw(dw.as_mut_ptr(), in_dim, dyt, xm, out_dim, in_dim, rows, true, 1.0, true) };
+    if out_in {
+        // dw (out, in) += dy^T (out, rows) @ x (rows, in)
+        let dyt = Mat::row_major(dy, out_dim, true);
+        let xm = Mat::row_major(x, in_dim, false);
+        // SAFETY: lengths checked; dw is a unique borrow.
+        unsafe { gemm_raw(dw.as_mut_ptr(), in_dim, dyt, xm, out_dim, in_dim, rows, true, 1.0, true) };
+    } else {
+        // dw (in, out) += x^T (in, rows) @ dy (rows, out)
+        let xt = Mat::row_major(x, in_dim, true);
+        // SAFETY: lengths checked; dw is a unique borrow.
+        unsafe { gemm_raw(dw.as_mut_ptr(), out_dim, xt, dym, in_dim, out_dim, rows, true, 1.0, true) };
+    }
     if let Some(db) = dbias {
-        check_len("linear_t_backward", "dbias", db.len(), out_dim);
+        check_len(kernel, "dbias", db.len(), out_dim);
         column_sums_add(db, dy, rows, out_dim);
     }
 }

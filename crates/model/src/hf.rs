@@ -206,7 +206,8 @@ fn check(m: ModelSpec) -> Result<ModelSpec, String> {
 /// Tensors a Hugging Face checkpoint may hold that are not parameters of the spec:
 /// GPT-2's causal-mask buffers, a tied head's copy, Llama's rotary cache.
 pub fn ignorable(spec: &ModelSpec, name: &str) -> bool {
-    name.ends_with(".attn.bias") && spec.family == Family::Gpt2 && !name.contains("c_attn")
+    // `….attn.bias` is the mask buffer; the parameter is `….attn.c_attn.bias`.
+    (spec.family == Family::Gpt2 && name.ends_with(".attn.bias"))
         || name.ends_with(".attn.masked_bias")
         || name.ends_with("rotary_emb.inv_freq")
         || (spec.tied && name == "lm_head.weight")

@@ -5,6 +5,7 @@
 //! `--max-shard-size`, as the Hub writes them), `generation_config.json` and, when the
 //! tokenizer has a Hugging Face form, its files. Tensor names are the layout's own.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -41,9 +42,9 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let hf_layout = Layout::new(&hf_spec);
     let mut tensors = Vec::new();
     for (_, t) in hf_layout.tensors() {
-        let data = match m.gpt.layout.find(&t.name) {
-            Some((b, ours)) => m.params[b][ours.range()].to_vec(),
-            None if t.kind == TensorKind::Bias => vec![0.0; t.numel()],
+        let data: Cow<[f32]> = match m.gpt.layout.find(&t.name) {
+            Some((b, ours)) => Cow::Borrowed(&m.params[b][ours.range()]),
+            None if t.kind == TensorKind::Bias => Cow::Owned(vec![0.0; t.numel()]),
             None => bail!("internal: {} has no tensor {}", m.gpt.spec.name, t.name),
         };
         tensors.push((t.name.clone(), t.shape.clone(), data));
@@ -110,9 +111,12 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A tensor to export: name, shape, elements (borrowed from the checkpoint, or zeros).
+type Named<'a> = (String, Vec<usize>, Cow<'a, [f32]>);
+
 /// Writes the tensors into one file or shards of at most `max` bytes (a tensor larger
 /// than `max` gets a shard of its own). Returns the file names.
-fn write_weights(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], max: u64) -> Result<Vec<String>> {
+fn write_weights(dir: &Path, tensors: &[Named], max: u64) -> Result<Vec<String>> {
     let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = 0u64;
     for (i, (_, _, d)) in tensors.iter().enumerate() {
