@@ -24,6 +24,10 @@ pub(crate) enum Kind {
     Bool,
     Path,
     Paths,
+    /// A string that may be left out (`--set key=none` removes it).
+    OptString,
+    /// `[[data.sources]]`: an array of tables `{ dir = "...", weight = 0.5 }`.
+    Sources,
     /// A string from a fixed list (serde `rename_all = "lowercase"` enums).
     Enum(&'static [&'static str]),
 }
@@ -78,8 +82,16 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("optim.decay_embeddings", Kind::Bool),
     ("data.dir", Kind::Path),
     ("data.inputs", Kind::Paths),
-    ("data.tokenizer", Kind::Enum(&["gpt2", "char"])),
+    ("data.tokenizer", Kind::Enum(&["gpt2", "char", "hf"])),
+    ("data.tokenizer_file", Kind::OptString),
     ("data.val_fraction", Kind::Float),
+    ("data.val_inputs", Kind::Paths),
+    ("data.split", Kind::Enum(&["documents", "tail"])),
+    ("data.text_field", Kind::Path),
+    ("data.on_error", Kind::Enum(&["fail", "skip"])),
+    ("data.shard_tokens", U),
+    ("data.eod_token", Kind::OptString),
+    ("data.sources", Kind::Sources),
     ("parallel.dp", U),
     ("parallel.tp", U),
     ("parallel.pp", U),
@@ -149,6 +161,35 @@ fn check_value(key: &str, kind: Kind, value: &Value) -> Result<(), ConfigError> 
             Ok(())
         }
         (Kind::Paths, _) => Err(wrong("an array of paths (strings)")),
+        (Kind::OptString, Value::String(_)) => Ok(()),
+        (Kind::OptString, _) => Err(wrong("a string")),
+        (Kind::Sources, Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let k = format!("{key}[{i}]");
+                let Value::Table(t) = item else {
+                    return Err(ConfigError::WrongType { key: k, expected: "a table { dir = \"...\", weight = 1.0 }".into(), found: describe(item) });
+                };
+                for (f, v) in t {
+                    match f.as_str() {
+                        "dir" => check_value(&format!("{k}.dir"), Kind::Path, v)?,
+                        "weight" => check_value(&format!("{k}.weight"), Kind::Float, v)?,
+                        other => {
+                            return Err(ConfigError::InvalidValue {
+                                key: format!("{k}.{other}"),
+                                reason: "unknown key; a source has `dir` and `weight`".into(),
+                            })
+                        }
+                    }
+                }
+                for needed in ["dir", "weight"] {
+                    if !t.contains_key(needed) {
+                        return Err(ConfigError::InvalidValue { key: format!("{k}.{needed}"), reason: "is missing".into() });
+                    }
+                }
+            }
+            Ok(())
+        }
+        (Kind::Sources, _) => Err(wrong("an array of tables, e.g. [{ dir = \"data/prepared/a\", weight = 0.7 }]")),
         (Kind::Enum(valid), Value::String(s)) if valid.contains(&s.as_str()) => Ok(()),
         (Kind::Enum(valid), Value::String(s)) => Err(ConfigError::InvalidValue {
             key: key.to_string(),
@@ -178,6 +219,15 @@ pub(crate) fn widen_floats(table: &mut Table) {
             let kind = kind_of(&format!("{section}.{field}"));
             if let (Some(Kind::Float | Kind::OptFloat), Value::Integer(i)) = (kind, &*value) {
                 *value = Value::Float(*i as f64);
+            }
+            if let (Some(Kind::Sources), Value::Array(items)) = (kind, &mut *value) {
+                for item in items {
+                    if let Some(w) = item.get_mut("weight") {
+                        if let Value::Integer(i) = w {
+                            *w = Value::Float(*i as f64);
+                        }
+                    }
+                }
             }
         }
     }
@@ -225,7 +275,11 @@ pub(crate) fn parse_set(arg: &str) -> Result<SetArg, ConfigError> {
     let kind = kind_of(key).ok_or_else(|| unknown(key))?;
     let parsed = raw.parse::<Value>().ok();
     let value = match kind {
-        Kind::OptUInt | Kind::OptFloat if raw == "none" => None,
+        Kind::OptUInt | Kind::OptFloat | Kind::OptString if raw == "none" => None,
+        Kind::OptString => Some(Value::String(match parsed {
+            Some(Value::String(s)) => s,
+            _ => raw.to_string(),
+        })),
         Kind::Path | Kind::Enum(_) => match parsed {
             Some(Value::String(s)) => Some(Value::String(s)),
             _ => Some(Value::String(raw.to_string())),
@@ -383,6 +437,8 @@ mod tests {
         full.train.global_batch = Some(1);
         full.optim.decay_steps = Some(1);
         full.log.peak_flops = Some(1.0);
+        full.data.tokenizer_file = Some("t.json".into());
+        full.data.eod_token = Some("</s>".into());
         let table = Table::try_from(&full).unwrap();
         let mut written: Vec<String> = table
             .iter()

@@ -62,7 +62,7 @@ pub fn get(name: &str) -> Option<RunConfig> {
     };
     let spec = model::spec::get(name)?;
     // Character-level presets take the vocabulary from the prepared data.
-    let from_data = c.data.tokenizer == TokenizerKind::Char;
+    let from_data = c.data.tokenizer != TokenizerKind::Gpt2;
     c.model = model_config(&spec, from_data);
     Some(c)
 }

@@ -173,6 +173,35 @@ pub enum TokenizerKind {
     Gpt2,
     /// One token per distinct character of the corpus.
     Char,
+    /// A Hugging Face `tokenizer.json` (`data.tokenizer_file`).
+    Hf,
+}
+
+/// How validation documents are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitMode {
+    /// Every round(1/val_fraction)-th document.
+    Documents,
+    /// The last val_fraction of every document's tokens.
+    Tail,
+}
+
+/// What a malformed input record does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Fail,
+    Skip,
+}
+
+/// One prepared dataset of a mixture (`[[data.sources]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(serialize_with = "ser_path")]
+    pub dir: PathBuf,
+    pub weight: f64,
 }
 
 /// `[data]`: where the tokens come from.
@@ -186,8 +215,26 @@ pub struct DataConfig {
     #[serde(serialize_with = "ser_paths")]
     pub inputs: Vec<PathBuf>,
     pub tokenizer: TokenizerKind,
-    /// Fraction of the tokens held out for validation.
+    /// The `tokenizer.json` (or a folder holding one) when `tokenizer = "hf"`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_path")]
+    pub tokenizer_file: Option<PathBuf>,
+    /// Fraction of the documents held out for validation.
     pub val_fraction: f64,
+    /// Separate validation inputs (then all of `inputs` trains).
+    #[serde(serialize_with = "ser_paths")]
+    pub val_inputs: Vec<PathBuf>,
+    pub split: SplitMode,
+    /// JSONL field / Parquet column holding the text.
+    pub text_field: String,
+    pub on_error: OnError,
+    /// Tokens per shard file.
+    pub shard_tokens: u64,
+    /// End-of-document token of an hf tokenizer (`"none"`: no separator;
+    /// unset: from its tokenizer_config.json or the usual names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eod_token: Option<String>,
+    /// A weighted mixture of prepared folders; when given, it replaces `dir`.
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for DataConfig {
@@ -196,7 +243,15 @@ impl Default for DataConfig {
             dir: PathBuf::from("data/prepared/shakespeare-char"),
             inputs: vec![PathBuf::from("data/shakespeare")],
             tokenizer: TokenizerKind::Char,
+            tokenizer_file: None,
             val_fraction: 0.1,
+            val_inputs: Vec::new(),
+            split: SplitMode::Documents,
+            text_field: "text".into(),
+            on_error: OnError::Fail,
+            shard_tokens: 100_000_000,
+            eod_token: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -279,6 +334,13 @@ impl Default for LogConfig {
 /// already, so this only matters for configs built in code, and keeps `to_toml` infallible.
 fn ser_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
+}
+
+fn ser_opt_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_str(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_paths<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {

@@ -214,6 +214,27 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     if let Some(i) = d.inputs.iter().position(|p| p.as_os_str().is_empty()) {
         return Err(invalid(&format!("data.inputs[{i}]"), "must not be empty"));
     }
+    match (d.tokenizer, &d.tokenizer_file) {
+        (crate::TokenizerKind::Hf, None) => {
+            return Err(invalid("data.tokenizer_file", "must name a tokenizer.json (or a folder holding one) when data.tokenizer = \"hf\""))
+        }
+        (crate::TokenizerKind::Gpt2 | crate::TokenizerKind::Char, Some(_)) => {
+            return Err(invalid("data.tokenizer_file", "is only read with data.tokenizer = \"hf\""))
+        }
+        _ => {}
+    }
+    if d.text_field.is_empty() {
+        return Err(invalid("data.text_field", "must not be empty"));
+    }
+    positive("data.shard_tokens", d.shard_tokens)?;
+    for (i, s) in d.sources.iter().enumerate() {
+        if s.dir.as_os_str().is_empty() {
+            return Err(invalid(&format!("data.sources[{i}].dir"), "must not be empty"));
+        }
+        if !(s.weight.is_finite() && s.weight > 0.0) {
+            return Err(invalid(&format!("data.sources[{i}].weight"), format!("must be a positive number, found {}", s.weight)));
+        }
+    }
     in_range(
         "data.val_fraction",
         d.val_fraction,

@@ -97,7 +97,14 @@ fn wrong_type_names_key_expected_and_found() {
 #[test]
 fn invalid_values_name_their_key() {
     let cases: &[(&[&str], &str)] = &[
-        (&["data.tokenizer=bpe"], "data.tokenizer: expected one of \"gpt2\", \"char\", found \"bpe\""),
+        (&["data.tokenizer=bpe"], "data.tokenizer: expected one of \"gpt2\", \"char\", \"hf\", found \"bpe\""),
+        (&["data.tokenizer=hf"], "data.tokenizer_file: must name a tokenizer.json (or a folder holding one) when data.tokenizer = \"hf\""),
+        (&["data.tokenizer_file=t.json"], "data.tokenizer_file: is only read with data.tokenizer = \"hf\""),
+        (&["data.split=halves"], "data.split: expected one of \"documents\", \"tail\", found \"halves\""),
+        (&["data.shard_tokens=0"], "data.shard_tokens: must be at least 1, found 0"),
+        (&["data.sources=[{dir = \"a\", weight = 0}]"], "data.sources[0].weight: must be a positive number, found 0"),
+        (&["data.sources=[{dir = \"a\"}]"], "data.sources[0].weight: is missing"),
+        (&["data.sources=[{dir = \"a\", weight = 1, w = 2}]"], "data.sources[0].w: unknown key; a source has `dir` and `weight`"),
         (&["model.n_head=0"], "model.n_head: must be at least 1, found 0"),
         (&["model.n_head=5"], "model.n_embd: must be divisible by model.n_head (128 % 5 = 3)"),
         (&["train.batch_size=-2"], "train.batch_size: must be >= 0, found -2"),

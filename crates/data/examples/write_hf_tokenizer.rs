@@ -8,7 +8,7 @@
 //! For `char` the vocabulary is the sorted char set of the text files; it is also
 //! written to `OUT_DIR/chars.txt` (id order).
 
-use data::{hf_tokenizer_files, Meta, TokenDtype, Tokenizer, TokenizerKind};
+use data::{hf_tokenizer_files, Meta, Tokenizer, TokenizerKind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,21 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let chars = match Tokenizer::char(&text) {
                 Tokenizer::Char(v) => v.as_string(),
-                Tokenizer::Gpt2(_) => unreachable!(),
+                _ => unreachable!("Tokenizer::char gives a char tokenizer"),
             };
             (chars.chars().count(), Some(chars))
         }
+        TokenizerKind::Hf => return Err("a tokenizer.json is already a Hugging Face tokenizer: copy it".into()),
     };
-    let meta = Meta {
-        tokenizer: kind,
-        vocab_size,
-        dtype: TokenDtype::for_vocab(vocab_size),
-        train_tokens: 0,
-        val_tokens: 0,
-        val_fraction: 0.1,
-        chars: chars.clone(),
-        inputs: vec![],
-    };
+    let meta = Meta::new(kind, vocab_size, chars.clone());
     std::fs::create_dir_all(&out)?;
     for (name, bytes) in hf_tokenizer_files(&meta)? {
         std::fs::write(out.join(&name), bytes)?;

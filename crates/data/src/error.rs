@@ -20,8 +20,8 @@ pub enum DataError {
     EmptyCorpus { inputs: String },
 
     /// The corpus is too small to give both splits at least one token.
-    #[error("the {split} split would be empty ({total_tokens} tokens in all, val fraction {val_fraction}); give more text or change --val-fraction")]
-    EmptySplit { split: &'static str, total_tokens: u64, val_fraction: f64 },
+    #[error("the {split} split would be empty ({documents} documents, {total_tokens} tokens in all, val fraction {val_fraction}: validation takes every round(1/f)-th document); give more documents, change --val-fraction, give --val-input FILES, or use --split tail to cut every document's tokens")]
+    EmptySplit { split: &'static str, total_tokens: u64, val_fraction: f64, documents: u64 },
 
     /// An input file is not valid UTF-8.
     #[error("{path}: not valid UTF-8 at byte offset {offset}")]
@@ -32,12 +32,16 @@ pub enum DataError {
     BadValFraction { value: f64 },
 
     /// A tokenizer name that is neither `gpt2` nor `char`.
-    #[error("unknown tokenizer {name:?}: expected \"gpt2\" or \"char\"")]
+    #[error("unknown tokenizer {name:?}: expected \"gpt2\", \"char\" or a path to a tokenizer.json (or a folder holding one)")]
     UnknownTokenizer { name: String },
 
     /// The char tokenizer met a character that is not in its vocabulary.
     #[error("character {ch:?} (U+{code:04X}) at byte offset {offset} is not in the char vocabulary")]
     UnknownChar { ch: char, code: u32, offset: usize },
+
+    /// The tokenizers library failed on a text.
+    #[error("tokenizer failed: {reason}")]
+    Encode { reason: String },
 
     /// The embedded GPT-2 vocabulary failed to load (a broken build of tiktoken-rs).
     #[error("cannot load the GPT-2 (r50k_base) vocabulary: {reason}")]
@@ -78,6 +82,51 @@ pub enum DataError {
     /// An existing dataset was prepared with another tokenizer.
     #[error("{path} was prepared with tokenizer {found}, but {wanted} was requested; delete the folder or pick another --out")]
     TokenizerMismatch { path: PathBuf, found: String, wanted: String },
+
+    /// A file that cannot be decoded as a whole (corrupt compression, a Parquet
+    /// file that does not parse).
+    #[error("{path}: cannot read: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+
+    /// A Parquet file without the configured text column.
+    #[error("{path}: no column {column:?} (columns: {columns}); choose one with --text-field")]
+    NoTextColumn { path: PathBuf, column: String, columns: String },
+
+    /// The Parquet text column holds something else than strings.
+    #[error("{path}: column {column:?} is {found}, not text; choose a string column with --text-field")]
+    ColumnNotText { path: PathBuf, column: String, found: String },
+
+    /// A record gives no document and `--on-error fail` is in force.
+    #[error("{path}: {unit} {number}: {reason} (pass --on-error skip to count and skip such records)")]
+    BadRecord { path: PathBuf, unit: &'static str, number: u64, reason: String },
+
+    /// Every record was empty or malformed.
+    #[error("no document in {inputs}: {detail}")]
+    NoDocuments { inputs: String, detail: String },
+
+    /// A `tokenizer.json` that the tokenizers library does not accept.
+    #[error("{path}: not a usable Hugging Face tokenizer.json: {reason}")]
+    BadTokenizerFile { path: PathBuf, reason: String },
+
+    /// No end-of-document token could be told for a Hugging Face tokenizer.
+    #[error("{path}: {reason}; name it with --eod-token TEXT (or --eod-token none)")]
+    NoEodToken { path: PathBuf, reason: String },
+
+    /// A tokenizer file that disagrees with the sha256 recorded for it.
+    #[error("{path}: sha256 {found} differs from {expected} recorded in meta.json; the tokenizer file was changed after prepare")]
+    TokenizerChanged { path: PathBuf, expected: String, found: String },
+
+    /// Datasets mixed together that were not made with the same tokenizer.
+    #[error("data sources {first} and {other} were prepared with different tokenizers ({first_desc} vs {other_desc}); a mixture needs one vocabulary")]
+    MixedTokenizers { first: PathBuf, other: PathBuf, first_desc: String, other_desc: String },
+
+    /// A bad mixture weight.
+    #[error("data source {dir}: weight {weight} must be a positive finite number")]
+    BadWeight { dir: PathBuf, weight: f64 },
+
+    /// Another process holds the prepare lock of the folder.
+    #[error("{path}: {reason}")]
+    Locked { path: PathBuf, reason: String },
 
     /// Any other I/O failure, with the file it happened on.
     #[error("{path}: {source}")]

@@ -69,7 +69,31 @@ pub fn hf_tokenizer_files_with_max_length(
     match meta.tokenizer {
         TokenizerKind::Gpt2 => gpt2_files(model_max_length),
         TokenizerKind::Char => char_files(meta, model_max_length),
+        TokenizerKind::Hf => hf_json_files(meta, model_max_length),
     }
+}
+
+/// A Hugging Face tokenizer travels as it came: its `tokenizer.json` bytes and
+/// the `tokenizer_config.json` found next to it (or a minimal one naming the
+/// end-of-document token as EOS).
+fn hf_json_files(meta: &Meta, model_max_length: usize) -> Result<Vec<(String, Vec<u8>)>, DataError> {
+    let tok = crate::Tokenizer::from_meta(meta)?;
+    let crate::Tokenizer::Hf(h) = tok else { unreachable!("from_meta of an hf meta") };
+    let config = match &h.meta.config {
+        Some(c) => c.clone().into_bytes(),
+        None => {
+            let mut v = json!({
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": model_max_length,
+                "clean_up_tokenization_spaces": false,
+            });
+            if let Some(eod) = &h.meta.eod_token {
+                v["eos_token"] = json!(eod);
+            }
+            (serde_json::to_string_pretty(&v).unwrap_or_default() + "\n").into_bytes()
+        }
+    };
+    Ok(vec![(crate::TOKENIZER_JSON.to_string(), h.json.as_bytes().to_vec()), ("tokenizer_config.json".into(), config)])
 }
 
 /// BOS and EOS token ids: `<|endoftext|>` (50256) for both with GPT-2; none
@@ -78,6 +102,20 @@ pub fn special_ids(meta: &Meta) -> (Option<u32>, Option<u32>) {
     match meta.tokenizer {
         TokenizerKind::Gpt2 => (Some(GPT2_EOT), Some(GPT2_EOT)),
         TokenizerKind::Char => (None, None),
+        TokenizerKind::Hf => match crate::Tokenizer::from_meta(meta) {
+            Ok(crate::Tokenizer::Hf(h)) => {
+                let bos = h.meta.config.as_deref().and_then(|c| {
+                    let v: serde_json::Value = serde_json::from_str(c).ok()?;
+                    let t = match v.get("bos_token")? {
+                        serde_json::Value::String(s) => s.clone(),
+                        o => o.get("content")?.as_str()?.to_string(),
+                    };
+                    h.token_id(&t)
+                });
+                (bos, h.meta.eod.first().copied())
+            }
+            _ => (None, None),
+        },
     }
 }
 
@@ -166,6 +204,46 @@ fn bpe_parts(piece: &[u8], ranks: &HashMap<&[u8], u32>, max_rank: u32) -> Vec<(u
             None => return parts,
         }
     }
+}
+
+/// GPT-2's tokenizer as one Hugging Face `tokenizer.json` (the same vocabulary
+/// and merges as [`hf_tokenizer_files`]: ByteLevel pre-tokenizer and decoder,
+/// BPE model, `<|endoftext|>` an added special token), for tools that read
+/// only that form and for `--tokenizer gpt2.json` round trips.
+pub fn gpt2_tokenizer_json() -> Result<String, DataError> {
+    let tables = gpt2_tables()?;
+    let alphabet = gpt2_bytes_to_unicode();
+    let show = |bytes: &[u8]| -> String { bytes.iter().map(|&b| alphabet[b as usize]).collect() };
+    let mut vocab = serde_json::Map::new();
+    for (id, t) in tables.tokens.iter().enumerate() {
+        vocab.insert(show(t), json!(id));
+    }
+    vocab.insert(EOT_TEXT.to_string(), json!(GPT2_EOT));
+    let merges: Vec<serde_json::Value> = tables
+        .merges
+        .iter()
+        .map(|&(a, b)| json!([show(&tables.tokens[a as usize]), show(&tables.tokens[b as usize])]))
+        .collect();
+    let byte_level = json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
+    let v = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{
+            "id": GPT2_EOT, "content": EOT_TEXT, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": true, "special": true
+        }],
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges
+        }
+    });
+    Ok(serde_json::to_string(&v).unwrap_or_default())
 }
 
 fn gpt2_files(model_max_length: usize) -> Result<Vec<(String, Vec<u8>)>, DataError> {
@@ -279,16 +357,9 @@ mod tests {
     use crate::{TokenDtype, Tokenizer};
 
     fn meta(kind: TokenizerKind, chars: Option<&str>) -> Meta {
-        Meta {
-            tokenizer: kind,
-            vocab_size: chars.map_or(GPT2_VOCAB_SIZE, |c| c.chars().count()),
-            dtype: TokenDtype::U16,
-            train_tokens: 1,
-            val_tokens: 1,
-            val_fraction: 0.1,
-            chars: chars.map(str::to_string),
-            inputs: vec![],
-        }
+        let mut m = Meta::new(kind, chars.map_or(GPT2_VOCAB_SIZE, |c| c.chars().count()), chars.map(str::to_string));
+        (m.train_tokens, m.val_tokens, m.dtype) = (1, 1, TokenDtype::U16);
+        m
     }
 
     /// HF-style BPE (pair-ranked merges, as in `tokenizers`' BPE model) over

@@ -38,19 +38,27 @@
 
 mod error;
 mod hf_tokenizer;
+pub mod input;
 mod meta;
+mod mixture;
 mod prepare;
 mod sampler;
 mod tokenizer;
+mod tokenizer_json;
 mod tokens;
 
 pub use error::DataError;
 pub use hf_tokenizer::{
-    gpt2_bytes_to_unicode, hf_tokenizer_files, hf_tokenizer_files_with_max_length, special_ids, CHAR_SPLIT_REGEX,
+    gpt2_bytes_to_unicode, gpt2_tokenizer_json, hf_tokenizer_files, hf_tokenizer_files_with_max_length, special_ids, CHAR_SPLIT_REGEX,
     HF_DEFAULT_MODEL_MAX_LENGTH,
 };
-pub use meta::{InputFile, Meta, TokenDtype, TokenizerKind, META_FILE, TRAIN_FILE, VAL_FILE};
-pub use prepare::{ensure_prepared, prepare};
+pub use meta::{DocCounts, InputFile, Meta, Shard, Shards, TokenDtype, TokenizerKind, META_FILE, TRAIN_FILE, VAL_FILE};
+pub use mixture::{Source, Split};
+pub use prepare::{
+    ensure_prepared, prepare, prepare_with, OnError, PrepareOptions, Progress, SplitMode, TokenizerChoice, BATCH_BYTES,
+    DEFAULT_SHARD_TOKENS, QUEUED_BATCHES,
+};
+pub use tokenizer_json::{tokenizer_file, HfTokenizer, HfTokenizerMeta, TOKENIZER_JSON};
 pub use sampler::{hash2, sample_start};
 pub use tokenizer::{CharVocab, Gpt2, Tokenizer, CHAR_SEPARATOR, CHUNK_BYTES, GPT2_EOT, GPT2_VOCAB_SIZE};
-pub use tokens::{Dataset, TokenFile};
+pub use tokens::{Dataset, TokenFile, Tokens};

@@ -24,6 +24,8 @@ pub enum TokenizerKind {
     Gpt2,
     /// One token per Unicode scalar value; the vocabulary is the corpus's sorted char set.
     Char,
+    /// A Hugging Face `tokenizer.json` (kept in the prepared folder).
+    Hf,
 }
 
 impl TokenizerKind {
@@ -32,6 +34,7 @@ impl TokenizerKind {
         match self {
             TokenizerKind::Gpt2 => "gpt2",
             TokenizerKind::Char => "char",
+            TokenizerKind::Hf => "hf",
         }
     }
 }
@@ -48,6 +51,7 @@ impl FromStr for TokenizerKind {
         match s {
             "gpt2" => Ok(TokenizerKind::Gpt2),
             "char" => Ok(TokenizerKind::Char),
+            "hf" => Ok(TokenizerKind::Hf),
             other => Err(DataError::UnknownTokenizer { name: other.to_string() }),
         }
     }
@@ -124,9 +128,91 @@ pub struct Meta {
     pub chars: Option<String>,
     /// Every input file, in the order their tokens appear in the splits.
     pub inputs: Vec<InputFile>,
+    /// 1: `train.bin` + `val.bin`; 2: shards listed in [`Meta::shards`].
+    #[serde(default = "format_v1")]
+    pub format: u32,
+    /// The Hugging Face tokenizer's record (`tokenizer: "hf"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf: Option<crate::HfTokenizerMeta>,
+    /// Format 2: the token shards of each split, in stream order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Shards>,
+    /// How validation was split off: "documents" (every round(1/f)-th document),
+    /// "tail" (the last fraction of each document's tokens) or "inputs" (separate files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// Documents per split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<DocCounts>,
+    /// Records skipped (`--on-error skip`), by kind.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bad_records: std::collections::BTreeMap<String, u64>,
+    /// The JSONL field / Parquet column the text came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_field: Option<String>,
+    /// The `tokenizer.json` text of an hf dataset, attached when the dataset or a
+    /// checkpoint is opened (never written into `meta.json`: the file sits beside it).
+    #[serde(skip)]
+    pub tokenizer_json: Option<std::sync::Arc<String>>,
+}
+
+fn format_v1() -> u32 {
+    1
+}
+
+/// Documents in each split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocCounts {
+    pub train: u64,
+    pub val: u64,
+}
+
+/// One token shard: `<split>-NNNNNN.bin` (tokens) and `.idx` (little-endian
+/// u64 offsets, within the shard, of every document that starts in it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub file: String,
+    pub index: String,
+    pub tokens: u64,
+    pub documents: u64,
+    /// SHA-256 of the `.bin` file.
+    pub sha256: String,
+}
+
+/// The shards of both splits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shards {
+    pub train: Vec<Shard>,
+    pub val: Vec<Shard>,
 }
 
 impl Meta {
+    /// A description with no tokens yet: the tokenizer, its vocabulary and the
+    /// narrowest dtype; everything else empty (format 2).
+    pub fn new(tokenizer: TokenizerKind, vocab_size: usize, chars: Option<String>) -> Meta {
+        Meta {
+            tokenizer,
+            vocab_size,
+            dtype: TokenDtype::for_vocab(vocab_size),
+            train_tokens: 0,
+            val_tokens: 0,
+            val_fraction: 0.1,
+            chars,
+            inputs: Vec::new(),
+            format: 2,
+            hf: None,
+            shards: None,
+            split: None,
+            documents: None,
+            bad_records: Default::default(),
+            text_field: None,
+            tokenizer_json: None,
+        }
+    }
+
     /// Reads and parses `path` (a `meta.json`).
     pub fn read(path: &Path) -> Result<Meta, DataError> {
         let text = std::fs::read_to_string(path).map_err(DataError::io(path))?;
@@ -153,6 +239,24 @@ impl Meta {
         }
         if self.vocab_size == 0 {
             return Err(DataError::MetaValue { path: path.to_path_buf(), key: "vocab_size", reason: "is 0".into() });
+        }
+        if self.tokenizer == TokenizerKind::Hf && self.hf.is_none() {
+            return Err(DataError::MetaValue { path: path.to_path_buf(), key: "hf", reason: "missing for tokenizer \"hf\"".into() });
+        }
+        if let Some(sh) = &self.shards {
+            for (split, list, total) in [("train", &sh.train, self.train_tokens), ("val", &sh.val, self.val_tokens)] {
+                let sum: u64 = list.iter().map(|s| s.tokens).sum();
+                if sum != total {
+                    return Err(DataError::MetaValue {
+                        path: path.to_path_buf(),
+                        key: "shards",
+                        reason: format!("the {split} shards hold {sum} tokens but {split}_tokens is {total}"),
+                    });
+                }
+                if let Some(bad) = list.iter().find(|s| s.file.contains(['/', '\\']) || s.index.contains(['/', '\\'])) {
+                    return Err(DataError::MetaValue { path: path.to_path_buf(), key: "shards", reason: format!("{:?} is not a file name", bad.file) });
+                }
+            }
         }
         if self.tokenizer == TokenizerKind::Char {
             let found = self.chars.as_deref().map_or(0, |c| c.chars().count());

@@ -92,6 +92,8 @@ pub enum Tokenizer {
     Gpt2(Gpt2),
     /// Characters; id = index in the sorted vocabulary.
     Char(CharVocab),
+    /// A Hugging Face `tokenizer.json`.
+    Hf(crate::HfTokenizer),
 }
 
 /// Handle to the process-wide GPT-2 tables.
@@ -160,9 +162,35 @@ impl Tokenizer {
         Tokenizer::Char(CharVocab::new(vocab.chars()))
     }
 
-    /// The tokenizer a prepared dataset was made with.
+    /// The tokenizer a prepared dataset was made with (a Hugging Face one from
+    /// the `tokenizer.json` text attached to `meta` by [`crate::Dataset::open`]
+    /// or a checkpoint).
     pub fn from_meta(meta: &Meta) -> Result<Self, DataError> {
+        Self::from_meta_and_json(meta, meta.tokenizer_json.as_deref().map(String::as_str))
+    }
+
+    /// [`Tokenizer::from_meta`], with the `tokenizer.json` text (from a
+    /// prepared folder or a checkpoint) checked against the recorded sha256.
+    pub fn from_meta_and_json(meta: &Meta, json: Option<&str>) -> Result<Self, DataError> {
         match meta.tokenizer {
+            TokenizerKind::Hf => {
+                let (Some(hf), Some(json)) = (meta.hf.as_ref(), json) else {
+                    return Err(DataError::MetaValue {
+                        path: crate::META_FILE.into(),
+                        key: "hf",
+                        reason: "a Hugging Face tokenizer needs its tokenizer.json and its \"hf\" record".into(),
+                    });
+                };
+                let tok = crate::HfTokenizer::from_json(std::path::Path::new(crate::TOKENIZER_JSON), json.to_string(), Some(hf))?;
+                if tok.vocab_size() != meta.vocab_size {
+                    return Err(DataError::MetaValue {
+                        path: crate::META_FILE.into(),
+                        key: "vocab_size",
+                        reason: format!("{} but the tokenizer has {}", meta.vocab_size, tok.vocab_size()),
+                    });
+                }
+                Ok(Tokenizer::Hf(tok))
+            }
             TokenizerKind::Gpt2 => Self::gpt2(),
             TokenizerKind::Char => {
                 let chars = meta.chars.as_deref().unwrap_or("");
@@ -184,6 +212,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Gpt2(_) => TokenizerKind::Gpt2,
             Tokenizer::Char(_) => TokenizerKind::Char,
+            Tokenizer::Hf(_) => TokenizerKind::Hf,
         }
     }
 
@@ -205,6 +234,7 @@ impl Tokenizer {
                 v.encode_into(text, &mut out)?;
                 Ok(out)
             }
+            Tokenizer::Hf(h) => h.encode(text),
         }
     }
 
@@ -213,7 +243,7 @@ impl Tokenizer {
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match self {
             Tokenizer::Gpt2(g) => Ok(g.bpe.encode_ordinary(text)),
-            Tokenizer::Char(_) => self.encode(text),
+            Tokenizer::Char(_) | Tokenizer::Hf(_) => self.encode(text),
         }
     }
 
@@ -226,6 +256,13 @@ impl Tokenizer {
     }
 
     pub(crate) fn encode_chunked(&self, text: &str, target: usize, done: &(dyn Fn(u64) + Sync)) -> Result<Vec<u32>, DataError> {
+        if let Tokenizer::Hf(h) = self {
+            // A tokenizer.json may normalise or add tokens at the text's start:
+            // only the whole document encodes like the Python library.
+            let ids = h.encode(text)?;
+            done(text.len() as u64);
+            return Ok(ids);
+        }
         let cuts = chunk_bounds(text, target);
         let parts = cuts
             .par_windows(2)
@@ -263,6 +300,7 @@ impl Tokenizer {
             Tokenizer::Char(v) => {
                 tokens.iter().map(|&t| v.chars.get(t as usize).copied().unwrap_or('\u{FFFD}')).collect()
             }
+            Tokenizer::Hf(h) => h.decode(tokens),
         }
     }
 
@@ -271,6 +309,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Gpt2(_) => GPT2_VOCAB_SIZE,
             Tokenizer::Char(v) => v.len(),
+            Tokenizer::Hf(h) => h.vocab_size(),
         }
     }
 
@@ -280,6 +319,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Gpt2(_) => Ok(vec![GPT2_EOT]),
             Tokenizer::Char(_) => self.encode(CHAR_SEPARATOR),
+            Tokenizer::Hf(h) => Ok(h.meta.eod.clone()),
         }
     }
 }

@@ -66,7 +66,7 @@ fn open_reports_corrupt_meta() {
 fn open_reports_size_mismatch() {
     let tmp = tempfile::tempdir().unwrap();
     let out = digits_dataset(tmp.path(), 10);
-    let train = out.join("train.bin");
+    let train = out.join("train-000000.bin");
     let mut bytes = fs::read(&train).unwrap();
     let tokens = bytes.len() as u64 / 2;
     bytes.pop();
@@ -79,7 +79,7 @@ fn open_reports_size_mismatch() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("train.bin"), "{err}");
+    assert!(err.to_string().contains("train-000000.bin"), "{err}");
 }
 
 #[test]
@@ -91,15 +91,15 @@ fn check_block_and_verify_tokens() {
     assert_eq!((ds.train.len(), ds.val.len()), (82, 22));
     ds.check_block(21).unwrap();
     let err = ds.check_block(22).unwrap_err();
-    assert!(matches!(&err, DataError::TooShort { tokens: 22, block: 22, needed: 23, path } if path.ends_with("val.bin")));
-    assert!(err.to_string().contains("val.bin"), "{err}");
+    assert!(matches!(&err, DataError::TooShort { tokens: 22, block: 22, needed: 23, path } if path.ends_with("val-000000.bin")));
+    assert!(err.to_string().contains("val-000000.bin"), "{err}");
     assert!(ds.check_block(0).is_err());
     ds.verify_tokens().unwrap();
 
     // A token id at or above the vocabulary is reported with its byte offset.
-    let mut bytes = fs::read(out.join("val.bin")).unwrap();
+    let mut bytes = fs::read(out.join("val-000000.bin")).unwrap();
     bytes[6..8].copy_from_slice(&11u16.to_le_bytes());
-    fs::write(out.join("val.bin"), &bytes).unwrap();
+    fs::write(out.join("val-000000.bin"), &bytes).unwrap();
     let err = Dataset::open(&out).unwrap().verify_tokens().unwrap_err();
     assert!(matches!(err, DataError::BadToken { offset: 6, token: 11, vocab_size: 11, .. }), "{err:?}");
 }
@@ -116,8 +116,8 @@ fn fill_batch_windows_match_sample_start_and_shift_by_one() {
     for b in 0..batch {
         let s = sample_start(seed, 10 + b as u64, ds.train.len(), block);
         for t in 0..block {
-            assert_eq!(x[b * block + t], ds.train.get(s + t));
-            assert_eq!(y[b * block + t], ds.train.get(s + t + 1));
+            assert_eq!(x[b * block + t], ds.train.sources[0].tokens.get(s + t));
+            assert_eq!(y[b * block + t], ds.train.sources[0].tokens.get(s + t + 1));
         }
         assert_eq!(&x[b * block + 1..(b + 1) * block], &y[b * block..(b + 1) * block - 1]);
     }
@@ -157,4 +157,25 @@ fn fill_batch_panics_when_too_short() {
     let f = TokenFile::open(&path, TokenDtype::U16, 2).unwrap();
     let (mut x, mut y) = (vec![0; 2], vec![0; 2]);
     f.fill_batch(0, 0, 1, 2, &mut x, &mut y);
+}
+
+#[test]
+fn format_1_folders_still_open() {
+    // A folder as earlier versions wrote it: train.bin, val.bin and a meta.json
+    // without "format" or "shards".
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let train: Vec<u16> = (0..40).map(|i| i % 5).collect();
+    let val: Vec<u16> = vec![4, 3, 2, 1, 0, 1, 2, 3];
+    fs::write(dir.join("train.bin"), train.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    fs::write(dir.join("val.bin"), val.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let meta = r#"{"tokenizer": "char", "vocab_size": 5, "dtype": "u16", "train_tokens": 40, "val_tokens": 8,
+        "val_fraction": 0.1, "chars": "abcde", "inputs": []}"#;
+    fs::write(dir.join("meta.json"), meta).unwrap();
+    let ds = Dataset::open(dir).unwrap();
+    assert_eq!((ds.meta.format, ds.train.len(), ds.val.len()), (1, 40, 8));
+    let t = &ds.val.sources[0].tokens;
+    assert_eq!((0..8).map(|i| t.get(i) as u16).collect::<Vec<_>>(), val);
+    assert!(t.path().ends_with("val.bin"));
+    ds.verify_tokens().unwrap();
 }

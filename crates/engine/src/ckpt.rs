@@ -119,6 +119,8 @@ impl Trainer {
             "layout": { "dp": self.rank.dp, "zero": self.cfg.raw.parallel.zero },
             // The tokenizer travels with the model, so sampling needs no data folder.
             "data": self.data.as_ref().map(|d| serde_json::to_value(&d.meta).expect("meta serialises")),
+            // A Hugging Face tokenizer travels whole (its sha256 is in "data").
+            "tokenizer_json": self.data.as_ref().and_then(|d| d.meta.tokenizer_json.as_deref().cloned()),
         })
     }
 
@@ -189,7 +191,14 @@ pub fn load_model(gpt: &Gpt, ck: &Checkpoint, bufs: &mut [Vec<f32>]) -> Result<(
 /// The data description (tokenizer, vocabulary) stored in a checkpoint.
 pub fn saved_data_meta(ck: &Checkpoint) -> Result<data::Meta> {
     let v = ck.meta().get("data").cloned().ok_or_else(|| bad_meta(ck, "data", "missing"))?;
-    serde_json::from_value(v).map_err(|e| bad_meta(ck, "data", &e.to_string()))
+    let mut meta: data::Meta = serde_json::from_value(v).map_err(|e| bad_meta(ck, "data", &e.to_string()))?;
+    if meta.hf.is_some() {
+        let json = ck.meta().get("tokenizer_json").and_then(|v| v.as_str()).ok_or_else(|| bad_meta(ck, "tokenizer_json", "missing for an hf tokenizer"))?;
+        meta.tokenizer_json = Some(std::sync::Arc::new(json.to_string()));
+        // Checks the sha256 against the record.
+        data::Tokenizer::from_meta(&meta)?;
+    }
+    Ok(meta)
 }
 
 /// Opens the checkpoint at `path` (a run directory's latest, or one checkpoint folder).

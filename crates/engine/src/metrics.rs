@@ -34,6 +34,18 @@ pub struct StepMetrics {
     pub comm_ms: f64,
     #[serde(default)]
     pub optimizer_ms: f64,
+    /// With a data mixture: training tokens drawn from each source so far.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sources: Option<Vec<SourceDraw>>,
+}
+
+/// Tokens drawn from one source of a mixture since step 0, and how many passes
+/// over that source's training tokens they make.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceDraw {
+    pub dir: String,
+    pub tokens: u64,
+    pub epochs: f64,
 }
 
 /// Appends records to `RUN_DIR/metrics.jsonl`. On resume, lines past the resumed step

@@ -318,6 +318,10 @@ impl Trainer {
         let ck = self.cfg.raw.checkpoint.clone();
         let tokens_per_step = self.cfg.tokens_per_step as f64;
         let mut last_val = None;
+        // Samples drawn per mixture source (a pure function of the sample indices).
+        let gb = self.cfg.global_batch as u64;
+        let draws = |d: &Dataset, first: u64, n: u64| d.train.count_sources(tc.seed, first, n);
+        let mut drawn = self.data.as_ref().filter(|d| d.train.sources.len() > 1).map(|d| draws(d, 0, self.step * gb));
         while self.step < total {
             let mut times = StepTimes::default();
             let t0 = Instant::now();
@@ -331,7 +335,23 @@ impl Trainer {
                 last_val = val_loss;
             }
             let tokens_per_s = tokens_per_step / secs;
+            let block = self.cfg.raw.model.block_size as u64;
+            let sources = match (&mut drawn, &self.data) {
+                (Some(dr), Some(d)) => {
+                    for (acc, n) in dr.iter_mut().zip(draws(d, (done - 1) * gb, gb)) {
+                        *acc += n;
+                    }
+                    let list = d.train.sources.iter().zip(dr.iter()).map(|(s, &n)| crate::metrics::SourceDraw {
+                        dir: s.dir.display().to_string(),
+                        tokens: n * block,
+                        epochs: (n * block) as f64 / s.tokens.len().max(1) as f64,
+                    });
+                    Some(list.collect())
+                }
+                _ => None,
+            };
             let m = StepMetrics {
+                sources,
                 step: done,
                 train_loss: loss,
                 val_loss,

@@ -41,12 +41,12 @@ fn char_prepare_writes_dataset_and_summary() {
     fs::write(corpus.join("b.txt"), "0123456789").unwrap();
     fs::write(corpus.join("SOURCE.md"), "skipped").unwrap();
     let out = tmp.path().join("ds");
-    let o = prepare(&["--input", s(&corpus), "--tokenizer", "char", "--out", s(&out), "--val-fraction", "0.2"]);
+    let o = prepare(&["--input", s(&corpus), "--tokenizer", "char", "--out", s(&out), "--val-fraction", "0.2", "--split", "tail"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     // Per file: 8 train + "\n\n", 2 val + "\n\n".
-    assert!(stdout.contains("train.bin: 20 tokens"), "{stdout}");
-    assert!(stdout.contains("val.bin:   8 tokens"), "{stdout}");
+    assert!(stdout.contains("train: 20 tokens, 2 documents, 1 shard(s)"), "{stdout}");
+    assert!(stdout.contains("val:   8 tokens, 2 documents, 1 shard(s) (split: tail)"), "{stdout}");
     assert!(stdout.contains("from 2 files"), "{stdout}");
     let ds = data::Dataset::open(&out).unwrap();
     assert_eq!((ds.meta.train_tokens, ds.meta.val_tokens, ds.meta.vocab_size), (20, 8, 21));
@@ -60,7 +60,7 @@ fn gpt2_prepare_with_default_val_fraction_and_two_inputs() {
     fs::write(&a, "Hello world. ".repeat(10)).unwrap();
     fs::write(&b, "An explicitly named file of any extension is read.").unwrap();
     let out = tmp.path().join("ds");
-    let o = prepare(&["--input", s(&a), s(&b), "--tokenizer", "gpt2", "--out", s(&out)]);
+    let o = prepare(&["--input", s(&a), s(&b), "--tokenizer", "gpt2", "--out", s(&out), "--split", "tail"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let meta = data::Dataset::open(&out).unwrap().meta;
     assert_eq!((meta.tokenizer, meta.val_fraction, meta.inputs.len()), (data::TokenizerKind::Gpt2, 0.1, 2));
@@ -79,6 +79,133 @@ fn missing_input_fails() {
     let o = prepare(&["--input", s(&missing), "--tokenizer", "char", "--out", s(&tmp.path().join("ds"))]);
     assert_fails(&o, &["no-such-play.txt", "does not exist"]);
     assert!(!tmp.path().join("ds").exists());
+}
+
+fn jsonl(n: usize, words: usize) -> String {
+    (0..n)
+        .map(|i| serde_json::json!({ "text": format!("Document {i}: {}", "some words in a line ".repeat(words + i % 5)) }).to_string() + "\n")
+        .collect()
+}
+
+fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn jsonl_prepare_reports_documents_shards_and_skipped_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("c.jsonl");
+    fs::write(&f, jsonl(100, 3) + "{\"text\": 5}\n").unwrap();
+    let out = tmp.path().join("ds");
+    let o = prepare(&["--input", s(&f), "--tokenizer", "gpt2", "--out", s(&out), "--shard-tokens", "500"]);
+    assert_fails(&o, &["c.jsonl", "line 101", "not a string", "--on-error skip"]);
+    let o = prepare(&["--input", s(&f), "--tokenizer", "gpt2", "--out", s(&out), "--shard-tokens", "500", "--on-error", "skip", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("90 documents") && stdout.contains("10 documents") && stdout.contains("skipped records: 1 not_a_string"), "{stdout}");
+    let meta = data::Dataset::open(&out).unwrap().meta;
+    assert!(meta.shards.as_ref().unwrap().train.len() > 2);
+    let again = tmp.path().join("ds2");
+    let o = prepare(&["--input", s(&f), "--tokenizer", "gpt2", "--out", s(&again), "--shard-tokens", "500", "--on-error", "skip", "--threads", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(listing(&out), listing(&again), "thread count changed the output");
+    for (args, needles) in [
+        (vec!["--split", "halves"], vec!["halves", "documents"]),
+        (vec!["--on-error", "ignore"], vec!["ignore", "skip"]),
+        (vec!["--shard-tokens", "0"], vec!["shard_tokens", "at least 1"]),
+        (vec!["--text-field", "body"], vec!["c.jsonl", "line 1", "no field \"body\""]),
+    ] {
+        let mut all = vec!["--input", s(&f), "--tokenizer", "gpt2", "--out"];
+        let bad = tmp.path().join("bad");
+        all.push(s(&bad));
+        all.extend(args);
+        assert_fails(&prepare(&all), &needles);
+    }
+}
+
+/// A prepare killed with SIGKILL at several moments, then rerun, gives the
+/// bytes of an uninterrupted prepare.
+#[cfg(unix)]
+#[test]
+fn a_prepare_killed_mid_way_resumes_byte_identical() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    fs::create_dir(&corpus).unwrap();
+    for i in 0..4 {
+        fs::write(corpus.join(format!("part-{i}.jsonl")), jsonl(6000, 30)).unwrap();
+    }
+    let whole = tmp.path().join("whole");
+    let args = |out: &Path| -> Vec<String> {
+        ["data", "prepare", "--input", s(&corpus), "--tokenizer", "gpt2", "--shard-tokens", "200000", "--out", s(out)]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let t0 = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_hyperion")).args(args(&whole)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = t0.elapsed();
+    let out = tmp.path().join("killed");
+    let mut kills = 0;
+    for frac in [0.25, 0.5, 0.8] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyperion"))
+            .args(args(&out))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(frac));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if out.join("meta.json").exists() {
+            break;
+        }
+        assert!(out.join(".prepare").exists(), "a killed prepare keeps its staging folder");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_hyperion")).args(args(&out)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(listing(&out), listing(&whole), "after {kills} kill(s)");
+    assert!(!out.join(".prepare").exists());
+    let _ = Duration::ZERO;
+}
+
+/// A full disk (simulated with a file-size limit) fails naming the file; the
+/// rerun finishes with the same bytes as an uninterrupted prepare.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_fails_cleanly_and_the_rerun_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("c.jsonl");
+    fs::write(&f, jsonl(3000, 20)).unwrap();
+    let whole = tmp.path().join("whole");
+    let o = prepare(&["--input", s(&f), "--tokenizer", "gpt2", "--out", s(&whole), "--shard-tokens", "200000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = tmp.path().join("ds");
+    // ulimit -f counts 1024-byte blocks: no file may pass 300 KB, so the first
+    // 400 KB shard cannot be written (the write fails with EFBIG).
+    let script = format!(
+        "ulimit -f 300; trap '' XFSZ; exec {} data prepare --input {} --tokenizer gpt2 --out {} --shard-tokens 200000",
+        env!("CARGO_BIN_EXE_hyperion"),
+        s(&f),
+        s(&out)
+    );
+    let o = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    assert_fails(&o, &["data prepare into", ".prepare"]);
+    assert!(!out.join("meta.json").exists());
+    let o = prepare(&["--input", s(&f), "--tokenizer", "gpt2", "--out", s(&out), "--shard-tokens", "200000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(listing(&out), listing(&whole));
 }
 
 #[test]

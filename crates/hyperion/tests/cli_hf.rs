@@ -47,6 +47,9 @@ fn train_args(data: &Path, out: &Path, llama: bool, steps: u64, lr: f64) -> Vec<
         &format!("data.dir=\"{}\"", data.display()),
         "--set",
         &format!("data.inputs={inputs}"),
+        // Two plays: too few documents for a by-document split.
+        "--set",
+        "data.split=tail",
         "--set",
         &format!("train.steps={steps}"),
         "--set",

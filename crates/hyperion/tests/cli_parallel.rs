@@ -21,6 +21,9 @@ fn base(data: &Path, steps: u64) -> Vec<String> {
         format!("data.dir=\"{}\"", data.display()),
         "--set".into(),
         format!("data.inputs=[\"{}\"]", corpus.display()),
+        // One play: too few documents for a by-document split.
+        "--set".into(),
+        "data.split=tail".into(),
         "--set".into(),
         format!("train.steps={steps}"),
         "--set".into(),

@@ -23,6 +23,9 @@ fn args(data: &Path, out: &Path, steps: u64) -> Vec<String> {
         format!("data.dir=\"{}\"", data.display()),
         "--set".into(),
         format!("data.inputs=[\"{}\"]", c.display()),
+        // One play: too few documents for a by-document split.
+        "--set".into(),
+        "data.split=tail".into(),
         "--set".into(),
         format!("train.steps={steps}"),
         "--set".into(),
@@ -126,8 +129,8 @@ fn a_token_beyond_the_vocabulary_is_refused_before_the_first_step() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
     assert!(bin().args(args(&data, &tmp.path().join("warm"), 5)).output().unwrap().status.success());
-    // Token 1000 (u16, little-endian) at token index 12345 of train.bin.
-    let path = data.join("train.bin");
+    // Token 1000 (u16, little-endian) at token index 12345 of the first train shard.
+    let path = data.join("train-000000.bin");
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[2 * 12345..2 * 12345 + 2].copy_from_slice(&1000u16.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
@@ -135,7 +138,7 @@ fn a_token_beyond_the_vocabulary_is_refused_before_the_first_step() {
     let out = bin().args(args(&data, &run, 5)).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("train.bin") && err.contains("1000") && err.contains(&format!("{}", 2 * 12345)), "{err}");
+    assert!(err.contains("train-000000.bin") && err.contains("1000") && err.contains(&format!("{}", 2 * 12345)), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(30));
     assert!(!run.join("checkpoints").exists(), "nothing trained");
 }

@@ -22,6 +22,8 @@ fn tiny_args(data_dir: &Path, steps: u64, interval: u64) -> Vec<String> {
         "--preset", "tiny",
         "--set", &format!("data.dir=\"{}\"", data_dir.display()),
         "--set", &format!("data.inputs=[{inputs}]"),
+        // A few plays: too few documents for a by-document split.
+        "--set", "data.split=tail",
         "--set", &format!("train.steps={steps}"),
         "--set", &format!("checkpoint.interval={interval}"),
         "--set", "train.eval_interval=0",

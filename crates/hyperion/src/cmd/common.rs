@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use config::ResolvedConfig;
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Config flags shared by `train` and `bench train`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -31,12 +30,44 @@ pub fn tokenizer_kind(k: config::TokenizerKind) -> data::TokenizerKind {
     match k {
         config::TokenizerKind::Gpt2 => data::TokenizerKind::Gpt2,
         config::TokenizerKind::Char => data::TokenizerKind::Char,
+        config::TokenizerKind::Hf => data::TokenizerKind::Hf,
     }
 }
 
-/// Opens the configured dataset, preparing it from `data.inputs` on first use.
+/// The prepare settings of a config's `[data]` section.
+pub fn prepare_options(d: &config::DataConfig) -> data::PrepareOptions {
+    let tokenizer = match (d.tokenizer, &d.tokenizer_file) {
+        (config::TokenizerKind::Hf, Some(f)) => data::TokenizerChoice::Hf(f.clone()),
+        (k, _) => tokenizer_kind(k).into(),
+    };
+    data::PrepareOptions {
+        tokenizer,
+        val_fraction: d.val_fraction,
+        val_inputs: d.val_inputs.clone(),
+        split: match d.split {
+            config::SplitMode::Documents => data::SplitMode::Documents,
+            config::SplitMode::Tail => data::SplitMode::Tail,
+        },
+        text_field: d.text_field.clone(),
+        on_error: match d.on_error {
+            config::OnError::Fail => data::OnError::Fail,
+            config::OnError::Skip => data::OnError::Skip,
+        },
+        shard_tokens: d.shard_tokens,
+        eod_token: d.eod_token.clone(),
+        add_special_tokens: true,
+        batch_bytes: data::BATCH_BYTES,
+    }
+}
+
+/// Opens the configured dataset: the mixture of `data.sources` when given (each
+/// must be prepared), else `data.dir`, preparing it from `data.inputs` on first use.
 pub fn open_data(cfg: &ResolvedConfig, show_progress: bool) -> Result<data::Dataset> {
     let d = &cfg.raw.data;
+    if !d.sources.is_empty() {
+        let sources: Vec<(PathBuf, f64)> = d.sources.iter().map(|s| (s.dir.clone(), s.weight)).collect();
+        return Ok(data::Dataset::open_mixture(&sources)?);
+    }
     let meta_exists = d.dir.join("meta.json").is_file();
     if !meta_exists {
         if d.inputs.is_empty() {
@@ -48,25 +79,12 @@ pub fn open_data(cfg: &ResolvedConfig, show_progress: bool) -> Result<data::Data
         }
         eprintln!("preparing {} from {} input path(s) ({} tokenizer)", d.dir.display(), d.inputs.len(), tokenizer_kind(d.tokenizer));
     }
-    let bar = if show_progress && !meta_exists { bytes_bar("tokenizing") } else { ProgressBar::hidden() };
-    data::ensure_prepared(&d.dir, &d.inputs, tokenizer_kind(d.tokenizer), d.val_fraction, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })?;
-    bar.finish_and_clear();
+    let mut bar: Box<dyn FnMut(&data::Progress)> =
+        if show_progress && !meta_exists { Box::new(super::data::prepare_bar()) } else { Box::new(|_: &data::Progress| {}) };
+    data::ensure_prepared(&d.dir, &d.inputs, &prepare_options(d), &mut *bar)?;
     Ok(data::Dataset::open(&d.dir)?)
 }
 
-fn bytes_bar(msg: &'static str) -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(msg);
-    bar
-}
 
 /// A model loaded for inference from a run directory or checkpoint folder.
 pub struct Loaded {
