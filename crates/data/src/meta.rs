@@ -267,6 +267,22 @@ impl Meta {
         Ok(())
     }
 
+    /// A short description of the tokenizer (kind, vocabulary, tokenizer.json hash).
+    pub fn tokenizer_desc(&self) -> String {
+        let hf = self.hf.as_ref().map(|h| format!(" (tokenizer.json sha256 {})", &h.sha256[..12.min(h.sha256.len())])).unwrap_or_default();
+        format!("{} vocab {}{hf}", self.tokenizer, self.vocab_size)
+    }
+
+    /// Why data described by `other` is not tokenized like this (`None` if it is):
+    /// another tokenizer kind, vocabulary, char set or tokenizer.json.
+    pub fn tokenizer_differs(&self, other: &Meta) -> Option<String> {
+        let same = self.tokenizer == other.tokenizer
+            && self.vocab_size == other.vocab_size
+            && self.chars == other.chars
+            && self.hf.as_ref().map(|h| &h.sha256) == other.hf.as_ref().map(|h| &h.sha256);
+        (!same).then(|| format!("{} vs {}", self.tokenizer_desc(), other.tokenizer_desc()))
+    }
+
     /// Serializes to pretty JSON (the form written to disk).
     pub fn to_json(&self) -> String {
         // Meta holds only strings, numbers and enums: serialization cannot fail.

@@ -282,20 +282,13 @@ impl Dataset {
             }
             let meta = open_meta(dir)?;
             if let Some((first, _, m0)) = opened.first() {
-                let desc = |m: &Meta| {
-                    format!(
-                        "{} vocab {}{}",
-                        m.tokenizer,
-                        m.vocab_size,
-                        m.hf.as_ref().map(|h| format!(" sha256 {}", &h.sha256[..12])).unwrap_or_default()
-                    )
-                };
-                let same = m0.tokenizer == meta.tokenizer
-                    && m0.vocab_size == meta.vocab_size
-                    && m0.chars == meta.chars
-                    && m0.hf.as_ref().map(|h| &h.sha256) == meta.hf.as_ref().map(|h| &h.sha256);
-                if !same {
-                    return Err(DataError::MixedTokenizers { first: first.clone(), other: dir.clone(), first_desc: desc(m0), other_desc: desc(&meta) });
+                if m0.tokenizer_differs(&meta).is_some() {
+                    return Err(DataError::MixedTokenizers {
+                        first: first.clone(),
+                        other: dir.clone(),
+                        first_desc: m0.tokenizer_desc(),
+                        other_desc: meta.tokenizer_desc(),
+                    });
                 }
             }
             opened.push((dir.clone(), *weight, meta));

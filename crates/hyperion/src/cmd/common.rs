@@ -69,6 +69,10 @@ pub fn open_data(cfg: &ResolvedConfig, show_progress: bool) -> Result<data::Data
         return Ok(data::Dataset::open_mixture(&sources)?);
     }
     let meta_exists = d.dir.join("meta.json").is_file();
+    if meta_exists && d.inputs.is_empty() {
+        // Nothing to prepare from: the folder's own tokenizer is the run's.
+        return Ok(data::Dataset::open(&d.dir)?);
+    }
     if !meta_exists {
         if d.inputs.is_empty() {
             anyhow::bail!(

@@ -133,6 +133,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let fail_at = args.debug_fail.as_deref().map(parse_fail).transpose()?;
     let init = match &hf {
         Some(hf) => {
+            refuse_other_tokenizer(&hf.dir, &cfg.raw.data)?;
             let spec = cfg.clone().with_vocab_size(hf.spec.vocab)?.model_spec()?;
             let buckets = hf.buckets(&spec, &model::Layout::new(&spec))?;
             println!("initialising from {} ({} tensors, {} parameters)", hf.dir.display(), hf.tensors.len(), spec.num_params());
@@ -188,6 +189,28 @@ fn with_hf_model(cfg: ResolvedConfig, spec: &model::ModelSpec) -> Result<Resolve
     Ok(out)
 }
 
+/// A Hugging Face folder that carries a `tokenizer.json` must have been
+/// trained on ids of that same file: refuse data prepared with another one.
+fn refuse_other_tokenizer(hf_dir: &Path, d: &config::DataConfig) -> Result<()> {
+    let theirs = hf_dir.join(data::TOKENIZER_JSON);
+    let ours = match (&d.tokenizer_file, d.tokenizer) {
+        (Some(f), config::TokenizerKind::Hf) => data::tokenizer_file(f),
+        _ => return Ok(()),
+    };
+    if !theirs.is_file() || !ours.is_file() {
+        return Ok(());
+    }
+    let (a, b) = (std::fs::read(&theirs)?, std::fs::read(&ours)?);
+    if a != b {
+        anyhow::bail!(
+            "{} and the data's tokenizer {} differ: the model's token ids would not mean the data's; prepare the data with the model's tokenizer.json",
+            theirs.display(),
+            ours.display()
+        );
+    }
+    Ok(())
+}
+
 fn parse_fail(s: &str) -> Result<(usize, u64)> {
     let (r, st) = s.split_once(':').context("--debug-fail takes RANK:STEP")?;
     Ok((r.parse().context("--debug-fail rank")?, st.parse().context("--debug-fail step")?))
@@ -219,13 +242,23 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     let rank = Rank::new(world)?;
     let root = rank.rank == 0;
     engine::alloc::reset_thread_peak();
-    let data = data::Dataset::open(&plan.cfg.raw.data.dir)?;
+    // Prepared (once, by the root) in prepare_run_dir: this only opens it.
+    let data = common::open_data(&plan.cfg, false)?;
+    let data_meta = data.meta.clone();
     let mut trainer = Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?;
     if let Some(init) = &plan.init {
         trainer.load_params(init)?;
     }
     if plan.resume {
         let ck = engine::open_checkpoint(&plan.run_dir)?;
+        let saved = engine::saved_data_meta(&ck)?;
+        if let Some(why) = saved.tokenizer_differs(&data_meta) {
+            anyhow::bail!(
+                "{} was trained on data tokenized differently from {}: {why}; resume with the run's own data",
+                plan.run_dir.display(),
+                plan.cfg.raw.data.dir.display()
+            );
+        }
         trainer.restore(&ck)?;
         if root {
             let layout = &ck.meta()["layout"];
