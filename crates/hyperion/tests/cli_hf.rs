@@ -4,34 +4,11 @@
 //! are importable — `scripts/check_hf_export.py` loading the export in `transformers`
 //! and comparing its logits with Hyperion's (max abs difference 1e-4).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hyperion"))
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "command failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(!out.status.success(), "expected failure; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+mod common;
+use common::{bin, root, run_err, run_ok};
 
 /// A few-step run of the `tiny` preset (char tokenizer on two plays), GPT-2 or Llama.
 fn train_args(data: &Path, out: &Path, llama: bool, steps: u64, lr: f64) -> Vec<String> {

@@ -16,48 +16,51 @@ pub enum DataCommand {
     /// One text file, JSONL line or Parquet row is one document. Validation takes
     /// every round(1/f)-th document. A killed prepare, rerun with the same
     /// arguments, resumes where it stopped.
-    Prepare {
-        /// Input files, folders or globs.
-        #[arg(long = "input", required = true, num_args = 1..)]
-        inputs: Vec<PathBuf>,
-        /// gpt2 (GPT-2 BPE, r50k_base), char (the corpus's characters), or a
-        /// Hugging Face tokenizer.json (or a folder holding one).
-        #[arg(long, value_parser = parse_tokenizer)]
-        tokenizer: data::TokenizerChoice,
-        /// Output folder (created if needed).
-        #[arg(long)]
-        out: PathBuf,
-        /// Fraction of documents kept for validation, in (0, 1).
-        #[arg(long, default_value_t = 0.1)]
-        val_fraction: f64,
-        /// Validation inputs given separately (then every --input document trains).
-        #[arg(long = "val-input", num_args = 1..)]
-        val_inputs: Vec<PathBuf>,
-        /// documents (every round(1/f)-th document) or tail (the last fraction of
-        /// every document's tokens, for a corpus of very few documents).
-        #[arg(long, default_value = "documents")]
-        split: data::SplitMode,
-        /// JSONL field or Parquet column holding the text.
-        #[arg(long, default_value = "text")]
-        text_field: String,
-        /// What a malformed record (bad JSON, missing field, not a string, null,
-        /// invalid UTF-8) does: fail (naming it) or skip (counted in meta.json).
-        #[arg(long, default_value = "fail")]
-        on_error: data::OnError,
-        /// Tokens per shard file.
-        #[arg(long, default_value_t = data::DEFAULT_SHARD_TOKENS)]
-        shard_tokens: u64,
-        /// End-of-document token of a tokenizer.json ("none": no separator);
-        /// default: eos_token of its tokenizer_config.json, or a usual name.
-        #[arg(long)]
-        eod_token: Option<String>,
-        /// Do not apply the tokenizer.json's post-processor (e.g. Llama's BOS).
-        #[arg(long)]
-        no_special_tokens: bool,
-        /// Worker threads (default: all cores). The output does not depend on it.
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    Prepare(PrepareArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PrepareArgs {
+    /// Input files, folders or globs.
+    #[arg(long = "input", required = true, num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// gpt2 (GPT-2 BPE, r50k_base), char (the corpus's characters), or a
+    /// Hugging Face tokenizer.json (or a folder holding one).
+    #[arg(long, value_parser = parse_tokenizer)]
+    tokenizer: data::TokenizerChoice,
+    /// Output folder (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of documents kept for validation, in (0, 1).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Validation inputs given separately (then every --input document trains).
+    #[arg(long = "val-input", num_args = 1..)]
+    val_inputs: Vec<PathBuf>,
+    /// documents (every round(1/f)-th document) or tail (the last fraction of
+    /// every document's tokens, for a corpus of very few documents).
+    #[arg(long, default_value = "documents")]
+    split: data::SplitMode,
+    /// JSONL field or Parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// What a malformed record (bad JSON, missing field, not a string, null,
+    /// invalid UTF-8) does: fail (naming it) or skip (counted in meta.json).
+    #[arg(long, default_value = "fail")]
+    on_error: data::OnError,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = data::DEFAULT_SHARD_TOKENS)]
+    shard_tokens: u64,
+    /// End-of-document token of a tokenizer.json ("none": no separator);
+    /// default: eos_token of its tokenizer_config.json, or a usual name.
+    #[arg(long)]
+    eod_token: Option<String>,
+    /// Do not apply the tokenizer.json's post-processor (e.g. Llama's BOS).
+    #[arg(long)]
+    no_special_tokens: bool,
+    /// Worker threads (default: all cores). The output does not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn parse_tokenizer(s: &str) -> Result<data::TokenizerChoice, String> {
@@ -65,40 +68,21 @@ fn parse_tokenizer(s: &str) -> Result<data::TokenizerChoice, String> {
 }
 
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
-    match cmd {
-        DataCommand::Prepare {
-            inputs,
-            tokenizer,
-            out,
-            val_fraction,
-            val_inputs,
-            split,
-            text_field,
-            on_error,
-            shard_tokens,
-            eod_token,
-            no_special_tokens,
-            threads,
-        } => {
-            let opts = data::PrepareOptions {
-                tokenizer,
-                val_fraction,
-                val_inputs,
-                split,
-                text_field,
-                on_error,
-                shard_tokens,
-                eod_token,
-                add_special_tokens: !no_special_tokens,
-                batch_bytes: data::BATCH_BYTES,
-            };
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads.unwrap_or(0))
-                .build()
-                .context("starting the worker threads")?;
-            pool.install(|| prepare(&inputs, &opts, out))
-        }
-    }
+    let DataCommand::Prepare(a) = cmd;
+    let opts = data::PrepareOptions {
+        tokenizer: a.tokenizer,
+        val_fraction: a.val_fraction,
+        val_inputs: a.val_inputs,
+        split: a.split,
+        text_field: a.text_field,
+        on_error: a.on_error,
+        shard_tokens: a.shard_tokens,
+        eod_token: a.eod_token,
+        add_special_tokens: !a.no_special_tokens,
+        batch_bytes: data::BATCH_BYTES,
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads.unwrap_or(0)).build().context("starting the worker threads")?;
+    pool.install(|| prepare(&a.inputs, &opts, a.out))
 }
 
 /// A bar over input bytes with MB/s, tokens/s and ETA.
