@@ -73,6 +73,24 @@ fn gpt2_prepare_with_default_val_fraction_and_two_inputs() {
 }
 
 #[test]
+fn an_existing_dataset_is_replaced_only_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.txt");
+    fs::write(&a, "first corpus text ".repeat(20)).unwrap();
+    let out = tmp.path().join("ds");
+    let args = ["--input", s(&a), "--tokenizer", "char", "--out", s(&out), "--split", "tail"];
+    assert!(prepare(&args).status.success());
+    let before = fs::read(out.join("meta.json")).unwrap();
+    fs::write(&a, "second, different corpus ".repeat(20)).unwrap();
+    assert_fails(&prepare(&args), &["already holds a prepared dataset", "--force"]);
+    assert_eq!(fs::read(out.join("meta.json")).unwrap(), before);
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(prepare(&forced).status.success());
+    assert_ne!(fs::read(out.join("meta.json")).unwrap(), before);
+}
+
+#[test]
 fn missing_input_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("no-such-play.txt");
@@ -144,7 +162,8 @@ fn a_prepare_killed_mid_way_resumes_byte_identical() {
     }
     let whole = tmp.path().join("whole");
     let args = |out: &Path| -> Vec<String> {
-        ["data", "prepare", "--input", s(&corpus), "--tokenizer", "gpt2", "--shard-tokens", "200000", "--out", s(out)]
+        // --force: a kill may land after the commit; the rerun then replaces it.
+        ["data", "prepare", "--input", s(&corpus), "--tokenizer", "gpt2", "--shard-tokens", "200000", "--force", "--out", s(out)]
             .iter()
             .map(|a| a.to_string())
             .collect()

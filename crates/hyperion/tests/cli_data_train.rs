@@ -126,6 +126,18 @@ fn a_tokenizer_json_travels_into_checkpoints_generate_and_export() {
     prepare(&["hamlet.txt", "macbeth.txt"], &edited, &other);
     let e = err(bin().args(["train", "--resume", &s(&run), "--set", &format!("data.dir=\"{}\"", s(&other)), "--set", "train.steps=6"]));
     assert!(e.contains("tokenized differently") && e.contains("sha256"), "{e}");
+    // eval reads the run's data folder: never prepares one, refuses another tokenizer's.
+    fs::rename(&data, tmp.path().join("kept")).unwrap();
+    let e = err(bin().args(["eval", "--checkpoint", &s(&run)]));
+    assert!(e.contains("does not prepare"), "{e}");
+    assert!(!data.exists(), "eval prepared data");
+    fs::rename(&other, &data).unwrap();
+    let e = err(bin().args(["eval", "--checkpoint", &s(&run)]));
+    assert!(e.contains("tokenized differently"), "{e}");
+    fs::rename(&data, &other).unwrap();
+    fs::rename(tmp.path().join("kept"), &data).unwrap();
+    let out = ok(bin().args(["eval", "--checkpoint", &s(&run)]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("validation loss"));
     let e = err(bin().args([
         "train",
         "--preset",

@@ -61,6 +61,9 @@ pub struct PrepareArgs {
     /// Worker threads (default: all cores). The output does not depend on it.
     #[arg(long)]
     threads: Option<usize>,
+    /// Replace a dataset already prepared in --out (otherwise refused).
+    #[arg(long)]
+    force: bool,
 }
 
 fn parse_tokenizer(s: &str) -> Result<data::TokenizerChoice, String> {
@@ -69,6 +72,12 @@ fn parse_tokenizer(s: &str) -> Result<data::TokenizerChoice, String> {
 
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     let DataCommand::Prepare(a) = cmd;
+    if a.out.join(data::META_FILE).is_file() && !a.force {
+        anyhow::bail!(
+            "{} already holds a prepared dataset; pass --force to replace it (it stays intact until the new one is complete)",
+            a.out.display()
+        );
+    }
     let opts = data::PrepareOptions {
         tokenizer: a.tokenizer,
         val_fraction: a.val_fraction,

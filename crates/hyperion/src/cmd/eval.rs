@@ -21,7 +21,17 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let m = load_checkpoint(&a.checkpoint)?;
-    let data = super::common::open_data(&m.cfg, false)?;
+    // Never prepare as a side effect: eval reads the run's prepared data (or mixture).
+    let d = &m.cfg.raw.data;
+    let data = if d.sources.is_empty() {
+        data::Dataset::open(&d.dir)
+    } else {
+        data::Dataset::open_mixture(&d.sources.iter().map(|s| (s.dir.clone(), s.weight)).collect::<Vec<_>>())
+    }
+    .map_err(|e| anyhow::anyhow!("{e} (eval reads the data the run was trained on; it does not prepare any)"))?;
+    if let Some(why) = m.meta.tokenizer_differs(&data.meta) {
+        anyhow::bail!("the checkpoint's data and {} are tokenized differently: {why}", d.dir.display());
+    }
     if data.meta.vocab_size != m.gpt.cfg.vocab_size {
         anyhow::bail!(
             "vocabulary mismatch: the checkpoint's model has {} tokens, data {} has {}",
