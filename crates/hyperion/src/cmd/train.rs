@@ -390,7 +390,7 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     let root = world.rank() == 0;
     let prepared = prepare_run_dir(plan, root);
     // Nobody starts before rank 0 has prepared the data (or failed to).
-    let mut ok = vec![u8::from(prepared.is_ok())];
+    let mut ok = [u8::from(prepared.is_ok())];
     world.broadcast((&mut ok[..]).into(), 0)?;
     let _lock = prepared?;
     if ok[0] == 0 {
