@@ -147,6 +147,9 @@ pub struct Meta {
     /// Records skipped (`--on-error skip`), by kind.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub bad_records: std::collections::BTreeMap<String, u64>,
+    /// The first skipped records, each with its file, line or row, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_record_examples: Vec<String>,
     /// The JSONL field / Parquet column the text came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_field: Option<String>,
@@ -208,6 +211,7 @@ impl Meta {
             split: None,
             documents: None,
             bad_records: Default::default(),
+            bad_record_examples: Vec::new(),
             text_field: None,
             tokenizer_json: None,
         }

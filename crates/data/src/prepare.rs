@@ -69,6 +69,8 @@ const STAGING: &str = ".prepare";
 const STATE: &str = "state.json";
 const LOCK: &str = ".prepare.lock";
 const STATE_VERSION: u32 = 1;
+/// Skipped records named (file, line/row, why) in `meta.json`; the rest are counted.
+const MAX_BAD_EXAMPLES: usize = 10;
 
 /// Which tokenizer to prepare with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,6 +375,9 @@ pub fn prepare_with(
                                 return Err(bad_record_error(&files[file].0, number, &bad));
                             }
                             *state.bad.entry(bad.kind().to_string()).or_default() += 1;
+                            if state.bad_examples.len() < MAX_BAD_EXAMPLES {
+                                state.bad_examples.push(bad_record_error(&files[file].0, number, &bad).to_string());
+                            }
                             last = Some((file, number));
                             continue;
                         }
@@ -477,6 +482,7 @@ pub fn prepare_with(
     );
     meta.documents = Some(state.docs);
     meta.bad_records = state.bad.clone();
+    meta.bad_record_examples = state.bad_examples.clone();
     if files.iter().any(|f| f.0.format != Format::Text) {
         meta.text_field = Some(opts.text_field.clone());
     }
@@ -552,6 +558,8 @@ struct State {
     train_input_docs: u64,
     docs: DocCounts,
     bad: BTreeMap<String, u64>,
+    #[serde(default)]
+    bad_examples: Vec<String>,
     inputs: Vec<InputFile>,
     train: WriterState,
     val: WriterState,
@@ -568,6 +576,7 @@ impl State {
             train_input_docs: 0,
             docs: DocCounts { train: 0, val: 0 },
             bad: BTreeMap::new(),
+            bad_examples: Vec::new(),
             inputs: Vec::new(),
             train: WriterState::default(),
             val: WriterState::default(),

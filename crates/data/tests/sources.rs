@@ -165,6 +165,10 @@ fn bad_records_fail_naming_file_and_line_or_are_counted_when_skipped() {
     );
     let docs = meta.documents.unwrap();
     assert_eq!(docs.train + docs.val, 35);
+    // Each skipped record is named with its file and line.
+    assert_eq!(meta.bad_record_examples.len(), 6);
+    assert!(meta.bad_record_examples[0].contains("mixed.jsonl: line 31: the text is a JSON number"), "{:?}", meta.bad_record_examples);
+    assert!(meta.bad_record_examples[1].contains("line 33"), "{:?}", meta.bad_record_examples);
 }
 
 #[test]

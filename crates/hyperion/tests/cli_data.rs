@@ -128,6 +128,7 @@ fn jsonl_prepare_reports_documents_shards_and_skipped_records() {
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("90 documents") && stdout.contains("10 documents") && stdout.contains("skipped records: 1 not_a_string"), "{stdout}");
+    assert!(stdout.contains("c.jsonl: line 101: the text is a JSON number"), "{stdout}");
     let meta = data::Dataset::open(&out).unwrap().meta;
     assert!(meta.shards.as_ref().unwrap().train.len() > 2);
     let again = tmp.path().join("ds2");

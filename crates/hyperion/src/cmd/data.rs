@@ -155,6 +155,14 @@ fn prepare(inputs: &[PathBuf], opts: &data::PrepareOptions, out: PathBuf) -> any
     if !meta.bad_records.is_empty() {
         let list: Vec<String> = meta.bad_records.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!("  skipped records: {}", list.join(", "));
+        for e in &meta.bad_record_examples {
+            println!("    {e}");
+        }
+        let named = meta.bad_record_examples.len() as u64;
+        let total: u64 = meta.bad_records.values().sum();
+        if total > named {
+            println!("    ... and {} more (counted in meta.json)", total - named);
+        }
     }
     Ok(())
 }
