@@ -635,9 +635,11 @@ impl Writer {
         let (bin_path, idx_path) = Self::open_paths(dir, split);
         let n = st.shards.len();
         let (next_bin, next_idx) = shard_name(split, n);
-        if !bin_path.exists() && dir.join(&next_bin).exists() {
-            fs::rename(dir.join(&next_bin), &bin_path).map_err(DataError::io(&bin_path))?;
-            fs::rename(dir.join(&next_idx), &idx_path).map_err(DataError::io(&idx_path))?;
+        // Each file on its own: a kill may fall between the two renames of `cut`.
+        for (open, done) in [(&bin_path, dir.join(&next_bin)), (&idx_path, dir.join(&next_idx))] {
+            if !open.exists() && done.exists() {
+                fs::rename(&done, open).map_err(DataError::io(open))?;
+            }
         }
         for i in n.. {
             let (b, x) = shard_name(split, i);

@@ -289,6 +289,19 @@ fn a_killed_prepare_resumes_to_byte_identical_shards() {
             }));
             assert!(r.is_err(), "{tok:?} kill at {kill_at} did not happen");
             assert!(!out.join("meta.json").exists());
+            // A kill between the two renames of a shard's close: the .bin is
+            // under its final name, the .idx still open.
+            let staging = out.join(".prepare");
+            for split in ["train", "val"] {
+                let n = fs::read_dir(&staging).unwrap().filter(|e| {
+                    let name = e.as_ref().unwrap().file_name().to_string_lossy().into_owned();
+                    name.starts_with(&format!("{split}-")) && name.ends_with(".bin")
+                }).count();
+                let open = staging.join(format!("{split}.open.bin"));
+                if kill_at == 5 && open.exists() {
+                    fs::rename(&open, staging.join(format!("{split}-{n:06}.bin"))).unwrap();
+                }
+            }
             // Bytes written after the last save (a kill between save points).
             for open in ["train.open.bin", "val.open.bin"] {
                 if let Ok(mut f) = fs::OpenOptions::new().append(true).open(out.join(".prepare").join(open)) {

@@ -191,7 +191,6 @@ fn a_prepare_killed_mid_way_resumes_byte_identical() {
         if out.join("meta.json").exists() {
             break;
         }
-        assert!(out.join(".prepare").exists(), "a killed prepare keeps its staging folder");
     }
     let o = Command::new(env!("CARGO_BIN_EXE_hyperion")).args(args(&out)).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
