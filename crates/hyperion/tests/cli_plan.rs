@@ -329,3 +329,21 @@ fn too_big_shows_the_most_frugal_breakdown_and_fails() {
         "{out}"
     );
 }
+
+#[test]
+fn more_gpus_than_the_cluster_holds_is_an_error() {
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--gpus", "20000"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--gpus 20000") && err.contains("10000"), "{err}");
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--gpus", "0"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+}
+
+#[test]
+fn a_zero_communicator_timeout_is_refused() {
+    let o = hyperion(&["train", "--preset", "tiny", "--comm-timeout", "0", "--out", "/nonexistent/never-created"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--comm-timeout") && err.contains("0"), "{err}");
+}

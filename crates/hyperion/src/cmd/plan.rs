@@ -87,6 +87,9 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let tokens =
         parse_count(&args.tokens).with_context(|| format!("--tokens `{}`", args.tokens))?;
     let gpus = args.gpus.unwrap_or(cluster.gpus);
+    if gpus == 0 || gpus > cluster.gpus {
+        bail!("--gpus {gpus}: {} has {} GPUs; give 1 to {}", cluster.name, cluster.gpus, cluster.gpus);
+    }
     let job = Job {
         model,
         machine,

@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Seconds any rank waits in a collective before the run fails naming the rank.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub comm_timeout: u64,
     /// Characters/tokens of sample text printed at the end (0 = none).
     #[arg(long, default_value_t = 300)]
@@ -150,7 +150,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         pause: Duration::from_millis(args.debug_checkpoint_pause_ms),
         fail_at,
     };
-    let timeout = Duration::from_secs(args.comm_timeout.max(1));
+    let timeout = Duration::from_secs(args.comm_timeout);
     if mpi {
         return run_mpi(plan, timeout);
     }
