@@ -347,3 +347,33 @@ fn a_zero_communicator_timeout_is_refused() {
     let err = stderr(&o);
     assert!(err.contains("--comm-timeout") && err.contains("0"), "{err}");
 }
+
+#[test]
+fn validate_refuses_malformed_csv_naming_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../planner/data/published_runs.csv")).unwrap();
+    let mut lines = shipped.lines();
+    let header = lines.next().unwrap();
+    let first = lines.next().unwrap();
+    let write = |name: &str, text: String| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    // Header only: an error, not "NaN%".
+    let o = hyperion(&["plan", "validate", &write("h.csv", format!("{header}\n"))]);
+    assert!(!o.status.success() && stderr(&o).contains("no data rows"), "{}{}", stdout(&o), stderr(&o));
+    // layers = abc: named as malformed, not as "not published".
+    let cols: Vec<&str> = header.split(',').collect();
+    let li = cols.iter().position(|c| *c == "layers").unwrap();
+    let mut cells: Vec<String> = vec![String::new(); cols.len()];
+    cells[0] = "X1".into();
+    cells[li] = "abc".into();
+    let o = hyperion(&["plan", "validate", &write("abc.csv", format!("{header}\n{first}\n{}\n", cells.join(",")))]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("line 3") && err.contains("layers") && err.contains("`abc`"), "{err}");
+    // A short row.
+    let o = hyperion(&["plan", "validate", &write("short.csv", format!("{header}\nX2,source,only three\n"))]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("line 2") && err.contains("3 fields"), "{err}");
+}

@@ -118,9 +118,27 @@ pub fn validate(
             });
         }
     }
+    if records.len() < 2 {
+        return Err(PlanError::Csv { file: file.to_string(), line: 2, reason: "no data rows after the header".to_string() });
+    }
+    // Numeric columns: empty means "not published"; anything else must parse.
+    const NUMERIC: [&str; 14] = [
+        "layers", "hidden", "heads", "seq_len", "vocab", "num_gpus", "gpus_per_node", "tp", "pp", "dp",
+        "micro_batch", "global_batch", "tflops_per_gpu", "mfu_or_hfu_pct",
+    ];
     let mut out = Vec::new();
-    for cells in &records[1..] {
+    for (i, cells) in records[1..].iter().enumerate() {
+        let bad = |reason: String| PlanError::Csv { file: file.to_string(), line: i + 2, reason };
+        if cells.len() < header.len() {
+            return Err(bad(format!("{} fields, the header has {}", cells.len(), header.len())));
+        }
         let row = Row { cols: &cols, cells };
+        for c in NUMERIC {
+            let v = row.get(c);
+            if !v.is_empty() && v.parse::<f64>().is_err() {
+                return Err(bad(format!("column {c}: `{v}` is not a number (leave it empty when not published)")));
+            }
+        }
         let id = row.get("id").to_string();
         out.push(match predict_row(&row, cal) {
             Ok(r) => RowResult { id, ..r },

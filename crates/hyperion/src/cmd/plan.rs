@@ -334,10 +334,14 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    println!(
-        "\nrows {}, used {}: median |error| {:.1}%, p90 |error| {:.1}%",
-        summary.rows, summary.used, summary.median_abs_error_pct, summary.p90_abs_error_pct
-    );
+    if summary.used == 0 {
+        println!("\nrows {}, used 0: no row could be predicted (see skipped)", summary.rows);
+    } else {
+        println!(
+            "\nrows {}, used {}: median |error| {:.1}%, p90 |error| {:.1}%",
+            summary.rows, summary.used, summary.median_abs_error_pct, summary.p90_abs_error_pct
+        );
+    }
     println!("skipped:");
     for r in rows.iter().filter(|r| r.skipped.is_some()) {
         println!("  {:<14} {}", r.id, r.skipped.as_deref().unwrap_or(""));
