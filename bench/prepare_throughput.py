@@ -7,6 +7,7 @@ Usage (after a release build of `hyperion`; `pip install tiktoken tokenizers`):
     python bench/prepare_throughput.py --sizes 50M --rounds 1   # quick check
     python bench/prepare_throughput.py --sizes 1G --rounds 2 --json /tmp/prep.json
     python bench/prepare_throughput.py --sizes 100M --variants hyperion-gpt2 --threads 1
+    python bench/prepare_throughput.py --core-speed 5   # tokenizer alone, one thread, no JSON
 
 Corpus. `--work` (default /tmp/prepbench) gets one `corpus-<SIZE>.jsonl` per size,
 made deterministically from the shipped plays `data/shakespeare/*.txt` (concatenated in
@@ -353,6 +354,42 @@ def report(all_runs, infos, args):
     return "\n".join(lines)
 
 
+def core_speed(args, r50k):
+    """Single-thread BPE speed without JSON or the pipeline: tiktoken's encode_ordinary in this
+    process vs `hyperion data prepare --threads 1` on the same .txt file (the plays ten times
+    over, one document), alternating; Hyperion's wall time includes its ~0.09 s start."""
+    path = os.path.join(args.work, "plays-x10.txt")
+    files = sorted(glob.glob(os.path.join(ROOT, "data", "shakespeare", "*.txt")))
+    text = "".join(open(p, encoding="utf-8").read() for p in files) * 10
+    if not os.path.exists(path) or os.path.getsize(path) != len(text.encode("utf-8")):
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    enc = gpt2_encoding(r50k)
+    out_dir = os.path.join(args.work, "out-core")
+    py, hy = [], []
+    for r in range(args.core_speed):
+        started = time.perf_counter()
+        n = len(enc.encode_ordinary(text))
+        py.append(len(text) / (time.perf_counter() - started) / 1e6)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        started = time.perf_counter()
+        subprocess.run([args.hyperion, "data", "prepare", "--input", path, "--tokenizer", "gpt2", "--out", out_dir,
+                        "--threads", "1", "--split", "tail"], check=True, capture_output=True)
+        hy.append(len(text) / (time.perf_counter() - started) / 1e6)
+        with open(os.path.join(out_dir, "meta.json")) as f:
+            meta = json.load(f)
+        if meta["train_tokens"] + meta["val_tokens"] != n + 2:  # one separator after each part of the split
+            print(f"!!! core-speed token count mismatch: hyperion {meta['train_tokens'] + meta['val_tokens']}, "
+                  f"tiktoken {n} + 2", file=sys.stderr)
+        print(f"  round {r + 1}: tiktoken encode_ordinary {py[-1]:.2f} MB/s, hyperion --threads 1 {hy[-1]:.2f} MB/s",
+              flush=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    ratios = [h / q for h, q in zip(hy, py)]
+    print(f"single-thread core, {len(text):,} bytes: tiktoken {statistics.median(py):.2f} MB/s, hyperion "
+          f"{statistics.median(hy):.2f} MB/s, ratio {statistics.median(ratios):.2f}x "
+          f"({', '.join(f'{q:.2f}' for q in ratios)})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100M,1G", help="corpus sizes, comma-separated (K/M/G = 10^3/10^6/10^9 bytes)")
@@ -367,6 +404,8 @@ def main():
     p.add_argument("--r50k", default=None, help="r50k_base.tiktoken (default: tiktoken-rs's copy in ~/.cargo)")
     p.add_argument("--json", default=None, help="also write every run and the table here")
     p.add_argument("--corpus-only", action="store_true", help="only make the corpora")
+    p.add_argument("--core-speed", type=int, default=0, metavar="ROUNDS",
+                   help="instead: single-thread tokenizer speed, tiktoken vs hyperion, on a .txt (no JSON)")
     # Internal: one Python variant in this (child) process.
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -380,6 +419,8 @@ def main():
         if v not in ALL_VARIANTS:
             sys.exit(f"unknown variant {v}; known: {ALL_VARIANTS}")
     os.makedirs(args.work, exist_ok=True)
+    if args.core_speed:
+        return core_speed(args, find_r50k(args.r50k))
     infos = {}
     for s in args.sizes.split(","):
         size, label = parse_size(s)

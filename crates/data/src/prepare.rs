@@ -635,9 +635,11 @@ impl Writer {
         let (bin_path, idx_path) = Self::open_paths(dir, split);
         let n = st.shards.len();
         let (next_bin, next_idx) = shard_name(split, n);
-        // Each file on its own: a kill may fall between the two renames of `cut`.
+        // A shard closed after the last save is the open shard the save knows: put
+        // it back (over a new, empty open file if `cut` got that far), each file on
+        // its own since a kill may fall between the two renames.
         for (open, done) in [(&bin_path, dir.join(&next_bin)), (&idx_path, dir.join(&next_idx))] {
-            if !open.exists() && done.exists() {
+            if done.exists() {
                 fs::rename(&done, open).map_err(DataError::io(open))?;
             }
         }
