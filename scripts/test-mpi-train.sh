@@ -23,7 +23,7 @@ cargo build -q -p hyperion --features mpi
 hyp=target/debug/hyperion
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-common=(train --preset tiny --set "data.dir=\"$work/data\"" --set 'data.inputs=["data/shakespeare/sonnets.txt"]'
+common=(train --preset tiny --set "data.dir=\"$work/data\"" --set 'data.inputs=["data/shakespeare/sonnets.txt"]' --set 'data.split="tail"'
         --set log.progress=false --set log.peak_flops=1e11 --set checkpoint.interval=10 --sample-tokens 0)
 
 echo "== hyperion train under mpirun -np 2 (ZeRO-2), then resumed under -np 4 (ZeRO-3)"

@@ -447,91 +447,75 @@ fn read_parquet(
     emit: &mut dyn FnMut(u64, RawRecord, u64) -> Result<(), DataError>,
 ) -> Result<FileDone, DataError> {
     let path = &input.path;
+    let sha256 = file_sha256(path)?;
     // A compressed Parquet file is inflated into memory first: Parquet needs
     // random access (its footer is at the end).
-    let bytes = match input.compression {
-        Compression::None => None,
-        Compression::Gzip => Some(inflate(path, |f| Box::new(flate2::read::MultiGzDecoder::new(f)))?),
-        Compression::Zstd => Some(inflate(path, |f| match zstd::stream::read::Decoder::new(f) {
-            Ok(d) => Box::new(d),
-            Err(e) => Box::new(FailingReader(Some(e))),
-        })?),
+    let records = match input.compression {
+        Compression::None => parquet_rows(File::open(path).map_err(DataError::io(path))?, input, field, skip, emit)?,
+        _ => parquet_rows(bytes::Bytes::from(inflate(input)?), input, field, skip, emit)?,
     };
-    let bad = |e: parquet::errors::ParquetError| DataError::Unreadable { path: path.to_path_buf(), reason: e.to_string() };
-    let sha256 = file_sha256(path)?;
-    let total = input.bytes;
-    let mut records = 0u64;
-    let mut body = |builder_schema: &arrow_schema::Schema,
-                    parquet_schema: &parquet::schema::types::SchemaDescriptor,
-                    rows: u64|
-     -> Result<(usize, ProjectionMask), DataError> {
-        let Some((idx, f)) = builder_schema.column_with_name(field) else {
-            let columns: Vec<&str> = builder_schema.fields().iter().map(|f| f.name().as_str()).collect();
-            return Err(DataError::NoTextColumn { path: path.to_path_buf(), column: field.into(), columns: columns.join(", ") });
-        };
-        if !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-            return Err(DataError::ColumnNotText { path: path.to_path_buf(), column: field.into(), found: f.data_type().to_string() });
-        }
-        records = rows;
-        Ok((idx, ProjectionMask::roots(parquet_schema, [idx])))
-    };
-    macro_rules! run {
-        ($builder:expr) => {{
-            let builder = $builder.map_err(bad)?;
-            let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-            let (_, mask) = body(builder.schema(), builder.parquet_schema(), rows)?;
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(1024)
-                .with_offset(skip.min(rows) as usize)
-                .build()
-                .map_err(bad)?;
-            let mut row = skip.min(rows);
-            for batch in reader {
-                let batch = batch.map_err(|e| DataError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?;
-                let col = batch.column(0);
-                let value = |i: usize| -> Option<String> {
-                    if col.is_null(i) {
-                        return None;
-                    }
-                    if let Some(a) = col.as_string_opt::<i32>() {
-                        Some(a.value(i).to_string())
-                    } else if let Some(a) = col.as_string_opt::<i64>() {
-                        Some(a.value(i).to_string())
-                    } else {
-                        col.as_string_view_opt().map(|a| a.value(i).to_string())
-                    }
-                };
-                for i in 0..batch.num_rows() {
-                    let done = if rows == 0 { total } else { total * (row + 1) / rows };
-                    emit(row, RawRecord::Value(value(i)), done)?;
-                    row += 1;
-                }
-            }
-        }};
-    }
-    match bytes {
-        None => {
-            let file = File::open(path).map_err(DataError::io(path))?;
-            run!(ParquetRecordBatchReaderBuilder::try_new(file));
-        }
-        Some(b) => run!(ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(b))),
-    }
     Ok(FileDone { sha256, records })
 }
 
-struct FailingReader(Option<std::io::Error>);
-
-impl Read for FailingReader {
-    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-        Err(self.0.take().unwrap_or_else(|| std::io::Error::other("decoder failed")))
+/// Emits the text column's values of a Parquet file from row `skip` on;
+/// returns the file's row count.
+fn parquet_rows<R: parquet::file::reader::ChunkReader + 'static>(
+    reader: R,
+    input: &Input,
+    field: &str,
+    skip: u64,
+    emit: &mut dyn FnMut(u64, RawRecord, u64) -> Result<(), DataError>,
+) -> Result<u64, DataError> {
+    let path = &input.path;
+    let bad = |e: &dyn std::fmt::Display| DataError::Unreadable { path: path.to_path_buf(), reason: e.to_string() };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| bad(&e))?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let schema = builder.schema().clone();
+    let Some((idx, f)) = schema.column_with_name(field) else {
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(DataError::NoTextColumn { path: path.to_path_buf(), column: field.into(), columns: columns.join(", ") });
+    };
+    if !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        return Err(DataError::ColumnNotText { path: path.to_path_buf(), column: field.into(), found: f.data_type().to_string() });
     }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
+    let first = skip.min(rows);
+    let batches =
+        builder.with_projection(mask).with_batch_size(1024).with_offset(first as usize).build().map_err(|e| bad(&e))?;
+    let mut row = first;
+    for batch in batches {
+        let batch = batch.map_err(|e| bad(&e))?;
+        let col = batch.column(0);
+        let value = |i: usize| -> Option<String> {
+            if col.is_null(i) {
+                None
+            } else if let Some(a) = col.as_string_opt::<i32>() {
+                Some(a.value(i).to_string())
+            } else if let Some(a) = col.as_string_opt::<i64>() {
+                Some(a.value(i).to_string())
+            } else {
+                col.as_string_view_opt().map(|a| a.value(i).to_string())
+            }
+        };
+        for i in 0..batch.num_rows() {
+            emit(row, RawRecord::Value(value(i)), input.bytes * (row + 1) / rows)?;
+            row += 1;
+        }
+    }
+    Ok(rows)
 }
 
-fn inflate(path: &Path, decoder: impl FnOnce(File) -> Box<dyn Read>) -> Result<Vec<u8>, DataError> {
+/// A whole compressed file, decompressed.
+fn inflate(input: &Input) -> Result<Vec<u8>, DataError> {
+    let path = &input.path;
     let file = File::open(path).map_err(DataError::io(path))?;
     let mut out = Vec::new();
-    decoder(file).read_to_end(&mut out).map_err(|e| decode_error(path, e))?;
+    let read = match input.compression {
+        Compression::None => BufReader::new(file).read_to_end(&mut out),
+        Compression::Gzip => flate2::read::MultiGzDecoder::new(file).read_to_end(&mut out),
+        Compression::Zstd => zstd::stream::read::Decoder::new(file).and_then(|mut d| d.read_to_end(&mut out)),
+    };
+    read.map_err(|e| decode_error(path, e))?;
     Ok(out)
 }
 

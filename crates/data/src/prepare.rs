@@ -619,6 +619,9 @@ struct Writer {
     shards: Vec<Shard>,
     bin: BufWriter<File>,
     idx: BufWriter<File>,
+    /// The open shard's two files.
+    bin_path: PathBuf,
+    idx_path: PathBuf,
     tokens: u64,
     docs: u64,
     buf: Vec<u8>,
@@ -677,6 +680,8 @@ impl Writer {
             shards: st.shards.clone(),
             bin,
             idx,
+            bin_path,
+            idx_path,
             tokens: st.open_tokens,
             docs: st.open_docs,
             buf: Vec::new(),
@@ -689,8 +694,7 @@ impl Writer {
 
     /// One document: its tokens, then the separator.
     fn document(&mut self, tokens: &[u32], separator: &[u32]) -> Result<(), DataError> {
-        let (_, idx_path) = Self::open_paths(&self.dir, self.split);
-        self.idx.write_all(&self.tokens.to_le_bytes()).map_err(DataError::io(&idx_path))?;
+        self.idx.write_all(&self.tokens.to_le_bytes()).map_err(DataError::io(&self.idx_path))?;
         self.docs += 1;
         self.write(tokens)?;
         self.write(separator)
@@ -706,8 +710,7 @@ impl Writer {
                 TokenDtype::U16 => now.iter().for_each(|&t| self.buf.extend_from_slice(&(t as u16).to_le_bytes())),
                 TokenDtype::U32 => now.iter().for_each(|&t| self.buf.extend_from_slice(&t.to_le_bytes())),
             }
-            let (bin_path, _) = Self::open_paths(&self.dir, self.split);
-            self.bin.write_all(&self.buf).map_err(DataError::io(&bin_path))?;
+            self.bin.write_all(&self.buf).map_err(DataError::io(&self.bin_path))?;
             self.tokens += now.len() as u64;
             if self.tokens == self.shard_tokens {
                 self.cut()?;
@@ -719,8 +722,7 @@ impl Writer {
 
     /// Flushes and syncs the open shard; returns what a resume needs.
     fn sync(&mut self) -> Result<WriterState, DataError> {
-        let (bin_path, idx_path) = Self::open_paths(&self.dir, self.split);
-        for (w, p) in [(&mut self.bin, &bin_path), (&mut self.idx, &idx_path)] {
+        for (w, p) in [(&mut self.bin, &self.bin_path), (&mut self.idx, &self.idx_path)] {
             w.flush().map_err(DataError::io(p))?;
             w.get_ref().sync_all().map_err(DataError::io(p))?;
         }
@@ -730,7 +732,7 @@ impl Writer {
     /// Closes the open shard under its final name and opens the next one.
     fn cut(&mut self) -> Result<(), DataError> {
         self.sync()?;
-        let (bin_path, idx_path) = Self::open_paths(&self.dir, self.split);
+        let (bin_path, idx_path) = (self.bin_path.clone(), self.idx_path.clone());
         let sha256 = input::file_sha256(&bin_path)?;
         let (file, index) = shard_name(self.split, self.shards.len());
         fs::rename(&bin_path, self.dir.join(&file)).map_err(DataError::io(self.dir.join(&file)))?;
@@ -749,9 +751,8 @@ impl Writer {
         if self.tokens > 0 {
             self.cut()?;
         }
-        let (bin_path, idx_path) = Self::open_paths(&self.dir, self.split);
-        let _ = fs::remove_file(bin_path);
-        let _ = fs::remove_file(idx_path);
+        let _ = fs::remove_file(&self.bin_path);
+        let _ = fs::remove_file(&self.idx_path);
         Ok(self.shards)
     }
 }

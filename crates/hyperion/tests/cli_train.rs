@@ -3,12 +3,11 @@
 //! write), refusal of corrupted checkpoints, and the error messages for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hyperion"))
-}
+mod common;
+use common::{bin, run_err, run_ok};
 
 fn corpus() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/shakespeare");
@@ -34,24 +33,6 @@ fn tiny_args(data_dir: &Path, steps: u64, interval: u64) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn hyperion");
-    assert!(
-        out.status.success(),
-        "command failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn hyperion");
-    assert!(!out.status.success(), "expected failure, got success; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 /// sha256 of each file of the latest checkpoint, from its manifest, plus its step.
