@@ -2,7 +2,8 @@
 # Data-parallel training over MPI processes (issue: ZeRO across processes), for .ci/run:
 #  1. the layout-equivalence test under mpirun -np 2 and -np 4;
 #  2. `hyperion train` under mpirun -np 2 (ZeRO-2), resumed under -np 4 (ZeRO-3);
-#  3. SIGKILL of one MPI rank ends the job (no hang), and the run resumes from its last checkpoint.
+#  3. SIGKILL of one MPI rank ends the job (no hang), and the run resumes from its last checkpoint;
+#  4. SIGTERM to one rank stops both after the same step with a checkpoint, and the run resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null; then
@@ -55,4 +56,24 @@ target=$((last + 40))
 mpirun_ -np 2 "$hyp" train --resume "$work/kill" --set parallel.dp=2 --set train.steps=$target --set log.progress=false --sample-tokens 0 > "$work/resume.log"
 grep -q "resumed .* at step $last " "$work/resume.log" && grep -q "done: step $target" "$work/resume.log" \
   || { cat "$work/resume.log"; echo "error: resume after the kill failed" >&2; exit 1; }
-echo "MPI training tests: 3 passed, 0 failed"
+echo "== SIGTERM to one MPI rank stops every rank after the same step, with a checkpoint"
+mpirun_ -np 2 "$hyp" "${common[@]}" --set parallel.dp=2 --set parallel.zero=2 --set train.steps=100000 \
+  --set checkpoint.interval=0 --set train.log_interval=1 --out "$work/stop" > "$work/stop.log" 2>&1 &
+job=$!
+for _ in $(seq 600); do [ "$(cat "$work/stop/metrics.jsonl" 2>/dev/null | wc -l)" -ge 3 ] && break; sleep 0.1; done
+victim=$(pgrep -f "$work/stop" | while read -r p; do [ "$(ps -o comm= -p "$p")" = hyperion ] && echo "$p"; done | tail -1)
+[ -n "$victim" ] || { echo "error: no rank process found" >&2; exit 1; }
+kill -TERM "$victim"
+for _ in $(seq 600); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$job" 2>/dev/null; then kill -9 "$job"; echo "error: the job still runs 60 s after SIGTERM" >&2; exit 1; fi
+set +e; wait "$job"; rc=$?; set -e
+[ "$rc" -ne 0 ] || { cat "$work/stop.log"; echo "error: a stopped job exited 0" >&2; exit 1; }
+stopped=$(sed 's/^step-0*//' "$work/stop/checkpoints/latest")
+grep -q "stopped: step $stopped " "$work/stop.log" && grep -q "hyperion train --resume" "$work/stop.log" \
+  || { cat "$work/stop.log"; echo "error: no graceful stop" >&2; exit 1; }
+for r in 0 1; do ls "$work/stop/checkpoints/$(cat "$work/stop/checkpoints/latest")/model-rank0000$r.safetensors" >/dev/null; done
+echo "rank process $victim got SIGTERM: both ranks stopped after step $stopped (exit $rc), checkpoint written"
+mpirun_ -np 2 "$hyp" train --resume "$work/stop" --set parallel.dp=2 --set train.steps=$((stopped + 5)) --set log.progress=false --sample-tokens 0 > "$work/stop-resume.log"
+grep -q "resumed .* at step $stopped " "$work/stop-resume.log" && grep -q "done: step $((stopped + 5))" "$work/stop-resume.log" \
+  || { cat "$work/stop-resume.log"; echo "error: resume after the stop failed" >&2; exit 1; }
+echo "MPI training tests: 4 passed, 0 failed"

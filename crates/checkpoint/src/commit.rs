@@ -178,6 +178,39 @@ pub fn clean_stale(run_dir: &Path) -> Result<usize, CheckpointError> {
     Ok(removed)
 }
 
+/// Moves the committed checkpoint folders `dirs` of `run_dir` out of the run's view,
+/// renaming `step-N` to `<label>-step-N` in the same folder (nothing is deleted; with a
+/// numeric suffix if that name is taken), then points `latest` at `current` (a step
+/// folder of this run). For a resume that continues from an older checkpoint: newer
+/// ones that fail to verify, or that belong to the abandoned continuation, must neither
+/// be loaded nor count as "newer" when old checkpoints are pruned. Returns the new paths.
+/// Call it under the run's lock.
+pub fn set_aside(run_dir: &Path, dirs: &[PathBuf], label: &str, current: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let ckpt_dir = checkpoints_dir(run_dir);
+    let mut moved = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if dir.parent() != Some(ckpt_dir.as_path()) || crate::dirs::parse_step_dir(name).is_none() {
+            return Err(CheckpointError::NotFound {
+                path: dir.clone(),
+                hint: format!("not a step folder of {}", ckpt_dir.display()),
+            });
+        }
+        let mut to = ckpt_dir.join(format!("{label}-{name}"));
+        let mut n = 1;
+        while to.exists() {
+            to = ckpt_dir.join(format!("{label}-{name}.{n}"));
+            n += 1;
+        }
+        fs::rename(dir, &to).map_err(io_at(dir))?;
+        moved.push(to);
+    }
+    fsutil::sync_dir(&ckpt_dir)?;
+    let current = current.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    fsutil::replace_pointer(&ckpt_dir, LATEST_FILE, &format!("{current}\n"))?;
+    Ok(moved)
+}
+
 /// Complete checkpoints of a run (folders `step-*` with a manifest), oldest first, as
 /// `(step, folder)`. Checksums are not verified; use [`crate::open`] for that.
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {

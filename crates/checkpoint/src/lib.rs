@@ -112,12 +112,12 @@ mod write;
 #[cfg(test)]
 mod fault_tests;
 
-pub use commit::{clean_stale, commit, list_checkpoints};
+pub use commit::{clean_stale, commit, list_checkpoints, set_aside};
 pub use error::CheckpointError;
 pub use hf::{export_safetensors, read_safetensors, Exported, NamedTensor};
 pub use manifest::{
     piece_key, slice_key, FileRecord, Manifest, Piece, TensorEntry, FORMAT_VERSION,
     MANIFEST_FILE, MIN_FORMAT_VERSION,
 };
-pub use read::{open, Checkpoint};
+pub use read::{open, open_newest_valid, Checkpoint, Newest};
 pub use write::{begin, NdSlice, Pending, ShardSlice, TensorSlice};

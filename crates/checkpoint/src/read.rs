@@ -86,6 +86,41 @@ pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
+/// What [`open_newest_valid`] found: the newest checkpoint that verifies, and the
+/// newer ones it skipped, each with the reason.
+#[derive(Debug)]
+pub struct Newest {
+    pub checkpoint: Checkpoint,
+    pub skipped: Vec<(PathBuf, CheckpointError)>,
+}
+
+/// Opens the newest checkpoint of a run (`path`: a run dir or its `checkpoints/`
+/// folder) that verifies, trying the committed `step-*` folders from the highest step
+/// down. A checkpoint folder given itself is opened alone (no fallback: it was named).
+/// When none verifies, the error lists every folder with its reason.
+pub fn open_newest_valid(path: &Path) -> Result<Newest, CheckpointError> {
+    if path.join(MANIFEST_FILE).is_file() {
+        return Ok(Newest { checkpoint: open(path)?, skipped: Vec::new() });
+    }
+    let ckpt_dir = if path.join(CHECKPOINTS_DIR).is_dir() { path.join(CHECKPOINTS_DIR) } else { path.to_path_buf() };
+    let mut skipped = Vec::new();
+    for (_, dir) in complete_steps(&ckpt_dir)?.into_iter().rev() {
+        match open(&dir) {
+            Ok(checkpoint) => return Ok(Newest { checkpoint, skipped }),
+            Err(e) => skipped.push((dir, e)),
+        }
+    }
+    if skipped.is_empty() {
+        // No committed folder at all: `open` says what was expected.
+        return open(path).map(|checkpoint| Newest { checkpoint, skipped });
+    }
+    let reasons: Vec<String> = skipped.iter().map(|(d, e)| format!("{}: {e}", d.display())).collect();
+    Err(CheckpointError::NotFound {
+        path: path.to_path_buf(),
+        hint: format!("no checkpoint verifies ({})", reasons.join("; ")),
+    })
+}
+
 /// Finds the checkpoint folder `path` designates.
 fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
     let is_tmp = |p: &Path| {

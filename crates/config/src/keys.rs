@@ -70,6 +70,7 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("train.eval_interval", U),
     ("train.eval_batches", U),
     ("train.log_interval", U),
+    ("train.max_bad_steps", U),
     ("optim.lr", Kind::Float),
     ("optim.min_lr", Kind::Float),
     ("optim.warmup_steps", U),
@@ -102,6 +103,8 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("checkpoint.keep_last", U),
     ("log.progress", Kind::Bool),
     ("log.peak_flops", Kind::OptFloat),
+    ("log.spike_z", Kind::Float),
+    ("log.spike_window", U),
 ];
 
 /// All valid dotted keys (`"train.steps"`, ...), e.g. for CLI help and completion.

@@ -45,7 +45,7 @@ mod schema;
 mod validate;
 
 pub use error::ConfigError;
-pub use resolve::{resolve, resolve_saved, ResolvedConfig};
+pub use resolve::{resolve, resolve_saved, Notes, ResolvedConfig};
 pub use schema::{
     Arch, CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, ParallelConfig,
     Recompute, RunConfig, TokenizerKind, TrainConfig, SplitMode, OnError, SourceConfig,

@@ -26,13 +26,38 @@ pub struct ResolvedConfig {
     pub tokens_per_step: u64,
     /// The preset the run started from, if any (informative; saved as a comment).
     pub preset: Option<String>,
+    /// What resolving changed on its own, to be shown to the user.
+    pub notes: Notes,
+}
+
+/// Adjustments made while resolving (e.g. a warm-up clamped to a short run), for the
+/// user to read. Informative: two configs that differ only here are equal.
+#[derive(Debug, Clone, Default)]
+pub struct Notes(pub Vec<String>);
+
+impl PartialEq for Notes {
+    fn eq(&self, _: &Notes) -> bool {
+        true
+    }
 }
 
 const PRESET_LINE: &str = "# preset: ";
 
 impl ResolvedConfig {
     /// Validates a raw config built in code and derives the batch arithmetic.
-    pub fn new(raw: RunConfig) -> Result<Self, ConfigError> {
+    pub fn new(mut raw: RunConfig) -> Result<Self, ConfigError> {
+        let mut notes = Notes::default();
+        let o = &mut raw.optim;
+        if o.decay_steps.is_none() && o.warmup_steps > raw.train.steps {
+            // A preset's warm-up sized for its own run length, on a shorter run: the
+            // schedule keeps its shape (a tenth of the run warms up, the rest decays).
+            let clamped = raw.train.steps / 10;
+            notes.0.push(format!(
+                "optim.warmup_steps = {} is longer than the run (train.steps = {}): warming up for {clamped} steps instead (a tenth of the run); set optim.decay_steps to keep the warm-up as given",
+                o.warmup_steps, raw.train.steps
+            ));
+            o.warmup_steps = clamped;
+        }
         validate::validate(&raw)?;
         // validate() has checked that these products fit in usize.
         let global_batch = raw.train.batch_size * raw.train.grad_accum * raw.parallel.dp;
@@ -44,6 +69,7 @@ impl ResolvedConfig {
             decay_steps,
             tokens_per_step,
             preset: None,
+            notes,
         })
     }
 

@@ -110,6 +110,11 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Steps between log lines.
     pub log_interval: u64,
+    /// Numerics guard: a step whose loss or gradient norm is not finite is skipped (its
+    /// update is not applied; counted and logged). After this many such steps in a row
+    /// the run stops with an error, its last checkpoint (written before the trouble, or
+    /// during it, when no update had been applied) left as the state to resume from.
+    pub max_bad_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -123,6 +128,7 @@ impl Default for TrainConfig {
             eval_interval: 250,
             eval_batches: 20,
             log_interval: 10,
+            max_bad_steps: 3,
         }
     }
 }
@@ -319,6 +325,10 @@ pub struct LogConfig {
     /// Machine peak FLOP/s used for MFU; `None` = measure it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_flops: Option<f64>,
+    /// A training loss more than `spike_z` standard deviations above the mean of the
+    /// previous `spike_window` steps is logged as a spike; 0 = off.
+    pub spike_z: f64,
+    pub spike_window: u64,
 }
 
 impl Default for LogConfig {
@@ -326,6 +336,8 @@ impl Default for LogConfig {
         Self {
             progress: true,
             peak_flops: None,
+            spike_z: 6.0,
+            spike_window: 100,
         }
     }
 }

@@ -252,5 +252,9 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     if let Some(f) = c.log.peak_flops {
         in_range("log.peak_flops", f, 0.0, true, None)?;
     }
+    in_range("log.spike_z", c.log.spike_z, 0.0, false, None)?;
+    if c.log.spike_z > 0.0 && c.log.spike_window < 2 {
+        return Err(invalid("log.spike_window", format!("must be at least 2 when log.spike_z > 0, found {}", c.log.spike_window)));
+    }
     Ok(())
 }

@@ -116,7 +116,7 @@ fn invalid_values_name_their_key() {
         (&["optim.min_lr=-1"], "optim.min_lr: must be a finite number >= 0, found -1"),
         (&["optim.beta2=1"], "optim.beta2: must be in [0, 1), found 1"),
         (&["optim.eps=0"], "optim.eps: must be a finite number > 0, found 0"),
-        (&["optim.warmup_steps=3000"], "optim.warmup_steps: must be <= optim.decay_steps (2000; defaults to train.steps), found 3000"),
+        (&["optim.warmup_steps=3000", "optim.decay_steps=1500"], "optim.warmup_steps: must be <= optim.decay_steps (1500; defaults to train.steps), found 3000"),
         (&["data.val_fraction=1"], "data.val_fraction: must be in (0, 1), found 1"),
         (&["checkpoint.keep_last=0"], "checkpoint.keep_last: must be at least 1, found 0"),
         (&["train.eval_batches=0"], "train.eval_batches: must be at least 1 when train.eval_interval > 0 (0 = never evaluate)"),

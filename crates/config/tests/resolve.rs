@@ -262,3 +262,20 @@ fn resume_from_a_saved_config_with_overrides() {
         "model.n_embd: must be divisible by model.n_head (33 % 2 = 1)"
     );
 }
+
+#[test]
+fn a_warm_up_longer_than_a_short_run_is_clamped_saying_so() {
+    let cfg = resolve(Some("shakespeare-char-cpu"), None, &sets(&["train.steps=20"])).unwrap();
+    assert_eq!(cfg.raw.optim.warmup_steps, 2);
+    assert_eq!(cfg.notes.0.len(), 1);
+    assert!(cfg.notes.0[0].contains("warming up for 2 steps"), "{:?}", cfg.notes);
+    // The saved form holds the clamped value and reads back with no further note.
+    let back = ResolvedConfig::from_toml_str(&cfg.to_toml()).unwrap();
+    assert_eq!(back.raw.optim.warmup_steps, 2);
+    assert!(back.notes.0.is_empty());
+    // A run as long as the preset's warm-up, or an explicit decay, is left alone.
+    let long = resolve(Some("shakespeare-char-cpu"), None, &sets(&["train.steps=100"])).unwrap();
+    assert_eq!(long.raw.optim.warmup_steps, 100);
+    assert!(long.notes.0.is_empty());
+    assert!(resolve(Some("shakespeare-char-cpu"), None, &sets(&["train.steps=20", "optim.decay_steps=20"])).is_err());
+}

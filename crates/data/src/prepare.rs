@@ -10,7 +10,9 @@
 //!
 //! **Memory.** At most [`QUEUED_BATCHES`] batches wait in the queue, one is
 //! being read and one tokenized: about `(QUEUED_BATCHES + 2) x BATCH_BYTES` of
-//! text plus its tokens (4 bytes each), about 100 MB whatever the corpus size;
+//! text plus its tokens (4 bytes each), about 100 MB whatever the corpus size,
+//! plus for GPT-2 one copy of the BPE tables per tokenizing thread (~10 MB each,
+//! see `Gpt2::with_thread_bpe`);
 //! a document is held whole, so a single document larger than a batch (a
 //! big `.txt` file) adds its own size (a compressed Parquet file is inflated in
 //! memory; an uncompressed one is read column chunk by column chunk).

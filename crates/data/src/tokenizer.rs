@@ -102,6 +102,29 @@ pub struct Gpt2 {
     bpe: &'static CoreBPE,
 }
 
+impl Gpt2 {
+    /// Runs `f` on this thread's own copy of the GPT-2 tables (built on the
+    /// thread's first call), or on the shared one if building it fails.
+    ///
+    /// Why a copy per thread: tiktoken-rs clones one compiled `fancy_regex` for
+    /// its threads, and the clones share the inner regex engine's scratch pool,
+    /// so rayon workers encoding at once queue on it (`data prepare` on 2 threads ran
+    /// at 0.76x a 2-process Python tiktoken pool with one shared copy, 1.12x with a
+    /// copy per thread: docs/benchmarks.md). A freshly built `CoreBPE` compiles its
+    /// own regex. The cost is the tables once per thread (~10 MiB).
+    fn with_thread_bpe<R>(&self, f: impl FnOnce(&CoreBPE) -> R) -> R {
+        thread_local! {
+            static BPE: std::cell::OnceCell<Option<CoreBPE>> = const { std::cell::OnceCell::new() };
+        }
+        let mut f = Some(f);
+        let local = BPE.with(|cell| cell.get_or_init(|| tiktoken_rs::r50k_base().ok()).as_ref().map(|b| (f.take().unwrap())(b)));
+        match local {
+            Some(r) => r,
+            None => (f.take().unwrap())(self.bpe),
+        }
+    }
+}
+
 impl std::fmt::Debug for Gpt2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Gpt2(r50k_base)")
@@ -242,7 +265,7 @@ impl Tokenizer {
     /// contents). For char this equals [`Tokenizer::encode`].
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match self {
-            Tokenizer::Gpt2(g) => Ok(g.bpe.encode_ordinary(text)),
+            Tokenizer::Gpt2(g) => Ok(g.with_thread_bpe(|bpe| bpe.encode_ordinary(text))),
             Tokenizer::Char(_) | Tokenizer::Hf(_) => self.encode(text),
         }
     }

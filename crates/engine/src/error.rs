@@ -19,8 +19,11 @@ pub enum EngineError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("run directory {dir} already holds a run (checkpoint at step {step}); pass --resume to continue it, or choose another --out")]
     RunExists { dir: PathBuf, step: u64 },
-    #[error("the loss became {value} at step {step}: training diverged (try a lower optim.lr or optim.grad_clip)")]
-    NonFinite { step: u64, value: f64 },
+    #[error(
+        "steps {first} to {last}: {count} steps in a row had a non-finite loss or gradient norm (last: loss {loss}, gradient norm {norm}); \
+         their updates were skipped and the run stopped (train.max_bad_steps = {limit}). {resume}; try a lower optim.lr or a gradient clip (optim.grad_clip)"
+    )]
+    Diverged { first: u64, last: u64, count: u64, limit: u64, loss: f64, norm: f64, resume: String },
     #[error("{0}")]
     Invalid(String),
 }

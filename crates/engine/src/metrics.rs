@@ -15,10 +15,13 @@ use crate::trainer::Trainer;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StepMetrics {
     pub step: u64,
+    /// Not finite on a skipped step (written as JSON `null`, read back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f64>,
     pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
@@ -37,6 +40,22 @@ pub struct StepMetrics {
     /// With a data mixture: training tokens drawn from each source so far.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sources: Option<Vec<SourceDraw>>,
+    /// Steps skipped by the numerics guard so far in this process (a non-finite loss
+    /// or gradient norm: the update was not applied).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub skipped_steps: u64,
+    /// Set when the training loss is a spike: its z-score against the previous
+    /// `log.spike_window` steps, above `log.spike_z`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loss_spike_z: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Tokens drawn from one source of a mixture since step 0, and how many passes
@@ -189,6 +208,49 @@ impl MemoryReport {
     pub fn total(&self) -> usize {
         self.model_state() + self.activations + self.buffers
     }
+}
+
+/// One term of the memory a rank will allocate, computed before anything is.
+#[derive(Clone, Debug)]
+pub struct PlannedTerm {
+    pub what: &'static str,
+    pub bytes: f64,
+    /// The config keys that drive it (what to change to shrink it).
+    pub keys: &'static str,
+}
+
+/// The memory one rank of this run allocates, by term, from the config alone (the
+/// same formulas as the memory report: [`crate::shard::expected_model_state_bytes`]
+/// split into its parts, [`model::Activations::expected_bytes`], and the whole f32
+/// copy of the initial weights that exists while each rank takes its part of it).
+/// `vocab` is the prepared data's vocabulary size.
+pub fn planned_rank_memory(cfg: &config::ResolvedConfig, vocab: usize) -> crate::Result<Vec<PlannedTerm>> {
+    let spec = cfg.clone().with_vocab_size(vocab)?.model_spec()?;
+    let psi = spec.num_params() as f64;
+    let (dp, zero) = (cfg.raw.parallel.dp as f64, cfg.raw.parallel.zero);
+    let share = |whole: bool| if whole { psi } else { psi / dp };
+    let size = "model.n_layer, model.n_embd, model.vocab_size";
+    let recompute = matches!(cfg.raw.parallel.recompute, config::Recompute::Full);
+    let (b, t) = (cfg.raw.train.batch_size, cfg.raw.model.block_size);
+    Ok(vec![
+        PlannedTerm { what: "parameters", bytes: 4.0 * share(zero < 3), keys: size },
+        PlannedTerm { what: "gradients", bytes: 4.0 * share(zero < 2) + if zero == 1 { 4.0 * psi / dp } else { 0.0 }, keys: size },
+        PlannedTerm { what: "Adam moments", bytes: 8.0 * share(zero == 0), keys: size },
+        PlannedTerm {
+            what: "activations",
+            bytes: model::Activations::expected_bytes(&spec, b, t, recompute) as f64,
+            keys: "train.batch_size, model.block_size, parallel.recompute",
+        },
+        PlannedTerm { what: "initial weights (a whole copy while starting)", bytes: 4.0 * psi, keys: size },
+    ])
+}
+
+/// Bytes the kernel says can be allocated without swapping (`MemAvailable`), if known.
+pub fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Best f32 GEMM rate of this machine over a few square multiplies (FLOP/s): the

@@ -218,6 +218,12 @@ impl Trainer {
             let local: f64 = self.gshard.iter().map(|g| kernels::sum_squares(g)).sum();
             self.rank.sum_f64(local)?.sqrt()
         };
+        if !norm.is_finite() {
+            // The numerics guard: no update from a gradient that overflowed (every rank
+            // has the same norm, so every rank skips, and no collective is left open).
+            times.optimizer += t0.elapsed().as_secs_f64();
+            return Ok(norm);
+        }
         let clip = clip_factor(norm, self.cfg.raw.optim.grad_clip);
         let lr = self.schedule.at(self.step) as f32;
         let t = self.step + 1;

@@ -2,6 +2,7 @@
 //! data-parallel step (see `step.rs`), evaluation, metrics and checkpoints.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use config::ResolvedConfig;
@@ -95,6 +96,12 @@ pub struct Trainer {
     run_dir: PathBuf,
     pub peak_flops: f64,
     pub peak_measured: bool,
+    /// Set (by a signal handler) to ask for a graceful stop; see [`Trainer::run`].
+    pub stop: Option<&'static AtomicBool>,
+    /// The step at which [`Trainer::run`] stopped on request (None: it ran to the end).
+    pub stopped_at: Option<u64>,
+    /// Testing aid: steps (1-based) whose gradients are made non-finite.
+    pub poison_steps: Vec<u64>,
 }
 
 impl Trainer {
@@ -196,6 +203,9 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             peak_flops,
             peak_measured,
+            stop: None,
+            stopped_at: None,
+            poison_steps: Vec::new(),
             cfg,
         })
     }
@@ -245,30 +255,44 @@ impl Trainer {
             loss_sum += self.micro_step(grad_scale, micro == 0, micro + 1 == accum, times)?;
         }
         let loss = self.rank.sum_f64(loss_sum)? / (b * t * accum * dp) as f64;
-        if !loss.is_finite() {
-            return Err(EngineError::NonFinite { step: self.step + 1, value: loss });
+        if self.poison_steps.contains(&(self.step + 1)) {
+            self.poison_gradients();
         }
-        let norm = self.optimizer_step(times)?;
+        // The loss is all-reduced and the norm global, so every rank skips alike. A
+        // non-finite norm makes `optimizer_step` leave the state as it was.
+        let norm = if loss.is_finite() { self.optimizer_step(times)? } else { f64::NAN };
         self.step += 1;
         self.tokens_seen += global * t as u64;
         Ok((loss, norm))
     }
 
-    /// Mean validation loss over `train.eval_batches` fixed global batches (the same at
-    /// every evaluation and for every dp: rank r reads sequences r*B.. of each).
+    /// Testing aid: makes this step's gradient norm NaN (one element of the rank's
+    /// reduced gradient), as an overflow would.
+    fn poison_gradients(&mut self) {
+        let g = if self.cfg.raw.parallel.zero == 0 { &mut self.grads[0] } else { &mut self.gshard[0] };
+        if let Some(x) = g.first_mut() {
+            *x = f32::NAN;
+        }
+    }
+
+    /// Mean validation loss over `train.eval_batches` global batches of validation
+    /// sequences: sequences `0 .. eval_batches x global_batch` of the validation stream,
+    /// the same at every evaluation and for every layout of the run (dp, accumulation),
+    /// since the global batch is the run's. Rank r reads micro-batch i's sequences
+    /// `(i dp + r) B ..`, as [`evaluate`] does on one rank.
     pub fn evaluate(&mut self) -> Result<f64> {
         if self.data.is_none() {
             return Ok(f64::NAN);
         }
         let tc = &self.cfg.raw.train;
-        let (b, t, batches) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches);
+        let (b, t, micro) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches * tc.grad_accum);
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
-        for i in 0..batches {
+        for i in 0..micro {
             self.fill(((i * dp + r) * b) as u64, true);
             sum += self.forward_loss()?;
         }
-        Ok(self.rank.sum_f64(sum)? / (batches * dp * b * t) as f64)
+        Ok(self.rank.sum_f64(sum)? / (micro * dp * b * t) as f64)
     }
 
     /// Summed loss of the batch in `inputs`/`targets`, no gradients.
@@ -309,6 +333,11 @@ impl Trainer {
 
     /// Runs to `train.steps`, evaluating, logging and checkpointing as configured. Only
     /// rank 0 writes metrics; every rank writes its checkpoint shard.
+    ///
+    /// Graceful stop: when `stop` is set and the flag is raised on any rank, every rank
+    /// finishes the step it is in, the ranks agree (one all-reduce per step) so that
+    /// all stop after the same step, a checkpoint of that step is written (unless the
+    /// step just wrote one) and `run` returns with `stopped_at` set.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<Option<f64>> {
         let total = self.cfg.raw.train.steps;
         let info = RunInfo::new(self);
@@ -322,6 +351,7 @@ impl Trainer {
         let gb = self.cfg.global_batch as u64;
         let draws = |d: &Dataset, first: u64, n: u64| d.train.count_sources(tc.seed, first, n);
         let mut drawn = self.data.as_ref().filter(|d| d.train.sources.len() > 1).map(|d| draws(d, 0, self.step * gb));
+        let mut guard = Guard::new(&self.cfg.raw);
         while self.step < total {
             let mut times = StepTimes::default();
             let t0 = Instant::now();
@@ -329,6 +359,22 @@ impl Trainer {
             let (loss, norm) = self.train_step(&mut times)?;
             let secs = t0.elapsed().as_secs_f64();
             let done = self.step;
+            let spike = guard.observe(loss, norm);
+            if guard.streak >= tc.max_bad_steps.max(1) {
+                let resume = match checkpoint::list_checkpoints(&self.run_dir)?.pop() {
+                    Some((step, dir)) => format!("The last checkpoint, {} (step {step}), holds the state before them: resume from it", dir.display()),
+                    None => "No checkpoint was written before them: start again".to_string(),
+                };
+                return Err(EngineError::Diverged {
+                    first: done + 1 - guard.streak,
+                    last: done,
+                    count: guard.streak,
+                    limit: tc.max_bad_steps,
+                    loss,
+                    norm,
+                    resume,
+                });
+            }
             let eval_now = tc.eval_interval > 0 && (done.is_multiple_of(tc.eval_interval) || done == total);
             let val_loss = if eval_now { Some(self.evaluate()?) } else { None };
             if val_loss.is_some() {
@@ -365,34 +411,102 @@ impl Trainer {
                 backward_ms: times.backward * 1e3,
                 comm_ms: times.comm * 1e3,
                 optimizer_ms: times.optimizer * 1e3,
+                skipped_steps: guard.skipped,
+                loss_spike_z: spike,
             };
             if let Some(log) = &mut log {
-                if done.is_multiple_of(tc.log_interval.max(1)) || val_loss.is_some() || done == total {
+                let notable = guard.streak > 0 || spike.is_some();
+                if done.is_multiple_of(tc.log_interval.max(1)) || val_loss.is_some() || done == total || notable {
                     log.append(&m)?;
                 }
             }
             observer.step(&m);
-            if (ck.interval > 0 && done.is_multiple_of(ck.interval)) || done == total {
+            let saved = (ck.interval > 0 && done.is_multiple_of(ck.interval)) || done == total;
+            if saved {
                 let dir = self.save_checkpoint(observer)?;
                 observer.checkpoint(&dir, done);
+            }
+            if done < total && self.stop_agreed()? {
+                if !saved {
+                    let dir = self.save_checkpoint(observer)?;
+                    observer.checkpoint(&dir, done);
+                }
+                self.stopped_at = Some(done);
+                break;
             }
         }
         Ok(last_val)
     }
+
+    /// Whether any rank has been asked to stop. A collective when the flag is installed
+    /// and dp > 1: ranks read their flags at different moments, so they vote.
+    fn stop_agreed(&self) -> Result<bool> {
+        let Some(flag) = self.stop else { return Ok(false) };
+        let mine = flag.load(Ordering::SeqCst);
+        if self.rank.dp == 1 {
+            return Ok(mine);
+        }
+        Ok(self.rank.sum_f64(f64::from(u8::from(mine)))? > 0.0)
+    }
 }
 
-/// Mean validation loss of whole `params` over `batches` batches of (b, t): the batches a
-/// single-rank run with this `seed` evaluates.
-pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, b: usize, t: usize, batches: usize) -> f64 {
+/// The numerics guard's bookkeeping: skipped steps (a non-finite loss or gradient
+/// norm; `train_step` applied no update) and loss spikes against a rolling window.
+struct Guard {
+    skipped: u64,
+    streak: u64,
+    window: std::collections::VecDeque<f64>,
+    spike_z: f64,
+    len: usize,
+}
+
+impl Guard {
+    fn new(c: &config::RunConfig) -> Guard {
+        Guard { skipped: 0, streak: 0, window: Default::default(), spike_z: c.log.spike_z, len: c.log.spike_window as usize }
+    }
+
+    /// Records a step; returns the loss's z-score when it is a spike.
+    fn observe(&mut self, loss: f64, norm: f64) -> Option<f64> {
+        if !(loss.is_finite() && norm.is_finite()) {
+            self.skipped += 1;
+            self.streak += 1;
+            return None;
+        }
+        self.streak = 0;
+        let mut spike = None;
+        if self.spike_z > 0.0 && self.window.len() == self.len {
+            let n = self.len as f64;
+            let mean = self.window.iter().sum::<f64>() / n;
+            let var = self.window.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            let z = (loss - mean) / var.sqrt();
+            if var > 0.0 && z > self.spike_z {
+                spike = Some(z);
+            }
+        }
+        if self.spike_z > 0.0 {
+            if self.window.len() == self.len {
+                self.window.pop_front();
+            }
+            self.window.push_back(loss);
+        }
+        spike
+    }
+}
+
+/// Mean validation loss of whole `params` over `micro_batches` batches of shape (b, t), i.e.
+/// validation sequences `0 .. micro_batches x b` of the run with this `seed` (what
+/// [`Trainer::evaluate`] reads when `micro_batches x b` is its evaluation size).
+/// `done(i)` is called after each batch.
+pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, (b, t): (usize, usize), micro_batches: usize, done: &mut dyn FnMut(usize)) -> f64 {
     let mut acts = Activations::new(&gpt.spec, b, t, false);
     let (mut x, mut y) = (vec![0; b * t], vec![0; b * t]);
-    let sum: f64 = (0..batches)
-        .map(|i| {
-            data.val.fill_batch(seed ^ EVAL_SEED_SALT, (i * b) as u64, b, t, &mut x, &mut y);
-            gpt.forward_loss(params, &mut acts, &x, &y)
-        })
-        .sum();
-    sum / (batches * b * t) as f64
+    let mut sum = 0.0;
+    for i in 0..micro_batches {
+        data.val.fill_batch(seed ^ EVAL_SEED_SALT, (i * b) as u64, b, t, &mut x, &mut y);
+        sum += gpt.forward_loss(params, &mut acts, &x, &y);
+        done(i + 1);
+    }
+    sum / (micro_batches * b * t) as f64
 }
 
 /// Copies into `dst` the part of the whole bucket `src` this rank holds: its shard's

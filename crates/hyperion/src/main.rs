@@ -53,6 +53,10 @@ fn main() {
         Command::Plot(a) => cmd::plot::run(a),
     };
     if let Err(err) = result {
+        if let Some(stopped) = err.downcast_ref::<cmd::stop::Stopped>() {
+            eprintln!("{stopped}");
+            std::process::exit(cmd::stop::EXIT_STOPPED);
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -89,6 +89,19 @@ fn checkpoints_move_between_layouts() {
     let out = ok(bin().args(["generate", "--tokens", "12", "--prompt", "O", "--checkpoint"]).arg(&x));
     assert_eq!(String::from_utf8_lossy(&out.stdout).strip_suffix('\n').unwrap().chars().count(), 13);
     ok(bin().args(["eval", "--batches", "1", "--checkpoint"]).arg(&x));
+    // By default eval reads what training evaluated at the end (eval_batches global
+    // batches of validation sequences), whatever the layout that trained the run.
+    let out = ok(bin().args(["eval", "--json", "--checkpoint"]).arg(&x));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cfg = config::ResolvedConfig::from_toml_str(&std::fs::read_to_string(x.join("config.toml")).unwrap()).unwrap();
+    let want_tokens = cfg.raw.train.eval_batches * cfg.global_batch * cfg.raw.model.block_size;
+    assert_eq!(v["tokens"].as_u64(), Some(want_tokens as u64));
+    let metrics = std::fs::read_to_string(x.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let (trained, evaluated) = (last["val_loss"].as_f64().unwrap(), v["val_loss"].as_f64().unwrap());
+    assert!((trained - evaluated).abs() < 1e-5 * trained, "training's val loss {trained}, eval's {evaluated}");
+    let out = bin().args(["eval", "--batches", "0", "--checkpoint"]).arg(&x).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--batches"));
     let y = t.path().join("y");
     copy_dir(&x, &y);
     // Original layout all the way to step 40.

@@ -142,3 +142,217 @@ fn a_token_beyond_the_vocabulary_is_refused_before_the_first_step() {
     assert!(t0.elapsed() < Duration::from_secs(30));
     assert!(!run.join("checkpoints").exists(), "nothing trained");
 }
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on the PID of a child we own and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// Steps recorded in `metrics.jsonl` so far.
+fn logged_steps(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+/// The model and Adam state of every rank file of a checkpoint, by file name.
+fn checkpoint_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn sigterm_stops_every_rank_after_one_step_with_a_checkpoint_and_the_resume_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, reference) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("ref"));
+    let steps = 200;
+    let with = |out: &Path| {
+        let mut a = args(&data, out, steps);
+        // Two thread ranks under ZeRO-2; no periodic checkpoint, logged every step.
+        a.extend(["--workers", "2", "--set", "parallel.zero=2", "--set", "checkpoint.interval=0", "--set", "train.log_interval=1"].map(String::from));
+        a
+    };
+    let out = bin().args(with(&reference)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let child = bin().args(with(&run)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("a few steps", || logged_steps(&run) >= 3);
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(75), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("stop requested"), "{stderr}");
+    assert!(stderr.contains(&format!("hyperion train --resume {}", run.display())), "{stderr}");
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let stopped: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!((3..steps).contains(&stopped), "stopped at {stopped}");
+    assert!(stderr.contains(&format!("after step {stopped} ")), "{stderr}");
+    // Both ranks wrote their shard of the same step.
+    let dir = run.join("checkpoints").join(latest.trim());
+    assert!(dir.join("model-rank00000.safetensors").is_file() && dir.join("model-rank00001.safetensors").is_file());
+    assert_eq!(logged_steps(&run) as u64, stopped, "metrics end at the stopped step");
+
+    // Resumed to the end, the run is bitwise the uninterrupted one.
+    let out = bin()
+        .args(["train", "--resume", &run.display().to_string(), "--workers", "2", "--set", "log.progress=false", "--sample-tokens", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("at step {stopped} ")), "{stdout}");
+    let last = format!("checkpoints/step-{steps:08}");
+    assert_eq!(checkpoint_files(&run.join(&last)), checkpoint_files(&reference.join(&last)));
+}
+
+#[test]
+fn a_second_signal_exits_at_once_without_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let mut a = args(&data, &run, 100_000);
+    // A step long enough that both signals land inside it.
+    a.extend(["--set", "checkpoint.interval=0", "--set", "train.log_interval=1", "--set", "train.batch_size=512"].map(String::from));
+    let child = bin().args(&a).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the first step", || logged_steps(&run) >= 1);
+    signal(&child, libc::SIGINT);
+    // Apart, so that the kernel delivers two signals, not one pending signal.
+    std::thread::sleep(Duration::from_millis(50));
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGINT), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!run.join("checkpoints/latest").exists(), "no checkpoint is written after the second signal");
+}
+
+fn step_of(run: &Path) -> String {
+    std::fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim().to_string()
+}
+
+#[test]
+fn resume_skips_a_corrupt_checkpoint_naming_it_and_a_step_folder_continues_its_own_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let mut a = args(&data, &run, 10);
+    a.extend(["--set", "checkpoint.keep_last=10"].map(String::from));
+    let out = bin().args(&a).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Flip one byte inside the newest checkpoint's model shard.
+    let shard = run.join("checkpoints/step-00000010/model-rank00000.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+
+    let resume = |target: &Path, steps: u64| {
+        bin()
+            .args(["train", "--resume", &target.display().to_string(), "--set", &format!("train.steps={steps}")])
+            .args(["--set", "log.progress=false", "--sample-tokens", "0"])
+            .output()
+            .unwrap()
+    };
+    let out = resume(&run, 15);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping checkpoint") && stderr.contains("step-00000010") && stderr.contains("sha256"), "{stderr}");
+    assert!(stdout.contains("at step 5 "), "{stdout}");
+    // Kept for inspection, out of the way; the run went on past it.
+    assert!(run.join("checkpoints/corrupt-step-00000010/model-rank00000.safetensors").is_file());
+    assert_eq!(step_of(&run), "step-00000015");
+    assert!(run.join("checkpoints/step-00000010/manifest.json").is_file(), "step 10 written again");
+
+    // Resuming one step folder continues that run, in its run directory.
+    let out = resume(&run.join("checkpoints/step-00000005"), 12);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("continuing") && stdout.contains("at step 5 "), "{stdout}");
+    assert_eq!(step_of(&run), "step-00000012");
+    for old in ["abandoned-step-00000010", "abandoned-step-00000015"] {
+        assert!(run.join("checkpoints").join(old).join("manifest.json").is_file(), "{old} kept");
+    }
+    let inside = run.join("checkpoints/step-00000005");
+    assert!(!inside.join("checkpoints").exists() && !inside.join("metrics.jsonl").exists(), "no run nested in a checkpoint");
+
+    // A checkpoint folder outside any run is refused, naming what --resume takes.
+    let loose = tmp.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    for f in std::fs::read_dir(&inside).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), loose.join(f.file_name())).unwrap();
+    }
+    let out = resume(&loose, 20);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("outside a run directory"), "{stderr}");
+}
+
+#[test]
+fn a_run_larger_than_memory_is_refused_before_allocating_naming_the_largest_term() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    // ~480 GB of model state: refused at once, not after minutes of allocating.
+    let mut a = args(&data, &run, 10);
+    a.extend(["--set", "model.n_embd=100000"].map(String::from));
+    let t0 = Instant::now();
+    let out = bin().args(&a).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the largest term is Adam moments") && err.contains("model.n_embd") && err.contains("--allow-oversubscribe"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "refused only after {:?}", t0.elapsed());
+    assert!(!run.join("checkpoints").exists());
+
+    // The same check against a small machine (100 kB available), then overridden.
+    let mut a = args(&data, &run, 2);
+    a.extend(["--debug-mem-available", "100000"].map(String::from));
+    let err = String::from_utf8_lossy(&bin().args(&a).output().unwrap().stderr).into_owned();
+    assert!(err.contains("GiB of memory is available") && err.contains("largest term is"), "{err}");
+    a.push("--allow-oversubscribe".into());
+    let out = bin().args(&a).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run.join("checkpoints/step-00000002/manifest.json").is_file());
+}
+
+/// Model tensors (not optimizer state) of one checkpoint, whole.
+fn model_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = checkpoint::open(dir).unwrap();
+    let mut names: Vec<String> = ck.tensor_names().into_iter().filter(|n| !n.starts_with("optim.")).collect();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), ck.read(&n).unwrap())).collect()
+}
+
+#[test]
+fn non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let with = |out: &Path, steps: u64, nan: &str| {
+        let mut a = args(&data, out, steps);
+        a.extend(["--workers", "2", "--set", "parallel.zero=2", "--set", "checkpoint.interval=2", "--set", "checkpoint.keep_last=20"].map(String::from));
+        a.extend(["--set".into(), "train.log_interval=100".into(), "--debug-nan-steps".into(), nan.into()]);
+        a
+    };
+    // Two bad steps (5, 6): skipped, the run goes on; nothing moved during them.
+    let out = bin().args(with(&run, 10, "5,6")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ck = |s: u64| run.join(format!("checkpoints/step-{s:08}"));
+    assert_eq!(model_tensors(&ck(4)), model_tensors(&ck(6)), "skipped updates leave the model as it was");
+    assert_ne!(model_tensors(&ck(6)), model_tensors(&ck(8)), "and training goes on after them");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let row = |s: u64| rows.iter().find(|r| r["step"] == s).unwrap_or_else(|| panic!("step {s} logged: {metrics}"));
+    assert!(row(5)["grad_norm"].is_null() && row(5)["skipped_steps"] == 1, "{metrics}");
+    assert_eq!(row(6)["skipped_steps"], 2);
+    assert_eq!(row(10)["skipped_steps"], 2);
+    // The log reads back (a resume truncates it through the reader).
+    let out = bin().args(["train", "--resume", &run.display().to_string(), "--workers", "2", "--set", "train.steps=11"]).args(["--set", "log.progress=false", "--sample-tokens", "0"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Three in a row (the default train.max_bad_steps): the run stops, naming them and
+    // the checkpoint to resume from, which holds the state from before them.
+    let bad = tmp.path().join("bad");
+    let out = bin().args(with(&bad, 20, "5,6,7")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("steps 5 to 7: 3 steps in a row") && err.contains("step-00000006") && err.contains("optim.lr"), "{err}");
+    assert_eq!(step_of(&bad), "step-00000006");
+    assert_eq!(model_tensors(&bad.join("checkpoints/step-00000004")), model_tensors(&bad.join("checkpoints/step-00000006")));
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::common::load_checkpoint;
 
@@ -11,9 +11,10 @@ pub struct EvalArgs {
     /// A run directory (its latest checkpoint) or one checkpoint folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Number of validation batches (default: the run's train.eval_batches).
-    #[arg(long)]
-    pub batches: Option<usize>,
+    /// Validation batches of the run's global batch (default: the run's
+    /// train.eval_batches, i.e. what training evaluates, whatever its layout).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -40,13 +41,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
             data.meta.vocab_size
         );
     }
-    let batches = a.batches.unwrap_or(m.cfg.raw.train.eval_batches).max(1);
+    let batches = a.batches.map_or(m.cfg.raw.train.eval_batches, |n| n as usize).max(1);
+    // Sequences 0 .. batches x global batch, in micro-batches of the run's size: the
+    // same tokens for every layout that trained the run.
     let (b, t) = (m.cfg.raw.train.batch_size, m.cfg.raw.model.block_size);
-    let loss = engine::evaluate(&m.gpt, &m.params, &data, m.cfg.raw.train.seed, b, t, batches);
+    let micro = batches
+        .checked_mul(m.cfg.global_batch / b)
+        .filter(|&n| n.checked_mul(b * t).is_some())
+        .with_context(|| format!("--batches {batches} is too large"))?;
+    let tokens = micro * b * t;
+    let bar = if micro >= 20 && !a.json { indicatif::ProgressBar::new(micro as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} batch {pos}/{len} eta {eta}").expect("static template"));
+    let loss = engine::evaluate(&m.gpt, &m.params, &data, m.cfg.raw.train.seed, (b, t), micro, &mut |i| bar.set_position(i as u64));
+    bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::json!({"step": m.step, "val_loss": loss, "perplexity": loss.exp(), "batches": batches, "tokens": batches * b * t}));
+        println!("{}", serde_json::json!({"step": m.step, "val_loss": loss, "perplexity": loss.exp(), "batches": batches, "tokens": tokens}));
     } else {
-        println!("checkpoint {} (step {}): validation loss {loss:.4}, perplexity {:.3} over {} tokens", m.dir.display(), m.step, loss.exp(), batches * b * t);
+        println!("checkpoint {} (step {}): validation loss {loss:.4}, perplexity {:.3} over {tokens} tokens", m.dir.display(), m.step, loss.exp());
     }
     Ok(())
 }

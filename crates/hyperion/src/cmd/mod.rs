@@ -11,4 +11,5 @@ pub mod hf;
 pub mod lock;
 pub mod plan;
 pub mod plot;
+pub mod stop;
 pub mod train;

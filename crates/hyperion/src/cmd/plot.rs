@@ -33,7 +33,7 @@ pub fn plot_run(run_dir: &Path, out: &Path) -> Result<()> {
     if recs.is_empty() {
         anyhow::bail!("{} holds no metrics yet", path.display());
     }
-    let train: Vec<(f64, f64)> = recs.iter().map(|r| (r.step as f64, r.train_loss)).collect();
+    let train: Vec<(f64, f64)> = recs.iter().map(|r| (r.step as f64, r.train_loss)).filter(|p| p.1.is_finite()).collect();
     let val: Vec<(f64, f64)> = recs.iter().filter_map(|r| r.val_loss.map(|v| (r.step as f64, v))).collect();
     let (x_max, mut y_min, mut y_max) = (
         train.iter().map(|p| p.0).fold(1.0, f64::max),

@@ -20,8 +20,9 @@ pub struct TrainArgs {
     /// Run directory (checkpoints, metrics.jsonl, loss.png). Default: runs/<preset>.
     #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its latest checkpoint (its saved config; `--set`
-    /// may override, e.g. `--set train.steps=4000`, or `--workers` to change dp).
+    /// Continue the run in RUN_DIR from its newest checkpoint that verifies (its saved
+    /// config; `--set` may override, e.g. `--set train.steps=4000`, or `--workers` to
+    /// change dp). RUN_DIR/checkpoints/step-N continues that run from step N.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "preset", "config"])]
     pub resume: Option<PathBuf>,
     /// Start from the weights of a Hugging Face model folder (fine-tuning): its
@@ -37,10 +38,21 @@ pub struct TrainArgs {
     /// Characters/tokens of sample text printed at the end (0 = none).
     #[arg(long, default_value_t = 300)]
     pub sample_tokens: usize,
+    /// Start even when the memory this run will allocate (computed before allocating)
+    /// exceeds the memory available on this machine.
+    #[arg(long)]
+    pub allow_oversubscribe: bool,
+    /// Testing aid: the bytes of memory to consider available (instead of MemAvailable).
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub debug_mem_available: Option<u64>,
     /// Testing aid: pause this many milliseconds after each checkpoint file is written
     /// (makes a kill during a checkpoint write reproducible).
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_checkpoint_pause_ms: u64,
+    /// Testing aid: make the gradient norm of these steps NaN (`5,6,7`), to exercise
+    /// the numerics guard.
+    #[arg(long, hide = true, value_name = "STEPS", value_delimiter = ',')]
+    pub debug_nan_steps: Vec<u64>,
     /// Testing aid: make rank R panic at step S (`R:S`), to exercise failure handling.
     #[arg(long, hide = true, value_name = "R:S")]
     pub debug_fail: Option<String>,
@@ -50,12 +62,61 @@ pub struct TrainArgs {
 struct Plan {
     cfg: ResolvedConfig,
     run_dir: PathBuf,
-    resume: bool,
+    resume: Option<Resume>,
     sample_tokens: usize,
     pause: Duration,
     fail_at: Option<(usize, u64)>,
+    nan_steps: Vec<u64>,
+    /// `None` with --allow-oversubscribe; else the available bytes to check against
+    /// (`Some(None)`: read MemAvailable).
+    mem_check: Option<Option<u64>>,
     /// Whole parameter buckets to start from (`--init-from`).
     init: Option<Vec<Vec<f32>>>,
+}
+
+/// The checkpoint a `--resume` continues from, and the newer folders of the run to set
+/// aside first (ones that failed to verify, or the continuation abandoned by resuming
+/// from an older step).
+struct Resume {
+    from: PathBuf,
+    aside: Vec<PathBuf>,
+    label: &'static str,
+}
+
+/// Where `--resume PATH` continues: PATH is a run directory (its newest checkpoint that
+/// verifies; newer ones that do not are named and set aside) or a `step-N` folder of a
+/// run's `checkpoints/` (that run, from step N; its newer checkpoints are set aside).
+fn resume_target(path: &Path) -> Result<(PathBuf, checkpoint::Checkpoint, Resume)> {
+    let is_step_folder = path.join("manifest.json").is_file();
+    if !is_step_folder {
+        let found = checkpoint::open_newest_valid(path).with_context(|| format!("resuming {}", path.display()))?;
+        for (dir, why) in &found.skipped {
+            eprintln!("warning: skipping checkpoint {}: {why}", dir.display());
+        }
+        let from = found.checkpoint.dir().to_path_buf();
+        let aside = found.skipped.into_iter().map(|(d, _)| d).collect();
+        return Ok((path.to_path_buf(), found.checkpoint, Resume { from, aside, label: "corrupt" }));
+    }
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let run_dir = match (abs.parent(), abs.parent().and_then(Path::parent)) {
+        (Some(ck), Some(run)) if ck.file_name().is_some_and(|n| n == "checkpoints") && run.join("config.toml").is_file() => run.to_path_buf(),
+        _ => anyhow::bail!(
+            "{} is a checkpoint folder outside a run directory: --resume takes a run directory or one of its checkpoints/step-N folders",
+            path.display()
+        ),
+    };
+    let ck = engine::open_checkpoint(path).with_context(|| format!("resuming {}", path.display()))?;
+    let newer: Vec<PathBuf> = checkpoint::list_checkpoints(&run_dir)?.into_iter().filter(|(s, _)| *s > ck.step()).map(|(_, d)| d).collect();
+    if !newer.is_empty() {
+        println!(
+            "continuing {} from step {}: its {} newer checkpoint(s) will be renamed abandoned-step-* (kept, never loaded)",
+            run_dir.display(),
+            ck.step(),
+            newer.len()
+        );
+    }
+    let from = ck.dir().to_path_buf();
+    Ok((run_dir, ck, Resume { from, aside: newer, label: "abandoned" }))
 }
 
 /// What a rank hands back at the end.
@@ -63,6 +124,8 @@ struct Outcome {
     val: Option<f64>,
     step: u64,
     memory: MemoryReport,
+    /// The step it stopped at on a signal (None: it ran to `train.steps`).
+    stopped: Option<u64>,
     /// Rank 0 only: whole parameters and the tokenizer, for the sample.
     sample: Option<(model::Gpt, Vec<Vec<f32>>, data::Meta)>,
 }
@@ -89,10 +152,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let saved = std::fs::read_to_string(dir.join("config.toml")).with_context(|| format!("reading {}/config.toml", dir.display()))?;
             let cfg = config::resolve_saved(&saved, &sets).with_context(|| format!("the config saved in {}", dir.display()))?;
             println!("{} has no checkpoint (it stopped before its first one): starting it again from step 0 with its saved config", dir.display());
-            (cfg, dir.clone(), false)
+            (cfg, dir.clone(), None)
         }
         Some(dir) => {
-            let ck = engine::open_checkpoint(dir).with_context(|| format!("resuming {}", dir.display()))?;
+            let (run_dir, ck, resume) = resume_target(dir)?;
             let saved = engine::saved_config(&ck)?;
             let mut cfg = config::resolve_saved(&saved, &sets)?;
             let before = config::ResolvedConfig::from_toml_str(&saved)?;
@@ -116,7 +179,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     cfg.global_batch, cfg.raw.parallel.dp, cfg.raw.train.batch_size, cfg.raw.train.grad_accum
                 );
             }
-            (cfg, dir.clone(), true)
+            (cfg, run_dir, Some(resume))
         }
         None => {
             let mut cfg = config::resolve(args.config.preset.as_deref(), args.config.config.as_deref(), &sets)?;
@@ -127,9 +190,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 PathBuf::from("runs").join(cfg.preset.clone().unwrap_or_else(|| "custom".into()))
             });
             refuse_existing_run(&run_dir)?;
-            (cfg, run_dir, false)
+            (cfg, run_dir, None)
         }
     };
+    for note in &cfg.notes.0 {
+        eprintln!("note: {note}");
+    }
     let fail_at = args.debug_fail.as_deref().map(parse_fail).transpose()?;
     let init = match &hf {
         Some(hf) => {
@@ -149,6 +215,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         sample_tokens: args.sample_tokens,
         pause: Duration::from_millis(args.debug_checkpoint_pause_ms),
         fail_at,
+        nan_steps: args.debug_nan_steps.clone(),
+        mem_check: (!args.allow_oversubscribe).then_some(args.debug_mem_available),
     };
     let timeout = Duration::from_secs(args.comm_timeout);
     if mpi {
@@ -156,13 +224,54 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let dp = plan.cfg.raw.parallel.dp;
     let _lock = prepare_run_dir(&plan, true)?;
+    check_memory(&plan, dp)?;
+    super::stop::install()?;
     let outcomes = comm::run_local(dp, timeout, |c| {
         let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / dp).max(1);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| anyhow::anyhow!("{e}"))?;
         pool.install(|| train_rank(&plan, &c))
     })
     .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
-    report(&plan, &outcomes)
+    report(&plan, &outcomes)?;
+    stopped(&plan, &outcomes[0])
+}
+
+/// Refuses, before anything is allocated, a run whose ranks in this process would
+/// allocate more than the machine has available, naming the largest term and the keys
+/// that drive it.
+fn check_memory(plan: &Plan, ranks_here: usize) -> Result<()> {
+    let Some(given) = plan.mem_check else { return Ok(()) };
+    let Some(available) = given.or_else(engine::available_memory_bytes) else { return Ok(()) };
+    let vocab = common::open_data(&plan.cfg, false)?.meta.vocab_size;
+    let terms = engine::planned_rank_memory(&plan.cfg, vocab)?;
+    let per_rank: f64 = terms.iter().map(|t| t.bytes).sum();
+    let need = per_rank * ranks_here as f64;
+    if need <= available as f64 {
+        return Ok(());
+    }
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let largest = terms.iter().max_by(|a, b| a.bytes.total_cmp(&b.bytes)).context("memory terms")?;
+    let list: Vec<String> = terms.iter().map(|t| format!("{} {:.2} GiB", t.what, gib(t.bytes))).collect();
+    anyhow::bail!(
+        "this run would allocate about {:.2} GiB ({ranks_here} rank(s) in this process x {:.2} GiB: {}) but {:.2} GiB of memory is available; \
+         the largest term is {} ({:.2} GiB per rank), driven by {}: make it smaller (or shard it with parallel.zero across more machines), \
+         or pass --allow-oversubscribe to start anyway",
+        gib(need),
+        gib(per_rank),
+        list.join(", "),
+        gib(available as f64),
+        largest.what,
+        gib(largest.bytes),
+        largest.keys
+    )
+}
+
+/// The `Stopped` error (exit code 75) when the run stopped on a signal.
+fn stopped(plan: &Plan, outcome: &Outcome) -> Result<()> {
+    match outcome.stopped {
+        Some(step) => Err(super::stop::Stopped { step, run_dir: plan.run_dir.clone() }.into()),
+        None => Ok(()),
+    }
 }
 
 /// A run directory that a `train` created (its `config.toml` is written before any step)
@@ -230,6 +339,11 @@ fn prepare_run_dir(plan: &Plan, root: bool) -> Result<Option<super::lock::RunLoc
     if removed > 0 {
         eprintln!("removed {removed} unfinished checkpoint folder(s) left by an interrupted write");
     }
+    if let Some(r) = plan.resume.as_ref().filter(|r| !r.aside.is_empty()) {
+        for moved in checkpoint::set_aside(run_dir, &r.aside, r.label, &r.from)? {
+            eprintln!("set aside {}", moved.display());
+        }
+    }
     common::open_data(&plan.cfg, plan.cfg.raw.log.progress)?;
     println!("# resolved config\n{}", plan.cfg.to_toml());
     let cfg_path = run_dir.join("config.toml");
@@ -246,11 +360,13 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     let data = common::open_data(&plan.cfg, false)?;
     let data_meta = data.meta.clone();
     let mut trainer = Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?;
+    trainer.stop = Some(&super::stop::STOP);
+    trainer.poison_steps = plan.nan_steps.clone();
     if let Some(init) = &plan.init {
         trainer.load_params(init)?;
     }
-    if plan.resume {
-        let ck = engine::open_checkpoint(&plan.run_dir)?;
+    if let Some(resume) = &plan.resume {
+        let ck = engine::open_checkpoint(&resume.from)?;
         let saved = engine::saved_data_meta(&ck)?;
         if let Some(why) = saved.tokenizer_differs(&data_meta) {
             anyhow::bail!(
@@ -290,7 +406,9 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         trainer.run(&mut quiet)?
     };
     bar.pb.finish_and_clear();
-    let params = if plan.sample_tokens > 0 { Some(trainer.full_params()?) } else { None };
+    // A stopped run leaves at once (a preempted job has seconds): no sample.
+    let stopped = trainer.stopped_at;
+    let params = if plan.sample_tokens > 0 && stopped.is_none() { Some(trainer.full_params()?) } else { None };
     let memory = trainer.memory();
     let sample = match (root, params) {
         (true, Some(p)) => {
@@ -299,12 +417,13 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         }
         _ => None,
     };
-    Ok(Outcome { val, step: trainer.step, memory, sample })
+    Ok(Outcome { val, step: trainer.step, memory, stopped, sample })
 }
 
 fn report(plan: &Plan, outcomes: &[Outcome]) -> Result<()> {
     let first = &outcomes[0];
     match first.val {
+        _ if first.stopped.is_some() => println!("stopped: step {} (on a signal; checkpoint written)", first.step),
         Some(v) => println!("done: step {}, validation loss {v:.4} (perplexity {:.2})", first.step, v.exp()),
         None => println!("done: step {}", first.step),
     }
@@ -397,8 +516,14 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
         anyhow::bail!("rank 0 failed to prepare the run");
     }
     let local = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1);
+    // The ranks of this machine share its memory; one that refuses ends the job.
+    if let Err(e) = check_memory(plan, local) {
+        world.abort(&format!("rank {}: {e:#}", world.rank()));
+    }
     let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / local.max(1)).max(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    // After MPI_Init, so that these handlers are the ones in place.
+    super::stop::install()?;
     let outcome = pool.install(|| train_rank(plan, &world));
     let outcome = match outcome {
         Ok(o) => o,
@@ -407,7 +532,7 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     if root {
         report(plan, std::slice::from_ref(&outcome))?;
     }
-    Ok(())
+    stopped(plan, &outcome)
 }
 
 #[cfg(not(feature = "mpi"))]
@@ -487,6 +612,15 @@ impl Observer for Bar {
         ));
         if let Some(v) = m.val_loss {
             self.pb.println(format!("step {:>6}: train loss {:.4}, val loss {:.4}", m.step, m.train_loss, v));
+        }
+        if !(m.train_loss.is_finite() && m.grad_norm.is_finite()) {
+            self.pb.println(format!(
+                "step {:>6}: loss {} / gradient norm {}: update skipped ({} skipped so far)",
+                m.step, m.train_loss, m.grad_norm, m.skipped_steps
+            ));
+        }
+        if let Some(z) = m.loss_spike_z {
+            self.pb.println(format!("step {:>6}: loss spike: {:.4} is {z:.1} standard deviations above the recent mean", m.step, m.train_loss));
         }
     }
 
