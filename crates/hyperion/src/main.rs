@@ -57,6 +57,10 @@ fn main() {
             eprintln!("{stopped}");
             std::process::exit(cmd::stop::EXIT_STOPPED);
         }
+        if err.downcast_ref::<cmd::supervise::Diverged>().is_some() {
+            eprintln!("error: {err:#}");
+            std::process::exit(cmd::supervise::EXIT_DIVERGED);
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -356,3 +356,80 @@ fn non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run() {
     assert_eq!(step_of(&bad), "step-00000006");
     assert_eq!(model_tensors(&bad.join("checkpoints/step-00000004")), model_tensors(&bad.join("checkpoints/step-00000006")));
 }
+
+/// The child process of `pid` (the supervised run).
+fn child_of(pid: u32) -> u32 {
+    let out = Command::new("pgrep").args(["-P", &pid.to_string()]).output().expect("pgrep (procps) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().unwrap_or_else(|| panic!("no child of {pid}")).trim().parse().unwrap()
+}
+
+fn latest_step(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("checkpoints/latest")).map_or(0, |s| s.trim().trim_start_matches("step-").parse().unwrap_or(0))
+}
+
+#[test]
+fn chaos_a_supervised_run_survives_a_panic_a_sigkill_and_a_sigterm_bitwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, reference) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("ref"));
+    let steps = 300;
+    let with = |out: &Path| {
+        let mut a = args(&data, out, steps);
+        a.extend(["--workers", "2", "--set", "parallel.zero=2", "--set", "checkpoint.interval=20", "--set", "train.batch_size=16"].map(String::from));
+        a
+    };
+    let out = bin().args(with(&reference)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Kill 1: rank 1 panics at step 37 (the supervisor restarts from step 20).
+    let mut a = with(&run);
+    a.extend(["--max-restarts", "5", "--restart-backoff-ms", "100", "--debug-fail", "1:37"].map(String::from));
+    let supervisor = bin().args(&a).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Kill 2: SIGKILL of the training process once it is past step 60.
+    wait_for("step 60", || latest_step(&run) >= 60);
+    let victim = child_of(supervisor.id());
+    // SAFETY: kill(2) on a PID that pgrep just listed as our grandchild.
+    assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
+    // Kill 3: SIGTERM of the supervised job past step 140 (a preemption): it stops
+    // gracefully and the supervisor, asked to stop, does not restart it.
+    wait_for("step 140 after a restart", || latest_step(&run) >= 140 && child_of(supervisor.id()) != victim);
+    signal(&supervisor, libc::SIGTERM);
+    let out = supervisor.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("restart 1 of 5") && err.contains("restart 2 of 5") && err.contains("killed by signal 9"), "{err}");
+    let log = std::fs::read_to_string(run.join("restarts.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "two restarts and the final stop: {log}");
+    assert!(log.lines().last().unwrap().contains("not restarted"), "{log}");
+    let stopped = latest_step(&run);
+    assert!(stopped < steps, "the job was stopped before the end ({stopped})");
+
+    // The requeued job (as a scheduler would start it again) finishes the run.
+    let out = bin()
+        .args(["train", "--resume", &run.display().to_string(), "--workers", "2", "--max-restarts", "5"])
+        .args(["--set", "log.progress=false", "--sample-tokens", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let last = format!("checkpoints/step-{steps:08}");
+    assert_eq!(checkpoint_files(&run.join(&last)), checkpoint_files(&reference.join(&last)), "bitwise the uninterrupted run");
+}
+
+#[test]
+fn a_supervisor_does_not_restart_a_run_that_cannot_start_or_that_diverged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let mut a = args(&data, &run, 10);
+    a.extend(["--max-restarts", "3", "--restart-backoff-ms", "10", "--set", "model.n_head=5"].map(String::from));
+    let out = bin().args(&a).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("model.n_head") && err.contains("not restarting: it failed before the run started"), "{err}");
+
+    let mut a = args(&data, &run, 10);
+    a.extend(["--max-restarts", "3", "--restart-backoff-ms", "10", "--debug-nan-steps", "3,4,5"].map(String::from));
+    let out = bin().args(&a).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    assert!(err.contains("3 steps in a row") && err.contains("not restarting: it stopped on non-finite numbers"), "{err}");
+}

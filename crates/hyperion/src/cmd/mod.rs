@@ -12,4 +12,5 @@ pub mod lock;
 pub mod plan;
 pub mod plot;
 pub mod stop;
+pub mod supervise;
 pub mod train;

@@ -38,6 +38,14 @@ pub struct TrainArgs {
     /// Characters/tokens of sample text printed at the end (0 = none).
     #[arg(long, default_value_t = 300)]
     pub sample_tokens: usize,
+    /// Supervise the run: restart it from its last checkpoint when it fails (a crash,
+    /// a killed or panicking rank), up to N times with a doubling backoff; each failure
+    /// and restart is logged in RUN_DIR/restarts.jsonl.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_restarts: u32,
+    /// The first restart's backoff in milliseconds (then doubling, at most a minute).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub restart_backoff_ms: u64,
     /// Start even when the memory this run will allocate (computed before allocating)
     /// exceeds the memory available on this machine.
     #[arg(long)]
@@ -57,6 +65,10 @@ pub struct TrainArgs {
     #[arg(long, hide = true, value_name = "R:S")]
     pub debug_fail: Option<String>,
 }
+
+/// Set when a rank stopped on the numerics guard (the exit code tells a supervisor
+/// not to restart it).
+static DIVERGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What every rank needs to start.
 struct Plan {
@@ -132,6 +144,12 @@ struct Outcome {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let mpi = mpi_launched();
+    if args.max_restarts > 0 {
+        if mpi {
+            anyhow::bail!("--max-restarts supervises a run of this process (one rank, or --workers threads); under mpirun every rank would supervise itself: drop it");
+        }
+        return super::supervise::run(args);
+    }
     if mpi && args.workers.is_some() {
         anyhow::bail!("--workers starts threads; under mpirun the ranks come from MPI (drop --workers)");
     }
@@ -231,7 +249,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| anyhow::anyhow!("{e}"))?;
         pool.install(|| train_rank(&plan, &c))
     })
-    .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
+    .map_err(|e| {
+        let msg = format!("training failed: {e}");
+        if DIVERGED.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::Error::new(super::supervise::Diverged(msg))
+        } else {
+            anyhow::anyhow!(msg)
+        }
+    })?;
     report(&plan, &outcomes)?;
     stopped(&plan, &outcomes[0])
 }
@@ -398,13 +423,17 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     }
     let mut bar = Bar::new(root && trainer.cfg.raw.log.progress);
     let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, rank: trainer.rank.rank };
-    let val = if root {
+    let result = if root {
         let mut obs = FailAt { inner: &mut bar, pause: plan.pause, fail: plan.fail_at, rank: 0 };
-        trainer.run(&mut obs)?
+        trainer.run(&mut obs)
     } else {
         quiet.fail = plan.fail_at;
-        trainer.run(&mut quiet)?
+        trainer.run(&mut quiet)
     };
+    if let Err(engine::EngineError::Diverged { .. }) = &result {
+        DIVERGED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let val = result?;
     bar.pb.finish_and_clear();
     // A stopped run leaves at once (a preempted job has seconds): no sample.
     let stopped = trainer.stopped_at;
