@@ -3,7 +3,8 @@
 #  1. the layout-equivalence test under mpirun -np 2 and -np 4;
 #  2. `hyperion train` under mpirun -np 2 (ZeRO-2), resumed under -np 4 (ZeRO-3);
 #  3. SIGKILL of one MPI rank ends the job (no hang), and the run resumes from its last checkpoint;
-#  4. SIGTERM to one rank stops both after the same step with a checkpoint, and the run resumes.
+#  4. SIGTERM to one rank stops both after the same step with a checkpoint, and the run resumes;
+#  5. a rank that stops calling collectives is named by the flight recorder's diagnosis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null; then
@@ -76,4 +77,17 @@ echo "rank process $victim got SIGTERM: both ranks stopped after step $stopped (
 mpirun_ -np 2 "$hyp" train --resume "$work/stop" --set parallel.dp=2 --set train.steps=$((stopped + 5)) --set log.progress=false --sample-tokens 0 > "$work/stop-resume.log"
 grep -q "resumed .* at step $stopped " "$work/stop-resume.log" && grep -q "done: step $((stopped + 5))" "$work/stop-resume.log" \
   || { cat "$work/stop-resume.log"; echo "error: resume after the stop failed" >&2; exit 1; }
-echo "MPI training tests: 4 passed, 0 failed"
+echo "== a rank that stops calling collectives is named by the flight recorder within the timeout"
+start=$(date +%s)
+set +e
+timeout 120 mpirun --allow-run-as-root --oversubscribe -np 2 "$hyp" "${common[@]}" --set parallel.dp=2 --set train.steps=50 \
+  --comm-timeout 3 --debug-hang 1:5 --out "$work/hang" > "$work/hang.log" 2>&1
+rc=$?
+set -e
+took=$(( $(date +%s) - start ))
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { cat "$work/hang.log"; echo "error: the hung job exited $rc" >&2; exit 1; }
+grep -q "flight recorder" "$work/hang.log" && grep -q "rank 1: SILENT" "$work/hang.log" && grep -q "rank 0: waiting" "$work/hang.log" \
+  || { cat "$work/hang.log"; echo "error: no diagnosis naming rank 1" >&2; exit 1; }
+ls "$work/hang/flight-rank00000.jsonl" >/dev/null
+echo "the job ended ${took} s after start (timeout 3 s), naming rank 1"
+echo "MPI training tests: 5 passed, 0 failed"

@@ -31,6 +31,7 @@
 
 mod asyncop;
 pub mod bench;
+pub mod flight;
 mod buf;
 mod error;
 pub mod local;

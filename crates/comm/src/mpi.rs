@@ -289,6 +289,7 @@ fn start_watchdog(session: Weak<Session>) {
                         missing: vec![],
                     }
                 );
+                crate::flight::failed();
                 eprintln!("world rank {}: aborting the MPI job so that no rank hangs", s.world_rank);
                 // SAFETY: MPI_THREAD_MULTIPLE; MPI_Abort terminates all processes.
                 unsafe { ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, 4) };

@@ -14,14 +14,19 @@ pub struct Rank {
     pub stream: AsyncComm,
     pub rank: usize,
     pub dp: usize,
+    /// This rank's last collectives on both communicators (see `comm::flight`).
+    pub flight: comm::flight::Recorder,
 }
 
 impl Rank {
     /// Splits `world` into the data-parallel group and its background stream.
+    /// Both record their collectives in the rank's flight recorder.
     pub fn new(world: &dyn Communicator) -> Result<Rank> {
-        let comm: Arc<dyn Communicator> = Arc::from(world.split(0, world.rank(), "dp")?);
+        let flight = comm::flight::Recorder::new(world.rank(), comm::flight::DEFAULT_CAPACITY);
+        let dp = comm::flight::Recorded::new(world.split(0, world.rank(), "dp")?, flight.clone());
+        let comm: Arc<dyn Communicator> = Arc::new(dp);
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
-        Ok(Rank { rank: comm.rank(), dp: comm.size(), comm, stream })
+        Ok(Rank { rank: comm.rank(), dp: comm.size(), comm, stream, flight })
     }
 
     /// A group of one (single-rank training).

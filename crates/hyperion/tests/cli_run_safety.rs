@@ -433,3 +433,25 @@ fn a_supervisor_does_not_restart_a_run_that_cannot_start_or_that_diverged() {
     assert_eq!(out.status.code(), Some(76), "{err}");
     assert!(err.contains("3 steps in a row") && err.contains("not restarting: it stopped on non-finite numbers"), "{err}");
 }
+
+#[test]
+fn a_rank_that_stops_calling_collectives_is_named_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let mut a = args(&data, &run, 50);
+    a.extend(["--workers", "2", "--set", "parallel.zero=2", "--comm-timeout", "2", "--debug-hang", "1:5"].map(String::from));
+    let t0 = Instant::now();
+    let out = bin().args(&a).output().unwrap();
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // The timeout (2 s) plus the grace for the hung thread (5 s), not a hang.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(err.contains("flight recorder"), "{err}");
+    assert!(err.contains("rank 1: BEHIND: its last collective is #"), "{err}");
+    assert!(err.contains("rank 0: failed in #") && err.contains("timed out after 2"), "{err}");
+    for r in 0..2 {
+        let recs = std::fs::read_to_string(run.join(format!("flight-rank0000{r}.jsonl"))).unwrap();
+        assert!(recs.lines().count() > 5 && recs.contains("\"group\":\"dp\""), "{recs}");
+    }
+}

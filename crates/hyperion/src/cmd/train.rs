@@ -61,6 +61,9 @@ pub struct TrainArgs {
     /// the numerics guard.
     #[arg(long, hide = true, value_name = "STEPS", value_delimiter = ',')]
     pub debug_nan_steps: Vec<u64>,
+    /// Testing aid: make rank R stop calling collectives at step S (`R:S`): it sleeps.
+    #[arg(long, hide = true, value_name = "R:S")]
+    pub debug_hang: Option<String>,
     /// Testing aid: make rank R panic at step S (`R:S`), to exercise failure handling.
     #[arg(long, hide = true, value_name = "R:S")]
     pub debug_fail: Option<String>,
@@ -78,6 +81,7 @@ struct Plan {
     sample_tokens: usize,
     pause: Duration,
     fail_at: Option<(usize, u64)>,
+    hang_at: Option<(usize, u64)>,
     nan_steps: Vec<u64>,
     /// `None` with --allow-oversubscribe; else the available bytes to check against
     /// (`Some(None)`: read MemAvailable).
@@ -233,6 +237,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         sample_tokens: args.sample_tokens,
         pause: Duration::from_millis(args.debug_checkpoint_pause_ms),
         fail_at,
+        hang_at: args.debug_hang.as_deref().map(parse_fail).transpose()?,
         nan_steps: args.debug_nan_steps.clone(),
         mem_check: (!args.allow_oversubscribe).then_some(args.debug_mem_available),
     };
@@ -259,6 +264,47 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })?;
     report(&plan, &outcomes)?;
     stopped(&plan, &outcomes[0])
+}
+
+/// Once per process, when a rank of a multi-rank job fails: dumps the flight
+/// recorders (this process's ranks) to `RUN_DIR/flight-rankNNNNN.jsonl` and prints the
+/// diagnosis over every rank's records found there (under MPI the other processes
+/// dump theirs as they fail; a second is given for that). A threaded job whose other
+/// ranks do not end (one hung outside the communicator) is then ended after a grace.
+fn flight_report(run_dir: &Path, ranks: usize) {
+    use comm::flight;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let file = |r: usize| run_dir.join(format!("flight-rank{r:05}.jsonl"));
+    let mpi = mpi_launched();
+    let mine = flight::snapshot_all();
+    for recs in &mine {
+        if let Some(r) = recs.first().map(|x| x.rank) {
+            if let Err(e) = flight::dump(&file(r), recs) {
+                eprintln!("warning: could not write {}: {e}", file(r).display());
+            }
+        }
+    }
+    ONCE.call_once(|| {
+        let records = if mpi {
+            std::thread::sleep(Duration::from_secs(1));
+            (0..ranks).filter_map(|r| flight::load(&file(r)).ok()).collect()
+        } else {
+            mine
+        };
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        eprintln!(
+            "flight recorder: the last collectives of each rank (all in {}/flight-rank*.jsonl):\n{}",
+            run_dir.display(),
+            flight::diagnose(&records, ranks, at)
+        );
+        if !mpi {
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(5));
+                eprintln!("error: a rank is still running 5 s after the job failed (hung outside the communicator, see above); exiting");
+                std::process::exit(1);
+            });
+        }
+    });
 }
 
 /// Refuses, before anything is allocated, a run whose ranks in this process would
@@ -346,8 +392,8 @@ fn refuse_other_tokenizer(hf_dir: &Path, d: &config::DataConfig) -> Result<()> {
 }
 
 fn parse_fail(s: &str) -> Result<(usize, u64)> {
-    let (r, st) = s.split_once(':').context("--debug-fail takes RANK:STEP")?;
-    Ok((r.parse().context("--debug-fail rank")?, st.parse().context("--debug-fail step")?))
+    let (r, st) = s.split_once(':').context("--debug-fail/--debug-hang take RANK:STEP")?;
+    Ok((r.parse().context("the rank of RANK:STEP")?, st.parse().context("the step of RANK:STEP")?))
 }
 
 /// Creates the run directory, takes its lock (one writer per run), removes unfinished
@@ -360,6 +406,12 @@ fn prepare_run_dir(plan: &Plan, root: bool) -> Result<Option<super::lock::RunLoc
     let run_dir = &plan.run_dir;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let lock = super::lock::RunLock::acquire(run_dir)?;
+    for e in std::fs::read_dir(run_dir).with_context(|| format!("reading {}", run_dir.display()))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("flight-rank") && name.ends_with(".jsonl") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let removed = checkpoint::clean_stale(run_dir)?;
     if removed > 0 {
         eprintln!("removed {removed} unfinished checkpoint folder(s) left by an interrupted write");
@@ -422,9 +474,9 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         );
     }
     let mut bar = Bar::new(root && trainer.cfg.raw.log.progress);
-    let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, rank: trainer.rank.rank };
+    let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, hang: plan.hang_at, rank: trainer.rank.rank };
     let result = if root {
-        let mut obs = FailAt { inner: &mut bar, pause: plan.pause, fail: plan.fail_at, rank: 0 };
+        let mut obs = FailAt { inner: &mut bar, pause: plan.pause, fail: plan.fail_at, hang: plan.hang_at, rank: 0 };
         trainer.run(&mut obs)
     } else {
         quiet.fail = plan.fail_at;
@@ -432,6 +484,9 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     };
     if let Err(engine::EngineError::Diverged { .. }) = &result {
         DIVERGED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    if result.is_err() && trainer.rank.dp > 1 {
+        flight_report(&plan.run_dir, trainer.rank.dp);
     }
     let val = result?;
     bar.pb.finish_and_clear();
@@ -553,6 +608,9 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     // After MPI_Init, so that these handlers are the ones in place.
     super::stop::install()?;
+    // A collective that times out aborts the job from the MPI watchdog: report first.
+    let (run_dir, ranks) = (plan.run_dir.clone(), world.size());
+    comm::flight::on_failure(move || flight_report(&run_dir, ranks));
     let outcome = pool.install(|| train_rank(plan, &world));
     let outcome = match outcome {
         Ok(o) => o,
@@ -575,6 +633,7 @@ struct FailAt<O> {
     inner: O,
     pause: Duration,
     fail: Option<(usize, u64)>,
+    hang: Option<(usize, u64)>,
     rank: usize,
 }
 
@@ -585,6 +644,11 @@ impl<O: Observer> Observer for FailAt<O> {
     fn step(&mut self, m: &StepMetrics) {
         if self.fail == Some((self.rank, m.step)) {
             panic!("injected failure on rank {} at step {} (--debug-fail)", self.rank, m.step);
+        }
+        if self.hang == Some((self.rank, m.step)) {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         self.inner.step(m)
     }
