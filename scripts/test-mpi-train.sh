@@ -4,7 +4,9 @@
 #  2. `hyperion train` under mpirun -np 2 (ZeRO-2), resumed under -np 4 (ZeRO-3);
 #  3. SIGKILL of one MPI rank ends the job (no hang), and the run resumes from its last checkpoint;
 #  4. SIGTERM to one rank stops both after the same step with a checkpoint, and the run resumes;
-#  5. a rank that stops calling collectives is named by the flight recorder's diagnosis.
+#  5. a rank that stops calling collectives is named by the flight recorder's diagnosis;
+#  6. chaos: under `train --max-restarts --launcher mpirun`, a rank panic, a SIGKILL of a rank
+#     and a SIGTERM of the job end with parameters bitwise those of an uninterrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null; then
@@ -90,4 +92,30 @@ grep -q "flight recorder" "$work/hang.log" && grep -q "rank 1: SILENT" "$work/ha
   || { cat "$work/hang.log"; echo "error: no diagnosis naming rank 1" >&2; exit 1; }
 ls "$work/hang/flight-rank00000.jsonl" >/dev/null
 echo "the job ended ${took} s after start (timeout 3 s), naming rank 1"
-echo "MPI training tests: 5 passed, 0 failed"
+echo "== chaos: a supervised MPI job survives a rank panic, a SIGKILL of a rank and a SIGTERM of the job, bitwise"
+launcher="mpirun --allow-run-as-root --oversubscribe -np 2"
+chaos=("${common[@]}" --set parallel.dp=2 --set parallel.zero=2 --set train.steps=300 --set checkpoint.interval=20
+       --set train.batch_size=16 --set checkpoint.keep_last=20)
+mpirun_ -np 2 "$hyp" "${chaos[@]}" --out "$work/chaos-ref" > "$work/chaos-ref.log" 2>&1
+latest() { sed 's/^step-0*//' "$1/checkpoints/latest" 2>/dev/null || echo 0; }
+"$hyp" "${chaos[@]}" --out "$work/chaos" --max-restarts 5 --restart-backoff-ms 200 --launcher "$launcher" \
+  --debug-fail 1:37 --debug-checkpoint-pause-ms 300 > "$work/chaos.log" 2>&1 &
+sup=$!
+for _ in $(seq 1200); do [ "$(latest "$work/chaos")" -ge 80 ] && break; sleep 0.1; done
+first=$(pgrep -P "$sup"); rank=$(pgrep -P "$first" | tail -1)
+[ -n "$rank" ] || { cat "$work/chaos.log"; echo "error: no MPI rank under the supervisor" >&2; exit 1; }
+kill -9 "$rank"
+for _ in $(seq 1200); do now=$(pgrep -P "$sup" || true); [ -n "$now" ] && [ "$now" != "$first" ] && [ "$(latest "$work/chaos")" -ge 140 ] && break; sleep 0.1; done
+kill -TERM "$sup"
+set +e; wait "$sup"; rc=$?; set -e
+[ "$rc" -eq 75 ] || { cat "$work/chaos.log"; echo "error: the supervisor exited $rc after SIGTERM, not 75" >&2; exit 1; }
+grep -c '"action":"restart' "$work/chaos/restarts.jsonl" | grep -qx 2 || { cat "$work/chaos/restarts.jsonl"; echo "error: expected 2 restarts" >&2; exit 1; }
+stopped=$(latest "$work/chaos")
+[ "$stopped" -lt 300 ] || { echo "error: the job finished before the SIGTERM" >&2; exit 1; }
+"$hyp" train --resume "$work/chaos" --max-restarts 5 --launcher "$launcher" --set log.progress=false --sample-tokens 0 > "$work/chaos-end.log" 2>&1 \
+  || { cat "$work/chaos-end.log"; echo "error: the requeued job failed" >&2; exit 1; }
+for f in "$work"/chaos-ref/checkpoints/step-00000300/*.safetensors; do
+  cmp "$f" "$work/chaos/checkpoints/step-00000300/$(basename "$f")" || { echo "error: $(basename "$f") differs from the uninterrupted run" >&2; exit 1; }
+done
+echo "panic at step 37, SIGKILL of rank process $rank, SIGTERM at step $stopped: the final checkpoint is bitwise the uninterrupted run's"
+echo "MPI training tests: 6 passed, 0 failed"

@@ -291,7 +291,7 @@ mod tests {
             let rec = Recorder::new(c.rank(), 4);
             let dp = Recorded::new(c.split(0, c.rank(), "dp")?, rec.clone());
             let stream = dp.split(0, dp.rank(), "dp.stream")?;
-            let mut x = vec![1.0f32; 3];
+            let mut x = [1.0f32; 3];
             dp.all_reduce((&mut x[..]).into(), ReduceOp::Sum)?;
             stream.barrier()?;
             for _ in 0..4 {

@@ -10,6 +10,10 @@
 //! numerics stop (exit 76: it would diverge again, deterministically), and a child
 //! that failed before its run directory had a config (bad arguments or config).
 //!
+//! `--launcher "mpirun -np 4"` runs each attempt under that launcher (its words, then
+//! this executable and the train arguments), so a job of MPI processes is supervised
+//! from outside `mpirun`: a killed rank ends the `mpirun`, which is then restarted.
+//!
 //! Signals: the child runs in its own process group, so a terminal's Ctrl-C reaches the
 //! supervisor only, which forwards each SIGINT/SIGTERM to the child (the first stops it
 //! gracefully, a second at once) and restarts nothing after that.
@@ -84,9 +88,9 @@ fn first_args() -> Vec<std::ffi::OsString> {
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
-        if s == "--max-restarts" || s == "--restart-backoff-ms" {
+        if s == "--max-restarts" || s == "--restart-backoff-ms" || s == "--launcher" {
             it.next();
-        } else if !(s.starts_with("--max-restarts=") || s.starts_with("--restart-backoff-ms=")) {
+        } else if !["--max-restarts=", "--restart-backoff-ms=", "--launcher="].iter().any(|p| s.starts_with(p)) {
             out.push(a);
         }
     }
@@ -106,6 +110,9 @@ fn restart_args(args: &TrainArgs, run_dir: &Path) -> Vec<String> {
     a.extend(["--comm-timeout".into(), args.comm_timeout.to_string(), "--sample-tokens".into(), args.sample_tokens.to_string()]);
     if args.allow_oversubscribe {
         a.push("--allow-oversubscribe".into());
+    }
+    if args.debug_checkpoint_pause_ms > 0 {
+        a.extend(["--debug-checkpoint-pause-ms".into(), args.debug_checkpoint_pause_ms.to_string()]);
     }
     a
 }
@@ -137,13 +144,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let run_dir = run_dir_of(&args);
     install()?;
     let limit = args.max_restarts;
+    let launcher: Vec<String> = args.launcher.as_deref().unwrap_or_default().split_whitespace().map(String::from).collect();
     let mut forwarded = 0;
     let mut restarts = 0u32;
     let mut command: Vec<std::ffi::OsString> = first_args();
     loop {
         use std::os::unix::process::CommandExt;
         let started = Instant::now();
-        let mut child = Command::new(&exe).args(&command).process_group(0).spawn().context("starting the supervised run")?;
+        let mut cmd = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd.args(&command).process_group(0).spawn().with_context(|| format!("starting the supervised run{}", if launcher.is_empty() { String::new() } else { format!(" with `{}`", launcher.join(" ")) }))?;
         let status = loop {
             let got = SIGNALS.load(Ordering::SeqCst);
             while forwarded < got {
@@ -191,6 +207,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 log(&run_dir, entry(&format!("not restarted: {reason}")));
             }
             eprintln!("supervisor: the run ended with {}; not restarting: {reason}", describe(status));
+            if asked {
+                // One forwarded signal stops the run gracefully (a launcher such as
+                // mpirun reports its own code for that); two end it at once.
+                std::process::exit(if forwarded >= 2 { 128 + libc::SIGTERM } else { EXIT_STOPPED });
+            }
             match code {
                 Some(c) => std::process::exit(c),
                 None => anyhow::bail!("the supervised run ended with {}", describe(status)),

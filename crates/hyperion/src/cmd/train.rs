@@ -43,6 +43,10 @@ pub struct TrainArgs {
     /// and restart is logged in RUN_DIR/restarts.jsonl.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_restarts: u32,
+    /// Supervise a job started by this launcher, e.g. "mpirun -np 4" (its words, then
+    /// this executable and the train arguments); restarts relaunch it.
+    #[arg(long, value_name = "COMMAND")]
+    pub launcher: Option<String>,
     /// The first restart's backoff in milliseconds (then doubling, at most a minute).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub restart_backoff_ms: u64,
@@ -148,9 +152,9 @@ struct Outcome {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let mpi = mpi_launched();
-    if args.max_restarts > 0 {
+    if args.max_restarts > 0 || args.launcher.is_some() {
         if mpi {
-            anyhow::bail!("--max-restarts supervises a run of this process (one rank, or --workers threads); under mpirun every rank would supervise itself: drop it");
+            anyhow::bail!("--max-restarts/--launcher supervise from outside mpirun (every rank would supervise itself): run `hyperion train --max-restarts N --launcher \"mpirun -np P\" ...` instead");
         }
         return super::supervise::run(args);
     }
@@ -611,10 +615,13 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     // A collective that times out aborts the job from the MPI watchdog: report first.
     let (run_dir, ranks) = (plan.run_dir.clone(), world.size());
     comm::flight::on_failure(move || flight_report(&run_dir, ranks));
-    let outcome = pool.install(|| train_rank(plan, &world));
+    // A panicking rank must end the job: unwinding would reach MPI_Finalize, which
+    // waits for the other ranks while they wait for it in a collective.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| train_rank(plan, &world))));
     let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => world.abort(&format!("rank {}: {e:#}", world.rank())),
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => world.abort(&format!("rank {}: {e:#}", world.rank())),
+        Err(_) => world.abort(&format!("rank {} panicked (see the message above)", world.rank())),
     };
     if root {
         report(plan, std::slice::from_ref(&outcome))?;
