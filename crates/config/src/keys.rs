@@ -101,6 +101,7 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("parallel.recompute", Kind::Enum(&["none", "full"])),
     ("checkpoint.interval", U),
     ("checkpoint.keep_last", U),
+    ("checkpoint.async", Kind::Bool),
     ("log.progress", Kind::Bool),
     ("log.peak_flops", Kind::OptFloat),
     ("log.spike_z", Kind::Float),

@@ -306,6 +306,10 @@ pub struct CheckpointConfig {
     pub interval: u64,
     /// Checkpoints kept on disk (older ones are deleted); at least 1.
     pub keep_last: usize,
+    /// Write checkpoints in the background: the state is copied in memory and written
+    /// by a thread while training goes on (at most one write in flight).
+    #[serde(rename = "async")]
+    pub async_write: bool,
 }
 
 impl Default for CheckpointConfig {
@@ -313,6 +317,7 @@ impl Default for CheckpointConfig {
         Self {
             interval: 500,
             keep_last: 3,
+            async_write: false,
         }
     }
 }

@@ -2,11 +2,12 @@
 //! their Hugging Face names, Adam moments under `optim.exp_avg.<name>` and
 //! `optim.exp_avg_sq.<name>`, and the run state in the manifest's `meta`.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use std::ops::Range;
-
 use checkpoint::{Checkpoint, FileRecord};
+use comm::Communicator;
 use model::{BucketSpec, Gpt};
 use serde_json::json;
 
@@ -35,72 +36,34 @@ impl Trainer {
     }
 
     /// Writes this rank's shard files, then (rank 0, once every rank's files are
-    /// durable) commits the checkpoint atomically.
+    /// durable) commits the checkpoint atomically. Synchronous: returns when the
+    /// checkpoint is committed.
     pub fn save_checkpoint(&self, observer: &mut dyn Observer) -> Result<PathBuf> {
-        let r = self.rank.rank;
-        // Rank 0 creates the temporary folder first, so no rank races its clean-up.
-        let pending = if r == 0 { Some(checkpoint::begin(self.run_dir(), self.step)) } else { None };
-        self.rank.comm.barrier()?;
-        let pending = match pending {
-            Some(p) => p,
-            None => checkpoint::begin(self.run_dir(), self.step),
-        };
-        let written = pending.map_err(EngineError::from).and_then(|p| self.write_shards(&p, observer).map(|recs| (p, recs)));
-        // Every rank reports (records or its error) before anything is committed.
-        let mine = match &written {
-            Ok((_, recs)) => serde_json::to_vec(&Ok::<_, String>(recs)).expect("records serialise"),
-            Err(e) => serde_json::to_vec(&Err::<Vec<FileRecord>, _>(e.to_string())).expect("error serialises"),
-        };
-        let all = self.rank.gather_bytes(&mine)?;
-        let mut records = Vec::new();
-        for (rank, bytes) in all.iter().enumerate() {
-            let got: std::result::Result<Vec<FileRecord>, String> = serde_json::from_slice(bytes)
-                .map_err(|e| EngineError::Invalid(format!("rank {rank} sent unreadable checkpoint records: {e}")))?;
-            match got {
-                Ok(recs) => records.extend(recs),
-                Err(msg) => return Err(EngineError::Invalid(format!("checkpoint at step {}: rank {rank} failed to write its shard: {msg}", self.step))),
-            }
-        }
-        let (pending, _) = written?;
-        let dir = pending.path().parent().map(|d| d.join(format!("step-{:08}", self.step))).unwrap_or_default();
-        let committed = if r == 0 {
-            let meta = self.manifest_meta();
-            Some(checkpoint::commit(pending, meta, records, self.cfg.raw.checkpoint.keep_last))
-        } else {
-            None
-        };
-        // Rank 0 tells everyone whether the commit landed.
-        let mut status = [u8::from(matches!(committed, Some(Err(_))))];
-        self.rank.comm.broadcast((&mut status[..]).into(), 0)?;
-        match committed {
-            Some(res) => Ok(res?),
-            None if status[0] == 0 => Ok(dir),
-            None => Err(EngineError::Invalid(format!("rank 0 failed to commit the checkpoint of step {}", self.step))),
-        }
+        let snap = self.snapshot(|v| Cow::Borrowed(v));
+        snap.write(self.rank.comm.as_ref(), &mut |p| observer.checkpoint_file(p))
     }
 
-    fn write_shards(&self, pending: &checkpoint::Pending, observer: &mut dyn Observer) -> Result<Vec<FileRecord>> {
-        let layout = &self.gpt.layout;
-        let r = self.rank.rank;
-        let names: Vec<Vec<String>> = layout.buckets.iter().map(|b| b.tensors.iter().map(|t| t.name.clone()).collect()).collect();
-        let prefixed = |p: &str| -> Vec<Vec<String>> { names.iter().map(|v| v.iter().map(|n| format!("{p}{n}")).collect()).collect() };
-        let (m_names, v_names) = (prefixed("optim.exp_avg."), prefixed("optim.exp_avg_sq."));
-        let mut model_slices = Vec::new();
-        let mut optim_slices = Vec::new();
-        for (b, spec) in layout.buckets.iter().enumerate() {
+    /// What this rank writes for a checkpoint of the current step: the part of each
+    /// buffer it owns (`keep` borrows it, or copies it for a background write) and,
+    /// on rank 0, the manifest's meta.
+    pub(crate) fn snapshot<'a>(&'a self, keep: impl Fn(&'a [f32]) -> Cow<'a, [f32]>) -> Snapshot<'a> {
+        let mut parts = Vec::with_capacity(self.params.len());
+        for b in 0..self.params.len() {
             let range = self.my_range(b);
             let (pb, mb) = self.bases(b);
-            model_slices.extend(pieces(spec, &names[b], range.clone(), &self.params[b], pb));
-            optim_slices.extend(pieces(spec, &m_names[b], range.clone(), &self.exp_avg[b], mb));
-            optim_slices.extend(pieces(spec, &v_names[b], range, &self.exp_avg_sq[b], mb));
+            let cut = |buf: &'a Vec<f32>, base: usize| keep(&buf[range.start - base..range.end - base]);
+            parts.push(Part { params: cut(&self.params[b], pb), exp_avg: cut(&self.exp_avg[b], mb), exp_avg_sq: cut(&self.exp_avg_sq[b], mb), range });
         }
-        let model_file = format!("model-rank{r:05}.safetensors");
-        let optim_file = format!("optim-rank{r:05}.safetensors");
-        let model = pending.write_file(&model_file, &model_slices)?;
-        observer.checkpoint_file(&pending.path().join(&model_file));
-        let optim = pending.write_file(&optim_file, &optim_slices)?;
-        observer.checkpoint_file(&pending.path().join(&optim_file));
-        Ok(vec![model, optim])
+        Snapshot {
+            step: self.step,
+            run_dir: self.run_dir().to_path_buf(),
+            rank: self.rank.rank,
+            dp: self.rank.dp,
+            gpt: self.gpt.clone(),
+            parts,
+            meta: (self.rank.rank == 0).then(|| self.manifest_meta()),
+            keep_last: self.cfg.raw.checkpoint.keep_last,
+        }
     }
 
     fn manifest_meta(&self) -> serde_json::Value {
@@ -141,6 +104,109 @@ impl Trainer {
         self.step = meta_u64(ck, "step")?;
         self.tokens_seen = meta_u64(ck, "tokens_seen")?;
         Ok(())
+    }
+}
+
+/// One bucket's owned range of parameters and Adam moments.
+pub(crate) struct Part<'a> {
+    range: Range<usize>,
+    params: Cow<'a, [f32]>,
+    exp_avg: Cow<'a, [f32]>,
+    exp_avg_sq: Cow<'a, [f32]>,
+}
+
+/// Everything one rank needs to write its share of a checkpoint and take part in the
+/// commit, without the trainer (so that it can run on a background thread).
+pub(crate) struct Snapshot<'a> {
+    step: u64,
+    run_dir: PathBuf,
+    rank: usize,
+    dp: usize,
+    gpt: std::sync::Arc<Gpt>,
+    parts: Vec<Part<'a>>,
+    /// Rank 0 only.
+    meta: Option<serde_json::Value>,
+    keep_last: usize,
+}
+
+impl Snapshot<'_> {
+    /// A copy that owns its buffers.
+    pub(crate) fn into_owned(self) -> Snapshot<'static> {
+        let own = |c: Cow<'_, [f32]>| -> Cow<'static, [f32]> { Cow::Owned(c.into_owned()) };
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|p| Part { range: p.range, params: own(p.params), exp_avg: own(p.exp_avg), exp_avg_sq: own(p.exp_avg_sq) })
+            .collect();
+        Snapshot { step: self.step, run_dir: self.run_dir, rank: self.rank, dp: self.dp, gpt: self.gpt, parts, meta: self.meta, keep_last: self.keep_last }
+    }
+
+    pub(crate) fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Writes this rank's files, then (rank 0, once every rank's files are durable)
+    /// commits; `comm` is the ranks' group, used by nothing else meanwhile.
+    /// `on_file` is called as each file becomes durable.
+    pub(crate) fn write(&self, comm: &dyn Communicator, on_file: &mut dyn FnMut(&Path)) -> Result<PathBuf> {
+        let r = self.rank;
+        // Rank 0 creates the temporary folder first, so no rank races its clean-up.
+        let pending = if r == 0 { Some(checkpoint::begin(&self.run_dir, self.step)) } else { None };
+        comm.barrier()?;
+        let pending = match pending {
+            Some(p) => p,
+            None => checkpoint::begin(&self.run_dir, self.step),
+        };
+        let written = pending.map_err(EngineError::from).and_then(|p| self.write_files(&p, on_file).map(|recs| (p, recs)));
+        // Every rank reports (records or its error) before anything is committed.
+        let mine = match &written {
+            Ok((_, recs)) => serde_json::to_vec(&Ok::<_, String>(recs)).expect("records serialise"),
+            Err(e) => serde_json::to_vec(&Err::<Vec<FileRecord>, _>(e.to_string())).expect("error serialises"),
+        };
+        let all = crate::rank::gather_bytes(comm, self.dp, &mine)?;
+        let mut records = Vec::new();
+        for (rank, bytes) in all.iter().enumerate() {
+            let got: std::result::Result<Vec<FileRecord>, String> = serde_json::from_slice(bytes)
+                .map_err(|e| EngineError::Invalid(format!("rank {rank} sent unreadable checkpoint records: {e}")))?;
+            match got {
+                Ok(recs) => records.extend(recs),
+                Err(msg) => return Err(EngineError::Invalid(format!("checkpoint at step {}: rank {rank} failed to write its shard: {msg}", self.step))),
+            }
+        }
+        let (pending, _) = written?;
+        let dir = pending.path().parent().map(|d| d.join(format!("step-{:08}", self.step))).unwrap_or_default();
+        let committed = self.meta.as_ref().map(|meta| checkpoint::commit(pending, meta.clone(), records, self.keep_last));
+        // Rank 0 tells everyone whether the commit landed.
+        let mut status = [u8::from(matches!(committed, Some(Err(_))))];
+        comm.broadcast((&mut status[..]).into(), 0)?;
+        match committed {
+            Some(res) => Ok(res?),
+            None if status[0] == 0 => Ok(dir),
+            None => Err(EngineError::Invalid(format!("rank 0 failed to commit the checkpoint of step {}", self.step))),
+        }
+    }
+
+    fn write_files(&self, pending: &checkpoint::Pending, on_file: &mut dyn FnMut(&Path)) -> Result<Vec<FileRecord>> {
+        let layout = &self.gpt.layout;
+        let names: Vec<Vec<String>> = layout.buckets.iter().map(|b| b.tensors.iter().map(|t| t.name.clone()).collect()).collect();
+        let prefixed = |p: &str| -> Vec<Vec<String>> { names.iter().map(|v| v.iter().map(|n| format!("{p}{n}")).collect()).collect() };
+        let (m_names, v_names) = (prefixed("optim.exp_avg."), prefixed("optim.exp_avg_sq."));
+        let mut model_slices = Vec::new();
+        let mut optim_slices = Vec::new();
+        for ((b, spec), part) in layout.buckets.iter().enumerate().zip(&self.parts) {
+            let (range, base) = (part.range.clone(), part.range.start);
+            model_slices.extend(pieces(spec, &names[b], range.clone(), &part.params, base));
+            optim_slices.extend(pieces(spec, &m_names[b], range.clone(), &part.exp_avg, base));
+            optim_slices.extend(pieces(spec, &v_names[b], range, &part.exp_avg_sq, base));
+        }
+        let r = self.rank;
+        let model_file = format!("model-rank{r:05}.safetensors");
+        let optim_file = format!("optim-rank{r:05}.safetensors");
+        let model = pending.write_file(&model_file, &model_slices)?;
+        on_file(&pending.path().join(&model_file));
+        let optim = pending.write_file(&optim_file, &optim_slices)?;
+        on_file(&pending.path().join(&optim_file));
+        Ok(vec![model, optim])
     }
 }
 

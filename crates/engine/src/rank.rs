@@ -12,6 +12,9 @@ pub struct Rank {
     pub comm: Arc<dyn Communicator>,
     /// Bucket collectives on a background thread, overlapping computation.
     pub stream: AsyncComm,
+    /// The group of the background checkpoint writer (`checkpoint.async`), used by
+    /// nothing else.
+    pub ckpt: Arc<dyn Communicator>,
     pub rank: usize,
     pub dp: usize,
     /// This rank's last collectives on both communicators (see `comm::flight`).
@@ -26,7 +29,8 @@ impl Rank {
         let dp = comm::flight::Recorded::new(world.split(0, world.rank(), "dp")?, flight.clone());
         let comm: Arc<dyn Communicator> = Arc::new(dp);
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
-        Ok(Rank { rank: comm.rank(), dp: comm.size(), comm, stream, flight })
+        let ckpt = Arc::from(comm.split(0, comm.rank(), "dp.ckpt")?);
+        Ok(Rank { rank: comm.rank(), dp: comm.size(), comm, stream, ckpt, flight })
     }
 
     /// A group of one (single-rank training).
@@ -50,24 +54,28 @@ impl Rank {
 
     /// Every rank's byte string, in rank order.
     pub fn gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-        if self.dp == 1 {
-            return Ok(vec![mine.to_vec()]);
-        }
-        let len = (mine.len() as u64).to_le_bytes().to_vec();
-        let mut lens = vec![0u8; 8 * self.dp];
-        self.comm.all_gather((&len[..]).into(), (&mut lens[..]).into())?;
-        let counts: Vec<usize> =
-            lens.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
-        let mut all = vec![0u8; counts.iter().sum()];
-        self.comm.all_gather_v(mine.into(), (&mut all[..]).into(), &counts)?;
-        let mut out = Vec::with_capacity(self.dp);
-        let mut off = 0;
-        for c in counts {
-            out.push(all[off..off + c].to_vec());
-            off += c;
-        }
-        Ok(out)
+        gather_bytes(self.comm.as_ref(), self.dp, mine)
     }
+}
+
+/// Every rank's byte string of the group `comm` (of `dp` ranks), in rank order.
+pub(crate) fn gather_bytes(comm: &dyn Communicator, dp: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+    if dp == 1 {
+        return Ok(vec![mine.to_vec()]);
+    }
+    let len = (mine.len() as u64).to_le_bytes().to_vec();
+    let mut lens = vec![0u8; 8 * dp];
+    comm.all_gather((&len[..]).into(), (&mut lens[..]).into())?;
+    let counts: Vec<usize> = lens.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
+    let mut all = vec![0u8; counts.iter().sum()];
+    comm.all_gather_v(mine.into(), (&mut all[..]).into(), &counts)?;
+    let mut out = Vec::with_capacity(dp);
+    let mut off = 0;
+    for c in counts {
+        out.push(all[off..off + c].to_vec());
+        off += c;
+    }
+    Ok(out)
 }
 
 /// Reusable f32 buffers: a bucket's gathered parameters or gradient scratch are taken

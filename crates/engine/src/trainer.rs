@@ -102,6 +102,10 @@ pub struct Trainer {
     pub stopped_at: Option<u64>,
     /// Testing aid: steps (1-based) whose gradients are made non-finite.
     pub poison_steps: Vec<u64>,
+    /// Called by the background checkpoint writer as each file becomes durable.
+    pub async_file_hook: Option<std::sync::Arc<dyn Fn(&Path) + Send + Sync>>,
+    /// The background checkpoint write in flight (`checkpoint.async`), if any.
+    writer: Option<std::thread::JoinHandle<Result<(PathBuf, u64)>>>,
 }
 
 impl Trainer {
@@ -206,6 +210,8 @@ impl Trainer {
             stop: None,
             stopped_at: None,
             poison_steps: Vec::new(),
+            async_file_hook: None,
+            writer: None,
             cfg,
         })
     }
@@ -361,6 +367,7 @@ impl Trainer {
             let done = self.step;
             let spike = guard.observe(loss, norm);
             if guard.streak >= tc.max_bad_steps.max(1) {
+                self.finish_write(observer)?;
                 let resume = match checkpoint::list_checkpoints(&self.run_dir)?.pop() {
                     Some((step, dir)) => format!("The last checkpoint, {} (step {step}), holds the state before them: resume from it", dir.display()),
                     None => "No checkpoint was written before them: start again".to_string(),
@@ -423,19 +430,56 @@ impl Trainer {
             observer.step(&m);
             let saved = (ck.interval > 0 && done.is_multiple_of(ck.interval)) || done == total;
             if saved {
-                let dir = self.save_checkpoint(observer)?;
-                observer.checkpoint(&dir, done);
+                self.checkpoint_now(observer)?;
             }
             if done < total && self.stop_agreed()? {
                 if !saved {
-                    let dir = self.save_checkpoint(observer)?;
-                    observer.checkpoint(&dir, done);
+                    self.checkpoint_now(observer)?;
                 }
                 self.stopped_at = Some(done);
                 break;
             }
         }
+        self.finish_write(observer)?;
         Ok(last_val)
+    }
+
+    /// Checkpoints the current step: on this thread, or with `checkpoint.async` by a
+    /// background writer from a copy of this rank's state (waiting first for the
+    /// previous write, so at most one is in flight).
+    fn checkpoint_now(&mut self, observer: &mut dyn Observer) -> Result<()> {
+        if !self.cfg.raw.checkpoint.async_write {
+            let dir = self.save_checkpoint(observer)?;
+            observer.checkpoint(&dir, self.step);
+            return Ok(());
+        }
+        self.finish_write(observer)?;
+        let snap = self.snapshot(|v| std::borrow::Cow::Owned(v.to_vec())).into_owned();
+        let (comm, hook) = (self.rank.ckpt.clone(), self.async_file_hook.clone());
+        let spawned = std::thread::Builder::new().name("checkpoint-writer".into()).spawn(move || {
+            let step = snap.step();
+            snap.write(comm.as_ref(), &mut |p| {
+                if let Some(h) = &hook {
+                    h(p)
+                }
+            })
+            .map(|dir| (dir, step))
+        });
+        self.writer = Some(spawned.map_err(|e| EngineError::Invalid(format!("starting the checkpoint writer: {e}")))?);
+        Ok(())
+    }
+
+    /// Waits for the background checkpoint write in flight, if any, and reports it.
+    pub fn finish_write(&mut self, observer: &mut dyn Observer) -> Result<()> {
+        let Some(h) = self.writer.take() else { return Ok(()) };
+        match h.join() {
+            Ok(Ok((dir, step))) => {
+                observer.checkpoint(&dir, step);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(EngineError::Invalid("the checkpoint writer panicked".into())),
+        }
     }
 
     /// Whether any rank has been asked to stop. A collective when the flag is installed

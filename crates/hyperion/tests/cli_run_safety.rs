@@ -455,3 +455,47 @@ fn a_rank_that_stops_calling_collectives_is_named_within_the_timeout() {
         assert!(recs.lines().count() > 5 && recs.contains("\"group\":\"dp\""), "{recs}");
     }
 }
+
+#[test]
+fn async_checkpoints_are_bitwise_the_sync_ones_and_a_kill_mid_write_keeps_the_previous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let with = |out: &Path, asynchronous: bool| {
+        let mut a = args(&data, out, 30);
+        a.extend(["--workers", "2", "--set", "parallel.zero=1", "--set", "checkpoint.interval=5", "--set", "checkpoint.keep_last=10"].map(String::from));
+        a.extend(["--set".into(), format!("checkpoint.async={asynchronous}")]);
+        a
+    };
+    let (sync, asy) = (tmp.path().join("sync"), tmp.path().join("async"));
+    for (dir, flag) in [(&sync, false), (&asy, true)] {
+        let out = bin().args(with(dir, flag)).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for step in [5, 15, 30] {
+        let d = format!("checkpoints/step-{step:08}");
+        assert_eq!(checkpoint_files(&sync.join(&d)), checkpoint_files(&asy.join(&d)), "step {step}");
+    }
+
+    // Killed while a background write is in flight (slowed by a pause after each file).
+    let run = tmp.path().join("killed");
+    let mut a = with(&run, true);
+    a.extend(["--debug-checkpoint-pause-ms", "400"].map(String::from));
+    let mut child = bin().args(&a).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let writing = || {
+        latest_step(&run) >= 5
+            && std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+    };
+    wait_for("a background write in flight after the first commit", writing);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let committed = latest_step(&run);
+    let out = bin()
+        .args(["train", "--resume", &run.display().to_string(), "--workers", "2", "--set", "log.progress=false", "--sample-tokens", "0"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("at step {committed} ")), "{stdout}");
+    let d = "checkpoints/step-00000030";
+    assert_eq!(checkpoint_files(&sync.join(d)), checkpoint_files(&run.join(d)), "resumed bitwise");
+}

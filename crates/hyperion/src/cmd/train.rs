@@ -443,6 +443,10 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     let mut trainer = Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?;
     trainer.stop = Some(&super::stop::STOP);
     trainer.poison_steps = plan.nan_steps.clone();
+    if !plan.pause.is_zero() {
+        let pause = plan.pause;
+        trainer.async_file_hook = Some(std::sync::Arc::new(move |_: &Path| std::thread::sleep(pause)));
+    }
     if let Some(init) = &plan.init {
         trainer.load_params(init)?;
     }
