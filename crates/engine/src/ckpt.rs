@@ -39,7 +39,7 @@ impl Trainer {
     /// durable) commits the checkpoint atomically. Synchronous: returns when the
     /// checkpoint is committed.
     pub fn save_checkpoint(&self, observer: &mut dyn Observer) -> Result<PathBuf> {
-        let snap = self.snapshot(|v| Cow::Borrowed(v));
+        let snap = self.snapshot(Cow::Borrowed);
         snap.write(self.rank.comm.as_ref(), &mut |p| observer.checkpoint_file(p))
     }
 

@@ -16,6 +16,9 @@ use crate::rank::{Pool, Rank};
 use crate::schedule::LrSchedule;
 use crate::shard::{shards, BucketShard};
 
+/// Called with each checkpoint file as it becomes durable (from any thread).
+pub type FileHook = std::sync::Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// Called by the loop as the run advances; the CLI draws progress bars from it.
 pub trait Observer {
     fn started(&mut self, _info: &RunInfo) {}
@@ -103,7 +106,7 @@ pub struct Trainer {
     /// Testing aid: steps (1-based) whose gradients are made non-finite.
     pub poison_steps: Vec<u64>,
     /// Called by the background checkpoint writer as each file becomes durable.
-    pub async_file_hook: Option<std::sync::Arc<dyn Fn(&Path) + Send + Sync>>,
+    pub async_file_hook: Option<FileHook>,
     /// The background checkpoint write in flight (`checkpoint.async`), if any.
     writer: Option<std::thread::JoinHandle<Result<(PathBuf, u64)>>>,
 }

@@ -42,15 +42,21 @@ extern "C" fn on_signal(sig: libc::c_int) {
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }
 
-/// Installs the handler for SIGINT and SIGTERM (call it once the MPI runtime, if any,
-/// has installed its own handlers).
+/// Installs the graceful-stop handler for SIGINT and SIGTERM (call it once the MPI
+/// runtime, if any, has installed its own handlers).
 pub fn install() -> anyhow::Result<()> {
+    on_stop_signals(on_signal)
+}
+
+/// Makes `handler` the handler of SIGINT and SIGTERM. It must only touch atomics and
+/// call async-signal-safe functions.
+pub fn on_stop_signals(handler: extern "C" fn(libc::c_int)) -> anyhow::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the
-        // handler is an extern "C" fn that only touches an atomic and async-signal-safe calls.
+        // handler is an extern "C" fn restricted as documented above.
         let rc = unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_signal as *const () as usize;
+            act.sa_sigaction = handler as *const () as usize;
             act.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut act.sa_mask);
             libc::sigaction(sig, &act, std::ptr::null_mut())

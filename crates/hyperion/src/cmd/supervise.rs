@@ -50,24 +50,6 @@ extern "C" fn count_signal(_sig: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
-fn install() -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: as in `stop::install`: a zeroed sigaction with an extern "C" handler
-        // that only touches an atomic.
-        let rc = unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = count_signal as *const () as usize;
-            act.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            anyhow::bail!("installing the handler of signal {sig}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// The run directory the supervised command writes (as `train` chooses it).
 fn run_dir_of(args: &TrainArgs) -> PathBuf {
     if let Some(r) = &args.resume {
@@ -142,7 +124,7 @@ fn latest_step(run_dir: &Path) -> Option<u64> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding this executable to supervise")?;
     let run_dir = run_dir_of(&args);
-    install()?;
+    super::stop::on_stop_signals(count_signal)?;
     let limit = args.max_restarts;
     let launcher: Vec<String> = args.launcher.as_deref().unwrap_or_default().split_whitespace().map(String::from).collect();
     let mut forwarded = 0;
