@@ -3,9 +3,13 @@
 //! job with an error naming it, leaving a loadable checkpoint to resume from with a
 //! different number of ranks.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
+
+use common::model_tensors;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hyperion"))
@@ -51,13 +55,6 @@ fn resume(run: &Path, extra: &[&str]) -> Output {
     ok(bin().arg("train").arg("--resume").arg(run).args(["--sample-tokens", "0", "--set", "log.progress=false"]).args(extra))
 }
 
-/// Every model tensor of the latest checkpoint, whole.
-fn params(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = checkpoint::open(run).unwrap();
-    let mut names: Vec<String> = ck.tensor_names().into_iter().filter(|n| !n.starts_with("optim.")).collect();
-    names.sort();
-    names.into_iter().map(|n| (n.clone(), ck.read(&n).unwrap())).collect()
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -111,7 +108,7 @@ fn checkpoints_move_between_layouts() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("written by dp=4 zero=3, now dp=2 zero=1"), "{text}");
     resume(&y, &["--workers", "1", "--set", "parallel.zero=0", "--set", "train.steps=40"]);
-    let (a, b) = (params(&x), params(&y));
+    let (a, b) = (model_tensors(&x), model_tensors(&y));
     assert_eq!(a.len(), b.len());
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);

@@ -3,9 +3,13 @@
 //! nothing; a killed run's lock is taken over), a run killed before its first checkpoint
 //! restarts in place, and a token id beyond the vocabulary is refused before training.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::model_tensors;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hyperion"))
@@ -226,9 +230,6 @@ fn a_second_signal_exits_at_once_without_a_checkpoint() {
     assert!(!run.join("checkpoints/latest").exists(), "no checkpoint is written after the second signal");
 }
 
-fn step_of(run: &Path) -> String {
-    std::fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim().to_string()
-}
 
 #[test]
 fn resume_skips_a_corrupt_checkpoint_naming_it_and_a_step_folder_continues_its_own_run() {
@@ -259,7 +260,7 @@ fn resume_skips_a_corrupt_checkpoint_naming_it_and_a_step_folder_continues_its_o
     assert!(stdout.contains("at step 5 "), "{stdout}");
     // Kept for inspection, out of the way; the run went on past it.
     assert!(run.join("checkpoints/corrupt-step-00000010/model-rank00000.safetensors").is_file());
-    assert_eq!(step_of(&run), "step-00000015");
+    assert_eq!(latest_step(&run), 15);
     assert!(run.join("checkpoints/step-00000010/manifest.json").is_file(), "step 10 written again");
 
     // Resuming one step folder continues that run, in its run directory.
@@ -267,7 +268,7 @@ fn resume_skips_a_corrupt_checkpoint_naming_it_and_a_step_folder_continues_its_o
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("continuing") && stdout.contains("at step 5 "), "{stdout}");
-    assert_eq!(step_of(&run), "step-00000012");
+    assert_eq!(latest_step(&run), 12);
     for old in ["abandoned-step-00000010", "abandoned-step-00000015"] {
         assert!(run.join("checkpoints").join(old).join("manifest.json").is_file(), "{old} kept");
     }
@@ -312,13 +313,6 @@ fn a_run_larger_than_memory_is_refused_before_allocating_naming_the_largest_term
     assert!(run.join("checkpoints/step-00000002/manifest.json").is_file());
 }
 
-/// Model tensors (not optimizer state) of one checkpoint, whole.
-fn model_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = checkpoint::open(dir).unwrap();
-    let mut names: Vec<String> = ck.tensor_names().into_iter().filter(|n| !n.starts_with("optim.")).collect();
-    names.sort();
-    names.into_iter().map(|n| (n.clone(), ck.read(&n).unwrap())).collect()
-}
 
 #[test]
 fn non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run() {
@@ -353,7 +347,7 @@ fn non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("steps 5 to 7: 3 steps in a row") && err.contains("step-00000006") && err.contains("optim.lr"), "{err}");
-    assert_eq!(step_of(&bad), "step-00000006");
+    assert_eq!(latest_step(&bad), 6);
     assert_eq!(model_tensors(&bad.join("checkpoints/step-00000004")), model_tensors(&bad.join("checkpoints/step-00000006")));
 }
 

@@ -32,3 +32,12 @@ pub fn run_err(cmd: &mut Command) -> String {
     assert!(!out.status.success(), "expected failure; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Every model tensor (not the optimizer state) of a checkpoint, whole, by name:
+/// `path` is a run directory (its latest checkpoint) or a checkpoint folder.
+pub fn model_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = checkpoint::open(path).unwrap();
+    let mut names: Vec<String> = ck.tensor_names().into_iter().filter(|n| !n.starts_with("optim.")).collect();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), ck.read(&n).unwrap())).collect()
+}
