@@ -73,6 +73,25 @@ impl ResolvedConfig {
         })
     }
 
+    /// Makes every data path absolute against `base` (the directory the run was
+    /// started from), so that the saved config, and every checkpoint's copy of it,
+    /// names the same files whatever directory `eval` or `--resume` runs from.
+    pub fn anchor_data_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let d = &mut self.raw.data;
+        abs(&mut d.dir);
+        d.inputs.iter_mut().for_each(&abs);
+        d.val_inputs.iter_mut().for_each(&abs);
+        if let Some(f) = d.tokenizer_file.as_mut() {
+            abs(f);
+        }
+        d.sources.iter_mut().for_each(|s| abs(&mut s.dir));
+    }
+
     /// Ranks in the layout: `dp * tp * pp`.
     pub fn world_size(&self) -> usize {
         let p = &self.raw.parallel;

@@ -287,9 +287,37 @@ impl Meta {
         (!same).then(|| format!("{} vs {}", self.tokenizer_desc(), other.tokenizer_desc()))
     }
 
+    /// Why the tokens described by `other` are not the tokens described by `self`
+    /// (token counts, or the checksum of a shard or of an input file), if they differ.
+    pub fn data_differs(&self, other: &Meta) -> Option<String> {
+        if (self.train_tokens, self.val_tokens) != (other.train_tokens, other.val_tokens) {
+            return Some(format!(
+                "{} + {} train + val tokens vs {} + {}",
+                self.train_tokens, self.val_tokens, other.train_tokens, other.val_tokens
+            ));
+        }
+        if let (Some(a), Some(b)) = (&self.shards, &other.shards) {
+            for (split, a, b) in [("train", &a.train, &b.train), ("val", &a.val, &b.val)] {
+                if let Some((x, y)) = a.iter().zip(b).find(|(x, y)| x.sha256 != y.sha256) {
+                    return Some(format!("{split} shard {} has sha256 {} vs {}", y.file, short(&x.sha256), short(&y.sha256)));
+                }
+                if a.len() != b.len() {
+                    return Some(format!("{} vs {} {split} shards", a.len(), b.len()));
+                }
+            }
+        }
+        let sums = |m: &Meta| m.inputs.iter().map(|i| i.sha256.clone()).collect::<Vec<_>>();
+        (sums(self) != sums(other)).then(|| "the input files' sha256 differ".to_string())
+    }
+
     /// Serializes to pretty JSON (the form written to disk).
     pub fn to_json(&self) -> String {
         // Meta holds only strings, numbers and enums: serialization cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
+}
+
+/// The first 12 hex digits of a checksum, for messages.
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }

@@ -493,3 +493,83 @@ fn async_checkpoints_are_bitwise_the_sync_ones_and_a_kill_mid_write_keeps_the_pr
     let d = "checkpoints/step-00000030";
     assert_eq!(checkpoint_files(&sync.join(d)), checkpoint_files(&run.join(d)), "resumed bitwise");
 }
+
+/// Finding 4: a run's data paths were relative to the directory it started in, so
+/// `eval` and `--resume` from elsewhere read (or prepared) that directory's `data/`.
+/// Here the other directory holds a corpus of the same characters and token count
+/// (the lines reversed): same tokenizer, other tokens.
+#[test]
+fn eval_and_resume_from_another_directory_read_the_runs_own_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/shakespeare/sonnets.txt")).unwrap();
+    std::fs::write(a.join("corpus.txt"), &text).unwrap();
+    let reversed: Vec<&str> = text.lines().rev().collect();
+    let reversed = reversed.join("\n") + if text.ends_with('\n') { "\n" } else { "" };
+    assert_eq!(reversed.len(), text.len());
+    std::fs::write(b.join("corpus.txt"), reversed).unwrap();
+    let sets = ["data.dir=\"data\"", "data.inputs=[\"corpus.txt\"]", "data.split=\"tail\"", "checkpoint.interval=2", "train.eval_interval=0", "log.progress=false"];
+    let train = |cwd: &Path, extra: &[&str]| {
+        let mut c = bin();
+        c.current_dir(cwd).args(["train", "--sample-tokens", "0"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        c.args(extra);
+        c
+    };
+    let mut first = train(&a, &["--preset", "tiny", "--out", "run", "--set", "train.steps=4"]);
+    common::run_ok(&mut first);
+    // b prepares its own data/ (same vocabulary, other tokens).
+    common::run_ok(&mut train(&b, &["--preset", "tiny", "--out", "run", "--set", "train.steps=1"]));
+    let saved = std::fs::read_to_string(a.join("run/config.toml")).unwrap();
+    assert!(saved.contains(&format!("\"{}\"", a.join("data").display())), "data.dir not recorded absolute:\n{saved}");
+
+    let eval = |cwd: &Path, extra: &[&str]| {
+        let out = common::run_ok(bin().current_dir(cwd).args(["eval", "--checkpoint"]).arg(a.join("run")).arg("--json").args(extra));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["val_loss"].as_f64().unwrap()
+    };
+    let here = eval(&a, &[]);
+    assert_eq!(eval(&b, &[]), here, "eval from another directory read other data");
+    // On purpose, another folder of the same tokenizer: evaluated, with another loss.
+    assert_ne!(eval(&b, &["--data", "data"]), here);
+
+    // --resume from b continues on a's data: bitwise the resume from a.
+    let copy = a.join("copy");
+    std::fs::create_dir_all(copy.join("checkpoints")).unwrap();
+    for f in ["config.toml", "metrics.jsonl"] {
+        std::fs::copy(a.join("run").join(f), copy.join(f)).unwrap();
+    }
+    copy_dir(&a.join("run/checkpoints/step-00000004"), &copy.join("checkpoints/step-00000004"));
+    std::fs::write(copy.join("checkpoints/latest"), std::fs::read(a.join("run/checkpoints/latest")).unwrap()).unwrap();
+    let resume = |cwd: &Path, run: &Path| {
+        common::run_ok(bin().current_dir(cwd).args(["train", "--sample-tokens", "0", "--set", "train.steps=6", "--resume"]).arg(run));
+    };
+    resume(&b, &a.join("run"));
+    resume(&a, &copy);
+    assert_eq!(model_tensors(&a.join("run")), model_tensors(&copy));
+
+    // The run's data folder replaced by other tokens of the same tokenizer: both refuse,
+    // naming the folder and the first differing shard.
+    std::fs::rename(a.join("data"), a.join("data.kept")).unwrap();
+    copy_dir(&b.join("data"), &a.join("data"));
+    let e = common::run_err(bin().current_dir(&b).args(["eval", "--checkpoint"]).arg(a.join("run")));
+    assert!(e.contains("holds other tokens") && e.contains("sha256") && e.contains(&a.join("data").display().to_string()), "{e}");
+    let e = common::run_err(bin().current_dir(&b).args(["train", "--set", "train.steps=8", "--resume"]).arg(a.join("run")));
+    assert!(e.contains("holds other tokens") && e.contains("data.dir"), "{e}");
+    assert_eq!(latest_step(&a.join("run")), 6, "a refused resume wrote a checkpoint");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

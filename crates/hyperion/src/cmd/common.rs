@@ -60,6 +60,16 @@ pub fn prepare_options(d: &config::DataConfig) -> data::PrepareOptions {
     }
 }
 
+/// The configured data, for messages: `data.dir`, or the folders of `data.sources`.
+pub fn data_location(d: &config::DataConfig) -> String {
+    if d.sources.is_empty() {
+        d.dir.display().to_string()
+    } else {
+        let dirs: Vec<String> = d.sources.iter().map(|s| s.dir.display().to_string()).collect();
+        format!("the mixture of {}", dirs.join(", "))
+    }
+}
+
 /// Opens the configured dataset: the mixture of `data.sources` when given (each
 /// must be prepared), else `data.dir`, preparing it from `data.inputs` on first use.
 pub fn open_data(cfg: &ResolvedConfig, show_progress: bool) -> Result<data::Dataset> {

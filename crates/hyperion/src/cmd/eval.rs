@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::common::load_checkpoint;
+use super::common::{self, load_checkpoint};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -15,6 +15,9 @@ pub struct EvalArgs {
     /// train.eval_batches, i.e. what training evaluates, whatever its layout).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batches: Option<u64>,
+    /// A prepared data folder to evaluate on instead of the run's own (same tokenizer).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -22,22 +25,33 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let m = load_checkpoint(&a.checkpoint)?;
-    // Never prepare as a side effect: eval reads the run's prepared data (or mixture).
+    // Never prepare as a side effect: eval reads the run's prepared data (or mixture),
+    // at the absolute paths its config recorded, or the prepared folder given by --data.
     let d = &m.cfg.raw.data;
-    let data = if d.sources.is_empty() {
-        data::Dataset::open(&d.dir)
-    } else {
-        data::Dataset::open_mixture(&d.sources.iter().map(|s| (s.dir.clone(), s.weight)).collect::<Vec<_>>())
-    }
-    .map_err(|e| anyhow::anyhow!("{e} (eval reads the data the run was trained on; it does not prepare any)"))?;
+    let (data, location) = match &a.data {
+        Some(dir) => (data::Dataset::open(dir), dir.display().to_string()),
+        None if d.sources.is_empty() => (data::Dataset::open(&d.dir), common::data_location(d)),
+        None => (
+            data::Dataset::open_mixture(&d.sources.iter().map(|s| (s.dir.clone(), s.weight)).collect::<Vec<_>>()),
+            common::data_location(d),
+        ),
+    };
+    let data = data.map_err(|e| {
+        let hint = if a.data.is_some() { "" } else { "; --data DIR evaluates on another prepared folder" };
+        anyhow::anyhow!("{e} (eval reads the data the run was trained on and does not prepare any{hint})")
+    })?;
     if let Some(why) = m.meta.tokenizer_differs(&data.meta) {
-        anyhow::bail!("the checkpoint's data and {} are tokenized differently: {why}", d.dir.display());
+        anyhow::bail!("the checkpoint's data and {location} are tokenized differently: {why}");
+    }
+    if a.data.is_none() {
+        if let Some(why) = m.meta.data_differs(&data.meta) {
+            anyhow::bail!("{location} holds other tokens than the checkpoint was trained on ({why}); --data DIR evaluates on a prepared folder of your choice");
+        }
     }
     if data.meta.vocab_size != m.gpt.cfg.vocab_size {
         anyhow::bail!(
-            "vocabulary mismatch: the checkpoint's model has {} tokens, data {} has {}",
+            "vocabulary mismatch: the checkpoint's model has {} tokens, data {location} has {}",
             m.gpt.cfg.vocab_size,
-            m.cfg.raw.data.dir.display(),
             data.meta.vocab_size
         );
     }

@@ -92,6 +92,8 @@ struct Plan {
     mem_check: Option<Option<u64>>,
     /// Whole parameter buckets to start from (`--init-from`).
     init: Option<Vec<Vec<f32>>>,
+    /// A `--set data.*` was given: a resume may continue on other data on purpose.
+    data_set: bool,
 }
 
 /// The checkpoint a `--resume` continues from, and the newer folders of the run to set
@@ -219,6 +221,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (cfg, run_dir, None)
         }
     };
+    let mut cfg = cfg;
+    // Relative data paths (as written, or as saved by a run that predates this) mean
+    // the current directory; saved absolute, they keep meaning it from anywhere.
+    cfg.anchor_data_paths(&std::env::current_dir().context("reading the current directory")?);
     for note in &cfg.notes.0 {
         eprintln!("note: {note}");
     }
@@ -244,6 +250,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         hang_at: args.debug_hang.as_deref().map(parse_fail).transpose()?,
         nan_steps: args.debug_nan_steps.clone(),
         mem_check: (!args.allow_oversubscribe).then_some(args.debug_mem_available),
+        data_set: sets.iter().any(|s| s.trim_start().starts_with("data.")),
     };
     let timeout = Duration::from_secs(args.comm_timeout);
     if mpi {
@@ -459,6 +466,17 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
                 plan.run_dir.display(),
                 plan.cfg.raw.data.dir.display()
             );
+        }
+        if let Some(why) = saved.data_differs(&data_meta) {
+            if plan.data_set {
+                println!("note: continuing on other data than the checkpoint's ({why})");
+            } else {
+                anyhow::bail!(
+                    "{} holds other tokens than the data {} was trained on ({why}); set data.dir (or data.sources) to continue on other data on purpose",
+                    common::data_location(&plan.cfg.raw.data),
+                    plan.run_dir.display()
+                );
+            }
         }
         trainer.restore(&ck)?;
         if root {
