@@ -123,16 +123,26 @@ impl Trainer {
         data.check_block(cfg.raw.model.block_size)?;
         // A token id beyond the vocabulary would panic hours later inside the embedding.
         data.verify_tokens()?;
-        Self::build(cfg, Some(data), run_dir, rank)
+        Self::build(cfg, Some(data), run_dir, rank, true)
+    }
+
+    /// Like [`Trainer::with_rank`], with the parameters left zero instead of
+    /// initialised: for a trainer that [`Trainer::restore`] or [`Trainer::load_params`]
+    /// fills next (the initialisation is most of a large model's start-up).
+    pub fn with_rank_uninit(cfg: ResolvedConfig, data: Dataset, run_dir: &Path, rank: Rank) -> Result<Trainer> {
+        let cfg = cfg.with_vocab_size(data.meta.vocab_size)?;
+        data.check_block(cfg.raw.model.block_size)?;
+        data.verify_tokens()?;
+        Self::build(cfg, Some(data), run_dir, rank, false)
     }
 
     /// A trainer on uniformly random tokens (no data files, no evaluation),
     /// for `hyperion bench train`. `model.vocab_size` must be set.
     pub fn synthetic(cfg: ResolvedConfig, rank: Rank) -> Result<Trainer> {
-        Self::build(cfg, None, Path::new(""), rank)
+        Self::build(cfg, None, Path::new(""), rank, true)
     }
 
-    fn build(cfg: ResolvedConfig, data: Option<Dataset>, run_dir: &Path, rank: Rank) -> Result<Trainer> {
+    fn build(cfg: ResolvedConfig, data: Option<Dataset>, run_dir: &Path, rank: Rank, init: bool) -> Result<Trainer> {
         let par = &cfg.raw.parallel;
         if par.dp != rank.dp {
             return Err(EngineError::Invalid(format!(
@@ -148,6 +158,9 @@ impl Trainer {
         // The whole model is initialised, then each rank keeps what it holds: measured
         // together, the transient whole copy nets out.
         let (params, m_params) = crate::alloc::measure(|| -> Vec<Vec<f32>> {
+            if !init {
+                return shards.iter().map(|s| if zero == 3 { part(s) } else { whole(s) }).collect();
+            }
             gpt.init_params(cfg.raw.train.seed)
                 .into_iter()
                 .zip(&shards)

@@ -217,8 +217,13 @@ fn a_second_signal_exits_at_once_without_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
     let mut a = args(&data, &run, 100_000);
-    // A step long enough that both signals land inside it.
-    a.extend(["--set", "checkpoint.interval=0", "--set", "train.log_interval=1", "--set", "train.batch_size=512"].map(String::from));
+    // A step long enough that both signals land inside it, and, should the first stop
+    // be quicker than the second signal (a loaded machine), a stop checkpoint whose
+    // files take 2 s each: the second signal still lands before it is committed.
+    a.extend(
+        ["--set", "checkpoint.interval=0", "--set", "train.log_interval=1", "--set", "train.batch_size=512", "--debug-checkpoint-pause-ms", "2000"]
+            .map(String::from),
+    );
     let child = bin().args(&a).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     wait_for("the first step", || logged_steps(&run) >= 1);
     signal(&child, libc::SIGINT);

@@ -2,6 +2,8 @@
 //! every tensor draws from its own stream keyed by (seed, tensor name), so any sharding
 //! of the buckets initialises the same model.
 
+use rayon::prelude::*;
+
 use crate::layout::{BucketSpec, TensorKind};
 use crate::spec::ModelSpec;
 
@@ -9,9 +11,12 @@ use crate::spec::ModelSpec;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitMix64(pub u64);
 
+/// SplitMix64's increment: the state after n draws is `seed + n * GAMMA`.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl SplitMix64 {
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -23,13 +28,21 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Standard normal by Box-Muller.
+    /// The generator `n` draws further on (the state is a counter).
+    pub fn skip(&self, n: u64) -> SplitMix64 {
+        SplitMix64(self.0.wrapping_add(n.wrapping_mul(GAMMA)))
+    }
+
+    /// Standard normal by Box-Muller (two draws).
     pub fn next_normal(&mut self) -> f64 {
         let u1 = 1.0 - self.next_f64(); // (0, 1]
         let u2 = self.next_f64();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 }
+
+/// Elements per parallel task of [`init_bucket`].
+const INIT_CHUNK: usize = 1 << 16;
 
 /// FNV-1a of a name, to key a tensor's stream.
 pub fn name_hash(name: &str) -> u64 {
@@ -54,10 +67,16 @@ pub fn init_bucket(spec: &ModelSpec, bucket: &BucketSpec, seed: u64, out: &mut [
                 } else {
                     0.02
                 };
-                let mut rng = SplitMix64(seed ^ name_hash(&t.name));
-                for x in dst.iter_mut() {
-                    *x = (rng.next_normal() * std) as f32;
-                }
+                // One stream per tensor, filled in parallel chunks: a chunk starting at
+                // element e starts 2e draws into the stream, so the values do not depend
+                // on the chunking or the thread count.
+                let rng = SplitMix64(seed ^ name_hash(&t.name));
+                dst.par_chunks_mut(INIT_CHUNK).enumerate().for_each(|(c, chunk)| {
+                    let mut rng = rng.skip(2 * (c * INIT_CHUNK) as u64);
+                    for x in chunk.iter_mut() {
+                        *x = (rng.next_normal() * std) as f32;
+                    }
+                });
             }
         }
     }
@@ -66,6 +85,16 @@ pub fn init_bucket(spec: &ModelSpec, bucket: &BucketSpec, seed: u64, out: &mut [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_is_the_same_stream_further_on() {
+        let mut a = SplitMix64(42);
+        for _ in 0..1000 {
+            a.next_u64();
+        }
+        let mut b = SplitMix64(42).skip(1000);
+        assert_eq!((0..10).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..10).map(|_| b.next_u64()).collect::<Vec<_>>());
+    }
 
     #[test]
     fn normal_draws_have_unit_variance() {

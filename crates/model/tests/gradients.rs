@@ -117,4 +117,12 @@ fn init_is_gpt2_style_and_deterministic() {
     assert!((std - expected).abs() < 0.1 * expected, "c_proj std {std} vs {expected}");
     let (b, t) = gpt.layout.find("transformer.h.0.ln_1.weight").unwrap();
     assert!(a[b][t.range()].iter().all(|&x| x == 1.0));
+    // A tensor larger than one parallel init chunk holds one sequential stream.
+    let big = Gpt::new(GptConfig { vocab_size: 2100, n_layer: 1, n_head: 4, n_embd: 64, block_size: 32, bias: true });
+    let p = big.init_params(9);
+    let (b, t) = big.layout.find("transformer.wte.weight").unwrap();
+    let mut rng = model::init::SplitMix64(9 ^ model::init::name_hash("transformer.wte.weight"));
+    let sequential: Vec<f32> = (0..t.range().len()).map(|_| (rng.next_normal() * 0.02) as f32).collect();
+    assert!(sequential.len() > 2 * 65536);
+    assert_eq!(p[b][t.range()], sequential[..]);
 }

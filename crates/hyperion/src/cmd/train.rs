@@ -103,12 +103,14 @@ struct Resume {
     from: PathBuf,
     aside: Vec<PathBuf>,
     label: &'static str,
+    /// The checkpoint, opened (and verified) once for every rank of the process.
+    ck: checkpoint::Checkpoint,
 }
 
 /// Where `--resume PATH` continues: PATH is a run directory (its newest checkpoint that
 /// verifies; newer ones that do not are named and set aside) or a `step-N` folder of a
 /// run's `checkpoints/` (that run, from step N; its newer checkpoints are set aside).
-fn resume_target(path: &Path) -> Result<(PathBuf, checkpoint::Checkpoint, Resume)> {
+fn resume_target(path: &Path) -> Result<(PathBuf, Resume)> {
     let is_step_folder = path.join("manifest.json").is_file();
     if !is_step_folder {
         let found = checkpoint::open_newest_valid(path).with_context(|| format!("resuming {}", path.display()))?;
@@ -117,7 +119,7 @@ fn resume_target(path: &Path) -> Result<(PathBuf, checkpoint::Checkpoint, Resume
         }
         let from = found.checkpoint.dir().to_path_buf();
         let aside = found.skipped.into_iter().map(|(d, _)| d).collect();
-        return Ok((path.to_path_buf(), found.checkpoint, Resume { from, aside, label: "corrupt" }));
+        return Ok((path.to_path_buf(), Resume { from, aside, label: "corrupt", ck: found.checkpoint }));
     }
     let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let run_dir = match (abs.parent(), abs.parent().and_then(Path::parent)) {
@@ -138,7 +140,7 @@ fn resume_target(path: &Path) -> Result<(PathBuf, checkpoint::Checkpoint, Resume
         );
     }
     let from = ck.dir().to_path_buf();
-    Ok((run_dir, ck, Resume { from, aside: newer, label: "abandoned" }))
+    Ok((run_dir, Resume { from, aside: newer, label: "abandoned", ck }))
 }
 
 /// What a rank hands back at the end.
@@ -183,8 +185,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (cfg, dir.clone(), None)
         }
         Some(dir) => {
-            let (run_dir, ck, resume) = resume_target(dir)?;
-            let saved = engine::saved_config(&ck)?;
+            let (run_dir, resume) = resume_target(dir)?;
+            let saved = engine::saved_config(&resume.ck)?;
             let mut cfg = config::resolve_saved(&saved, &sets)?;
             let before = config::ResolvedConfig::from_toml_str(&saved)?;
             let batch_keys = ["train.batch_size", "train.grad_accum", "train.global_batch"];
@@ -447,7 +449,11 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     // Prepared (once, by the root) in prepare_run_dir: this only opens it.
     let data = common::open_data(&plan.cfg, false)?;
     let data_meta = data.meta.clone();
-    let mut trainer = Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?;
+    let mut trainer = if plan.resume.is_some() || plan.init.is_some() {
+        Trainer::with_rank_uninit(plan.cfg.clone(), data, &plan.run_dir, rank)?
+    } else {
+        Trainer::with_rank(plan.cfg.clone(), data, &plan.run_dir, rank)?
+    };
     trainer.stop = Some(&super::stop::STOP);
     trainer.poison_steps = plan.nan_steps.clone();
     if !plan.pause.is_zero() {
@@ -458,8 +464,8 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         trainer.load_params(init)?;
     }
     if let Some(resume) = &plan.resume {
-        let ck = engine::open_checkpoint(&resume.from)?;
-        let saved = engine::saved_data_meta(&ck)?;
+        let ck = &resume.ck;
+        let saved = engine::saved_data_meta(ck)?;
         if let Some(why) = saved.tokenizer_differs(&data_meta) {
             anyhow::bail!(
                 "{} was trained on data tokenized differently from {}: {why}; resume with the run's own data",
@@ -478,7 +484,7 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
                 );
             }
         }
-        trainer.restore(&ck)?;
+        trainer.restore(ck)?;
         if root {
             let layout = &ck.meta()["layout"];
             println!(
