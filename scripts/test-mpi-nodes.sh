@@ -66,7 +66,7 @@ grep -q "rank 3 on hyp-node1" "$work/where.log" || { echo "error: rank 3 is not 
 
 echo "== 4 ranks across 2 nodes (TCP between them) equal 4 ranks on one node"
 "$hyp" data prepare --input data/shakespeare/sonnets.txt --tokenizer char --split tail --out "$work/data" > /dev/null
-mpirun "${mca[@]}" -np 4 "$hyp" "${common[@]}" --set train.steps=20 --out "$work/one" > "$work/one.log" 2>&1 \
+on_node0 mpirun "${mca[@]}" --host "${addr[0]}:4" -np 4 "$hyp" "${common[@]}" --set train.steps=20 --out "$work/one" > "$work/one.log" 2>&1 \
   || { cat "$work/one.log"; echo "error: the one-node run failed" >&2; exit 1; }
 on_node0 mpirun "${mca[@]}" --host "${addr[0]}:2,${addr[1]}:2" -np 4 "$hyp" "${common[@]}" --set train.steps=20 --out "$work/two" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; echo "error: the two-node run failed" >&2; exit 1; }
@@ -79,3 +79,34 @@ worst = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
 assert worst <= 1e-5, worst
 print(f"20 steps, losses equal to the one-node job (worst relative difference {worst:.1e})")
 PY
+for f in "$work"/one/checkpoints/step-00000020/*.safetensors; do
+  cmp "$f" "$work/two/checkpoints/step-00000020/$(basename "$f")" || { echo "error: $(basename "$f") differs between one node and two" >&2; exit 1; }
+done
+echo "final checkpoint files bitwise equal"
+
+echo "== node 1 dies mid-run (every process in its namespace SIGKILLed)"
+on_node0 mpirun "${mca[@]}" --host "${addr[0]}:2,${addr[1]}:2" -np 4 "$hyp" "${common[@]}" --set train.steps=100000 \
+  --set checkpoint.interval=10 --out "$work/kill" > "$work/kill.log" 2>&1 &
+job=$!
+for _ in $(seq 600); do [ -e "$work/kill/checkpoints/latest" ] && break; sleep 0.1; done
+sleep 0.5
+start=$(date +%s%N)
+ip netns pids "${nodes[1]}" | xargs -r kill -9
+set +e; wait "$job"; rc=$?; set -e
+took=$(( ($(date +%s%N) - start) / 1000000 ))
+[ "$rc" -ne 0 ] || { cat "$work/kill.log"; echo "error: the job exited 0 after losing a node" >&2; exit 1; }
+grep -q "rank 2: SILENT" "$work/kill.log" && grep -q "rank 3: SILENT" "$work/kill.log" \
+  && ! grep -q "rank [01]: SILENT" "$work/kill.log" \
+  || { cat "$work/kill.log"; echo "error: the diagnosis does not name exactly ranks 2 and 3 as lost" >&2; exit 1; }
+echo "the job ended ${took} ms after node 1 died (exit $rc), naming the lost ranks:"
+grep -E "may be lost|SILENT" "$work/kill.log" | sort -u
+last=$(sed 's/^step-0*//' "$work/kill/checkpoints/latest")
+target=$((last + 20))
+echo "== resumed from step $last on node 0's 2 ranks"
+on_node0 mpirun "${mca[@]}" --host "${addr[0]}:2" -np 2 "$hyp" train --resume "$work/kill" --set parallel.dp=2 --set "train.steps=$target" \
+  --set log.progress=false --sample-tokens 0 > "$work/resume.log" 2>&1 \
+  || { cat "$work/resume.log"; echo "error: the resume on the remaining node failed" >&2; exit 1; }
+grep -q "resumed .* at step $last " "$work/resume.log" && grep -q "done: step $target" "$work/resume.log" \
+  || { cat "$work/resume.log"; echo "error: the resume did not continue from step $last to $target" >&2; exit 1; }
+grep "keeping the global batch" "$work/resume.log" || true
+echo "MPI across network namespaces: 3 passed, 0 failed"

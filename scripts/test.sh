@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v mpirun >/dev/null 2>&1 || need_pkgs+=(openmpi-bin)
 [ -e /usr/include/x86_64-linux-gnu/openmpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] || need_pkgs+=(libopenmpi-dev)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)  # network namespaces as "nodes" (test-mpi-nodes.sh)
 compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null || need_pkgs+=(libclang-dev)  # libclang itself, not libclang-cpp
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -23,3 +24,4 @@ cargo test --workspace --no-fail-fast
 cargo test -p hyperion-comm --features nccl --lib
 bash scripts/test-mpi.sh
 bash scripts/test-mpi-train.sh
+bash scripts/test-mpi-nodes.sh

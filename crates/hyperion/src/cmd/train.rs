@@ -285,11 +285,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// dump theirs as they fail; a second is given for that). A threaded job whose other
 /// ranks do not end (one hung outside the communicator) is then ended after a grace.
 fn flight_report(run_dir: &Path, ranks: usize) {
+    flight_report_after(run_dir, ranks, Duration::from_secs(1));
+}
+
+/// [`flight_report`], giving the other processes `wait` to dump theirs. Under MPI only
+/// the lowest rank that dumped prints the diagnosis.
+fn flight_report_after(run_dir: &Path, ranks: usize, wait: Duration) {
     use comm::flight;
     static ONCE: std::sync::Once = std::sync::Once::new();
     let file = |r: usize| run_dir.join(format!("flight-rank{r:05}.jsonl"));
     let mpi = mpi_launched();
     let mine = flight::snapshot_all();
+    let lowest_mine = mine.iter().filter_map(|recs| recs.first().map(|x| x.rank)).min();
     for recs in &mine {
         if let Some(r) = recs.first().map(|x| x.rank) {
             if let Err(e) = flight::dump(&file(r), recs) {
@@ -299,7 +306,10 @@ fn flight_report(run_dir: &Path, ranks: usize) {
     }
     ONCE.call_once(|| {
         let records = if mpi {
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(wait);
+            if lowest_mine.is_some_and(|me| (0..me).any(|r| file(r).is_file())) {
+                return; // a lower rank prints it
+            }
             (0..ranks).filter_map(|r| flight::load(&file(r)).ok()).collect()
         } else {
             mine
@@ -643,6 +653,7 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     // A collective that times out aborts the job from the MPI watchdog: report first.
     let (run_dir, ranks) = (plan.run_dir.clone(), world.size());
     comm::flight::on_failure(move || flight_report(&run_dir, ranks));
+    watch_blocked_stop(plan.run_dir.clone(), ranks);
     // A panicking rank must end the job: unwinding would reach MPI_Finalize, which
     // waits for the other ranks while they wait for it in a collective.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| train_rank(plan, &world))));
@@ -655,6 +666,34 @@ fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
         report(plan, std::slice::from_ref(&outcome))?;
     }
     stopped(plan, &outcome)
+}
+
+/// A stop signal that finds this rank blocked in a collective: the launcher's SIGTERM
+/// after it lost a node or a rank (mpirun's follows within a second by SIGKILL), so the
+/// stop cannot finish. The rank dumps its flight records at once and the diagnosis
+/// names the ranks that left none: the lost ones.
+#[cfg(feature = "mpi")]
+fn watch_blocked_stop(run_dir: PathBuf, ranks: usize) {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        while !super::stop::STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let blocked = comm::flight::snapshot_all().iter().filter_map(|recs| recs.last()).find(|r| r.end.is_none() && now - r.start > 0.2).cloned();
+        if let Some(r) = blocked {
+            eprintln!(
+                "rank {}: a stop was asked for while this rank has waited {:.1} s in collective #{} {} on '{}': a rank may be lost",
+                r.rank,
+                now - r.start,
+                r.seq,
+                r.op,
+                r.group
+            );
+            flight_report_after(&run_dir, ranks, Duration::from_millis(300));
+        }
+    });
 }
 
 #[cfg(not(feature = "mpi"))]
