@@ -35,20 +35,9 @@ pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], toke
     if c == 0 || b * t == 0 {
         return;
     }
-    if dwpe.len() < t * c {
-        panic!("{}", KernelError::LengthMismatch { kernel, buffer: "dwpe", expected: t * c, got: dwpe.len() });
-    }
     check_table(kernel, "dwte", dwte.len(), c);
     check_ids(kernel, tokens, dwte.len() / c);
-    // dwpe: rows are disjoint per position; sum over batch in order b = 0, 1, ...
-    dwpe[..t * c].par_chunks_mut(c).enumerate().for_each(|(pos, d)| {
-        for bi in 0..b {
-            let g = &dout[(bi * t + pos) * c..(bi * t + pos + 1) * c];
-            for (d, &g) in d.iter_mut().zip(g) {
-                *d += g;
-            }
-        }
-    });
+    position_embedding_backward(dwpe, dout, b, t, c);
     scatter_add_rows(kernel, dwte, dout, tokens, c);
 }
 
@@ -125,5 +114,80 @@ fn scatter_add_rows(kernel: &'static str, dwte: &mut [f32], dout: &[f32], tokens
                 }
             }
         })
+    });
+}
+
+/// A vocabulary-parallel embedding's forward on the rank holding rows
+/// `[first, first + wte.len() / c)` of the table: `out[row] = wte[tokens[row] - first]`
+/// for the tokens it holds, 0 for the others (summed across the ranks afterwards), plus
+/// `wpe[row % t]` when given (on one rank only).
+#[allow(clippy::too_many_arguments)] // the table part, its first row, positions, shape
+pub fn embedding_part_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], first: usize, wpe: Option<&[f32]>, b: usize, t: usize, c: usize) {
+    let kernel = "embedding_part_forward";
+    check_len(kernel, "out", out.len(), b * t * c);
+    check_len(kernel, "tokens", tokens.len(), b * t);
+    if c == 0 {
+        return;
+    }
+    check_table(kernel, "wte", wte.len(), c);
+    if let Some(wpe) = wpe {
+        if wpe.len() < t * c {
+            panic!("{}", KernelError::LengthMismatch { kernel, buffer: "wpe", expected: t * c, got: wpe.len() });
+        }
+    }
+    let rows = wte.len() / c;
+    out.par_chunks_mut(c).enumerate().for_each(|(row, o)| {
+        let tok = tokens[row] as usize;
+        match tok.checked_sub(first).filter(|&i| i < rows) {
+            Some(i) => o.copy_from_slice(&wte[i * c..(i + 1) * c]),
+            None => o.fill(0.0),
+        }
+        if let Some(wpe) = wpe {
+            let p = &wpe[(row % t) * c..(row % t + 1) * c];
+            for (o, &p) in o.iter_mut().zip(p) {
+                *o += p;
+            }
+        }
+    });
+}
+
+/// Backward of [`embedding_part_forward`]'s table rows: `dwte[tokens[row] - first] +=
+/// dout[row]` for the tokens this rank holds, in row order (the same sums as the whole
+/// table's backward).
+pub fn embedding_part_backward(dwte: &mut [f32], dout: &[f32], tokens: &[u32], first: usize, c: usize) {
+    let kernel = "embedding_part_backward";
+    check_len(kernel, "dout", dout.len(), tokens.len() * c);
+    if c == 0 {
+        return;
+    }
+    check_table(kernel, "dwte", dwte.len(), c);
+    let rows = (dwte.len() / c) as u32;
+    let mine: Vec<usize> = (0..tokens.len()).filter(|&r| (tokens[r] as usize).checked_sub(first).is_some_and(|i| i < rows as usize)).collect();
+    let local: Vec<u32> = mine.iter().map(|&r| tokens[r] - first as u32).collect();
+    let mut g = Vec::with_capacity(mine.len() * c);
+    for &r in &mine {
+        g.extend_from_slice(&dout[r * c..(r + 1) * c]);
+    }
+    scatter_add_rows(kernel, dwte, &g, &local, c);
+}
+
+/// Position-table gradient alone: `dwpe[pos] += dout[b, pos]`, summed over the batch in
+/// order b = 0, 1, ... (rows of dwpe are disjoint per position).
+pub fn position_embedding_backward(dwpe: &mut [f32], dout: &[f32], b: usize, t: usize, c: usize) {
+    let kernel = "position_embedding_backward";
+    check_len(kernel, "dout", dout.len(), b * t * c);
+    if c == 0 || b * t == 0 {
+        return;
+    }
+    if dwpe.len() < t * c {
+        panic!("{}", KernelError::LengthMismatch { kernel, buffer: "dwpe", expected: t * c, got: dwpe.len() });
+    }
+    dwpe[..t * c].par_chunks_mut(c).enumerate().for_each(|(pos, d)| {
+        for bi in 0..b {
+            let g = &dout[(bi * t + pos) * c..(bi * t + pos + 1) * c];
+            for (d, &g) in d.iter_mut().zip(g) {
+                *d += g;
+            }
+        }
     });
 }

@@ -61,9 +61,12 @@ mod swiglu;
 pub use activation::{gelu_backward, gelu_forward};
 pub use attention::{attention_backward, attention_forward, attention_gqa_backward, attention_gqa_forward, attention_saved_len};
 pub use elementwise::{add, add_inplace, scale, sum_squares};
-pub use embedding::{embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward};
+pub use embedding::{
+    embedding_backward, embedding_forward, embedding_part_backward, embedding_part_forward, position_embedding_backward, token_embedding_backward,
+    token_embedding_forward,
+};
 pub use error::{check_tokens, KernelError};
-pub use loss::{softmax_row, softmax_xent_forward, softmax_xent_forward_backward};
+pub use loss::{softmax_row, softmax_xent_forward, softmax_xent_forward_backward, xent_parallel_exp, xent_parallel_grad, xent_parallel_stats};
 pub use matmul::{linear_backward, linear_forward, linear_t_backward, linear_t_forward, matmul};
 pub use norm::{layernorm_backward, layernorm_forward, layernorm_forward_eps};
 pub use optim::adamw_step;

@@ -132,6 +132,22 @@ pub trait Backend: Send + Sync {
     fn xent_forward(&self, logits: &Self::Buf, losses: &mut Self::Buf, targets: &[u32], rows: usize, v: usize) -> f64;
     /// Copies `src` to host memory (sampling, tests).
     fn to_host(&self, src: &Self::Buf, out: &mut [f32]);
+
+    // Tensor parallelism: a vocabulary-parallel embedding and cross-entropy over this
+    // rank's rows `[first, first + rows)` of the vocabulary (see the kernels' docs).
+    /// `out = wte[tokens - first]` for the tokens held here, 0 for the others (+ wpe).
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_part_forward(&self, out: &mut Self::Buf, tokens: &[u32], wte: &Self::Buf, first: usize, wpe: Option<&Self::Buf>, b: usize, t: usize, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_part_backward(&self, dwte: &mut Self::Buf, dwpe: Option<&mut Self::Buf>, dout: &Self::Buf, tokens: &[u32], first: usize, b: usize, t: usize, c: usize);
+    /// Per row: the local max of the logits and the target's logit if held here (else 0).
+    #[allow(clippy::too_many_arguments)]
+    fn xent_parallel_stats(&self, logits: &Self::Buf, targets: &[u32], first: usize, rows: usize, v: usize, max: &mut Self::Buf, picked: &mut Self::Buf);
+    /// `logits = exp(logits - max)` with the global maxima; per-row local sums.
+    fn xent_parallel_exp(&self, logits: &mut Self::Buf, max: &Self::Buf, rows: usize, v: usize, sum: &mut Self::Buf);
+    /// `logits = scale * (exp / sum - onehot)` with the global sums.
+    #[allow(clippy::too_many_arguments)]
+    fn xent_parallel_grad(&self, logits: &mut Self::Buf, sum: &Self::Buf, targets: &[u32], first: usize, rows: usize, v: usize, scale: f32);
 }
 
 /// The CPU backend: the `kernels` crate on host memory.
@@ -267,5 +283,23 @@ impl Backend for Cpu {
     }
     fn to_host(&self, src: &[f32], out: &mut [f32]) {
         out.copy_from_slice(src);
+    }
+    fn embedding_part_forward(&self, out: &mut [f32], tokens: &[u32], wte: &[f32], first: usize, wpe: Option<&[f32]>, b: usize, t: usize, c: usize) {
+        kernels::embedding_part_forward(out, tokens, wte, first, wpe, b, t, c);
+    }
+    fn embedding_part_backward(&self, dwte: &mut [f32], dwpe: Option<&mut [f32]>, dout: &[f32], tokens: &[u32], first: usize, b: usize, t: usize, c: usize) {
+        if let Some(dwpe) = dwpe {
+            kernels::position_embedding_backward(dwpe, dout, b, t, c);
+        }
+        kernels::embedding_part_backward(dwte, dout, tokens, first, c);
+    }
+    fn xent_parallel_stats(&self, logits: &[f32], targets: &[u32], first: usize, rows: usize, v: usize, max: &mut [f32], picked: &mut [f32]) {
+        kernels::xent_parallel_stats(logits, targets, first, rows, v, max, picked);
+    }
+    fn xent_parallel_exp(&self, logits: &mut [f32], max: &[f32], rows: usize, v: usize, sum: &mut [f32]) {
+        kernels::xent_parallel_exp(logits, max, rows, v, sum);
+    }
+    fn xent_parallel_grad(&self, logits: &mut [f32], sum: &[f32], targets: &[u32], first: usize, rows: usize, v: usize, scale: f32) {
+        kernels::xent_parallel_grad(logits, sum, targets, first, rows, v, scale);
     }
 }

@@ -326,6 +326,43 @@ impl Layout {
     pub fn find(&self, name: &str) -> Option<(usize, &TensorSpec)> {
         self.tensors().find(|(_, t)| t.name == name)
     }
+
+    /// Copies tensor-parallel rank `rank`'s part of whole buckets (`whole`, in this
+    /// layout) into the buckets of `local` (that rank's layout, [`crate::Model::tensor_parallel`]).
+    pub fn tp_extract(&self, whole: &[Vec<f32>], local: &Layout, out: &mut [Vec<f32>], tp: usize, rank: usize) {
+        for (lb, lt) in local.tensors() {
+            let (gb, gt) = self.find(&lt.name).unwrap_or_else(|| panic!("{} is not in the whole layout", lt.name));
+            let (src, dst) = (&whole[gb][gt.range()], &mut out[lb][lt.range()]);
+            for (from, to, len) in tp_part_runs(gt, lt, tp, rank) {
+                dst[to..to + len].copy_from_slice(&src[from..from + len]);
+            }
+        }
+    }
+}
+
+/// The contiguous runs `(offset in the whole tensor, offset in the part, length)` that
+/// make up rank `rank`'s part `part` of the whole tensor `whole` under `tp`-way tensor
+/// parallelism: along the split dim, each of its `parts` stacked sub-tensors contributes
+/// rows `[rank * ceil(n / tp), ...)` of its `n` (consecutive parts, the last possibly
+/// shorter: [`crate::spec::ModelSpec::vocab_part`]). A replicated tensor is one run.
+pub fn tp_part_runs(whole: &TensorSpec, part: &TensorSpec, tp: usize, rank: usize) -> Vec<(usize, usize, usize)> {
+    let Some(Split { dim, parts }) = whole.split.filter(|_| tp > 1) else {
+        assert_eq!(whole.shape, part.shape, "{}: a replicated tensor has one shape", whole.name);
+        return vec![(0, 0, whole.numel())];
+    };
+    let (g, l) = (&whole.shape, &part.shape);
+    let outer: usize = g[..dim].iter().product();
+    let inner: usize = g[dim + 1..].iter().product();
+    let (gsub, lsub) = (g[dim] / parts, l[dim] / parts);
+    let first = (rank * gsub.div_ceil(tp)).min(gsub);
+    assert!(first + lsub <= gsub, "{}: rank {rank}'s part exceeds the tensor", whole.name);
+    let mut runs = Vec::with_capacity(outer * parts);
+    for o in 0..outer {
+        for p in 0..parts {
+            runs.push(((o * g[dim] + p * gsub + first) * inner, (o * l[dim] + p * lsub) * inner, lsub * inner));
+        }
+    }
+    runs
 }
 
 /// Views of one block's parameters (or gradients) inside its bucket.

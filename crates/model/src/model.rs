@@ -26,11 +26,35 @@ use crate::spec::ModelSpec;
 /// The model: its spec, its parameter layout and its backend. Parameters live outside
 /// (in the engine's buckets), so one model serves any sharding of them.
 pub struct Model<B: Backend = Cpu> {
+    /// The shape this rank computes: the whole model, or its tensor-parallel part.
     pub spec: ModelSpec,
     /// The family-independent dims in GPT-2's names (`n_embd`, `block_size`, ...).
     pub cfg: GptConfig,
     pub layout: Layout,
     pub be: B,
+    /// This rank's place under tensor parallelism (size 1: the whole model).
+    pub tp: TpPart,
+}
+
+/// A rank's part of a tensor-parallel model (Megatron-LM): QKV and the MLP's up (and
+/// gate) projections split by output columns, the attention output and the MLP's down
+/// projection by input rows, heads and key/value heads split, the vocabulary (embedding
+/// and head) split by rows; norms, positions and row-parallel biases replicated. Per
+/// block the forward sums the two row-parallel outputs over the group, the backward
+/// the two column-parallel input gradients ([`Driver::tp_reduce`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpPart {
+    pub size: usize,
+    pub rank: usize,
+    /// The global vocabulary rows this rank holds.
+    pub vocab: std::ops::Range<usize>,
+}
+
+/// What [`Driver::tp_reduce`] combines across the tensor-parallel group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TpReduce {
+    Sum,
+    Max,
 }
 
 /// The CPU model (the name predates Llama support).
@@ -59,6 +83,11 @@ pub trait Driver<B: Backend> {
     fn grad_done(&mut self, b: usize, g: Self::Grads) -> Result<(), Self::Error>;
     /// The forward (and the head's backward) is done; block backwards start.
     fn forward_done(&mut self) {}
+    /// Combines `x` elementwise across the tensor-parallel group, in place, the same
+    /// result on every member. Called only when the model's `tp.size > 1`.
+    fn tp_reduce(&mut self, _x: &mut B::Buf, _op: TpReduce) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 impl Model<Cpu> {
@@ -87,7 +116,24 @@ impl Model<Cpu> {
 
 impl<B: Backend> Model<B> {
     pub fn with_backend(be: B, spec: ModelSpec) -> Model<B> {
-        Model { cfg: GptConfig::from(&spec), layout: Layout::new(&spec), spec, be }
+        let tp = TpPart { size: 1, rank: 0, vocab: 0..spec.vocab };
+        Model { cfg: GptConfig::from(&spec), layout: Layout::new(&spec), spec, be, tp }
+    }
+
+    /// Rank `rank` of a `size`-way tensor-parallel `global` model (see [`TpPart`]); its
+    /// buckets hold this rank's parts of the tensors ([`crate::layout::Split`]).
+    pub fn tensor_parallel(be: B, global: &ModelSpec, size: usize, rank: usize) -> Result<Model<B>, String> {
+        let mut m = Model::with_backend(be, global.tp_local(size, rank)?);
+        m.tp = TpPart { size, rank, vocab: global.vocab_part(size, rank) };
+        Ok(m)
+    }
+
+    /// Sums or maxes `x` over the tensor-parallel group (nothing on a whole model).
+    fn tp_reduce<D: Driver<B>>(&self, d: &mut D, x: &mut B::Buf, op: TpReduce) -> Result<(), D::Error> {
+        if self.tp.size > 1 {
+            d.tp_reduce(x, op)?;
+        }
+        Ok(())
     }
 
     /// Model FLOPs per trained token at sequence length `t` ([`ModelSpec::flops_per_token`]).
@@ -148,6 +194,7 @@ impl<B: Backend> Model<B> {
         let mut g_head = d.grad(head)?;
         let mut g_emb = if emb.is_some() { Some(d.grad(EMBED)?) } else { None };
         let loss = self.head_forward_backward(
+            d,
             emb.as_deref().map(|e| self.part(e, EMBED)),
             self.part(&hp, head),
             g_emb.as_deref_mut().map(|g| self.part_mut(g, EMBED)),
@@ -155,7 +202,7 @@ impl<B: Backend> Model<B> {
             acts,
             targets,
             grad_scale,
-        );
+        )?;
         d.release(head, hp);
         if let Some(e) = emb {
             d.release(EMBED, e);
@@ -166,7 +213,7 @@ impl<B: Backend> Model<B> {
             let b = Layout::block(l);
             let p = d.acquire(b)?;
             let mut g = d.grad(b)?;
-            self.block_backward(l, self.part(&p, b), self.part_mut(&mut g, b), acts);
+            self.block_backward(d, l, self.part(&p, b), self.part_mut(&mut g, b), acts)?;
             d.release(b, p);
             d.grad_done(b, g)?;
         }
@@ -184,7 +231,7 @@ impl<B: Backend> Model<B> {
         let head = self.layout.head();
         let emb = self.forward_blocks(d, acts, tokens)?;
         let hp = d.acquire(head)?;
-        let loss = self.head_loss(emb.as_deref().map(|e| self.part(e, EMBED)), self.part(&hp, head), acts, targets);
+        let loss = self.head_loss(d, emb.as_deref().map(|e| self.part(e, EMBED)), self.part(&hp, head), acts, targets)?;
         d.release(head, hp);
         if let Some(e) = emb {
             d.release(EMBED, e);
@@ -195,7 +242,7 @@ impl<B: Backend> Model<B> {
     /// Embedding and every block; returns the embedding bucket when the tied head needs it.
     fn forward_blocks<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, tokens: &[u32]) -> Result<Option<D::Params>, D::Error> {
         let emb = d.acquire(EMBED)?;
-        self.embed_forward(self.part(&emb, EMBED), acts, tokens);
+        self.embed_forward(d, self.part(&emb, EMBED), acts, tokens)?;
         let emb = if self.tied() {
             Some(emb)
         } else {
@@ -205,19 +252,27 @@ impl<B: Backend> Model<B> {
         for l in 0..self.spec.layers {
             let b = Layout::block(l);
             let p = d.acquire(b)?;
-            self.block_forward(l, self.part(&p, b), acts);
+            self.block_forward(d, l, self.part(&p, b), acts)?;
             d.release(b, p);
         }
         Ok(emb)
     }
 
-    /// `resid[0] = wte[tokens] (+ wpe[0..T])`. tokens (B,T).
-    pub fn embed_forward(&self, emb: &B::Buf, acts: &mut Activations<B>, tokens: &[u32]) {
+    /// `resid[0] = wte[tokens] (+ wpe[0..T])`. tokens (B,T). Tensor-parallel: each rank
+    /// looks up the tokens of its vocabulary rows, the group sums.
+    pub fn embed_forward<D: Driver<B>>(&self, d: &mut D, emb: &B::Buf, acts: &mut Activations<B>, tokens: &[u32]) -> Result<(), D::Error> {
         let (b, t, c) = (acts.b, acts.t, self.spec.hidden);
         acts.tokens.copy_from_slice(tokens);
         let e = &self.layout.ends;
         let wpe = e.wpe.as_ref().map(|r| emb.slice(r.clone()));
-        self.be.embedding_forward(&mut acts.resid[0], tokens, emb.slice(e.wte.clone()), wpe, b, t, c);
+        let wte = emb.slice(e.wte.clone());
+        if self.tp.size == 1 {
+            self.be.embedding_forward(&mut acts.resid[0], tokens, wte, wpe, b, t, c);
+            return Ok(());
+        }
+        let wpe = wpe.filter(|_| self.tp.rank == 0);
+        self.be.embedding_part_forward(&mut acts.resid[0], tokens, wte, self.tp.vocab.start, wpe, b, t, c);
+        self.tp_reduce(d, &mut acts.resid[0], TpReduce::Sum)
     }
 
     /// Adds d wte (and d wpe) from `acts.dres` (d loss / d resid[0]) into `d_emb`.
@@ -226,45 +281,65 @@ impl<B: Backend> Model<B> {
         let (dwte, rest) = d_emb.split_at_mut(e.wte.end);
         let dwte = dwte.slice_mut(e.wte.clone());
         let dwpe = e.wpe.as_ref().map(|r| rest.slice_mut(r.start - e.wte.end..r.end - e.wte.end));
-        self.be.embedding_backward(dwte, dwpe, &acts.dres, &acts.tokens, acts.b, acts.t, self.spec.hidden);
+        let (b, t, c) = (acts.b, acts.t, self.spec.hidden);
+        if self.tp.size == 1 {
+            self.be.embedding_backward(dwte, dwpe, &acts.dres, &acts.tokens, b, t, c);
+        } else {
+            self.be.embedding_part_backward(dwte, dwpe, &acts.dres, &acts.tokens, self.tp.vocab.start, b, t, c);
+        }
     }
 
     /// Block `l`: `resid[l+1] = res2 + mlp(norm2(res2))`, `res2 = resid[l] + attn(norm1(resid[l]))`.
-    pub fn block_forward(&self, l: usize, params: &B::Buf, acts: &mut Activations<B>) {
+    pub fn block_forward<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
         let slot = if acts.recompute { 0 } else { l };
         let (input, rest) = acts.resid.split_at_mut(l + 1);
         let (b, t) = (acts.b, acts.t);
-        self.block_fwd(params, &mut acts.blocks[slot], &input[l], &mut rest[0], acts.rope.as_ref(), b, t);
+        self.block_fwd(d, params, &mut acts.blocks[slot], &input[l], &mut rest[0], acts.rope.as_ref(), b, t)
     }
 
     #[allow(clippy::too_many_arguments)] // one block's parameters, saved activations, input and output
-    fn block_fwd(&self, params: &B::Buf, a: &mut BlockActs<B>, input: &B::Buf, output: &mut B::Buf, rope: Option<&B::Rope>, b: usize, t: usize) {
+    fn block_fwd<D: Driver<B>>(
+        &self,
+        d: &mut D,
+        params: &B::Buf,
+        a: &mut BlockActs<B>,
+        input: &B::Buf,
+        output: &mut B::Buf,
+        rope: Option<&B::Rope>,
+        b: usize,
+        t: usize,
+    ) -> Result<(), D::Error> {
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
         let (n, c, f, eps) = (b * t, m.hidden, m.ffn, m.norm_eps as f32);
         let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
         let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
         let p = BlockView::new(params, &self.layout.block);
+        // Row-parallel layers add their (replicated) bias once, on tensor-parallel rank 0.
+        let bias_here = self.tp.rank == 0;
         be.norm_forward(m.norm, eps, &mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, input, p.ln1_w, p.ln1_b, n, c);
         be.linear_forward(&mut a.qkv, &a.ln1, p.qkv_w, p.qkv_b, wl, n, c, qkv);
         if let Some(r) = rope {
             be.rope_forward(&mut a.qkv, r, b, t, nh, nkv, hd);
         }
         be.attention_forward(&mut a.att, &mut a.att_saved, &a.qkv, b, t, nh, nkv, hd);
-        be.linear_forward(&mut a.res2, &a.att, p.o_w, p.o_b, wl, n, q, c);
+        be.linear_forward(&mut a.res2, &a.att, p.o_w, p.o_b.filter(|_| bias_here), wl, n, q, c);
+        self.tp_reduce(d, &mut a.res2, TpReduce::Sum)?;
         be.add_inplace(&mut a.res2, input);
         be.norm_forward(m.norm, eps, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res2, p.ln2_w, p.ln2_b, n, c);
         be.linear_forward(&mut a.fc, &a.ln2, p.up_w, p.up_b, wl, n, c, up);
         be.mlp_act_forward(m.mlp, &mut a.gelu, &a.fc, n, f);
-        be.linear_forward(output, &a.gelu, p.down_w, p.down_b, wl, n, f, c);
+        be.linear_forward(output, &a.gelu, p.down_w, p.down_b.filter(|_| bias_here), wl, n, f, c);
+        self.tp_reduce(d, output, TpReduce::Sum)?;
         be.add_inplace(output, &a.res2);
+        Ok(())
     }
 
     /// Backward of block `l`: on entry `acts.dres` holds d loss / d resid[l+1]; on exit
     /// d loss / d resid[l]. Adds the block's parameter gradients into `grads`. With
     /// recompute, first re-runs the block's forward from `resid[l]`.
-    pub fn block_backward(&self, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) {
+    pub fn block_backward<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
         if acts.recompute {
-            self.block_forward(l, params, acts);
+            self.block_forward(d, l, params, acts)?;
         }
         let slot = if acts.recompute { 0 } else { l };
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
@@ -283,6 +358,7 @@ impl<B: Backend> Model<B> {
         be.mlp_act_backward(m.mlp, &mut acts.d_fc, &acts.d_gelu, &a.fc, n, f);
         be.fill_zero(&mut acts.d_ln);
         be.linear_backward(Some(&mut acts.d_ln), g.up_w, g.up_b, &acts.d_fc, &a.ln2, p.up_w, wl, n, c, up);
+        self.tp_reduce(d, &mut acts.d_ln, TpReduce::Sum)?;
         // dres becomes d res2: the residual path plus the norm's input gradient.
         be.norm_backward(m.norm, dres, g.ln2_w, g.ln2_b, &acts.d_ln, &a.res2, p.ln2_w, &a.ln2_mean, &a.ln2_rstd, n, c);
         // Attention: res2 = resid[l] + o(attn(rope(qkv(norm1(resid[l])))))
@@ -295,7 +371,9 @@ impl<B: Backend> Model<B> {
         }
         be.fill_zero(&mut acts.d_ln);
         be.linear_backward(Some(&mut acts.d_ln), g.qkv_w, g.qkv_b, &acts.d_qkv, &a.ln1, p.qkv_w, wl, n, c, qkv);
+        self.tp_reduce(d, &mut acts.d_ln, TpReduce::Sum)?;
         be.norm_backward(m.norm, dres, g.ln1_w, g.ln1_b, &acts.d_ln, input, p.ln1_w, &a.ln1_mean, &a.ln1_rstd, n, c);
+        Ok(())
     }
 
     fn final_norm(&self, head: &B::Buf, acts: &mut Activations<B>) {
@@ -323,8 +401,9 @@ impl<B: Backend> Model<B> {
     /// `wte`). `emb`/`d_emb` are needed only for a tied head. Returns the summed loss
     /// over the B*T positions; gradients are scaled by `grad_scale`.
     #[allow(clippy::too_many_arguments)] // parameters, gradients, activations and targets of the head
-    pub fn head_forward_backward(
+    pub fn head_forward_backward<D: Driver<B>>(
         &self,
+        d: &mut D,
         emb: Option<&B::Buf>,
         head: &B::Buf,
         d_emb: Option<&mut B::Buf>,
@@ -332,7 +411,7 @@ impl<B: Backend> Model<B> {
         acts: &mut Activations<B>,
         targets: &[u32],
         grad_scale: f32,
-    ) -> f64 {
+    ) -> Result<f64, D::Error> {
         let (c, v, be) = (self.spec.hidden, self.spec.vocab, &self.be);
         let n = acts.b * acts.t;
         self.final_norm(head, acts);
@@ -355,13 +434,22 @@ impl<B: Backend> Model<B> {
             let x = acts.lnf.slice(r0 * c..(r0 + rows) * c);
             // (rows, V) = (rows, C) @ W^T
             be.matmul(logits, x, false, w, true, rows, v, c, false);
-            loss += be.xent_forward_backward(logits, acts.losses.slice_mut(r0..r0 + rows), &targets[r0..r0 + rows], rows, v, grad_scale);
+            let tg = &targets[r0..r0 + rows];
+            loss += if self.tp.size == 1 {
+                be.xent_forward_backward(logits, acts.losses.slice_mut(r0..r0 + rows), tg, rows, v, grad_scale)
+            } else {
+                let (l, sum) = self.parallel_xent(d, logits, tg, rows)?;
+                be.xent_parallel_grad(logits, &sum, tg, self.tp.vocab.start, rows, v, grad_scale);
+                l
+            };
             // d x (rows, C) += dlogits (rows, V) @ W (V, C)
             be.matmul(acts.d_ln.slice_mut(r0 * c..(r0 + rows) * c), logits, false, w, false, rows, c, v, true);
             // d W (V, C) += dlogits^T (V, rows) @ x (rows, C)
             be.matmul(dw, logits, true, x, false, v, c, rows, true);
             r0 += rows;
         }
+        // Each rank's vocabulary rows gave part of d x.
+        self.tp_reduce(d, &mut acts.d_ln, TpReduce::Sum)?;
         let (dnw, dnb) = match &e.norm_b {
             Some(rb) => {
                 let (w, b) = d_norm.split_at_mut(rb.start);
@@ -373,11 +461,32 @@ impl<B: Backend> Model<B> {
         let last = &acts.resid[self.spec.layers];
         let nw = head.slice(e.norm_w.clone());
         be.norm_backward(self.spec.norm, &mut acts.dres, dnw, dnb, &acts.d_ln, last, nw, &acts.lnf_mean, &acts.lnf_rstd, n, c);
-        loss
+        Ok(loss)
+    }
+
+    /// The vocabulary-parallel cross-entropy of `rows` rows of this rank's logit columns:
+    /// the maxima, the targets' logits and the sums of exponentials are reduced across
+    /// the group, so no rank holds all the logits. Leaves `exp(logit - max)` in `logits`;
+    /// returns the summed loss (the same on every rank) and the global sums.
+    fn parallel_xent<D: Driver<B>>(&self, d: &mut D, logits: &mut B::Buf, targets: &[u32], rows: usize) -> Result<(f64, B::Vec), D::Error> {
+        let (be, v, first) = (&self.be, self.spec.vocab, self.tp.vocab.start);
+        let (mut max, mut picked, mut sum) = (be.zeros(rows), be.zeros(rows), be.zeros(rows));
+        be.xent_parallel_stats(logits, targets, first, rows, v, &mut max, &mut picked);
+        d.tp_reduce(&mut max, TpReduce::Max)?;
+        d.tp_reduce(&mut picked, TpReduce::Sum)?;
+        be.xent_parallel_exp(logits, &max, rows, v, &mut sum);
+        d.tp_reduce(&mut sum, TpReduce::Sum)?;
+        let mut host = vec![0.0f32; 3 * rows];
+        be.to_host(&max, &mut host[..rows]);
+        be.to_host(&picked, &mut host[rows..2 * rows]);
+        be.to_host(&sum, &mut host[2 * rows..]);
+        // As the fused kernel: (ln(sum) + max) - target logit, in f32, summed in f64.
+        let loss = (0..rows).map(|r| ((host[2 * rows + r].ln() + host[r]) - host[rows + r]) as f64).sum();
+        Ok((loss, sum))
     }
 
     /// Head for evaluation: summed loss over the B*T positions, no gradients.
-    pub fn head_loss(&self, emb: Option<&B::Buf>, head: &B::Buf, acts: &mut Activations<B>, targets: &[u32]) -> f64 {
+    pub fn head_loss<D: Driver<B>>(&self, d: &mut D, emb: Option<&B::Buf>, head: &B::Buf, acts: &mut Activations<B>, targets: &[u32]) -> Result<f64, D::Error> {
         let (c, v, be) = (self.spec.hidden, self.spec.vocab, &self.be);
         let n = acts.b * acts.t;
         self.final_norm(head, acts);
@@ -388,15 +497,21 @@ impl<B: Backend> Model<B> {
             let rows = acts.head_rows.min(n - r0);
             let logits = acts.logits.slice_mut(0..rows * v);
             be.matmul(logits, acts.lnf.slice(r0 * c..(r0 + rows) * c), false, w, true, rows, v, c, false);
-            loss += be.xent_forward(logits, acts.losses.slice_mut(r0..r0 + rows), &targets[r0..r0 + rows], rows, v);
+            let tg = &targets[r0..r0 + rows];
+            loss += if self.tp.size == 1 {
+                be.xent_forward(logits, acts.losses.slice_mut(r0..r0 + rows), tg, rows, v)
+            } else {
+                self.parallel_xent(d, logits, tg, rows)?.0
+            };
             r0 += rows;
         }
-        loss
+        Ok(loss)
     }
 
     /// Logits (V) of one position `pos` of sequence `seq` into host `out` (sampling, tests).
     /// `emb` and `head` are the embedding and head buckets.
     pub fn head_logits(&self, emb: &B::Buf, head: &B::Buf, acts: &mut Activations<B>, seq: usize, pos: usize, out: &mut [f32]) {
+        assert_eq!(self.tp.size, 1, "head_logits needs the whole model");
         let (c, v) = (self.spec.hidden, self.spec.vocab);
         self.final_norm(head, acts);
         let row = seq * acts.t + pos;

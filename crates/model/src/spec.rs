@@ -252,6 +252,34 @@ impl ModelSpec {
         3.0 * (self.layers as f64 * self.block_fwd_flops(1.0, s as f64) + self.logits_fwd_flops(1.0))
     }
 
+    /// Rows `[start, end)` of the vocabulary that tensor-parallel rank `rank` of `tp`
+    /// holds: consecutive parts of `ceil(vocab / tp)` rows (the last may be shorter).
+    pub fn vocab_part(&self, tp: usize, rank: usize) -> std::ops::Range<usize> {
+        let per = self.vocab.div_ceil(tp.max(1));
+        let start = (rank * per).min(self.vocab);
+        start..(start + per).min(self.vocab)
+    }
+
+    /// The part of this model that rank `rank` of `tp` tensor-parallel ranks computes
+    /// (Megatron-LM, Shoeybi et al. 2019): its heads, key/value heads and MLP width
+    /// divided by `tp`, its rows of the vocabulary ([`ModelSpec::vocab_part`]); the
+    /// hidden size stays whole. An error names what `tp` does not divide.
+    pub fn tp_local(&self, tp: usize, rank: usize) -> Result<ModelSpec, String> {
+        if tp == 0 || rank >= tp {
+            return Err(format!("tensor-parallel rank {rank} of {tp} does not exist"));
+        }
+        for (what, n) in [("attention heads", self.heads), ("key/value heads", self.kv_heads), ("the MLP width", self.ffn)] {
+            if !n.is_multiple_of(tp) {
+                return Err(format!("parallel.tp = {tp} must divide {what} ({n}) of {}", self.name));
+            }
+        }
+        let vocab = self.vocab_part(tp, rank).len();
+        if vocab == 0 {
+            return Err(format!("parallel.tp = {tp} leaves rank {rank} no rows of the {}-token vocabulary", self.vocab));
+        }
+        Ok(ModelSpec { heads: self.heads / tp, kv_heads: self.kv_heads / tp, ffn: self.ffn / tp, vocab, ..self.clone() })
+    }
+
     /// Checks what the engine needs of a shape; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         let pos = |v: usize, what: &str| if v == 0 { Err(format!("{what} must be at least 1")) } else { Ok(()) };
