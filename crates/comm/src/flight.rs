@@ -45,6 +45,20 @@ pub struct Record {
 struct Ring {
     cap: usize,
     recs: VecDeque<Record>,
+    /// Calls and bytes per (group, op), since creation or the last reset.
+    totals: BTreeMap<(String, String), (u64, u64)>,
+}
+
+/// The traffic of one operation on one group, counted (not estimated) by [`Recorded`].
+/// `bytes` is the whole tensor each call moved, the convention of the Megatron-LM and
+/// ZeRO papers' volume formulas: the buffer of an all-reduce or broadcast, the output
+/// of an all-gather, the input of a reduce-scatter, the message of a send or recv.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub group: String,
+    pub op: String,
+    pub calls: u64,
+    pub bytes: u64,
 }
 
 /// One rank's ring of records; clones share it.
@@ -69,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Recorder {
     /// A recorder for world rank `rank`, registered for [`snapshot_all`].
     pub fn new(rank: usize, cap: usize) -> Recorder {
-        let ring = Arc::new(Mutex::new(Ring { cap: cap.max(1), recs: VecDeque::new() }));
+        let ring = Arc::new(Mutex::new(Ring { cap: cap.max(1), recs: VecDeque::new(), totals: BTreeMap::new() }));
         let mut reg = lock(&REGISTRY);
         reg.retain(|w| w.strong_count() > 0);
         reg.push(Arc::downgrade(&ring));
@@ -80,8 +94,11 @@ impl Recorder {
         self.rank
     }
 
-    fn begin(&self, seq: u64, op: &str, group: &str, dtype: String, count: usize) {
+    fn begin(&self, seq: u64, op: &str, group: &str, dtype: String, count: usize, bytes: usize) {
         let mut ring = lock(&self.ring);
+        let t = ring.totals.entry((group.to_string(), op.to_string())).or_default();
+        t.0 += 1;
+        t.1 += bytes as u64;
         if ring.recs.len() == ring.cap {
             ring.recs.pop_front();
         }
@@ -100,6 +117,17 @@ impl Recorder {
     /// The records, oldest first.
     pub fn snapshot(&self) -> Vec<Record> {
         lock(&self.ring).recs.iter().cloned().collect()
+    }
+
+    /// Calls and bytes per group and operation since creation or [`Recorder::reset_traffic`],
+    /// sorted by group then operation.
+    pub fn traffic(&self) -> Vec<Traffic> {
+        let ring = lock(&self.ring);
+        ring.totals.iter().map(|((group, op), &(calls, bytes))| Traffic { group: group.clone(), op: op.clone(), calls, bytes }).collect()
+    }
+
+    pub fn reset_traffic(&self) {
+        lock(&self.ring).totals.clear();
     }
 }
 
@@ -137,10 +165,12 @@ impl Recorded {
         Recorded { inner, rec, seq: AtomicU64::new(0) }
     }
 
-    fn run<T>(&self, op: &str, dtype: String, count: usize, f: impl FnOnce(&dyn Communicator) -> Result<T>) -> Result<T> {
+    /// Records one call: `count` elements of the local buffer, `bytes` the whole tensor
+    /// moved (see [`Traffic`]).
+    fn run<T>(&self, op: &str, dtype: String, count: usize, bytes: usize, f: impl FnOnce(&dyn Communicator) -> Result<T>) -> Result<T> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let group = self.inner.name();
-        self.rec.begin(seq, op, group, dtype, count);
+        self.rec.begin(seq, op, group, dtype, count, bytes);
         let out = f(self.inner.as_ref());
         self.rec.end(seq, group, out.as_ref().err().map(|e| e.to_string()));
         out
@@ -158,39 +188,39 @@ impl Communicator for Recorded {
         self.inner.name()
     }
     fn all_reduce(&self, buf: BufMut<'_>, op: ReduceOp) -> Result<()> {
-        let (d, n) = (buf.dtype().to_string(), buf.len());
-        self.run("all_reduce", d, n, |c| c.all_reduce(buf, op))
+        let (d, n, b) = (buf.dtype().to_string(), buf.len(), buf.len() * buf.dtype().size());
+        self.run("all_reduce", d, n, b, |c| c.all_reduce(buf, op))
     }
     fn reduce_scatter(&self, send: Buf<'_>, recv: BufMut<'_>, op: ReduceOp) -> Result<()> {
-        let (d, n) = (send.dtype().to_string(), send.len());
-        self.run("reduce_scatter", d, n, |c| c.reduce_scatter(send, recv, op))
+        let (d, n, b) = (send.dtype().to_string(), send.len(), send.len() * send.dtype().size());
+        self.run("reduce_scatter", d, n, b, |c| c.reduce_scatter(send, recv, op))
     }
     fn reduce_scatter_v(&self, send: Buf<'_>, recv: BufMut<'_>, counts: &[usize], op: ReduceOp) -> Result<()> {
-        let (d, n) = (send.dtype().to_string(), send.len());
-        self.run("reduce_scatter_v", d, n, |c| c.reduce_scatter_v(send, recv, counts, op))
+        let (d, n, b) = (send.dtype().to_string(), send.len(), send.len() * send.dtype().size());
+        self.run("reduce_scatter_v", d, n, b, |c| c.reduce_scatter_v(send, recv, counts, op))
     }
     fn all_gather(&self, send: Buf<'_>, recv: BufMut<'_>) -> Result<()> {
-        let (d, n) = (send.dtype().to_string(), send.len());
-        self.run("all_gather", d, n, |c| c.all_gather(send, recv))
+        let (d, n, b) = (send.dtype().to_string(), send.len(), recv.len() * recv.dtype().size());
+        self.run("all_gather", d, n, b, |c| c.all_gather(send, recv))
     }
     fn all_gather_v(&self, send: Buf<'_>, recv: BufMut<'_>, counts: &[usize]) -> Result<()> {
-        let (d, n) = (send.dtype().to_string(), send.len());
-        self.run("all_gather_v", d, n, |c| c.all_gather_v(send, recv, counts))
+        let (d, n, b) = (send.dtype().to_string(), send.len(), recv.len() * recv.dtype().size());
+        self.run("all_gather_v", d, n, b, |c| c.all_gather_v(send, recv, counts))
     }
     fn broadcast(&self, buf: BufMut<'_>, root: usize) -> Result<()> {
-        let (d, n) = (buf.dtype().to_string(), buf.len());
-        self.run("broadcast", d, n, |c| c.broadcast(buf, root))
+        let (d, n, b) = (buf.dtype().to_string(), buf.len(), buf.len() * buf.dtype().size());
+        self.run("broadcast", d, n, b, |c| c.broadcast(buf, root))
     }
     fn send(&self, buf: Buf<'_>, dst: usize, tag: u32) -> Result<()> {
-        let (d, n) = (buf.dtype().to_string(), buf.len());
-        self.run("send", d, n, |c| c.send(buf, dst, tag))
+        let (d, n, b) = (buf.dtype().to_string(), buf.len(), buf.len() * buf.dtype().size());
+        self.run("send", d, n, b, |c| c.send(buf, dst, tag))
     }
     fn recv(&self, buf: BufMut<'_>, src: usize, tag: u32) -> Result<()> {
-        let (d, n) = (buf.dtype().to_string(), buf.len());
-        self.run("recv", d, n, |c| c.recv(buf, src, tag))
+        let (d, n, b) = (buf.dtype().to_string(), buf.len(), buf.len() * buf.dtype().size());
+        self.run("recv", d, n, b, |c| c.recv(buf, src, tag))
     }
     fn barrier(&self) -> Result<()> {
-        self.run("barrier", "-".into(), 0, |c| c.barrier())
+        self.run("barrier", "-".into(), 0, 0, |c| c.barrier())
     }
     fn split(&self, color: usize, key: usize, name: &str) -> Result<Box<dyn Communicator>> {
         let inner = self.inner.split(color, key, name)?;

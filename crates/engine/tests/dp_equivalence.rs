@@ -120,3 +120,45 @@ fn accumulation_across_ranks_matches_single_rank() {
         assert_matches(&format!("dp=2 accum=2 zero={zero}"), &got, &want);
     }
 }
+
+/// Communication counted, not guessed: one step moves exactly the bucket traffic of the
+/// ZeRO paper's stages (Rajbhandari et al. 2020) on the background stream, every bucket
+/// padded to a multiple of dp. With B buckets of padded sizes P_b (blocks: P_l), A
+/// micro-batches per step:
+///   stage 0: all-reduce of every gradient bucket once (sum P_b);
+///   stage 1: reduce-scatter of every gradient bucket once, all-gather of the updated
+///            parameters once;
+///   stage 2: reduce-scatter after each micro-batch's backward (A x sum P_b), all-gather once;
+///   stage 3: reduce-scatter as stage 2; parameters gathered before every use: each
+///            bucket in the forward and the blocks again in the backward (A x (sum P_b + sum P_l)).
+#[test]
+fn one_step_moves_exactly_the_zero_stage_traffic() {
+    let (_tmp, dir) = tmp();
+    let (dp, accum) = (2, 2);
+    for zero in 0..=3u8 {
+        let out = comm::run_local(dp, Duration::from_secs(60), |c| {
+            let rank = Rank::new(&c)?;
+            let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+            let mut t = Trainer::with_rank(cfg(MICRO, dp, zero, "none", accum), data, Path::new(""), rank)?;
+            t.rank.flight.reset_traffic();
+            t.train_step(&mut StepTimes::default())?;
+            let padded: Vec<u64> = t.shards.iter().map(|s| (s.padded(dp) * 4) as u64).collect();
+            let blocks: u64 = padded[1..padded.len() - 1].iter().sum();
+            Ok::<_, engine::EngineError>((t.rank.flight.traffic(), padded, blocks))
+        })
+        .expect("ranks");
+        for (traffic, padded, blocks) in out {
+            let (nb, all): (u64, u64) = (padded.len() as u64, padded.iter().sum());
+            let a = accum as u64;
+            let want: Vec<(&str, u64, u64)> = match zero {
+                0 => vec![("all_reduce", nb, all)],
+                1 => vec![("all_gather", nb, all), ("reduce_scatter", nb, all)],
+                2 => vec![("all_gather", nb, all), ("reduce_scatter", a * nb, a * all)],
+                _ => vec![("all_gather", a * (nb + nb - 2), a * (all + blocks)), ("reduce_scatter", a * nb, a * all)],
+            };
+            let got: Vec<(&str, u64, u64)> =
+                traffic.iter().filter(|t| t.group == "dp.stream").map(|t| (t.op.as_str(), t.calls, t.bytes)).collect();
+            assert_eq!(got, want, "ZeRO-{zero}: bucket traffic of one step (op, calls, bytes)");
+        }
+    }
+}
