@@ -116,15 +116,6 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     positive("parallel.dp", p.dp as u64)?;
     positive("parallel.tp", p.tp as u64)?;
     positive("parallel.pp", p.pp as u64)?;
-    if p.tp != 1 {
-        return Err(invalid(
-            "parallel.tp",
-            format!(
-                "tensor parallelism (tp = {}) is not supported yet; use 1",
-                p.tp
-            ),
-        ));
-    }
     if p.pp != 1 {
         return Err(invalid(
             "parallel.pp",

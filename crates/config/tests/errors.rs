@@ -109,7 +109,7 @@ fn invalid_values_name_their_key() {
         (&["model.n_head=5"], "model.n_embd: must be divisible by model.n_head (128 % 5 = 3)"),
         (&["train.batch_size=-2"], "train.batch_size: must be >= 0, found -2"),
         (&["parallel.zero=4"], "parallel.zero: must be between 0 and 3, found 4"),
-        (&["parallel.tp=2"], "parallel.tp: tensor parallelism (tp = 2) is not supported yet; use 1"),
+        (&["parallel.tp=0"], "parallel.tp: must be at least 1, found 0"),
         (&["parallel.pp=4"], "parallel.pp: pipeline parallelism (pp = 4) is not supported yet; use 1"),
         (&["parallel.dp=0"], "parallel.dp: must be at least 1, found 0"),
         (&["optim.min_lr=1e-2"], "optim.lr: must be finite and >= optim.min_lr (0.01), found 0.001"),

@@ -136,9 +136,9 @@ impl RunInfo {
         RunInfo {
             start_step: t.step,
             total_steps: t.cfg.raw.train.steps,
-            params: t.gpt.layout.num_params(),
+            params: t.global.num_params(),
             tokens_per_step: t.cfg.tokens_per_step,
-            flops_per_token: t.gpt.flops_per_token(t.cfg.raw.model.block_size),
+            flops_per_token: t.global.flops_per_token(t.cfg.raw.model.block_size),
             peak_flops: t.peak_flops,
             peak_measured: t.peak_measured,
             memory: t.memory(),

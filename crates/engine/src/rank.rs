@@ -1,5 +1,10 @@
-//! This rank's place in the data-parallel group: the communicators it uses and a pool of
+//! This rank's place in the mesh: its data-parallel group (and, with tensor
+//! parallelism, its tensor-parallel group), the communicators it uses and a pool of
 //! reusable bucket-sized buffers (gathered parameters, gradient scratch).
+//!
+//! World rank = tp_rank + tp * dp_rank (Megatron-LM's order, [`comm::Mesh`]): the ranks of
+//! a tensor-parallel group are neighbours; a data-parallel group holds the ranks with
+//! the same tp_rank.
 
 use std::sync::Arc;
 
@@ -15,8 +20,17 @@ pub struct Rank {
     /// The group of the background checkpoint writer (`checkpoint.async`), used by
     /// nothing else.
     pub ckpt: Arc<dyn Communicator>,
+    /// Rank within the data-parallel group, and its size.
     pub rank: usize,
     pub dp: usize,
+    /// Rank within the tensor-parallel group, and its size (1: no tensor parallelism).
+    pub tp_rank: usize,
+    pub tp: usize,
+    /// The tensor-parallel group (`None` when `tp == 1`).
+    pub tp_comm: Option<Arc<dyn Communicator>>,
+    /// Every rank of the job (checkpoint commits and the stop vote when `tp > 1`;
+    /// otherwise `comm` serves, being the whole job).
+    pub world: Arc<dyn Communicator>,
     /// This rank's last collectives on both communicators (see `comm::flight`).
     pub flight: comm::flight::Recorder,
 }
@@ -25,12 +39,40 @@ impl Rank {
     /// Splits `world` into the data-parallel group and its background stream.
     /// Both record their collectives in the rank's flight recorder.
     pub fn new(world: &dyn Communicator) -> Result<Rank> {
+        Rank::with_tp(world, 1)
+    }
+
+    /// Splits `world` into data-parallel groups of `world.size() / tp` ranks and
+    /// tensor-parallel groups of `tp` neighbouring ranks. Every communicator records
+    /// its collectives in the rank's flight recorder.
+    pub fn with_tp(world: &dyn Communicator, tp: usize) -> Result<Rank> {
+        let n = world.size();
+        if tp == 0 || !n.is_multiple_of(tp) {
+            return Err(EngineError::Invalid(format!("parallel.tp = {tp} must divide the {n} ranks started")));
+        }
         let flight = comm::flight::Recorder::new(world.rank(), comm::flight::DEFAULT_CAPACITY);
-        let dp = comm::flight::Recorded::new(world.split(0, world.rank(), "dp")?, flight.clone());
-        let comm: Arc<dyn Communicator> = Arc::new(dp);
+        let record = |c: Box<dyn Communicator>| -> Arc<dyn Communicator> { Arc::new(comm::flight::Recorded::new(c, flight.clone())) };
+        let (tp_rank, dp_rank) = (world.rank() % tp, world.rank() / tp);
+        let comm = record(world.split(tp_rank, dp_rank, "dp")?);
+        let tp_comm = if tp > 1 { Some(record(world.split(dp_rank, tp_rank, "tp")?)) } else { None };
+        let whole = if tp > 1 { record(world.split(0, world.rank(), "world")?) } else { Arc::clone(&comm) };
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
-        let ckpt = Arc::from(comm.split(0, comm.rank(), "dp.ckpt")?);
-        Ok(Rank { rank: comm.rank(), dp: comm.size(), comm, stream, ckpt, flight })
+        // The background checkpoint writer commits over every rank of the job.
+        let ckpt = Arc::from(whole.split(0, whole.rank(), "dp.ckpt")?);
+        Ok(Rank { rank: comm.rank(), dp: comm.size(), tp_rank, tp, tp_comm, world: whole, comm, stream, ckpt, flight })
+    }
+
+    /// This rank's place in the whole job.
+    pub fn world_rank(&self) -> usize {
+        self.world.rank()
+    }
+
+    /// Sum of one f64 per rank of the tensor-parallel group, in rank order.
+    pub fn sum_f64_tp(&self, x: f64) -> Result<f64> {
+        match &self.tp_comm {
+            None => Ok(x),
+            Some(c) => sum_f64(c.as_ref(), x),
+        }
     }
 
     /// A group of one (single-rank training).
@@ -43,19 +85,24 @@ impl Rank {
     /// Sum of one f64 per rank, added in rank order (the same bits on every rank and
     /// for every backend).
     pub fn sum_f64(&self, x: f64) -> Result<f64> {
-        if self.dp == 1 {
-            return Ok(x);
-        }
-        let send = x.to_le_bytes().to_vec();
-        let mut recv = vec![0u8; 8 * self.dp];
-        self.comm.all_gather((&send[..]).into(), (&mut recv[..]).into())?;
-        Ok(recv.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).sum())
+        sum_f64(self.comm.as_ref(), x)
     }
 
     /// Every rank's byte string, in rank order.
     pub fn gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         gather_bytes(self.comm.as_ref(), self.dp, mine)
     }
+}
+
+/// Sum of one f64 per rank of `comm`, added in rank order (the same bits on every rank).
+fn sum_f64(comm: &dyn Communicator, x: f64) -> Result<f64> {
+    if comm.size() == 1 {
+        return Ok(x);
+    }
+    let send = x.to_le_bytes().to_vec();
+    let mut recv = vec![0u8; 8 * comm.size()];
+    comm.all_gather((&send[..]).into(), (&mut recv[..]).into())?;
+    Ok(recv.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).sum())
 }
 
 /// Every rank's byte string of the group `comm` (of `dp` ranks), in rank order.

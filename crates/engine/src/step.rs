@@ -205,6 +205,25 @@ impl Trainer {
         Ok(loss)
     }
 
+    /// Sum of squares of `buf`, elements `[base, base + len)` of bucket `b`, counting
+    /// every parameter of the whole model once: a tensor replicated across the
+    /// tensor-parallel group (norms, row-parallel biases, positions) only on tp rank 0.
+    fn sum_squares_once(&self, b: usize, buf: &[f32], base: usize) -> f64 {
+        if self.rank.tp == 1 {
+            return kernels::sum_squares(buf);
+        }
+        let end = base + buf.len();
+        self.gpt.layout.buckets[b]
+            .tensors
+            .iter()
+            .filter(|t| t.split.is_some() || self.rank.tp_rank == 0)
+            .map(|t| {
+                let (lo, hi) = (t.range().start.max(base), t.range().end.min(end));
+                if lo < hi { kernels::sum_squares(&buf[lo - base..hi - base]) } else { 0.0 }
+            })
+            .sum()
+    }
+
     /// Global-norm clipping and AdamW on what this rank owns; stages 1-2 then all-gather
     /// the updated parameters. Returns the pre-clip global gradient norm.
     pub(crate) fn optimizer_step(&mut self, times: &mut StepTimes) -> Result<f64> {
@@ -212,11 +231,12 @@ impl Trainer {
         let (stage, r) = (self.stage(), self.rank.rank);
         let nb = self.params.len();
         let norm = if stage == 0 {
-            // All-reduced gradients are the same on every rank.
-            (0..nb).map(|b| kernels::sum_squares(&self.grads[b][..self.shards[b].numel])).sum::<f64>().sqrt()
+            // All-reduced gradients are the same on every rank of a dp group.
+            let local: f64 = (0..nb).map(|b| self.sum_squares_once(b, &self.grads[b][..self.shards[b].numel], 0)).sum();
+            self.rank.sum_f64_tp(local)?.sqrt()
         } else {
-            let local: f64 = self.gshard.iter().map(|g| kernels::sum_squares(g)).sum();
-            self.rank.sum_f64(local)?.sqrt()
+            let local: f64 = (0..nb).map(|b| self.sum_squares_once(b, &self.gshard[b], self.shards[b].owned(r).start)).sum();
+            self.rank.sum_f64_tp(self.rank.sum_f64(local)?)?.sqrt()
         };
         if !norm.is_finite() {
             // The numerics guard: no update from a gradient that overflowed (every rank
@@ -297,6 +317,15 @@ impl Driver<Cpu> for Stepper<'_> {
     }
     fn grad_done(&mut self, b: usize, g: Vec<f32>) -> Result<()> {
         self.t.grad_done(b, g, self.first, self.last, &mut self.pending)
+    }
+    fn tp_reduce(&mut self, x: &mut [f32], op: model::TpReduce) -> Result<()> {
+        let c = self.t.rank.tp_comm.as_ref().ok_or_else(|| EngineError::Invalid("a tensor-parallel reduction without a tp group".into()))?;
+        let op = match op {
+            model::TpReduce::Sum => ReduceOp::Sum,
+            model::TpReduce::Max => ReduceOp::Max,
+        };
+        c.all_reduce(x.into(), op)?;
+        Ok(())
     }
     fn forward_done(&mut self) {
         self.forward_end = Some((Instant::now(), std::mem::take(&mut self.t.gather_wait)));

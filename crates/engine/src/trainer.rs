@@ -69,7 +69,10 @@ pub struct StepTimes {
 /// every rank runs the same loop on its share of each global batch (SPMD).
 pub struct Trainer {
     pub cfg: ResolvedConfig,
+    /// The model this rank computes: the whole model, or its tensor-parallel part.
     pub gpt: std::sync::Arc<Gpt>,
+    /// The whole model's shape (what checkpoints, metrics and data describe).
+    pub global: model::ModelSpec,
     /// None for benchmarks, which train on random tokens.
     pub data: Option<Dataset>,
     pub rank: Rank,
@@ -150,7 +153,15 @@ impl Trainer {
                 par.dp, rank.dp
             )));
         }
-        let gpt = std::sync::Arc::new(Gpt::new(model_spec(&cfg)?));
+        if par.tp != rank.tp {
+            return Err(EngineError::Invalid(format!("parallel.tp = {} but the ranks were grouped by {}", par.tp, rank.tp)));
+        }
+        let global = model_spec(&cfg)?;
+        let gpt = std::sync::Arc::new(if rank.tp == 1 {
+            Gpt::new(global.clone())
+        } else {
+            Gpt::tensor_parallel(model::Cpu, &global, rank.tp, rank.tp_rank).map_err(EngineError::Invalid)?
+        });
         let (dp, r, zero) = (rank.dp, rank.rank, par.zero);
         let shards = shards(&gpt.layout, dp);
         let whole = |s: &BucketShard| vec![0.0f32; s.padded(dp)];
@@ -161,8 +172,17 @@ impl Trainer {
             if !init {
                 return shards.iter().map(|s| if zero == 3 { part(s) } else { whole(s) }).collect();
             }
-            gpt.init_params(cfg.raw.train.seed)
-                .into_iter()
+            let init = if rank.tp == 1 {
+                gpt.init_params(cfg.raw.train.seed)
+            } else {
+                // The whole model's initialisation, cut to this rank's parts: every
+                // layout starts from the same model.
+                let whole = Gpt::new(global.clone());
+                let mut mine = gpt.zeros();
+                whole.layout.tp_extract(&whole.init_params(cfg.raw.train.seed), &gpt.layout, &mut mine, rank.tp, rank.tp_rank);
+                mine
+            };
+            init.into_iter()
                 .zip(&shards)
                 .map(|(p, s)| {
                     let mut v = if zero == 3 { part(s) } else { whole(s) };
@@ -201,6 +221,7 @@ impl Trainer {
             _ => None,
         };
         Ok(Trainer {
+            global,
             acts,
             measured,
             exp_avg,
@@ -236,8 +257,9 @@ impl Trainer {
         &self.run_dir
     }
 
+    /// Rank 0 of the whole job (it logs, writes the manifest and commits).
     pub fn is_root(&self) -> bool {
-        self.rank.rank == 0
+        self.rank.world_rank() == 0
     }
 
     pub fn memory(&self) -> MemoryReport {
@@ -250,7 +272,7 @@ impl Trainer {
         match (&self.data, val) {
             (Some(d), false) => d.train.fill_batch(tc.seed, first, b, t, &mut self.inputs, &mut self.targets),
             (Some(d), true) => d.val.fill_batch(tc.seed ^ EVAL_SEED_SALT, first, b, t, &mut self.inputs, &mut self.targets),
-            (None, _) => random_tokens(tc.seed, first, self.gpt.spec.vocab, &mut self.inputs, &mut self.targets),
+            (None, _) => random_tokens(tc.seed, first, self.global.vocab, &mut self.inputs, &mut self.targets),
         }
     }
 
@@ -503,10 +525,16 @@ impl Trainer {
     fn stop_agreed(&self) -> Result<bool> {
         let Some(flag) = self.stop else { return Ok(false) };
         let mine = flag.load(Ordering::SeqCst);
-        if self.rank.dp == 1 {
+        if self.rank.world.size() == 1 {
             return Ok(mine);
         }
-        Ok(self.rank.sum_f64(f64::from(u8::from(mine)))? > 0.0)
+        if self.rank.tp == 1 {
+            return Ok(self.rank.sum_f64(f64::from(u8::from(mine)))? > 0.0);
+        }
+        // Every rank of the job votes (tensor-parallel peers are in other dp groups).
+        let mut v = [f32::from(u8::from(mine))];
+        self.rank.world.all_reduce((&mut v[..]).into(), comm::ReduceOp::Max)?;
+        Ok(v[0] > 0.0)
     }
 }
 

@@ -17,7 +17,14 @@ fn dataset(dir: &Path) -> data::Dataset {
 }
 
 fn cfg(batch: usize, dp: usize, zero: u8, recompute: &str, accum: usize) -> config::ResolvedConfig {
+    cfg_tp(batch, dp, 1, zero, recompute, accum, 2)
+}
+
+/// `tiny` with `heads` attention heads (it has 2), over dp x tp ranks.
+fn cfg_tp(batch: usize, dp: usize, tp: usize, zero: u8, recompute: &str, accum: usize, heads: usize) -> config::ResolvedConfig {
     let sets: Vec<String> = [
+        format!("parallel.tp={tp}"),
+        format!("model.n_head={heads}"),
         format!("train.batch_size={batch}"),
         format!("train.grad_accum={accum}"),
         format!("parallel.dp={dp}"),
@@ -159,6 +166,39 @@ fn one_step_moves_exactly_the_zero_stage_traffic() {
             let got: Vec<(&str, u64, u64)> =
                 traffic.iter().filter(|t| t.group == "dp.stream").map(|t| (t.op.as_str(), t.calls, t.bytes)).collect();
             assert_eq!(got, want, "ZeRO-{zero}: bucket traffic of one step (op, calls, bytes)");
+        }
+    }
+}
+
+/// Tensor parallelism composed with ZeRO data parallelism: tp 2 and 4 alone, and dp 2 x
+/// tp 2 under every ZeRO stage, give the single-rank run's losses and parameters (each
+/// tp rank's parameters are its parts of the single-rank model's).
+#[test]
+fn tp_and_dp_by_tp_match_single_rank() {
+    let (_t, dir) = tmp();
+    for (dp, tp, zeros) in [(1, 2, vec![0u8]), (1, 4, vec![0]), (2, 2, vec![0, 1, 2, 3])] {
+        let mut w = Trainer::new(cfg_tp(MICRO * dp, 1, 1, 0, "none", 1, 4), data::Dataset::open(&dir).unwrap(), Path::new("")).unwrap();
+        let want = train(&mut w);
+        for zero in zeros {
+            for recompute in ["none", "full"] {
+                let label = format!("dp={dp} tp={tp} zero={zero} recompute={recompute}");
+                let out = comm::run_local(dp * tp, Duration::from_secs(60), |c| {
+                    let rank = Rank::with_tp(&c, tp)?;
+                    let tp_rank = rank.tp_rank;
+                    let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+                    let mut t = Trainer::with_rank(cfg_tp(MICRO, dp, tp, zero, recompute, 1, 4), data, Path::new(""), rank)?;
+                    let run = train(&mut t);
+                    // The single-rank model's parameters, cut to this rank's parts.
+                    let whole = model::Gpt::new(t.global.clone());
+                    let mut expected = t.gpt.zeros();
+                    whole.layout.tp_extract(&want.1, &t.gpt.layout, &mut expected, tp, tp_rank);
+                    Ok::<_, engine::EngineError>((run, expected))
+                })
+                .expect("ranks");
+                for (r, (got, expected)) in out.iter().enumerate() {
+                    assert_matches(&format!("{label} rank {r}"), got, &(want.0.clone(), expected.clone()));
+                }
+            }
         }
     }
 }
