@@ -40,7 +40,7 @@ impl Trainer {
     /// checkpoint is committed.
     pub fn save_checkpoint(&self, observer: &mut dyn Observer) -> Result<PathBuf> {
         let snap = self.snapshot(Cow::Borrowed);
-        snap.write(self.rank.comm.as_ref(), &mut |p| observer.checkpoint_file(p))
+        snap.write(self.rank.world.as_ref(), &mut |p| observer.checkpoint_file(p))
     }
 
     /// What this rank writes for a checkpoint of the current step: the part of each
@@ -54,14 +54,16 @@ impl Trainer {
             let cut = |buf: &'a Vec<f32>, base: usize| keep(&buf[range.start - base..range.end - base]);
             parts.push(Part { params: cut(&self.params[b], pb), exp_avg: cut(&self.exp_avg[b], mb), exp_avg_sq: cut(&self.exp_avg_sq[b], mb), range });
         }
+        let tp = (self.rank.tp > 1).then(|| TpWrite { whole: std::sync::Arc::new(model::Layout::new(&self.global)), tp: self.rank.tp, rank: self.rank.tp_rank });
         Snapshot {
             step: self.step,
             run_dir: self.run_dir().to_path_buf(),
-            rank: self.rank.rank,
-            dp: self.rank.dp,
+            rank: self.rank.world_rank(),
+            ranks: self.rank.world.size(),
             gpt: self.gpt.clone(),
+            tp,
             parts,
-            meta: (self.rank.rank == 0).then(|| self.manifest_meta()),
+            meta: self.is_root().then(|| self.manifest_meta()),
             keep_last: self.cfg.raw.checkpoint.keep_last,
         }
     }
@@ -76,10 +78,10 @@ impl Trainer {
             "next_sample_index": self.step * self.cfg.global_batch as u64,
             // No dropout: the only randomness is the seeded sampler, keyed by sample index.
             "rng": { "seed": self.cfg.raw.train.seed, "kind": "sampler keyed by (seed, global sample index)" },
-            "model": self.gpt.cfg,
+            "model": model::GptConfig::from(&self.global),
             // The whole spec (family, GQA, norms, positions): what an export needs.
-            "model_spec": self.gpt.spec,
-            "layout": { "dp": self.rank.dp, "zero": self.cfg.raw.parallel.zero },
+            "model_spec": self.global,
+            "layout": { "dp": self.rank.dp, "tp": self.rank.tp, "zero": self.cfg.raw.parallel.zero },
             // The tokenizer travels with the model, so sampling needs no data folder.
             "data": self.data.as_ref().map(|d| serde_json::to_value(&d.meta).expect("meta serialises")),
             // A Hugging Face tokenizer travels whole (its sha256 is in "data").
@@ -96,10 +98,17 @@ impl Trainer {
             let numel = self.shards[b].numel;
             let spec = &self.gpt.layout.buckets[b];
             let prange = if zero == 3 { self.my_range(b) } else { 0..numel };
-            read_pieces(ck, spec, "", prange, &mut self.params[b], pb)?;
             let mrange = if zero == 0 { 0..numel } else { self.my_range(b) };
-            read_pieces(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
-            read_pieces(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
+            if self.rank.tp == 1 {
+                read_pieces(ck, spec, "", prange, &mut self.params[b], pb)?;
+                read_pieces(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
+                read_pieces(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
+            } else {
+                let tpw = TpWrite { whole: std::sync::Arc::new(model::Layout::new(&self.global)), tp: self.rank.tp, rank: self.rank.tp_rank };
+                tpw.read(ck, spec, "", prange, &mut self.params[b], pb)?;
+                tpw.read(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
+                tpw.read(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
+            }
         }
         self.step = meta_u64(ck, "step")?;
         self.tokens_seen = meta_u64(ck, "tokens_seen")?;
@@ -120,9 +129,12 @@ pub(crate) struct Part<'a> {
 pub(crate) struct Snapshot<'a> {
     step: u64,
     run_dir: PathBuf,
+    /// Rank in the job, and the job's size: every rank writes its files.
     rank: usize,
-    dp: usize,
+    ranks: usize,
     gpt: std::sync::Arc<Gpt>,
+    /// Tensor parallelism: how this rank's parts sit in the whole tensors.
+    tp: Option<TpWrite>,
     parts: Vec<Part<'a>>,
     /// Rank 0 only.
     meta: Option<serde_json::Value>,
@@ -138,7 +150,7 @@ impl Snapshot<'_> {
             .into_iter()
             .map(|p| Part { range: p.range, params: own(p.params), exp_avg: own(p.exp_avg), exp_avg_sq: own(p.exp_avg_sq) })
             .collect();
-        Snapshot { step: self.step, run_dir: self.run_dir, rank: self.rank, dp: self.dp, gpt: self.gpt, parts, meta: self.meta, keep_last: self.keep_last }
+        Snapshot { step: self.step, run_dir: self.run_dir, rank: self.rank, ranks: self.ranks, gpt: self.gpt, tp: self.tp, parts, meta: self.meta, keep_last: self.keep_last }
     }
 
     pub(crate) fn step(&self) -> u64 {
@@ -163,7 +175,7 @@ impl Snapshot<'_> {
             Ok((_, recs)) => serde_json::to_vec(&Ok::<_, String>(recs)).expect("records serialise"),
             Err(e) => serde_json::to_vec(&Err::<Vec<FileRecord>, _>(e.to_string())).expect("error serialises"),
         };
-        let all = crate::rank::gather_bytes(comm, self.dp, &mine)?;
+        let all = crate::rank::gather_bytes(comm, self.ranks, &mine)?;
         let mut records = Vec::new();
         for (rank, bytes) in all.iter().enumerate() {
             let got: std::result::Result<Vec<FileRecord>, String> = serde_json::from_slice(bytes)
@@ -187,6 +199,9 @@ impl Snapshot<'_> {
     }
 
     fn write_files(&self, pending: &checkpoint::Pending, on_file: &mut dyn FnMut(&Path)) -> Result<Vec<FileRecord>> {
+        if let Some(tp) = &self.tp {
+            return self.write_tp_files(tp, pending, on_file);
+        }
         let layout = &self.gpt.layout;
         let names: Vec<Vec<String>> = layout.buckets.iter().map(|b| b.tensors.iter().map(|t| t.name.clone()).collect()).collect();
         let prefixed = |p: &str| -> Vec<Vec<String>> { names.iter().map(|v| v.iter().map(|n| format!("{p}{n}")).collect()).collect() };
@@ -207,6 +222,120 @@ impl Snapshot<'_> {
         let optim = pending.write_file(&optim_file, &optim_slices)?;
         on_file(&pending.path().join(&optim_file));
         Ok(vec![model, optim])
+    }
+}
+
+impl Snapshot<'_> {
+    /// A tensor-parallel rank's files: its range of each split tensor as N-d slices of
+    /// the whole tensor; replicated tensors (norms, row-parallel biases, positions) from
+    /// tp rank 0 only, as flat ranges.
+    fn write_tp_files(&self, tp: &TpWrite, pending: &checkpoint::Pending, on_file: &mut dyn FnMut(&Path)) -> Result<Vec<FileRecord>> {
+        let mut model = Vec::new();
+        let mut optim = Vec::new();
+        for (spec, part) in self.gpt.layout.buckets.iter().zip(&self.parts) {
+            tp.cut(spec, "", part.range.clone(), &part.params, &mut model);
+            tp.cut(spec, "optim.exp_avg.", part.range.clone(), &part.exp_avg, &mut optim);
+            tp.cut(spec, "optim.exp_avg_sq.", part.range.clone(), &part.exp_avg_sq, &mut optim);
+        }
+        let r = self.rank;
+        let (model_file, optim_file) = (format!("model-rank{r:05}.safetensors"), format!("optim-rank{r:05}.safetensors"));
+        let m = pending.write_file(&model_file, &model.iter().map(Cut::slice).collect::<Vec<_>>())?;
+        on_file(&pending.path().join(&model_file));
+        let o = pending.write_file(&optim_file, &optim.iter().map(Cut::slice).collect::<Vec<_>>())?;
+        on_file(&pending.path().join(&optim_file));
+        Ok(vec![m, o])
+    }
+}
+
+/// Where a tensor-parallel rank's parts sit in the whole model's tensors.
+pub(crate) struct TpWrite {
+    whole: std::sync::Arc<model::Layout>,
+    tp: usize,
+    rank: usize,
+}
+
+/// One piece a tensor-parallel rank writes (owned: its data is gathered from the part).
+struct Cut {
+    name: String,
+    shape: Vec<usize>,
+    /// `None`: a flat range from `start`; else an N-d box.
+    slice: Option<Vec<(usize, usize)>>,
+    start: usize,
+    data: Vec<f32>,
+}
+
+impl Cut {
+    fn slice(&self) -> checkpoint::ShardSlice<'_> {
+        match &self.slice {
+            None => checkpoint::TensorSlice { name: &self.name, global_shape: &self.shape, start: self.start, data: &self.data }.into(),
+            Some(s) => checkpoint::NdSlice { name: &self.name, global_shape: &self.shape, slice: s, data: &self.data }.into(),
+        }
+    }
+}
+
+impl TpWrite {
+    /// The whole tensor of part tensor `t`.
+    fn whole_of(&self, t: &model::TensorSpec) -> &model::TensorSpec {
+        self.whole.find(&t.name).map(|(_, w)| w).expect("a part's tensor is in the whole model")
+    }
+
+    /// Tensor `t`'s elements `[a, b)` (tensor-local) that lie in `range`, if any.
+    fn overlap(t: &model::TensorSpec, range: &Range<usize>) -> Option<(usize, usize)> {
+        let (lo, hi) = (t.range().start.max(range.start), t.range().end.min(range.end));
+        (lo < hi).then(|| (lo - t.offset, hi - t.offset))
+    }
+
+    /// The pieces of `buf` (bucket elements `range`, starting at bucket element
+    /// `range.start`) to write, named `prefix + name`.
+    fn cut(&self, spec: &BucketSpec, prefix: &str, range: Range<usize>, buf: &[f32], out: &mut Vec<Cut>) {
+        let base = range.start;
+        for t in &spec.tensors {
+            let Some((a, b)) = Self::overlap(t, &range) else { continue };
+            let whole = self.whole_of(t);
+            let name = format!("{prefix}{}", t.name);
+            let at = |k: usize| t.offset + k - base;
+            if t.split.is_none() {
+                if self.rank == 0 {
+                    out.push(Cut { name, shape: whole.shape.clone(), slice: None, start: a, data: buf[at(a)..at(b)].to_vec() });
+                }
+                continue;
+            }
+            for bx in model::tp_part_boxes(whole, t, self.tp, self.rank, a, b) {
+                let (rows, cols) = bx.rows_cols();
+                let mut data = Vec::with_capacity(rows * cols);
+                for i in 0..rows {
+                    let k = bx.local + i * bx.stride;
+                    data.extend_from_slice(&buf[at(k)..at(k) + cols]);
+                }
+                out.push(Cut { name: name.clone(), shape: whole.shape.clone(), slice: Some(bx.slice), start: 0, data });
+            }
+        }
+    }
+
+    /// Reads this rank's part of bucket elements `range` into `buf` (bucket element `i`
+    /// at `buf[i - base]`) from any checkpoint of the whole model, whatever its layout.
+    fn read(&self, ck: &Checkpoint, spec: &BucketSpec, prefix: &str, range: Range<usize>, buf: &mut [f32], base: usize) -> Result<()> {
+        for t in &spec.tensors {
+            let whole = self.whole_of(t);
+            let name = format!("{prefix}{}", t.name);
+            check_shape(ck, &name, &whole.shape)?;
+            let Some((a, b)) = Self::overlap(t, &range) else { continue };
+            let at = |k: usize| t.offset + k - base;
+            if t.split.is_none() {
+                ck.read_range(&name, a, b, &mut buf[at(a)..at(b)])?;
+                continue;
+            }
+            for bx in model::tp_part_boxes(whole, t, self.tp, self.rank, a, b) {
+                let (rows, cols) = bx.rows_cols();
+                let mut tmp = vec![0.0f32; rows * cols];
+                ck.read_slice(&name, &bx.slice, &mut tmp)?;
+                for i in 0..rows {
+                    let k = bx.local + i * bx.stride;
+                    buf[at(k)..at(k) + cols].copy_from_slice(&tmp[i * cols..(i + 1) * cols]);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -202,3 +202,40 @@ fn tp_and_dp_by_tp_match_single_rank() {
         }
     }
 }
+
+/// Checkpoints of tensor-parallel layouts: every layout writes its parts as slices of
+/// the whole tensors, and any other layout continues from them. 2 steps at dp 2 x tp 2
+/// (ZeRO 1), then 1 step at tp 4 (ZeRO 0), then 1 at dp 2 x tp 2 (ZeRO 3), then 1 on a
+/// single rank: every loss and the final parameters match the continuous single-rank run.
+#[test]
+fn tp_checkpoints_reshard_across_layouts() {
+    let (tmpdir, dir) = tmp();
+    let run = tmpdir.path().join("run");
+    let steps = 5;
+    let mut w = Trainer::new(cfg_tp(MICRO * 2, 1, 1, 0, "none", 1, 4), data::Dataset::open(&dir).unwrap(), Path::new("")).unwrap();
+    let mut times = StepTimes::default();
+    let want: Vec<f64> = (0..steps).map(|_| w.train_step(&mut times).unwrap().0).collect();
+    let want_params = w.full_params().unwrap();
+    let mut losses = Vec::new();
+    // (dp, tp, zero, accumulation: the global batch stays MICRO * 2, steps)
+    for (dp, tp, zero, accum, n) in [(2, 2, 1u8, 1, 2), (1, 4, 0, 2, 1), (2, 2, 3, 1, 1), (1, 1, 0, 2, 1)] {
+        let out = comm::run_local(dp * tp, Duration::from_secs(60), |c| {
+            let rank = Rank::with_tp(&c, tp)?;
+            let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+            let mut t = Trainer::with_rank(cfg_tp(MICRO, dp, tp, zero, "none", accum, 4), data, &run, rank)?;
+            if let Ok(ck) = engine::open_checkpoint(&run) {
+                t.restore(&ck)?;
+            }
+            let mut times = StepTimes::default();
+            let l: Vec<f64> = (0..n).map(|_| t.train_step(&mut times).map(|x| x.0)).collect::<Result<_, _>>()?;
+            t.save_checkpoint(&mut engine::Quiet)?;
+            Ok::<_, engine::EngineError>((l, if tp == 1 { Some(t.full_params()?) } else { None }))
+        })
+        .expect("ranks");
+        losses.extend(out[0].0.clone());
+        if let Some(p) = &out[0].1 {
+            assert_matches("dp2tp2 -> tp4 -> dp2tp2 zero3 -> single", &(losses.clone(), p.clone()), &(want.clone(), want_params.clone()));
+        }
+    }
+    assert_eq!(losses.len(), steps);
+}

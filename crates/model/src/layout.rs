@@ -340,6 +340,69 @@ impl Layout {
     }
 }
 
+/// A box of a whole tensor held in a tensor-parallel rank's part: `slice` is `(start,
+/// len)` per dim of the whole tensor; its element `(i, j)` (row-major in the box) is
+/// part element `local + i * stride + j` (1-d tensors: one row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartBox {
+    pub slice: Vec<(usize, usize)>,
+    pub local: usize,
+    pub stride: usize,
+}
+
+impl PartBox {
+    /// Rows and row length of the box (1-d: one row).
+    pub fn rows_cols(&self) -> (usize, usize) {
+        match self.slice.as_slice() {
+            [(_, n)] => (1, *n),
+            [(_, r), (_, c)] => (*r, *c),
+            _ => unreachable!("tensors are 1-d or 2-d"),
+        }
+    }
+}
+
+/// The boxes of the whole tensor `whole` that hold elements `[a, b)` (flat, row-major)
+/// of rank `rank`'s part `part` under `tp`-way tensor parallelism: how a tp rank
+/// writes its (ZeRO-sharded) range of a split tensor as N-d slices of the whole one,
+/// and reads it back from any checkpoint. At most 3 boxes per stacked sub-tensor.
+pub fn tp_part_boxes(whole: &TensorSpec, part: &TensorSpec, tp: usize, rank: usize, a: usize, b: usize) -> Vec<PartBox> {
+    let Split { dim, parts } = whole.split.expect("a split tensor");
+    let (g, l) = (&whole.shape, &part.shape);
+    let (gsub, lsub) = (g[dim] / parts, l[dim] / parts);
+    let first = (rank * gsub.div_ceil(tp)).min(gsub);
+    // Part-local rows of the range: (row, rows, col, cols), each contiguous in memory.
+    let (rows, cols) = if l.len() == 1 { (1, l[0]) } else { (l[0], l[1]) };
+    assert!(l.len() <= 2 && b <= rows * cols && a <= b, "{}: range {a}..{b} of a part of shape {l:?}", whole.name);
+    let mut blocks = Vec::new();
+    let (mut lo, hi) = (a, b);
+    while lo < hi {
+        let (r, c) = (lo / cols, lo % cols);
+        let n = if c == 0 && hi - lo >= cols { (hi - lo) / cols * cols } else { (cols - c).min(hi - lo) };
+        let (nr, nc) = if c == 0 && n >= cols { (n / cols, cols) } else { (1, n) };
+        blocks.push((r, nr, c, nc));
+        lo += n;
+    }
+    let mut out = Vec::new();
+    for (r, nr, c, nc) in blocks {
+        // Cut the block where the split dim crosses from one stacked sub-tensor to the next.
+        let (s0, sn) = if dim == 0 && l.len() == 2 { (r, nr) } else { (c, nc) };
+        for p in 0..parts {
+            let (lo, hi) = (s0.max(p * lsub), (s0 + sn).min((p + 1) * lsub));
+            if lo >= hi {
+                continue;
+            }
+            let gstart = p * gsub + first + (lo - p * lsub);
+            let (slice, local) = match (l.len(), dim) {
+                (1, _) => (vec![(gstart, hi - lo)], lo),
+                (_, 0) => (vec![(gstart, hi - lo), (c, nc)], lo * cols + c),
+                _ => (vec![(r, nr), (gstart, hi - lo)], r * cols + lo),
+            };
+            out.push(PartBox { slice, local, stride: cols });
+        }
+    }
+    out
+}
+
 /// The contiguous runs `(offset in the whole tensor, offset in the part, length)` that
 /// make up rank `rank`'s part `part` of the whole tensor `whole` under `tp`-way tensor
 /// parallelism: along the split dim, each of its `parts` stacked sub-tensors contributes
@@ -518,6 +581,59 @@ mod tests {
         for m in crate::spec::catalog() {
             if m.positions != Positions::Alibi && m.num_params() < 2_000_000_000 {
                 assert_eq!(Layout::new(&m).num_params(), m.num_params(), "{}", m.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tp_box_tests {
+    use super::*;
+
+    /// Every element of every range of every part lands where `tp_part_runs` puts it.
+    #[test]
+    fn boxes_cover_a_range_exactly_as_the_runs() {
+        let t = |shape: Vec<usize>, split| TensorSpec { name: "w".into(), shape, offset: 0, kind: TensorKind::Matrix, split };
+        let cases = [
+            (t(vec![6, 12], Some(Split { dim: 1, parts: 3 })), 2, vec![6, 6]),
+            (t(vec![7, 4], Some(Split { dim: 0, parts: 1 })), 2, vec![4, 4]),
+            (t(vec![12], Some(Split { dim: 0, parts: 3 })), 2, vec![6]),
+            (t(vec![5, 8], Some(Split { dim: 1, parts: 1 })), 4, vec![5, 2]),
+        ];
+        for (whole, tp, local_shape) in cases {
+            for rank in 0..tp {
+                let mut shape = local_shape.clone();
+                if whole.split.unwrap().dim == 0 && whole.shape.len() == 2 {
+                    let per = whole.shape[0].div_ceil(tp);
+                    shape[0] = (whole.shape[0] - (rank * per).min(whole.shape[0])).min(per);
+                }
+                let part = t(shape, whole.split);
+                let n = part.numel();
+                let mut want = vec![usize::MAX; n];
+                for (from, to, len) in tp_part_runs(&whole, &part, tp, rank) {
+                    for k in 0..len {
+                        want[to + k] = from + k;
+                    }
+                }
+                let gcols = if whole.shape.len() == 2 { whole.shape[1] } else { whole.numel() };
+                for a in 0..=n {
+                    for b in a..=n {
+                        let mut got = vec![usize::MAX; n];
+                        for bx in tp_part_boxes(&whole, &part, tp, rank, a, b) {
+                            let (nr, nc) = bx.rows_cols();
+                            let (gr, gc) = if bx.slice.len() == 2 { (bx.slice[0].0, bx.slice[1].0) } else { (0, bx.slice[0].0) };
+                            for i in 0..nr {
+                                for j in 0..nc {
+                                    let at = bx.local + i * bx.stride + j;
+                                    assert_eq!(got[at], usize::MAX, "element {at} twice");
+                                    got[at] = (gr + i) * gcols + gc + j;
+                                }
+                            }
+                        }
+                        let expect: Vec<usize> = (0..n).map(|i| if (a..b).contains(&i) { want[i] } else { usize::MAX }).collect();
+                        assert_eq!(got, expect, "{:?} rank {rank} range {a}..{b}", whole.shape);
+                    }
+                }
             }
         }
     }

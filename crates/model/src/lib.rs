@@ -34,6 +34,6 @@ pub mod spec;
 
 pub use acts::{Activations, BlockActs};
 pub use backend::{Backend, Cpu};
-pub use layout::{BucketSpec, GptConfig, Layout, Split, TensorKind, TensorSpec, ToSpec};
+pub use layout::{tp_part_boxes, BucketSpec, GptConfig, Layout, PartBox, Split, TensorKind, TensorSpec, ToSpec};
 pub use model::{Driver, Gpt, Model, Stage, TpPart, TpReduce};
 pub use spec::ModelSpec;
