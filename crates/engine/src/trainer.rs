@@ -449,7 +449,7 @@ impl Trainer {
                 lr,
                 grad_norm: norm,
                 tokens_per_s,
-                mfu: info.flops_per_token * tokens_per_s / (self.peak_flops * self.rank.dp as f64),
+                mfu: info.flops_per_token * tokens_per_s / (self.peak_flops * self.rank.world.size() as f64),
                 step_ms: secs * 1e3,
                 tokens_seen: self.tokens_seen,
                 forward_ms: times.forward * 1e3,

@@ -29,7 +29,8 @@ pub struct TrainArgs {
     /// config.json sets the model section; names, shapes and settings are checked.
     #[arg(long, value_name = "HF_DIR", conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
-    /// Data-parallel ranks as threads of this process (sets parallel.dp).
+    /// Data-parallel ranks as threads of this process (sets parallel.dp); with
+    /// parallel.tp = T the process runs N x T rank threads.
     #[arg(long)]
     pub workers: Option<usize>,
     /// Seconds any rank waits in a collective before the run fails naming the rank.
@@ -258,12 +259,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if mpi {
         return run_mpi(plan, timeout);
     }
-    let dp = plan.cfg.raw.parallel.dp;
+    let ranks = plan.cfg.world_size();
     let _lock = prepare_run_dir(&plan, true)?;
-    check_memory(&plan, dp)?;
+    check_memory(&plan, plan.cfg.raw.parallel.dp)?;
     super::stop::install()?;
-    let outcomes = comm::run_local(dp, timeout, |c| {
-        let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / dp).max(1);
+    let outcomes = comm::run_local(ranks, timeout, |c| {
+        let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / ranks).max(1);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| anyhow::anyhow!("{e}"))?;
         pool.install(|| train_rank(&plan, &c))
     })
@@ -453,8 +454,8 @@ fn prepare_run_dir(plan: &Plan, root: bool) -> Result<Option<super::lock::RunLoc
 
 /// One rank's whole run (SPMD: every rank calls this with its communicator).
 fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
-    let rank = Rank::new(world)?;
-    let root = rank.rank == 0;
+    let rank = Rank::with_tp(world, plan.cfg.raw.parallel.tp)?;
+    let root = world.rank() == 0;
     engine::alloc::reset_thread_peak();
     // Prepared (once, by the root) in prepare_run_dir: this only opens it.
     let data = common::open_data(&plan.cfg, false)?;
@@ -498,13 +499,15 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         if root {
             let layout = &ck.meta()["layout"];
             println!(
-                "resumed {} at step {} ({} tokens seen; written by dp={} zero={}, now dp={} zero={})",
+                "resumed {} at step {} ({} tokens seen; written by dp={} tp={} zero={}, now dp={} tp={} zero={})",
                 ck.dir().display(),
                 trainer.step,
                 trainer.tokens_seen,
                 layout["dp"],
+                layout.get("tp").and_then(|v| v.as_u64()).unwrap_or(1),
                 layout["zero"],
                 trainer.rank.dp,
+                trainer.rank.tp,
                 trainer.cfg.raw.parallel.zero
             );
         }
@@ -516,7 +519,7 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         );
     }
     let mut bar = Bar::new(root && trainer.cfg.raw.log.progress);
-    let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, hang: plan.hang_at, rank: trainer.rank.rank };
+    let mut quiet = FailAt { inner: Quiet, pause: plan.pause, fail: None, hang: plan.hang_at, rank: trainer.rank.world_rank() };
     let result = if root {
         let mut obs = FailAt { inner: &mut bar, pause: plan.pause, fail: plan.fail_at, hang: plan.hang_at, rank: 0 };
         trainer.run(&mut obs)
@@ -527,8 +530,8 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     if let Err(engine::EngineError::Diverged { .. }) = &result {
         DIVERGED.store(true, std::sync::atomic::Ordering::SeqCst);
     }
-    if result.is_err() && trainer.rank.dp > 1 {
-        flight_report(&plan.run_dir, trainer.rank.dp);
+    if result.is_err() && trainer.rank.world.size() > 1 {
+        flight_report(&plan.run_dir, trainer.rank.world.size());
     }
     let val = result?;
     bar.pb.finish_and_clear();
@@ -621,16 +624,25 @@ fn mpi_launched() -> bool {
 #[cfg(feature = "mpi")]
 fn run_mpi(mut plan: Plan, timeout: Duration) -> Result<()> {
     let world = comm::mpi::MpiComm::world(&comm::mpi::MpiOptions { timeout, ..Default::default() })?;
-    if plan.cfg.raw.parallel.dp == 1 && world.size() > 1 {
+    let model_ranks = plan.cfg.raw.parallel.tp * plan.cfg.raw.parallel.pp;
+    if plan.cfg.raw.parallel.dp == 1 && world.size() > model_ranks && world.size().is_multiple_of(model_ranks) {
         // Left at its default: the launcher decides.
         let mut raw = plan.cfg.raw.clone();
-        raw.parallel.dp = world.size();
+        raw.parallel.dp = world.size() / model_ranks;
         raw.train.global_batch = None;
         plan.cfg = config::ResolvedConfig::new(raw)?;
     }
     let plan = &plan;
-    if world.size() != plan.cfg.raw.parallel.dp {
-        anyhow::bail!("mpirun started {} ranks but parallel.dp = {}: they must be equal", world.size(), plan.cfg.raw.parallel.dp);
+    if world.size() != plan.cfg.world_size() {
+        let p = &plan.cfg.raw.parallel;
+        anyhow::bail!(
+            "mpirun started {} ranks but parallel.dp x tp x pp = {} x {} x {} = {}: they must be equal",
+            world.size(),
+            p.dp,
+            p.tp,
+            p.pp,
+            plan.cfg.world_size()
+        );
     }
     let root = world.rank() == 0;
     let prepared = prepare_run_dir(plan, root);
