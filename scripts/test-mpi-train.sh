@@ -6,7 +6,9 @@
 #  4. SIGTERM to one rank stops both after the same step with a checkpoint, and the run resumes;
 #  5. a rank that stops calling collectives is named by the flight recorder's diagnosis;
 #  6. chaos: under `train --max-restarts --launcher mpirun`, a rank panic, a SIGKILL of a rank
-#     and a SIGTERM of the job end with parameters bitwise those of an uninterrupted run.
+#     and a SIGTERM of the job end with parameters bitwise those of an uninterrupted run;
+#  7. tensor parallelism: -np 4 (dp 2 x tp 2, ZeRO 2) and -np 8 (dp 2 x tp 4, ZeRO 3) give the
+#     losses of the same layouts as threads, and of one rank (relative 1e-5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null; then
@@ -118,4 +120,23 @@ for f in "$work"/chaos-ref/checkpoints/step-00000300/*.safetensors; do
   cmp "$f" "$work/chaos/checkpoints/step-00000300/$(basename "$f")" || { echo "error: $(basename "$f") differs from the uninterrupted run" >&2; exit 1; }
 done
 echo "panic at step 37, SIGKILL of rank process $rank, SIGTERM at step $stopped: the final checkpoint is bitwise the uninterrupted run's"
-echo "MPI training tests: 6 passed, 0 failed"
+echo "== tensor parallelism under mpirun -np 4 (dp 2 x tp 2) and -np 8 (dp 2 x tp 4)"
+tpc=("${common[@]}" --set model.n_head=4 --set train.batch_size=2 --set train.steps=10)
+"$hyp" "${tpc[@]}" --set train.grad_accum=2 --out "$work/tp-one" > "$work/tp-one.log" 2>&1 || { cat "$work/tp-one.log"; exit 1; }
+for spec in "4 2 2" "8 4 3"; do
+  read -r np tp zero <<< "$spec"
+  mpirun_ -np "$np" "$hyp" "${tpc[@]}" --set parallel.tp="$tp" --set parallel.zero="$zero" --out "$work/tp-mpi$np" > "$work/tp-mpi$np.log" 2>&1 \
+    || { cat "$work/tp-mpi$np.log"; echo "error: mpirun -np $np with tp=$tp failed" >&2; exit 1; }
+  "$hyp" "${tpc[@]}" --workers 2 --set parallel.tp="$tp" --set parallel.zero="$zero" --out "$work/tp-threads$np" > "$work/tp-threads$np.log" 2>&1 \
+    || { cat "$work/tp-threads$np.log"; exit 1; }
+  python3 - "$work/tp-mpi$np/metrics.jsonl" "$work/tp-threads$np/metrics.jsonl" "$work/tp-one/metrics.jsonl" "$np" <<'PY'
+import json, sys
+runs = [[json.loads(l)["train_loss"] for l in open(p)] for p in sys.argv[1:4]]
+assert all(len(r) == 10 for r in runs), [len(r) for r in runs]
+worst = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
+w1, w2 = worst(runs[0], runs[1]), worst(runs[0], runs[2])
+assert w1 <= 1e-5 and w2 <= 1e-5, (w1, w2)
+print(f"-np {sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) and to one rank (worst {w2:.1e})")
+PY
+done
+echo "MPI training tests: 7 passed, 0 failed"
