@@ -239,3 +239,38 @@ fn tp_checkpoints_reshard_across_layouts() {
     }
     assert_eq!(losses.len(), steps);
 }
+
+/// Tensor-parallel traffic counted, not guessed (Megatron-LM, Shoeybi et al. 2019):
+/// per micro-batch of n = b*s rows of width h, each layer all-reduces b*s*h values 4
+/// times (after attention and after the MLP in the forward, their conjugates in the
+/// backward); the vocabulary-parallel embedding adds one, the head one for d x and three
+/// of n values (row maxima, target logits, sums of exponentials). With full recompute
+/// the forward's two per layer run again in the backward. The gradient norm gathers one
+/// f64 per rank.
+#[test]
+fn one_step_moves_exactly_the_megatron_tp_traffic() {
+    let (_tmp, dir) = tmp();
+    let (tp, accum) = (2, 2);
+    for recompute in ["none", "full"] {
+        let out = comm::run_local(tp, Duration::from_secs(60), |c| {
+            let rank = Rank::with_tp(&c, tp)?;
+            let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+            let mut t = Trainer::with_rank(cfg_tp(MICRO, 1, tp, 0, recompute, accum, 4), data, Path::new(""), rank)?;
+            t.rank.flight.reset_traffic();
+            t.train_step(&mut StepTimes::default())?;
+            let (n, h, layers) = ((MICRO * t.cfg.raw.model.block_size) as u64, t.global.hidden as u64, t.global.layers as u64);
+            Ok::<_, engine::EngineError>((t.rank.flight.traffic(), n, h, layers))
+        })
+        .expect("ranks");
+        for (traffic, n, h, layers) in out {
+            let per_layer = if recompute == "full" { 6 } else { 4 };
+            let a = accum as u64;
+            let calls = a * (per_layer * layers + 1 + 1 + 3);
+            let bytes = 4 * a * ((per_layer * layers + 2) * n * h + 3 * n);
+            let got: Vec<(&str, u64, u64)> = traffic.iter().filter(|t| t.group == "tp").map(|t| (t.op.as_str(), t.calls, t.bytes)).collect();
+            // Plus the gradient norm's partial sums: one f64 per tp rank, gathered once.
+            let want = vec![("all_gather", 1, 8 * tp as u64), ("all_reduce", calls, bytes)];
+            assert_eq!(got, want, "recompute={recompute}: tp traffic of one step (op, calls, bytes)");
+        }
+    }
+}
