@@ -63,19 +63,20 @@ pub struct BlockActs<B: Backend = Cpu> {
 }
 
 impl<B: Backend> BlockActs<B> {
-    fn new(be: &B, w: &Widths, b: usize, t: usize, nh: usize) -> Self {
+    /// `ns` rows of the residual stream and norms (B*T, or its sequence-parallel shard).
+    fn new(be: &B, w: &Widths, b: usize, t: usize, nh: usize, ns: usize) -> Self {
         let n = b * t;
         BlockActs {
-            ln1: be.zeros(n * w.c),
-            ln1_mean: be.zeros(n * w.mean),
-            ln1_rstd: be.zeros(n),
+            ln1: be.zeros(ns * w.c),
+            ln1_mean: be.zeros(ns * w.mean),
+            ln1_rstd: be.zeros(ns),
             qkv: be.zeros(n * w.qkv),
             att: be.zeros(n * w.att),
             att_saved: be.zeros(be.attention_saved_len(b, t, nh)),
-            res2: be.zeros(n * w.c),
-            ln2: be.zeros(n * w.c),
-            ln2_mean: be.zeros(n * w.mean),
-            ln2_rstd: be.zeros(n),
+            res2: be.zeros(ns * w.c),
+            ln2: be.zeros(ns * w.c),
+            ln2_mean: be.zeros(ns * w.mean),
+            ln2_rstd: be.zeros(ns),
             fc: be.zeros(n * w.up),
             gelu: be.zeros(n * w.act),
         }
@@ -121,6 +122,15 @@ pub struct Activations<B: Backend = Cpu> {
     pub d_qkv: B::Vec, // (B,T,Q+2KV)
     pub d_fc: B::Vec,  // (B,T,F) or (B,T,2F)
     pub d_gelu: B::Vec,
+    /// Sequence parallelism (Korthikanti et al. 2022): the residual stream, the norms
+    /// and `dres` hold `B*T / sp` rows (this rank's shard); 1 = off.
+    pub sp: usize,
+    /// Sequence parallelism's scratch: a gathered (B*T, C) activation or gradient, the
+    /// (B*T/sp, C) shard a reduce-scatter lands in, and one micro-batch's norm weight
+    /// gradients (reduced across the group before they are accumulated).
+    pub full: B::Vec,
+    pub d_sh: B::Vec,
+    pub d_norm: B::Vec,
 }
 
 /// Bound on the logits scratch, in floats (64 MiB).
@@ -159,6 +169,10 @@ impl Activations<Cpu> {
             d_qkv: e(),
             d_fc: e(),
             d_gelu: e(),
+            sp: 1,
+            full: e(),
+            d_sh: e(),
+            d_norm: e(),
         }
     }
 
@@ -177,9 +191,17 @@ impl Activations<Cpu> {
 
 impl<B: Backend> Activations<B> {
     pub fn with_backend(be: &B, m: &ModelSpec, b: usize, t: usize, recompute: bool) -> Self {
+        Self::sequence_parallel(be, m, b, t, recompute, 1)
+    }
+
+    /// Activations of a rank of an `sp`-way sequence-parallel group (`sp` divides B*T).
+    pub fn sequence_parallel(be: &B, m: &ModelSpec, b: usize, t: usize, recompute: bool, sp: usize) -> Self {
         assert!(t <= m.seq, "sequence {t} longer than the context length {}", m.seq);
         let w = Widths::of(m);
         let n = b * t;
+        assert!(sp >= 1 && n.is_multiple_of(sp), "sequence parallelism over {sp} ranks needs B*T = {n} divisible by it");
+        let ns = n / sp;
+        let on = |len: usize| if sp > 1 { be.zeros(len) } else { be.zeros(0) };
         let head_rows = head_rows(m.vocab, n);
         let stored = if recompute { 1 } else { m.layers };
         let rope = match m.positions {
@@ -191,21 +213,25 @@ impl<B: Backend> Activations<B> {
             t,
             recompute,
             tokens: vec![0; n],
-            resid: (0..=m.layers).map(|_| be.zeros(n * w.c)).collect(),
-            blocks: (0..stored).map(|_| BlockActs::new(be, &w, b, t, m.heads)).collect(),
-            lnf: be.zeros(n * w.c),
-            lnf_mean: be.zeros(n * w.mean),
-            lnf_rstd: be.zeros(n),
+            resid: (0..=m.layers).map(|_| be.zeros(ns * w.c)).collect(),
+            blocks: (0..stored).map(|_| BlockActs::new(be, &w, b, t, m.heads, ns)).collect(),
+            lnf: be.zeros(ns * w.c),
+            lnf_mean: be.zeros(ns * w.mean),
+            lnf_rstd: be.zeros(ns),
             logits: be.zeros(head_rows * m.vocab),
             head_rows,
             losses: be.zeros(n),
             rope,
-            dres: be.zeros(n * w.c),
+            dres: be.zeros(ns * w.c),
             d_ln: be.zeros(n * w.c),
             d_att: be.zeros(n * w.att),
             d_qkv: be.zeros(n * w.qkv),
             d_fc: be.zeros(n * w.up),
             d_gelu: be.zeros(n * w.act),
+            sp,
+            full: on(n * w.c),
+            d_sh: on(ns * w.c),
+            d_norm: on(4 * w.c),
         }
     }
 
@@ -214,7 +240,7 @@ impl<B: Backend> Activations<B> {
         use crate::backend::Buf;
         let vecs = [
             &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.losses, &self.dres, &self.d_ln, &self.d_att, &self.d_qkv,
-            &self.d_fc, &self.d_gelu,
+            &self.d_fc, &self.d_gelu, &self.full, &self.d_sh, &self.d_norm,
         ];
         let floats: usize = vecs.iter().map(|v| Buf::len(&***v)).sum::<usize>()
             + self.resid.iter().map(|v| Buf::len(&**v)).sum::<usize>()

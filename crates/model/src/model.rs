@@ -88,6 +88,15 @@ pub trait Driver<B: Backend> {
     fn tp_reduce(&mut self, _x: &mut B::Buf, _op: TpReduce) -> Result<(), Self::Error> {
         Ok(())
     }
+    /// Sequence parallelism: every rank's `shard`, in rank order, into `full`.
+    /// Called only when the activations are sequence-parallel.
+    fn tp_all_gather(&mut self, _shard: &B::Buf, _full: &mut B::Buf) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// Sequence parallelism: sums `full` across the group; this rank keeps its rows.
+    fn tp_reduce_scatter(&mut self, _full: &B::Buf, _shard: &mut B::Buf) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 impl Model<Cpu> {
@@ -221,7 +230,7 @@ impl<B: Backend> Model<B> {
             Some(g) => g,
             None => d.grad(EMBED)?,
         };
-        self.embed_backward(self.part_mut(&mut g_emb, EMBED), acts);
+        self.embed_backward(d, self.part_mut(&mut g_emb, EMBED), acts)?;
         d.grad_done(EMBED, g_emb)?;
         Ok(loss)
     }
@@ -271,12 +280,16 @@ impl<B: Backend> Model<B> {
             return Ok(());
         }
         let wpe = wpe.filter(|_| self.tp.rank == 0);
+        if acts.sp > 1 {
+            self.be.embedding_part_forward(&mut acts.full, tokens, wte, self.tp.vocab.start, wpe, b, t, c);
+            return d.tp_reduce_scatter(&acts.full, &mut acts.resid[0]);
+        }
         self.be.embedding_part_forward(&mut acts.resid[0], tokens, wte, self.tp.vocab.start, wpe, b, t, c);
         self.tp_reduce(d, &mut acts.resid[0], TpReduce::Sum)
     }
 
     /// Adds d wte (and d wpe) from `acts.dres` (d loss / d resid[0]) into `d_emb`.
-    pub fn embed_backward(&self, d_emb: &mut B::Buf, acts: &Activations<B>) {
+    pub fn embed_backward<D: Driver<B>>(&self, d: &mut D, d_emb: &mut B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
         let e = &self.layout.ends;
         let (dwte, rest) = d_emb.split_at_mut(e.wte.end);
         let dwte = dwte.slice_mut(e.wte.clone());
@@ -284,9 +297,13 @@ impl<B: Backend> Model<B> {
         let (b, t, c) = (acts.b, acts.t, self.spec.hidden);
         if self.tp.size == 1 {
             self.be.embedding_backward(dwte, dwpe, &acts.dres, &acts.tokens, b, t, c);
+        } else if acts.sp > 1 {
+            d.tp_all_gather(&acts.dres, &mut acts.full)?;
+            self.be.embedding_part_backward(dwte, dwpe, &acts.full, &acts.tokens, self.tp.vocab.start, b, t, c);
         } else {
             self.be.embedding_part_backward(dwte, dwpe, &acts.dres, &acts.tokens, self.tp.vocab.start, b, t, c);
         }
+        Ok(())
     }
 
     /// Block `l`: `resid[l+1] = res2 + mlp(norm2(res2))`, `res2 = resid[l] + attn(norm1(resid[l]))`.
@@ -294,7 +311,53 @@ impl<B: Backend> Model<B> {
         let slot = if acts.recompute { 0 } else { l };
         let (input, rest) = acts.resid.split_at_mut(l + 1);
         let (b, t) = (acts.b, acts.t);
+        if acts.sp > 1 {
+            return self.block_fwd_sp(d, params, &mut acts.blocks[slot], &mut acts.full, &input[l], &mut rest[0], acts.rope.as_ref(), b, t);
+        }
         self.block_fwd(d, params, &mut acts.blocks[slot], &input[l], &mut rest[0], acts.rope.as_ref(), b, t)
+    }
+
+    /// [`Model::block_fwd`] with sequence parallelism: the norms and residual adds run on
+    /// this rank's rows; each norm's output is all-gathered before its column-parallel
+    /// layer and each row-parallel output reduce-scattered (Korthikanti et al. 2022).
+    #[allow(clippy::too_many_arguments)]
+    fn block_fwd_sp<D: Driver<B>>(
+        &self,
+        d: &mut D,
+        params: &B::Buf,
+        a: &mut BlockActs<B>,
+        full: &mut B::Buf,
+        input: &B::Buf,
+        output: &mut B::Buf,
+        rope: Option<&B::Rope>,
+        b: usize,
+        t: usize,
+    ) -> Result<(), D::Error> {
+        let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
+        let (n, c, f, eps) = (b * t, m.hidden, m.ffn, m.norm_eps as f32);
+        let ns = n / self.tp.size;
+        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
+        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
+        let p = BlockView::new(params, &self.layout.block);
+        let bias_here = self.tp.rank == 0;
+        be.norm_forward(m.norm, eps, &mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, input, p.ln1_w, p.ln1_b, ns, c);
+        d.tp_all_gather(&a.ln1, full)?;
+        be.linear_forward(&mut a.qkv, full, p.qkv_w, p.qkv_b, wl, n, c, qkv);
+        if let Some(r) = rope {
+            be.rope_forward(&mut a.qkv, r, b, t, nh, nkv, hd);
+        }
+        be.attention_forward(&mut a.att, &mut a.att_saved, &a.qkv, b, t, nh, nkv, hd);
+        be.linear_forward(full, &a.att, p.o_w, p.o_b.filter(|_| bias_here), wl, n, q, c);
+        d.tp_reduce_scatter(full, &mut a.res2)?;
+        be.add_inplace(&mut a.res2, input);
+        be.norm_forward(m.norm, eps, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res2, p.ln2_w, p.ln2_b, ns, c);
+        d.tp_all_gather(&a.ln2, full)?;
+        be.linear_forward(&mut a.fc, full, p.up_w, p.up_b, wl, n, c, up);
+        be.mlp_act_forward(m.mlp, &mut a.gelu, &a.fc, n, f);
+        be.linear_forward(full, &a.gelu, p.down_w, p.down_b.filter(|_| bias_here), wl, n, f, c);
+        d.tp_reduce_scatter(full, output)?;
+        be.add_inplace(output, &a.res2);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)] // one block's parameters, saved activations, input and output
@@ -341,6 +404,9 @@ impl<B: Backend> Model<B> {
         if acts.recompute {
             self.block_forward(d, l, params, acts)?;
         }
+        if acts.sp > 1 {
+            return self.block_bwd_sp(d, l, params, grads, acts);
+        }
         let slot = if acts.recompute { 0 } else { l };
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
         let (n, c, f) = (acts.b * acts.t, m.hidden, m.ffn);
@@ -376,9 +442,69 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// Backward of [`Model::block_fwd_sp`]: each all-gather's conjugate is a
+    /// reduce-scatter and the other way round; a norm's output is gathered again rather
+    /// than kept whole; the norms' weight gradients, each rank's rows' share, are summed
+    /// across the group before they are accumulated.
+    fn block_bwd_sp<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
+        let slot = if acts.recompute { 0 } else { l };
+        let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
+        let (n, c, f) = (acts.b * acts.t, m.hidden, m.ffn);
+        let ns = n / self.tp.size;
+        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
+        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
+        let p = BlockView::new(params, &self.layout.block);
+        let g = BlockViewMut::new(grads, &self.layout.block);
+        let a = &acts.blocks[slot];
+        let input = &acts.resid[l];
+        let dres = &mut acts.dres;
+        let full = &mut acts.full;
+        be.fill_zero(&mut acts.d_norm);
+        let (dn1, dn2) = acts.d_norm.split_at_mut(2 * c);
+        let (dn1w, dn1b) = dn1.split_at_mut(c);
+        let (dn2w, dn2b) = dn2.split_at_mut(c);
+        let biased = g.ln1_b.is_some();
+        // MLP, from d out gathered whole.
+        d.tp_all_gather(dres, full)?;
+        be.fill_zero(&mut acts.d_gelu);
+        be.linear_backward(Some(&mut acts.d_gelu), g.down_w, g.down_b, full, &a.gelu, p.down_w, wl, n, f, c);
+        be.fill_zero(&mut acts.d_fc);
+        be.mlp_act_backward(m.mlp, &mut acts.d_fc, &acts.d_gelu, &a.fc, n, f);
+        d.tp_all_gather(&a.ln2, full)?;
+        be.fill_zero(&mut acts.d_ln);
+        be.linear_backward(Some(&mut acts.d_ln), g.up_w, g.up_b, &acts.d_fc, full, p.up_w, wl, n, c, up);
+        d.tp_reduce_scatter(&acts.d_ln, &mut acts.d_sh)?;
+        let dn2b = biased.then_some(dn2b);
+        be.norm_backward(m.norm, dres, dn2w, dn2b, &acts.d_sh, &a.res2, p.ln2_w, &a.ln2_mean, &a.ln2_rstd, ns, c);
+        // Attention, from d res2 gathered whole.
+        d.tp_all_gather(dres, full)?;
+        be.fill_zero(&mut acts.d_att);
+        be.linear_backward(Some(&mut acts.d_att), g.o_w, g.o_b, full, &a.att, p.o_w, wl, n, q, c);
+        be.fill_zero(&mut acts.d_qkv);
+        be.attention_backward(&mut acts.d_qkv, &acts.d_att, &a.qkv, &a.att, &a.att_saved, acts.b, acts.t, nh, nkv, hd);
+        if let Some(r) = &acts.rope {
+            be.rope_backward(&mut acts.d_qkv, r, acts.b, acts.t, nh, nkv, hd);
+        }
+        d.tp_all_gather(&a.ln1, full)?;
+        be.fill_zero(&mut acts.d_ln);
+        be.linear_backward(Some(&mut acts.d_ln), g.qkv_w, g.qkv_b, &acts.d_qkv, full, p.qkv_w, wl, n, c, qkv);
+        d.tp_reduce_scatter(&acts.d_ln, &mut acts.d_sh)?;
+        let dn1b = biased.then_some(dn1b);
+        be.norm_backward(m.norm, dres, dn1w, dn1b, &acts.d_sh, input, p.ln1_w, &a.ln1_mean, &a.ln1_rstd, ns, c);
+        d.tp_reduce(&mut acts.d_norm, TpReduce::Sum)?;
+        let dn = &acts.d_norm;
+        be.add_inplace(g.ln1_w, dn.slice(0..c));
+        be.add_inplace(g.ln2_w, dn.slice(2 * c..3 * c));
+        if let (Some(b1), Some(b2)) = (g.ln1_b, g.ln2_b) {
+            be.add_inplace(b1, dn.slice(c..2 * c));
+            be.add_inplace(b2, dn.slice(3 * c..4 * c));
+        }
+        Ok(())
+    }
+
     fn final_norm(&self, head: &B::Buf, acts: &mut Activations<B>) {
         let e = &self.layout.ends;
-        let n = acts.b * acts.t;
+        let n = acts.b * acts.t / acts.sp;
         let b = e.norm_b.as_ref().map(|r| head.slice(r.clone()));
         let last = &acts.resid[self.spec.layers];
         let eps = self.spec.norm_eps as f32;
@@ -413,8 +539,12 @@ impl<B: Backend> Model<B> {
         grad_scale: f32,
     ) -> Result<f64, D::Error> {
         let (c, v, be) = (self.spec.hidden, self.spec.vocab, &self.be);
-        let n = acts.b * acts.t;
+        let (n, sp) = (acts.b * acts.t, acts.sp);
         self.final_norm(head, acts);
+        if sp > 1 {
+            // The final norm ran on this rank's rows; the logits need all of them.
+            d.tp_all_gather(&acts.lnf, &mut acts.full)?;
+        }
         let w = self.head_weight(emb, head);
         let e = &self.layout.ends;
         let (d_norm, dw) = match (&e.lm_head, d_emb) {
@@ -431,7 +561,7 @@ impl<B: Backend> Model<B> {
         while r0 < n {
             let rows = acts.head_rows.min(n - r0);
             let logits = acts.logits.slice_mut(0..rows * v);
-            let x = acts.lnf.slice(r0 * c..(r0 + rows) * c);
+            let x = if sp > 1 { &acts.full } else { &acts.lnf }.slice(r0 * c..(r0 + rows) * c);
             // (rows, V) = (rows, C) @ W^T
             be.matmul(logits, x, false, w, true, rows, v, c, false);
             let tg = &targets[r0..r0 + rows];
@@ -448,8 +578,6 @@ impl<B: Backend> Model<B> {
             be.matmul(dw, logits, true, x, false, v, c, rows, true);
             r0 += rows;
         }
-        // Each rank's vocabulary rows gave part of d x.
-        self.tp_reduce(d, &mut acts.d_ln, TpReduce::Sum)?;
         let (dnw, dnb) = match &e.norm_b {
             Some(rb) => {
                 let (w, b) = d_norm.split_at_mut(rb.start);
@@ -460,7 +588,24 @@ impl<B: Backend> Model<B> {
         be.fill_zero(&mut acts.dres);
         let last = &acts.resid[self.spec.layers];
         let nw = head.slice(e.norm_w.clone());
-        be.norm_backward(self.spec.norm, &mut acts.dres, dnw, dnb, &acts.d_ln, last, nw, &acts.lnf_mean, &acts.lnf_rstd, n, c);
+        if sp == 1 {
+            // Each rank's vocabulary rows gave part of d x.
+            self.tp_reduce(d, &mut acts.d_ln, TpReduce::Sum)?;
+            be.norm_backward(self.spec.norm, &mut acts.dres, dnw, dnb, &acts.d_ln, last, nw, &acts.lnf_mean, &acts.lnf_rstd, n, c);
+            return Ok(loss);
+        }
+        // Sequence parallel: d x summed and scattered to the rows' owners; the norm's
+        // weight gradient is this rank's rows' share, summed across the group.
+        d.tp_reduce_scatter(&acts.d_ln, &mut acts.d_sh)?;
+        be.fill_zero(&mut acts.d_norm);
+        let (sw, sb) = acts.d_norm.split_at_mut(c);
+        let sb = dnb.is_some().then(|| sb.slice_mut(0..c));
+        be.norm_backward(self.spec.norm, &mut acts.dres, sw, sb, &acts.d_sh, last, nw, &acts.lnf_mean, &acts.lnf_rstd, n / sp, c);
+        d.tp_reduce(&mut acts.d_norm, TpReduce::Sum)?;
+        be.add_inplace(dnw, acts.d_norm.slice(0..c));
+        if let Some(dnb) = dnb {
+            be.add_inplace(dnb, acts.d_norm.slice(c..2 * c));
+        }
         Ok(loss)
     }
 
@@ -488,15 +633,19 @@ impl<B: Backend> Model<B> {
     /// Head for evaluation: summed loss over the B*T positions, no gradients.
     pub fn head_loss<D: Driver<B>>(&self, d: &mut D, emb: Option<&B::Buf>, head: &B::Buf, acts: &mut Activations<B>, targets: &[u32]) -> Result<f64, D::Error> {
         let (c, v, be) = (self.spec.hidden, self.spec.vocab, &self.be);
-        let n = acts.b * acts.t;
+        let (n, sp) = (acts.b * acts.t, acts.sp);
         self.final_norm(head, acts);
+        if sp > 1 {
+            d.tp_all_gather(&acts.lnf, &mut acts.full)?;
+        }
         let w = self.head_weight(emb, head);
         let mut loss = 0.0;
         let mut r0 = 0;
         while r0 < n {
             let rows = acts.head_rows.min(n - r0);
             let logits = acts.logits.slice_mut(0..rows * v);
-            be.matmul(logits, acts.lnf.slice(r0 * c..(r0 + rows) * c), false, w, true, rows, v, c, false);
+            let x = if sp > 1 { &acts.full } else { &acts.lnf }.slice(r0 * c..(r0 + rows) * c);
+            be.matmul(logits, x, false, w, true, rows, v, c, false);
             let tg = &targets[r0..r0 + rows];
             loss += if self.tp.size == 1 {
                 be.xent_forward(logits, acts.losses.slice_mut(r0..r0 + rows), tg, rows, v)

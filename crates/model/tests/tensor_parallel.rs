@@ -51,6 +51,8 @@ struct Tp<'a> {
     grads: Vec<Vec<f32>>,
     comm: &'a dyn Communicator,
     reductions: usize,
+    gathers: usize,
+    scatters: usize,
 }
 
 impl<'a> Driver<Cpu> for Tp<'a> {
@@ -76,14 +78,23 @@ impl<'a> Driver<Cpu> for Tp<'a> {
         };
         self.comm.all_reduce(x.into(), op)
     }
+    fn tp_all_gather(&mut self, shard: &[f32], full: &mut [f32]) -> Result<(), Self::Error> {
+        self.gathers += 1;
+        self.comm.all_gather(shard.into(), full.into())
+    }
+    fn tp_reduce_scatter(&mut self, full: &[f32], shard: &mut [f32]) -> Result<(), Self::Error> {
+        self.scatters += 1;
+        self.comm.reduce_scatter(full.into(), shard.into(), ReduceOp::Sum)
+    }
 }
 
 fn close(a: f32, b: f32, scale: f32) -> bool {
     (a - b).abs() <= 1e-5 * scale.max(1e-3)
 }
 
-/// Runs `spec` whole and as `tp` ranks; checks loss, eval loss and every gradient.
-fn check(spec: &ModelSpec, tp: usize, recompute: bool) {
+/// Runs `spec` whole and as `tp` ranks (with sequence parallelism when `sp`); checks
+/// loss, eval loss, every gradient and the number of collectives.
+fn check_sp(spec: &ModelSpec, tp: usize, recompute: bool, sp: bool) {
     let (b, t) = (3, spec.seq);
     let whole = Model::new(spec.clone());
     let p = params(&whole, 11);
@@ -94,17 +105,17 @@ fn check(spec: &ModelSpec, tp: usize, recompute: bool) {
     let eval = whole.forward_loss(&p, &mut acts, &x, &y);
     let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
 
-    let out = comm::run_local(tp, Duration::from_secs(30), |c| -> Result<(f64, f64, usize), String> {
+    let out = comm::run_local(tp, Duration::from_secs(30), |c| -> Result<(f64, f64, [usize; 3]), String> {
         let r = c.rank();
         let m = Model::tensor_parallel(Cpu, spec, tp, r)?;
         let mut mine = m.zeros();
         whole.layout.tp_extract(&p, &m.layout, &mut mine, tp, r);
         let mut expected = m.zeros();
         whole.layout.tp_extract(&g, &m.layout, &mut expected, tp, r);
-        let mut d = Tp { params: &mine, grads: m.zeros(), comm: &c, reductions: 0 };
-        let mut acts = Activations::new(&m.spec, b, t, recompute);
+        let mut d = Tp { params: &mine, grads: m.zeros(), comm: &c, reductions: 0, gathers: 0, scatters: 0 };
+        let mut acts = Activations::sequence_parallel(&Cpu, &m.spec, b, t, recompute, if sp { tp } else { 1 });
         let l = m.train_micro(&mut d, &mut acts, &x, &y, 0.25).map_err(|e| e.to_string())?;
-        let reductions = d.reductions;
+        let counts = [d.reductions, d.gathers, d.scatters];
         let e = m.eval_micro(&mut d, &mut acts, &x, &y).map_err(|e| e.to_string())?;
         for (bk, ts) in m.layout.tensors() {
             let (got, want) = (&d.grads[bk][ts.range()], &expected[bk][ts.range()]);
@@ -113,15 +124,43 @@ fn check(spec: &ModelSpec, tp: usize, recompute: bool) {
                 return Err(format!("rank {r}: gradient of {} [{i}]: {} vs whole {}", ts.name, got[i], want[i]));
             }
         }
-        Ok((l, e, reductions))
+        Ok((l, e, counts))
     })
     .unwrap();
-    for (r, (l, e, reductions)) in out.iter().enumerate() {
-        assert!(((l - loss) / loss).abs() < 1e-5, "{} tp={tp} rank {r}: loss {l} vs whole {loss}", spec.name);
-        assert!(((e - eval) / eval).abs() < 1e-5, "{} tp={tp} rank {r}: eval loss {e} vs whole {eval}", spec.name);
-        // Forward: the embedding, 2 per block, 3 per head chunk; backward: 2 per block, 1 for the head.
-        let blocks = spec.layers * if recompute { 6 } else { 4 };
-        assert_eq!(*reductions, 1 + blocks + 3 + 1, "{} tp={tp}: reductions per micro-batch", spec.name);
+    let l = spec.layers;
+    let fwd = if recompute { 2 } else { 1 };
+    let want = if sp {
+        // All-reduces: 3 per head chunk, the norms' weight gradients of every block and
+        // of the final norm. Gathers: 2 per block forward, 4 per block backward, the
+        // head's input, the embedding's gradient. Scatters: the embedding, 2 per block
+        // forward and backward, the head's d x.
+        [3 + l + 1, 2 * fwd * l + 4 * l + 2, 1 + 2 * fwd * l + 2 * l + 1]
+    } else {
+        // The embedding, 2 per block forward, 3 per head chunk, 2 per block backward, the head's d x.
+        [1 + 2 * fwd * l + 2 * l + 3 + 1, 0, 0]
+    };
+    for (r, (lo, e, counts)) in out.iter().enumerate() {
+        assert!(((lo - loss) / loss).abs() < 1e-5, "{} tp={tp} sp={sp} rank {r}: loss {lo} vs whole {loss}", spec.name);
+        assert!(((e - eval) / eval).abs() < 1e-5, "{} tp={tp} sp={sp} rank {r}: eval loss {e} vs whole {eval}", spec.name);
+        assert_eq!(*counts, want, "{} tp={tp} sp={sp}: (all-reduces, all-gathers, reduce-scatters) per micro-batch", spec.name);
+    }
+}
+
+fn check(spec: &ModelSpec, tp: usize, recompute: bool) {
+    check_sp(spec, tp, recompute, false);
+}
+
+#[test]
+fn sequence_parallel_ranks_compute_the_whole_models_loss_and_gradients() {
+    for tp in [2, 4] {
+        for recompute in [false, true] {
+            check_sp(&gpt2(64), tp, recompute, true);
+        }
+    }
+    check_sp(&gpt2(61), 4, false, true);
+    for (tied, bias) in [(false, false), (true, true)] {
+        check_sp(&llama(37, tied, bias), 2, false, true);
+        check_sp(&llama(37, tied, bias), 2, true, true);
     }
 }
 
