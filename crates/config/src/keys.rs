@@ -99,6 +99,7 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     // u8 in the struct; the stage is checked here so serde never sees an overflow.
     ("parallel.zero", Kind::UInt { max: 3 }),
     ("parallel.recompute", Kind::Enum(&["none", "full"])),
+    ("parallel.sp", Kind::Bool),
     ("checkpoint.interval", U),
     ("checkpoint.keep_last", U),
     ("checkpoint.async", Kind::Bool),

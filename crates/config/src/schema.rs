@@ -284,6 +284,9 @@ pub struct ParallelConfig {
     /// gradients, 3 also parameters.
     pub zero: u8,
     pub recompute: Recompute,
+    /// Sequence parallelism with tensor parallelism (Korthikanti et al. 2022): norms and
+    /// residual adds on 1/tp of the rows each; no effect when tp = 1.
+    pub sp: bool,
 }
 
 impl Default for ParallelConfig {
@@ -294,6 +297,7 @@ impl Default for ParallelConfig {
             pp: 1,
             zero: 0,
             recompute: Recompute::None,
+            sp: false,
         }
     }
 }

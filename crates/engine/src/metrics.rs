@@ -196,7 +196,7 @@ impl MemoryReport {
             activations: t.acts.bytes(),
             buffers: t.pool.bytes(),
             expected_model_state: state,
-            expected_total: state + model::Activations::expected_bytes(&t.gpt.spec, b, tt, t.acts.recompute) as f64,
+            expected_total: state + model::Activations::expected_bytes_sp(&t.gpt.spec, b, tt, t.acts.recompute, t.acts.sp) as f64,
             measured: t.measured.map(|m| Measured { thread_peak: crate::alloc::thread_peak().unwrap_or(0).max(0) as usize, ..m }),
         }
     }

@@ -327,6 +327,16 @@ impl Driver<Cpu> for Stepper<'_> {
         c.all_reduce(x.into(), op)?;
         Ok(())
     }
+    fn tp_all_gather(&mut self, shard: &[f32], full: &mut [f32]) -> Result<()> {
+        let c = self.t.rank.tp_comm.as_ref().ok_or_else(|| EngineError::Invalid("a sequence-parallel gather without a tp group".into()))?;
+        c.all_gather(shard.into(), full.into())?;
+        Ok(())
+    }
+    fn tp_reduce_scatter(&mut self, full: &[f32], shard: &mut [f32]) -> Result<()> {
+        let c = self.t.rank.tp_comm.as_ref().ok_or_else(|| EngineError::Invalid("a sequence-parallel scatter without a tp group".into()))?;
+        c.reduce_scatter(full.into(), shard.into(), ReduceOp::Sum)?;
+        Ok(())
+    }
     fn forward_done(&mut self) {
         self.forward_end = Some((Instant::now(), std::mem::take(&mut self.t.gather_wait)));
     }

@@ -213,7 +213,15 @@ impl Trainer {
             Some(p) => (p, false),
             None => (crate::metrics::measure_peak_flops(), true),
         };
-        let (acts, m_acts) = crate::alloc::measure(|| Activations::new(&gpt.spec, b, t, recompute));
+        // Sequence parallelism shards the B*T rows of the residual stream over the tp group.
+        let sp = if par.sp && rank.tp > 1 { rank.tp } else { 1 };
+        if !(b * t).is_multiple_of(sp) {
+            return Err(EngineError::Invalid(format!(
+                "parallel.sp shards the {} rows of a micro-batch (train.batch_size {b} x model.block_size {t}) over parallel.tp = {sp} ranks: they must divide",
+                b * t
+            )));
+        }
+        let (acts, m_acts) = crate::alloc::measure(|| Activations::sequence_parallel(&model::Cpu, &gpt.spec, b, t, recompute, sp));
         let measured = match (m_params, m_grads, m_optim, m_acts) {
             (Some(params), Some(grads), Some(optimizer), Some(activations)) => {
                 Some(crate::metrics::Measured { params, grads, optimizer, activations, thread_peak: 0 })

@@ -22,7 +22,13 @@ fn cfg(batch: usize, dp: usize, zero: u8, recompute: &str, accum: usize) -> conf
 
 /// `tiny` with `heads` attention heads (it has 2), over dp x tp ranks.
 fn cfg_tp(batch: usize, dp: usize, tp: usize, zero: u8, recompute: &str, accum: usize, heads: usize) -> config::ResolvedConfig {
+    cfg_sp(batch, dp, tp, zero, recompute, accum, heads, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cfg_sp(batch: usize, dp: usize, tp: usize, zero: u8, recompute: &str, accum: usize, heads: usize, sp: bool) -> config::ResolvedConfig {
     let sets: Vec<String> = [
+        format!("parallel.sp={sp}"),
         format!("parallel.tp={tp}"),
         format!("model.n_head={heads}"),
         format!("train.batch_size={batch}"),
@@ -171,22 +177,24 @@ fn one_step_moves_exactly_the_zero_stage_traffic() {
 }
 
 /// Tensor parallelism composed with ZeRO data parallelism: tp 2 and 4 alone, and dp 2 x
-/// tp 2 under every ZeRO stage, give the single-rank run's losses and parameters (each
-/// tp rank's parameters are its parts of the single-rank model's).
+/// tp 2 under every ZeRO stage, with and without sequence parallelism, give the
+/// single-rank run's losses and parameters (each tp rank's parameters are its parts of
+/// the single-rank model's).
 #[test]
 fn tp_and_dp_by_tp_match_single_rank() {
     let (_t, dir) = tmp();
-    for (dp, tp, zeros) in [(1, 2, vec![0u8]), (1, 4, vec![0]), (2, 2, vec![0, 1, 2, 3])] {
+    let layouts = [(1, 2, vec![0u8], false), (1, 4, vec![0], false), (2, 2, vec![0, 1, 2, 3], false), (1, 2, vec![0], true), (2, 2, vec![1, 3], true), (1, 4, vec![0], true)];
+    for (dp, tp, zeros, sp) in layouts {
         let mut w = Trainer::new(cfg_tp(MICRO * dp, 1, 1, 0, "none", 1, 4), data::Dataset::open(&dir).unwrap(), Path::new("")).unwrap();
         let want = train(&mut w);
         for zero in zeros {
             for recompute in ["none", "full"] {
-                let label = format!("dp={dp} tp={tp} zero={zero} recompute={recompute}");
+                let label = format!("dp={dp} tp={tp} sp={sp} zero={zero} recompute={recompute}");
                 let out = comm::run_local(dp * tp, Duration::from_secs(60), |c| {
                     let rank = Rank::with_tp(&c, tp)?;
                     let tp_rank = rank.tp_rank;
                     let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
-                    let mut t = Trainer::with_rank(cfg_tp(MICRO, dp, tp, zero, recompute, 1, 4), data, Path::new(""), rank)?;
+                    let mut t = Trainer::with_rank(cfg_sp(MICRO, dp, tp, zero, recompute, 1, 4, sp), data, Path::new(""), rank)?;
                     let run = train(&mut t);
                     // The single-rank model's parameters, cut to this rank's parts.
                     let whole = model::Gpt::new(t.global.clone());
@@ -272,5 +280,42 @@ fn one_step_moves_exactly_the_megatron_tp_traffic() {
             let want = vec![("all_gather", 1, 8 * tp as u64), ("all_reduce", calls, bytes)];
             assert_eq!(got, want, "recompute={recompute}: tp traffic of one step (op, calls, bytes)");
         }
+    }
+}
+
+/// With sequence parallelism the all-reduces of b*s*h become all-gathers and
+/// reduce-scatters of b*s*h (Korthikanti et al. 2022): per layer and micro-batch, the
+/// forward gathers each norm's output and scatters each row-parallel output (2 + 2),
+/// the backward gathers the two incoming gradients and the two norm outputs again (4)
+/// and scatters the two input gradients (2); the embedding scatters, the head gathers
+/// its input and scatters d x, the embedding's backward gathers. What is left to
+/// all-reduce is small: 3 x n for the cross-entropy and 4h per norm pair's weights.
+#[test]
+fn one_step_moves_exactly_the_sequence_parallel_traffic() {
+    let (_tmp, dir) = tmp();
+    let (tp, accum) = (2, 2);
+    let out = comm::run_local(tp, Duration::from_secs(60), |c| {
+        let rank = Rank::with_tp(&c, tp)?;
+        let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+        let mut t = Trainer::with_rank(cfg_sp(MICRO, 1, tp, 0, "none", accum, 4, true), data, Path::new(""), rank)?;
+        t.rank.flight.reset_traffic();
+        t.train_step(&mut StepTimes::default())?;
+        let (n, h, layers) = ((MICRO * t.cfg.raw.model.block_size) as u64, t.global.hidden as u64, t.global.layers as u64);
+        Ok::<_, engine::EngineError>((t.rank.flight.traffic(), n, h, layers))
+    })
+    .expect("ranks");
+    for (traffic, n, h, l) in out {
+        let a = accum as u64;
+        let (ag, rs) = (a * (6 * l + 2), a * (4 * l + 2));
+        let ar_calls = a * (3 + l + 1);
+        let ar_bytes = 4 * a * (3 * n + (l + 1) * 4 * h);
+        let want = vec![
+            // The gradient norm's partial sums add one gather of one f64 per rank.
+            ("all_gather", ag + 1, 4 * ag * n * h + 8 * tp as u64),
+            ("all_reduce", ar_calls, ar_bytes),
+            ("reduce_scatter", rs, 4 * rs * n * h),
+        ];
+        let got: Vec<(&str, u64, u64)> = traffic.iter().filter(|t| t.group == "tp").map(|t| (t.op.as_str(), t.calls, t.bytes)).collect();
+        assert_eq!(got, want, "sequence-parallel traffic of one step (op, calls, bytes)");
     }
 }

@@ -179,12 +179,25 @@ impl Activations<Cpu> {
     /// Analytical activation bytes for shape (B, T) (equals [`Activations::bytes`]; the
     /// memory report uses this without allocating).
     pub fn expected_bytes(shape: &impl ToSpec, b: usize, t: usize, recompute: bool) -> usize {
+        Self::expected_bytes_sp(shape, b, t, recompute, 1)
+    }
+
+    /// [`Activations::expected_bytes`] of one rank of an `sp`-way sequence-parallel group
+    /// (the shape is the rank's tensor-parallel part).
+    pub fn expected_bytes_sp(shape: &impl ToSpec, b: usize, t: usize, recompute: bool, sp: usize) -> usize {
         let m = shape.to_spec();
         let w = Widths::of(&m);
         let (n, l) = (b * t, m.layers);
-        let block = n * w.block_row() + Cpu.attention_saved_len(b, t, m.heads);
+        let ns = n / sp.max(1);
+        // Per block: ln1, res2, ln2 and their statistics on the rows this rank holds; the
+        // rest on every row.
+        let sharded_row = 3 * w.c + 2 * (w.mean + 1);
+        let block = ns * sharded_row + n * (w.block_row() - sharded_row) + Cpu.attention_saved_len(b, t, m.heads);
         let stored = if recompute { 1 } else { l };
-        let floats = (l + 1) * n * w.c + stored * block + n * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + n * w.scratch_row();
+        // Scratch: dres on this rank's rows, the others on every row.
+        let scratch = ns * w.c + n * (w.scratch_row() - w.c);
+        let sp_scratch = if sp > 1 { n * w.c + ns * w.c + 4 * w.c } else { 0 };
+        let floats = (l + 1) * ns * w.c + stored * block + ns * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + scratch + sp_scratch;
         4 * floats + 4 * n
     }
 }

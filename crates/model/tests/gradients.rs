@@ -101,6 +101,11 @@ fn activation_bytes_match_the_formula() {
         let cfg = tiny(true);
         let acts = Activations::new(&cfg, 3, 5, recompute);
         assert_eq!(acts.bytes(), Activations::expected_bytes(&cfg, 3, 5, recompute));
+        // Sequence parallel over 3 ranks: the residual stream and norms on 5 of 15 rows.
+        let spec = model::ModelSpec::from(cfg);
+        let acts = Activations::sequence_parallel(&model::Cpu, &spec, 3, 5, recompute, 3);
+        assert_eq!(acts.bytes(), Activations::expected_bytes_sp(&cfg, 3, 5, recompute, 3));
+        assert!(acts.bytes() < Activations::expected_bytes(&cfg, 3, 5, recompute) || recompute);
     }
 }
 
