@@ -9,6 +9,27 @@ use rayon::prelude::*;
 use crate::error::{check_ids, check_len, KernelError};
 use crate::simd::{self, exp_f32, vectorized};
 
+/// `z = exp(z - mx)` in place; returns the sum, accumulated in SIMD lanes then the
+/// remainder (inlined into the callers' `vectorized` sections).
+#[inline(always)]
+fn exp_sum_inplace(z: &mut [f32], mx: f32) -> f32 {
+    let mut acc = [0.0f32; simd::LANES];
+    let mut it = z.chunks_exact_mut(simd::LANES);
+    for blk in &mut it {
+        for l in 0..simd::LANES {
+            let e = exp_f32(blk[l] - mx);
+            blk[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut s = simd::sum(&acc);
+    for e in it.into_remainder() {
+        *e = exp_f32(*e - mx);
+        s += *e;
+    }
+    s
+}
+
 /// Fused forward + backward. Writes per-row losses (nats) into `losses`, overwrites
 /// `logits` with `(softmax - onehot) * grad_scale`, and returns the sum of the losses
 /// (summed in row order in f64, so deterministic).
@@ -32,21 +53,7 @@ pub fn softmax_xent_forward_backward(
             let tgt = tgt as usize;
             let zt = z[tgt];
             let mx = simd::max(z);
-            // e = exp(z - max) in place, summed with lane accumulators.
-            let mut acc = [0.0f32; simd::LANES];
-            let mut it = z.chunks_exact_mut(simd::LANES);
-            for blk in &mut it {
-                for l in 0..simd::LANES {
-                    let e = exp_f32(blk[l] - mx);
-                    blk[l] = e;
-                    acc[l] += e;
-                }
-            }
-            let mut s = simd::sum(&acc);
-            for e in it.into_remainder() {
-                *e = exp_f32(*e - mx);
-                s += *e;
-            }
+            let s = exp_sum_inplace(z, mx);
             *loss = (s.ln() + mx) - zt;
             let k = grad_scale / s;
             for e in z.iter_mut() {
@@ -152,21 +159,7 @@ pub fn xent_parallel_exp(logits: &mut [f32], max: &[f32], rows: usize, v: usize,
     }
     logits.par_chunks_mut(v).zip(max.par_iter()).zip(sum.par_iter_mut()).for_each(|((z, &mx), s)| {
         vectorized(#[inline(always)] || {
-            let mut acc = [0.0f32; simd::LANES];
-            let mut it = z.chunks_exact_mut(simd::LANES);
-            for blk in &mut it {
-                for l in 0..simd::LANES {
-                    let e = exp_f32(blk[l] - mx);
-                    blk[l] = e;
-                    acc[l] += e;
-                }
-            }
-            let mut total = simd::sum(&acc);
-            for e in it.into_remainder() {
-                *e = exp_f32(*e - mx);
-                total += *e;
-            }
-            *s = total;
+            *s = exp_sum_inplace(z, mx);
         })
     });
 }
