@@ -25,6 +25,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod csv;
+pub mod cv;
 pub mod error;
 pub mod estimate;
 pub mod flops;

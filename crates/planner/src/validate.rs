@@ -23,6 +23,9 @@ const GIB: f64 = (1u64 << 30) as f64;
 #[derive(Debug, Clone, Serialize)]
 pub struct RowResult {
     pub id: String,
+    /// The row's `source` (one paper or repository): the unit of cross-validation.
+    #[serde(skip)]
+    pub source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,10 +143,12 @@ pub fn validate(
             }
         }
         let id = row.get("id").to_string();
+        let source = row.get("source").to_string();
         out.push(match predict_row(&row, cal) {
-            Ok(r) => RowResult { id, ..r },
+            Ok(r) => RowResult { id, source, ..r },
             Err(reason) => RowResult {
                 id,
+                source,
                 metric: None,
                 predicted: None,
                 published: None,
@@ -469,6 +474,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         _ => per_gpu / 1e12,
     };
     Ok(RowResult {
+        source: String::new(),
         id: String::new(),
         metric: Some(metric.to_string()),
         predicted: Some(predicted),

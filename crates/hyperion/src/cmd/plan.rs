@@ -66,12 +66,17 @@ enum PlanCommand {
         /// One JSON object per row, then a summary object.
         #[arg(long)]
         json: bool,
+        /// Also leave-one-source-out cross-validation: each source's rows predicted with
+        /// the fitted constants re-chosen on the other sources only (the rows shown are
+        /// then the held-out predictions).
+        #[arg(long)]
+        cv: bool,
     },
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    if let Some(PlanCommand::Validate { file, json }) = &args.command {
-        return validate(file, *json);
+    if let Some(PlanCommand::Validate { file, json, cv }) = &args.command {
+        return validate(file, *json, *cv);
     }
     let (Some(model), Some(cluster)) = (&args.model, &args.cluster) else {
         bail!("`hyperion plan` needs --model NAME and --cluster NAME (or `hyperion plan validate FILE.csv`)");
@@ -291,17 +296,27 @@ fn print_plan(job: &Job, cluster: &hardware::Cluster, r: &SearchResult, elapsed:
     }
 }
 
-fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
+fn validate(file: &PathBuf, json: bool, cv: bool) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let (rows, summary) =
-        planner::validate::validate(&text, &file.display().to_string(), &Calibration::default())?;
+    let name = file.display().to_string();
+    let (mut rows, summary) = planner::validate::validate(&text, &name, &Calibration::default())?;
+    let cross = if cv {
+        let c = planner::cv::cross_validate(&text, &name, &Calibration::default())?;
+        rows = c.rows.clone();
+        Some(c)
+    } else {
+        None
+    };
     if json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
         }
         // A struct keeps the documented key order (rows, used, median, p90).
-        println!("{{\"summary\":{}}}", serde_json::to_string(&summary)?);
+        match &cross {
+            None => println!("{{\"summary\":{}}}", serde_json::to_string(&summary)?),
+            Some(c) => println!("{{\"summary\":{},\"cross_validation\":{}}}", serde_json::to_string(&summary)?, serde_json::to_string(c)?),
+        }
         return Ok(());
     }
     println!(
@@ -338,8 +353,19 @@ fn validate(file: &PathBuf, json: bool) -> anyhow::Result<()> {
         println!("\nrows {}, used 0: no row could be predicted (see skipped)", summary.rows);
     } else {
         println!(
-            "\nrows {}, used {}: median |error| {:.1}%, p90 |error| {:.1}%",
-            summary.rows, summary.used, summary.median_abs_error_pct, summary.p90_abs_error_pct
+            "\nrows {}, used {}: median |error| {:.1}%, p90 |error| {:.1}%{}",
+            summary.rows,
+            summary.used,
+            summary.median_abs_error_pct,
+            summary.p90_abs_error_pct,
+            if cross.is_some() { " in-sample (the shipped constants were chosen on these rows)" } else { "" }
+        );
+    }
+    if let Some(c) = &cross {
+        let cvs = &c.cross_validated;
+        println!(
+            "leave-one-source-out ({} sources; the rows above are held-out predictions): median |error| {:.1}%, p90 |error| {:.1}%  (in-sample: {:.1}% / {:.1}%)",
+            c.sources, cvs.median_abs_error_pct, cvs.p90_abs_error_pct, summary.median_abs_error_pct, summary.p90_abs_error_pct
         );
     }
     println!("skipped:");
