@@ -377,3 +377,18 @@ fn validate_refuses_malformed_csv_naming_the_line() {
     let err = stderr(&o);
     assert!(!o.status.success() && err.contains("line 2") && err.contains("3 fields"), "{err}");
 }
+
+#[test]
+fn validate_cross_validated_reports_both_figures() {
+    let o = hyperion(&["plan", "validate", RUNS, "--cv", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (inn, cv) = (&last["summary"], &last["cross_validation"]["cross_validated"]);
+    assert_eq!(inn["used"], cv["used"], "every usable row is predicted held out");
+    let (a, b) = (inn["median_abs_error_pct"].as_f64().unwrap(), cv["median_abs_error_pct"].as_f64().unwrap());
+    assert!(b >= a && b < 50.0, "in-sample {a}%, cross-validated {b}%");
+    assert!(last["cross_validation"]["sources"].as_u64().unwrap() >= 5);
+    let text = stdout(&hyperion(&["plan", "validate", RUNS, "--cv"]));
+    assert!(text.contains("leave-one-source-out") && text.contains("in-sample"), "{text}");
+}
