@@ -392,3 +392,17 @@ fn validate_cross_validated_reports_both_figures() {
     let text = stdout(&hyperion(&["plan", "validate", RUNS, "--cv"]));
     assert!(text.contains("leave-one-source-out") && text.contains("in-sample"), "{text}");
 }
+
+#[test]
+fn plan_json_carries_the_80_percent_range() {
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let (days, iv) = (v["best"]["days"].as_f64().unwrap(), &v["best_interval"]);
+    let (lo, hi) = (iv["days"][0].as_f64().unwrap(), iv["days"][1].as_f64().unwrap());
+    assert!(lo < days && days < hi, "{lo} < {days} < {hi}");
+    let mfu = v["best"]["mfu_pct"].as_f64().unwrap();
+    assert!(iv["mfu_pct"][0].as_f64().unwrap() < mfu && mfu < iv["mfu_pct"][1].as_f64().unwrap());
+    let text = stdout(&hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020"]));
+    assert!(text.contains("80% range"), "{text}");
+}

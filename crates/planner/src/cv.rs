@@ -7,7 +7,7 @@
 //! was seen when its constants were chosen. Physical constants (datasheet peaks, link
 //! rates, byte sizes) are not refitted.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
 use crate::time::Calibration;
@@ -80,6 +80,47 @@ pub fn fit(text: &str, file: &str, start: &Calibration, keep: &dyn Fn(&RowResult
     Ok(best)
 }
 
+/// The spread of cross-validated relative errors `100 (predicted - published) /
+/// published`: their 10th and 90th percentiles. A throughput predicted as `p` was, for
+/// 80% of held-out runs, in `[p / (1 + q90), p / (1 + q10)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub q10_error_pct: f64,
+    pub q90_error_pct: f64,
+    /// Held-out rows the percentiles come from.
+    pub rows: usize,
+}
+
+/// The interval shipped with the planner: `Interval::from_rows` of
+/// `plan validate crates/planner/data/published_runs.csv --cv` (a test keeps them equal).
+const SHIPPED_INTERVAL: &str = include_str!("../data/prediction_interval.json");
+
+impl Interval {
+    pub fn from_rows(rows: &[RowResult]) -> Interval {
+        let mut e: Vec<f64> = rows.iter().filter_map(|r| r.error_pct).collect();
+        e.sort_by(f64::total_cmp);
+        Interval { q10_error_pct: percentile(&e, 0.1), q90_error_pct: percentile(&e, 0.9), rows: e.len() }
+    }
+
+    pub fn shipped() -> Interval {
+        serde_json::from_str(SHIPPED_INTERVAL).expect("the shipped prediction_interval.json parses")
+    }
+
+    /// The 80% range of a predicted throughput (tokens/s, TFLOP/s, MFU).
+    pub fn throughput(&self, p: f64) -> (f64, f64) {
+        (p / (1.0 + self.q90_error_pct / 100.0), p / (1.0 + self.q10_error_pct / 100.0))
+    }
+
+    /// The 80% range of a predicted duration (step time, days): the inverse.
+    pub fn duration(&self, d: f64) -> (f64, f64) {
+        (d * (1.0 + self.q10_error_pct / 100.0), d * (1.0 + self.q90_error_pct / 100.0))
+    }
+
+    fn contains(&self, error_pct: f64) -> bool {
+        (self.q10_error_pct..=self.q90_error_pct).contains(&error_pct)
+    }
+}
+
 /// In-sample and leave-one-source-out errors of the time model on a published-runs CSV.
 #[derive(Debug, Clone, Serialize)]
 pub struct CrossValidation {
@@ -89,6 +130,11 @@ pub struct CrossValidation {
     pub cross_validated: Summary,
     /// Sources (folds) with at least one usable row.
     pub sources: usize,
+    /// The 80% interval of the held-out errors.
+    pub interval: Interval,
+    /// Share of held-out rows whose published value falls inside the 80% interval built
+    /// without their source (nested: the interval is also held out), percent.
+    pub coverage_pct: f64,
     /// The held-out prediction of every row.
     #[serde(skip)]
     pub rows: Vec<RowResult>,
@@ -118,5 +164,15 @@ pub fn cross_validate(text: &str, file: &str, cal: &Calibration) -> Result<Cross
     }
     // Rows of sources with no usable row keep their (skipped) in-sample result.
     let rows: Vec<RowResult> = held_out.into_iter().zip(all).map(|(h, a)| h.unwrap_or(a)).collect();
-    Ok(CrossValidation { in_sample, cross_validated: summary(&rows), sources: sources.len(), rows })
+    let (mut inside, mut n) = (0usize, 0usize);
+    for s in &sources {
+        let others: Vec<RowResult> = rows.iter().filter(|r| &r.source != s).cloned().collect();
+        let iv = Interval::from_rows(&others);
+        for e in rows.iter().filter(|r| &r.source == s).filter_map(|r| r.error_pct) {
+            n += 1;
+            inside += usize::from(iv.contains(e));
+        }
+    }
+    let coverage_pct = 100.0 * inside as f64 / n.max(1) as f64;
+    Ok(CrossValidation { in_sample, cross_validated: summary(&rows), sources: sources.len(), interval: Interval::from_rows(&rows), coverage_pct, rows })
 }

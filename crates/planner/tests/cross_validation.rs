@@ -42,3 +42,19 @@ fn held_out_predictions_ignore_their_own_source() {
     // Cross-validated error is not better than the in-sample fit it is meant to check.
     assert!(a.cross_validated.median_abs_error_pct >= a.in_sample.median_abs_error_pct);
 }
+
+/// The interval `plan` prints is the shipped set's cross-validated error spread (kept in
+/// data/prediction_interval.json; regenerate it from `plan validate ... --cv --json` when
+/// the published runs or the model change), and it covers 75-85% of held-out rows when
+/// it is itself built without their source.
+#[test]
+fn the_shipped_interval_is_the_cross_validated_one_and_covers_80_percent() {
+    let cv = planner::cv::cross_validate(SHIPPED, "published_runs.csv", &Calibration::default()).unwrap();
+    let shipped = planner::cv::Interval::shipped();
+    assert!((shipped.q10_error_pct - cv.interval.q10_error_pct).abs() < 1e-3, "{shipped:?} vs {:?}", cv.interval);
+    assert!((shipped.q90_error_pct - cv.interval.q90_error_pct).abs() < 1e-3, "{shipped:?} vs {:?}", cv.interval);
+    assert_eq!(shipped.rows, cv.interval.rows);
+    assert!((75.0..=85.0).contains(&cv.coverage_pct), "nested coverage {:.1}%", cv.coverage_pct);
+    let (lo, hi) = shipped.duration(10.0);
+    assert!(lo <= 10.0 && 10.0 <= hi && lo < hi);
+}

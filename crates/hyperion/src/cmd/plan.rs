@@ -163,6 +163,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             "evaluated": result.evaluated,
             "fit": result.fit,
             "best": result.best,
+            "best_interval": interval_json(&result.best),
             "runners_up": result.runners_up,
             "too_big": result.too_big,
         });
@@ -216,6 +217,22 @@ fn gb(x: f64) -> f64 {
     x / 1e9
 }
 
+/// The 80% ranges of the best layout's throughput and duration, from the planner's
+/// cross-validated errors (`planner::cv::Interval::shipped`).
+fn interval_json(e: &Estimate) -> serde_json::Value {
+    let iv = planner::cv::Interval::shipped();
+    serde_json::json!({
+        "coverage": 0.8,
+        "from": "10th-90th percentile of leave-one-source-out errors on the shipped published runs",
+        "q10_error_pct": iv.q10_error_pct,
+        "q90_error_pct": iv.q90_error_pct,
+        "mfu_pct": iv.throughput(e.mfu_pct),
+        "tokens_per_s": iv.throughput(e.tokens_per_s),
+        "step_seconds": iv.duration(e.step.total),
+        "days": iv.duration(e.days),
+    })
+}
+
 fn print_estimate(e: &Estimate) {
     let m = &e.memory;
     let s = &e.step;
@@ -242,6 +259,11 @@ fn print_estimate(e: &Estimate) {
     println!(
         "  throughput    {:.1} model TFLOP/s per GPU ({:.1} counting recompute as Megatron eq. 3), MFU {:.1}%, {:.0} tokens/s, {:.2} days",
         e.model_tflops_per_gpu, e.eq3_tflops_per_gpu, e.mfu_pct, e.tokens_per_s, e.days
+    );
+    let iv = planner::cv::Interval::shipped();
+    let ((m0, m1), (d0, d1)) = (iv.throughput(e.mfu_pct), iv.duration(e.days));
+    println!(
+        "  80% range     MFU {m0:.1}-{m1:.1}%, {d0:.2}-{d1:.2} days  (the spread of the planner's cross-validated errors on published runs)"
     );
 }
 
@@ -366,6 +388,10 @@ fn validate(file: &PathBuf, json: bool, cv: bool) -> anyhow::Result<()> {
         println!(
             "leave-one-source-out ({} sources; the rows above are held-out predictions): median |error| {:.1}%, p90 |error| {:.1}%  (in-sample: {:.1}% / {:.1}%)",
             c.sources, cvs.median_abs_error_pct, cvs.p90_abs_error_pct, summary.median_abs_error_pct, summary.p90_abs_error_pct
+        );
+        println!(
+            "80% range of the error: {:+.1}% to {:+.1}%; held-out rows inside the range built without their source: {:.1}%",
+            c.interval.q10_error_pct, c.interval.q90_error_pct, c.coverage_pct
         );
     }
     println!("skipped:");
