@@ -406,3 +406,43 @@ fn plan_json_carries_the_80_percent_range() {
     let text = stdout(&hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020"]));
     assert!(text.contains("80% range"), "{text}");
 }
+
+/// Plans that run: `--emit-config` writes the chosen layout and sizes as a training
+/// config; with `--runnable` it trains as emitted; otherwise it names what the engine
+/// does not support yet, and `train` refuses it naming the key.
+#[test]
+fn an_emitted_config_trains_and_unsupported_knobs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("plan.toml");
+    let c = cfg.to_str().unwrap();
+    let o = hyperion(&[
+        "plan", "--model", "shakespeare-char-cpu", "--cluster", "dgx-a100-superpod", "--gpus", "2", "--runnable", "--global-batch", "8",
+        "--tokens", "5120", "--emit-config", c,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("every knob below is supported") && text.contains("steps = 10"), "{text}");
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/shakespeare/sonnets.txt");
+    let run = tmp.path().join("run");
+    let o = hyperion(&[
+        "train", "--config", c, "--out", run.to_str().unwrap(), "--sample-tokens", "0",
+        "--set", &format!("data.dir=\"{}\"", tmp.path().join("data").display()),
+        "--set", &format!("data.inputs=[\"{corpus}\"]"), "--set", "data.split=\"tail\"", "--set", "log.progress=false",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"].as_u64(), Some(10), "{metrics}");
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("dp = 2") && saved.contains("batch_size = 4"), "trained with the planned layout:\n{saved}");
+
+    let big = tmp.path().join("gpt3.toml");
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--emit-config", big.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&big).unwrap();
+    assert!(text.contains("NOT YET SUPPORTED") && text.contains("parallel.pp = 16"), "{text}");
+    let o = hyperion(&["train", "--config", big.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("parallel."), "{}", stderr(&o));
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--runnable", "--layout", "pp=4"]);
+    assert!(!o.status.success() && stderr(&o).contains("--runnable"), "{}", stderr(&o));
+}

@@ -42,6 +42,14 @@ pub struct PlanArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Write the chosen layout and sizes as a Hyperion training config (`hyperion train
+    /// --config FILE.toml`); knobs the engine does not support yet are named in it.
+    #[arg(long, value_name = "FILE.toml")]
+    emit_config: Option<PathBuf>,
+    /// Search only layouts the engine runs today: no pipeline parallelism (pp = 1,
+    /// v = 1), recompute none or full, no fp8, no TP comm overlap, no fused attention.
+    #[arg(long)]
+    runnable: bool,
     /// Write a PNG chart (see --chart).
     #[arg(long)]
     png: Option<PathBuf>,
@@ -103,10 +111,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         seq,
         tokens,
     };
-    let spec = match &args.layout {
+    let mut spec = match &args.layout {
         Some(text) => LayoutSpec::parse(text)?,
         None => LayoutSpec::default(),
     };
+    if args.runnable {
+        restrict_to_runnable(&mut spec)?;
+    }
     if let (Some(tp), Some(pp), Some(dp)) = (spec.tp, spec.pp, spec.dp) {
         if tp * pp * dp > gpus {
             return Err(planner::PlanError::DegreeMismatch {
@@ -137,6 +148,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         other => other?,
     };
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.emit_config {
+        let text = emitted_config(&job, &result.best, &args)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        if !args.json {
+            println!("training config for the best layout: {} (hyperion train --config {})", path.display(), path.display());
+        }
+    }
     if let Some(path) = &args.png {
         let drawn = match args.chart {
             Chart::Memory => {
@@ -172,6 +190,108 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         print_plan(&job, cluster, &result, elapsed);
     }
     Ok(())
+}
+
+/// `--runnable`: what the engine implements (issue 9 has landed dp, tp, sp and ZeRO;
+/// pipelines, selective recompute, fp8 and comm overlap are the planner's alone).
+fn restrict_to_runnable(spec: &mut LayoutSpec) -> anyhow::Result<()> {
+    use planner::layout::Recompute;
+    let clash = |knob: &str, v: String| anyhow::anyhow!("--runnable: --layout fixes {knob} = {v}, which the engine does not run yet");
+    match spec.pp {
+        Some(p) if p != 1 => return Err(clash("pp", p.to_string())),
+        _ => spec.pp = Some(1),
+    }
+    match spec.interleave {
+        Some(v) if v != 1 => return Err(clash("v", v.to_string())),
+        _ => spec.interleave = Some(1),
+    }
+    if spec.recompute == Some(Recompute::Selective) {
+        return Err(clash("recompute", "selective".into()));
+    }
+    for (knob, value) in [("fp8", &mut spec.fp8), ("tp_overlap", &mut spec.tp_overlap), ("flash", &mut spec.flash)] {
+        if *value == Some(true) {
+            return Err(clash(knob, "1".into()));
+        }
+        *value = Some(false);
+    }
+    spec.recompute_choices = Some(&[Recompute::None, Recompute::Full]);
+    Ok(())
+}
+
+/// The best layout as a training config: the model, the micro-batch and accumulation,
+/// the steps for `--tokens`, the layout; the data section stays the default (set it).
+fn emitted_config(job: &Job, e: &Estimate, args: &PlanArgs) -> anyhow::Result<String> {
+    use planner::layout::Recompute;
+    let l = &e.layout;
+    let mut raw = config::RunConfig::default();
+    raw.model = config::presets::model_config(&job.model, true);
+    raw.model.block_size = job.seq as usize;
+    raw.train.batch_size = l.mb as usize;
+    raw.train.grad_accum = e.micro_batches as usize;
+    let per_step = (job.global_batch * job.seq) as f64;
+    raw.train.steps = (job.tokens / per_step).ceil().max(1.0) as u64;
+    let mut unsupported = Vec::new();
+    if l.pp > 1 {
+        unsupported.push(format!("parallel.pp = {} (pipeline parallelism)", l.pp));
+    }
+    if l.interleave > 1 {
+        unsupported.push(format!("{} interleaved pipeline chunks (no config key yet)", l.interleave));
+    }
+    if l.recompute == Recompute::Selective {
+        unsupported.push("parallel.recompute = \"selective\"".to_string());
+    }
+    for (on, what) in [(l.fp8, "fp8 matmuls"), (l.tp_overlap, "TP communication overlap"), (l.flash, "fused (flash) attention")] {
+        if on {
+            unsupported.push(format!("{what} (assumed by the prediction; the engine runs without it)"));
+        }
+    }
+    let body = config::ResolvedConfig::new(raw).context("the emitted config")?.to_toml();
+    // The [parallel] section is written by hand: it may hold values the engine's config
+    // refuses today (they are what the plan assumed).
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if line.starts_with('[') {
+            skipping = line.trim() == "[parallel]";
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let cmd = format!(
+        "hyperion plan --model {} --cluster {} --gpus {} --global-batch {} --seq {} --tokens {}{}",
+        args.model.as_deref().unwrap_or(""),
+        args.cluster.as_deref().unwrap_or(""),
+        job.gpus,
+        job.global_batch,
+        job.seq,
+        args.tokens,
+        if args.runnable { " --runnable" } else { "" }
+    );
+    let mut head = format!(
+        "# Hyperion training config emitted by `{cmd}`\n# layout {} on {} GPUs: predicted {:.3} s per step, MFU {:.1}%, {:.1} GB per GPU\n",
+        e.layout_text,
+        e.gpus_used,
+        e.step.total,
+        e.mfu_pct,
+        e.memory.total / 1e9
+    );
+    if unsupported.is_empty() {
+        head.push_str("# every knob below is supported by the engine\n");
+    } else {
+        head.push_str("# NOT YET SUPPORTED by the engine (train refuses or ignores these; `plan --runnable` avoids them):\n");
+        for u in &unsupported {
+            head.push_str(&format!("#   {u}\n"));
+        }
+    }
+    head.push_str("# [data] is the default corpus: set data.dir / data.inputs for yours.\n\n");
+    let recompute = if l.recompute == Recompute::None { "none" } else if l.recompute == Recompute::Full { "full" } else { "selective" };
+    out.push_str(&format!(
+        "\n[parallel]\ndp = {}\ntp = {}\npp = {}\nzero = {}\nrecompute = \"{recompute}\"\nsp = {}\n",
+        l.dp, l.tp, l.pp, l.zero, l.sp
+    ));
+    Ok(head + &out)
 }
 
 /// GPT-3's 3.2M-token batch, rounded down to a multiple of 64 sequences.
