@@ -223,8 +223,7 @@ fn restrict_to_runnable(spec: &mut LayoutSpec) -> anyhow::Result<()> {
 fn emitted_config(job: &Job, e: &Estimate, args: &PlanArgs) -> anyhow::Result<String> {
     use planner::layout::Recompute;
     let l = &e.layout;
-    let mut raw = config::RunConfig::default();
-    raw.model = config::presets::model_config(&job.model, true);
+    let mut raw = config::RunConfig { model: config::presets::model_config(&job.model, true), ..Default::default() };
     raw.model.block_size = job.seq as usize;
     raw.train.batch_size = l.mb as usize;
     raw.train.grad_accum = e.micro_batches as usize;
