@@ -206,6 +206,17 @@ fn tensor_parallel_runs_reshard_and_match_the_single_rank_run() {
         (diff, norm) = (diff + d, norm + n);
     }
     assert!((diff / norm).sqrt() <= 1e-5, "whole model: relative difference {}", (diff / norm).sqrt());
+    // The end-of-run sample of a tp run comes from the whole model: the same text as
+    // `generate` from its checkpoint.
+    let z = t.path().join("z");
+    let mut args = base(&data, 4);
+    let n = args.iter().position(|a| a == "--sample-tokens").unwrap();
+    args[n + 1] = "30".into();
+    let out = ok(bin().args(args).args(four_heads).args(["--set", "parallel.tp=2", "--out"]).arg(&z));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let sample = text.split("---\n").nth(1).expect("a sample section").to_string();
+    let out = ok(bin().args(["generate", "--tokens", "30", "--prompt", "\n", "--seed", "1", "--temperature", "0.8", "--top-k", "40", "--checkpoint"]).arg(&z));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), format!("\n{}", sample.trim_end()).trim_end(), "{text}");
     // A degree that does not divide the heads fails before training, naming it.
     let out = bin().args(base(&data, 2)).args(["--set", "parallel.tp=3", "--out"]).arg(t.path().join("bad")).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);

@@ -537,12 +537,24 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
     bar.pb.finish_and_clear();
     // A stopped run leaves at once (a preempted job has seconds): no sample.
     let stopped = trainer.stopped_at;
-    let params = if plan.sample_tokens > 0 && stopped.is_none() { Some(trainer.full_params()?) } else { None };
+    let want_sample = plan.sample_tokens > 0 && stopped.is_none();
+    // Tensor-parallel ranks hold parts of the model: the root samples from the whole
+    // model as the final checkpoint (written by every rank above) holds it.
+    let params = if want_sample && trainer.rank.tp == 1 { Some(trainer.full_params()?) } else { None };
     let memory = trainer.memory();
-    let sample = match (root, params) {
-        (true, Some(p)) => {
+    let sample = match (root && want_sample, params) {
+        (true, p) => {
             let meta = trainer.data.as_ref().map(|d| d.meta.clone()).context("training data is open")?;
-            Some((model::Gpt::new(trainer.gpt.spec.clone()), p, meta))
+            let gpt = model::Gpt::new(trainer.global.clone());
+            let p = match p {
+                Some(p) => p,
+                None => {
+                    let mut whole = gpt.zeros();
+                    engine::load_model(&gpt, &engine::open_checkpoint(&plan.run_dir)?, &mut whole)?;
+                    whole
+                }
+            };
+            Some((gpt, p, meta))
         }
         _ => None,
     };
