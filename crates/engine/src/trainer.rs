@@ -356,6 +356,20 @@ impl Trainer {
     /// Replaces the parameters by `whole` (every bucket whole, layout order), e.g. the
     /// weights of a Hugging Face model; each rank keeps what it holds.
     pub fn load_params(&mut self, whole: &[Vec<f32>]) -> Result<()> {
+        let parts;
+        let whole = if self.rank.tp > 1 {
+            // The whole model's buckets: keep this tensor-parallel rank's parts.
+            let full = model::Layout::new(&self.global);
+            if whole.len() != full.buckets.len() || whole.iter().zip(&full.buckets).any(|(v, b)| v.len() != b.numel) {
+                return Err(EngineError::Invalid("the parameters given are not the whole model's buckets".into()));
+            }
+            let mut p = self.gpt.zeros();
+            full.tp_extract(whole, &self.gpt.layout, &mut p, self.rank.tp, self.rank.tp_rank);
+            parts = p;
+            &parts[..]
+        } else {
+            whole
+        };
         if whole.len() != self.params.len() {
             return Err(EngineError::Invalid(format!("{} parameter buckets given, the model has {}", whole.len(), self.params.len())));
         }

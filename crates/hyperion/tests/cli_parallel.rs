@@ -222,3 +222,25 @@ fn tensor_parallel_runs_reshard_and_match_the_single_rank_run() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("parallel.tp = 3 must divide"), "{e}");
 }
+
+/// `--init-from` a Hugging Face folder under tensor parallelism: each rank keeps its
+/// parts of the whole model's weights; the run equals the same fine-tuning on one rank.
+#[test]
+fn init_from_a_hugging_face_folder_under_tensor_parallelism() {
+    let (t, data) = setup();
+    let four_heads = ["--set", "model.n_head=4"];
+    let x = t.path().join("x");
+    ok(bin().args(base(&data, 3)).args(four_heads).arg("--out").arg(&x));
+    let hf = t.path().join("hf");
+    ok(bin().args(["export", "--checkpoint"]).arg(&x).arg("--out").arg(&hf));
+    let run = |tp: &str, out: &Path| {
+        let o = ok(bin().args(base(&data, 3)).arg("--init-from").arg(&hf).args(["--set", &format!("parallel.tp={tp}"), "--set", "train.log_interval=1", "--out"]).arg(out));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("initialising from"), "no initialisation from the folder");
+        losses(out)
+    };
+    let (a, b) = (run("1", &t.path().join("one")), run("2", &t.path().join("two")));
+    assert_eq!(a.len(), 3);
+    for (p, q) in a.iter().zip(&b) {
+        assert!(((p - q) / p).abs() < 1e-5, "tp 2 {q} vs 1 rank {p}");
+    }
+}
