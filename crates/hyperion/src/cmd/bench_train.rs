@@ -77,10 +77,12 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         cfg = cfg.with_vocab_size(DEFAULT_CHAR_VOCAB)?;
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let runs = comm::run_local(a.workers, Duration::from_secs(600), |c| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads((cores / a.workers).max(1)).build()?;
+    // With parallel.tp = T, each of the `workers` data-parallel ranks is T rank threads.
+    let (ranks, tp) = (cfg.world_size(), cfg.raw.parallel.tp);
+    let runs = comm::run_local(ranks, Duration::from_secs(600), |c| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads((cores / ranks).max(1)).build()?;
         pool.install(|| -> Result<(Samples, Trainer)> {
-            let mut t = Trainer::synthetic(cfg.clone(), Rank::new(&c)?)?;
+            let mut t = Trainer::synthetic(cfg.clone(), Rank::with_tp(&c, tp)?)?;
             let mut scratch = StepTimes::default();
             for _ in 0..a.warmup {
                 t.train_step(&mut scratch)?;
