@@ -50,6 +50,20 @@ pub struct TpPart {
     pub vocab: std::ops::Range<usize>,
 }
 
+/// A block's widths: hidden, MLP, query, packed q|k|v, MLP input projection (f or
+/// gate|up 2f), heads, key/value heads, head width, norm epsilon.
+struct BlockDims {
+    c: usize,
+    f: usize,
+    q: usize,
+    qkv: usize,
+    up: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    eps: f32,
+}
+
 /// What [`Driver::tp_reduce`] combines across the tensor-parallel group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TpReduce {
@@ -135,6 +149,13 @@ impl<B: Backend> Model<B> {
         let mut m = Model::with_backend(be, global.tp_local(size, rank)?);
         m.tp = TpPart { size, rank, vocab: global.vocab_part(size, rank) };
         Ok(m)
+    }
+
+    /// One block's widths (this rank's, under tensor parallelism).
+    fn block_dims(&self) -> BlockDims {
+        let m = &self.spec;
+        let (q, kv, f) = (m.q_width(), m.kv_width(), m.ffn);
+        BlockDims { c: m.hidden, f, q, qkv: q + 2 * kv, up: f * (m.mlp_matrices() - 1), nh: m.heads, nkv: m.kv_heads, hd: m.head_dim, eps: m.norm_eps as f32 }
     }
 
     /// Sums or maxes `x` over the tensor-parallel group (nothing on a whole model).
@@ -334,10 +355,9 @@ impl<B: Backend> Model<B> {
         t: usize,
     ) -> Result<(), D::Error> {
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
-        let (n, c, f, eps) = (b * t, m.hidden, m.ffn, m.norm_eps as f32);
+        let BlockDims { c, f, q, qkv, up, nh, nkv, hd, eps } = self.block_dims();
+        let n = b * t;
         let ns = n / self.tp.size;
-        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
-        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
         let p = BlockView::new(params, &self.layout.block);
         let bias_here = self.tp.rank == 0;
         be.norm_forward(m.norm, eps, &mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, input, p.ln1_w, p.ln1_b, ns, c);
@@ -373,9 +393,8 @@ impl<B: Backend> Model<B> {
         t: usize,
     ) -> Result<(), D::Error> {
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
-        let (n, c, f, eps) = (b * t, m.hidden, m.ffn, m.norm_eps as f32);
-        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
-        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
+        let BlockDims { c, f, q, qkv, up, nh, nkv, hd, eps } = self.block_dims();
+        let n = b * t;
         let p = BlockView::new(params, &self.layout.block);
         // Row-parallel layers add their (replicated) bias once, on tensor-parallel rank 0.
         let bias_here = self.tp.rank == 0;
@@ -409,9 +428,8 @@ impl<B: Backend> Model<B> {
         }
         let slot = if acts.recompute { 0 } else { l };
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
-        let (n, c, f) = (acts.b * acts.t, m.hidden, m.ffn);
-        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
-        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
+        let BlockDims { c, f, q, qkv, up, nh, nkv, hd, .. } = self.block_dims();
+        let n = acts.b * acts.t;
         let p = BlockView::new(params, &self.layout.block);
         let g = BlockViewMut::new(grads, &self.layout.block);
         let a = &acts.blocks[slot];
@@ -449,10 +467,9 @@ impl<B: Backend> Model<B> {
     fn block_bwd_sp<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
         let slot = if acts.recompute { 0 } else { l };
         let (m, be, wl) = (&self.spec, &self.be, self.layout.weights);
-        let (n, c, f) = (acts.b * acts.t, m.hidden, m.ffn);
+        let BlockDims { c, f, q, qkv, up, nh, nkv, hd, .. } = self.block_dims();
+        let n = acts.b * acts.t;
         let ns = n / self.tp.size;
-        let (q, qkv, up) = (m.q_width(), m.q_width() + 2 * m.kv_width(), f * (m.mlp_matrices() - 1));
-        let (nh, nkv, hd) = (m.heads, m.kv_heads, m.head_dim);
         let p = BlockView::new(params, &self.layout.block);
         let g = BlockViewMut::new(grads, &self.layout.block);
         let a = &acts.blocks[slot];
