@@ -54,7 +54,7 @@ impl Trainer {
             let cut = |buf: &'a Vec<f32>, base: usize| keep(&buf[range.start - base..range.end - base]);
             parts.push(Part { params: cut(&self.params[b], pb), exp_avg: cut(&self.exp_avg[b], mb), exp_avg_sq: cut(&self.exp_avg_sq[b], mb), range });
         }
-        let tp = (self.rank.tp > 1).then(|| TpWrite { whole: std::sync::Arc::new(model::Layout::new(&self.global)), tp: self.rank.tp, rank: self.rank.tp_rank });
+        let tp = self.tp_parts();
         Snapshot {
             step: self.step,
             run_dir: self.run_dir().to_path_buf(),
@@ -93,21 +93,24 @@ impl Trainer {
     /// whatever layout (dp, ZeRO stage) wrote it: each rank reads the ranges it holds.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         let zero = self.cfg.raw.parallel.zero;
+        let tp = self.tp_parts();
         for b in 0..self.params.len() {
             let (pb, mb) = self.bases(b);
             let numel = self.shards[b].numel;
             let spec = &self.gpt.layout.buckets[b];
             let prange = if zero == 3 { self.my_range(b) } else { 0..numel };
             let mrange = if zero == 0 { 0..numel } else { self.my_range(b) };
-            if self.rank.tp == 1 {
-                read_pieces(ck, spec, "", prange, &mut self.params[b], pb)?;
-                read_pieces(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
-                read_pieces(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
-            } else {
-                let tpw = TpWrite { whole: std::sync::Arc::new(model::Layout::new(&self.global)), tp: self.rank.tp, rank: self.rank.tp_rank };
-                tpw.read(ck, spec, "", prange, &mut self.params[b], pb)?;
-                tpw.read(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
-                tpw.read(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
+            match &tp {
+                None => {
+                    read_pieces(ck, spec, "", prange, &mut self.params[b], pb)?;
+                    read_pieces(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
+                    read_pieces(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
+                }
+                Some(tp) => {
+                    tp.read(ck, spec, "", prange, &mut self.params[b], pb)?;
+                    tp.read(ck, spec, "optim.exp_avg.", mrange.clone(), &mut self.exp_avg[b], mb)?;
+                    tp.read(ck, spec, "optim.exp_avg_sq.", mrange, &mut self.exp_avg_sq[b], mb)?;
+                }
             }
         }
         self.step = meta_u64(ck, "step")?;
@@ -134,7 +137,7 @@ pub(crate) struct Snapshot<'a> {
     ranks: usize,
     gpt: std::sync::Arc<Gpt>,
     /// Tensor parallelism: how this rank's parts sit in the whole tensors.
-    tp: Option<TpWrite>,
+    tp: Option<TpParts>,
     parts: Vec<Part<'a>>,
     /// Rank 0 only.
     meta: Option<serde_json::Value>,
@@ -229,7 +232,7 @@ impl Snapshot<'_> {
     /// A tensor-parallel rank's files: its range of each split tensor as N-d slices of
     /// the whole tensor; replicated tensors (norms, row-parallel biases, positions) from
     /// tp rank 0 only, as flat ranges.
-    fn write_tp_files(&self, tp: &TpWrite, pending: &checkpoint::Pending, on_file: &mut dyn FnMut(&Path)) -> Result<Vec<FileRecord>> {
+    fn write_tp_files(&self, tp: &TpParts, pending: &checkpoint::Pending, on_file: &mut dyn FnMut(&Path)) -> Result<Vec<FileRecord>> {
         let mut model = Vec::new();
         let mut optim = Vec::new();
         for (spec, part) in self.gpt.layout.buckets.iter().zip(&self.parts) {
@@ -248,10 +251,17 @@ impl Snapshot<'_> {
 }
 
 /// Where a tensor-parallel rank's parts sit in the whole model's tensors.
-pub(crate) struct TpWrite {
-    whole: std::sync::Arc<model::Layout>,
+pub(crate) struct TpParts {
+    whole: model::Layout,
     tp: usize,
     rank: usize,
+}
+
+impl Trainer {
+    /// This rank's place in the whole model's tensors, under tensor parallelism.
+    pub(crate) fn tp_parts(&self) -> Option<TpParts> {
+        (self.rank.tp > 1).then(|| TpParts { whole: model::Layout::new(&self.global), tp: self.rank.tp, rank: self.rank.tp_rank })
+    }
 }
 
 /// One piece a tensor-parallel rank writes (owned: its data is gathered from the part).
@@ -273,7 +283,17 @@ impl Cut {
     }
 }
 
-impl TpWrite {
+impl TpParts {
+    /// This rank's parts of the whole model's buckets `whole`, as buckets of `part`.
+    pub(crate) fn extract(&self, whole: &[Vec<f32>], part: &model::Layout) -> Result<Vec<Vec<f32>>> {
+        if whole.len() != self.whole.buckets.len() || whole.iter().zip(&self.whole.buckets).any(|(v, b)| v.len() != b.numel) {
+            return Err(EngineError::Invalid("the parameters given are not the whole model's buckets".into()));
+        }
+        let mut out: Vec<Vec<f32>> = part.buckets.iter().map(|b| vec![0.0; b.numel]).collect();
+        self.whole.tp_extract(whole, part, &mut out, self.tp, self.rank);
+        Ok(out)
+    }
+
     /// The whole tensor of part tensor `t`.
     fn whole_of(&self, t: &model::TensorSpec) -> &model::TensorSpec {
         self.whole.find(&t.name).map(|(_, w)| w).expect("a part's tensor is in the whole model")

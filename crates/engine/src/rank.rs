@@ -95,7 +95,7 @@ impl Rank {
 }
 
 /// Sum of one f64 per rank of `comm`, added in rank order (the same bits on every rank).
-fn sum_f64(comm: &dyn Communicator, x: f64) -> Result<f64> {
+pub(crate) fn sum_f64(comm: &dyn Communicator, x: f64) -> Result<f64> {
     if comm.size() == 1 {
         return Ok(x);
     }

@@ -122,21 +122,22 @@ impl Trainer {
 
     /// A fresh trainer for one rank of a data-parallel group.
     pub fn with_rank(cfg: ResolvedConfig, data: Dataset, run_dir: &Path, rank: Rank) -> Result<Trainer> {
-        let cfg = cfg.with_vocab_size(data.meta.vocab_size)?;
-        data.check_block(cfg.raw.model.block_size)?;
-        // A token id beyond the vocabulary would panic hours later inside the embedding.
-        data.verify_tokens()?;
-        Self::build(cfg, Some(data), run_dir, rank, true)
+        Self::with_data(cfg, data, run_dir, rank, true)
     }
 
     /// Like [`Trainer::with_rank`], with the parameters left zero instead of
     /// initialised: for a trainer that [`Trainer::restore`] or [`Trainer::load_params`]
     /// fills next (the initialisation is most of a large model's start-up).
     pub fn with_rank_uninit(cfg: ResolvedConfig, data: Dataset, run_dir: &Path, rank: Rank) -> Result<Trainer> {
+        Self::with_data(cfg, data, run_dir, rank, false)
+    }
+
+    fn with_data(cfg: ResolvedConfig, data: Dataset, run_dir: &Path, rank: Rank, init: bool) -> Result<Trainer> {
         let cfg = cfg.with_vocab_size(data.meta.vocab_size)?;
         data.check_block(cfg.raw.model.block_size)?;
+        // A token id beyond the vocabulary would panic hours later inside the embedding.
         data.verify_tokens()?;
-        Self::build(cfg, Some(data), run_dir, rank, false)
+        Self::build(cfg, Some(data), run_dir, rank, init)
     }
 
     /// A trainer on uniformly random tokens (no data files, no evaluation),
@@ -357,18 +358,13 @@ impl Trainer {
     /// weights of a Hugging Face model; each rank keeps what it holds.
     pub fn load_params(&mut self, whole: &[Vec<f32>]) -> Result<()> {
         let parts;
-        let whole = if self.rank.tp > 1 {
+        let whole = match self.tp_parts() {
             // The whole model's buckets: keep this tensor-parallel rank's parts.
-            let full = model::Layout::new(&self.global);
-            if whole.len() != full.buckets.len() || whole.iter().zip(&full.buckets).any(|(v, b)| v.len() != b.numel) {
-                return Err(EngineError::Invalid("the parameters given are not the whole model's buckets".into()));
+            Some(tp) => {
+                parts = tp.extract(whole, &self.gpt.layout)?;
+                &parts[..]
             }
-            let mut p = self.gpt.zeros();
-            full.tp_extract(whole, &self.gpt.layout, &mut p, self.rank.tp, self.rank.tp_rank);
-            parts = p;
-            &parts[..]
-        } else {
-            whole
+            None => whole,
         };
         if whole.len() != self.params.len() {
             return Err(EngineError::Invalid(format!("{} parameter buckets given, the model has {}", whole.len(), self.params.len())));
@@ -547,16 +543,8 @@ impl Trainer {
     fn stop_agreed(&self) -> Result<bool> {
         let Some(flag) = self.stop else { return Ok(false) };
         let mine = flag.load(Ordering::SeqCst);
-        if self.rank.world.size() == 1 {
-            return Ok(mine);
-        }
-        if self.rank.tp == 1 {
-            return Ok(self.rank.sum_f64(f64::from(u8::from(mine)))? > 0.0);
-        }
         // Every rank of the job votes (tensor-parallel peers are in other dp groups).
-        let mut v = [f32::from(u8::from(mine))];
-        self.rank.world.all_reduce((&mut v[..]).into(), comm::ReduceOp::Max)?;
-        Ok(v[0] > 0.0)
+        Ok(crate::rank::sum_f64(self.rank.world.as_ref(), f64::from(u8::from(mine)))? > 0.0)
     }
 }
 
