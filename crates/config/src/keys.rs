@@ -100,6 +100,8 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("parallel.zero", Kind::UInt { max: 3 }),
     ("parallel.recompute", Kind::Enum(&["none", "full"])),
     ("parallel.sp", Kind::Bool),
+    ("parallel.schedule", Kind::Enum(&["1f1b", "interleaved"])),
+    ("parallel.virtual_stages", U),
     ("checkpoint.interval", U),
     ("checkpoint.keep_last", U),
     ("checkpoint.async", Kind::Bool),

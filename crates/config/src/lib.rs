@@ -48,5 +48,5 @@ pub use error::ConfigError;
 pub use resolve::{resolve, resolve_saved, Notes, ResolvedConfig};
 pub use schema::{
     Arch, CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, ParallelConfig,
-    Recompute, RunConfig, TokenizerKind, TrainConfig, SplitMode, OnError, SourceConfig,
+    Recompute, PipeSchedule, RunConfig, TokenizerKind, TrainConfig, SplitMode, OnError, SourceConfig,
 };

@@ -273,6 +273,19 @@ pub enum Recompute {
     Full,
 }
 
+/// The pipeline schedule (with `parallel.pp > 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PipeSchedule {
+    /// One forward, one backward (PipeDream-Flush, Narayanan et al. 2021): a stage keeps
+    /// at most `pp - stage` micro-batches' activations.
+    #[serde(rename = "1f1b")]
+    OneFOneB,
+    /// Interleaved 1F1B (Narayanan et al. 2021): each rank holds `virtual_stages` chunks
+    /// of layers, so the bubble shrinks by that factor.
+    #[serde(rename = "interleaved")]
+    Interleaved,
+}
+
 /// `[parallel]`: the layout. Degrees multiply to the world size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +300,10 @@ pub struct ParallelConfig {
     /// Sequence parallelism with tensor parallelism (Korthikanti et al. 2022): norms and
     /// residual adds on 1/tp of the rows each; no effect when tp = 1.
     pub sp: bool,
+    /// Pipeline schedule; a step carries `train.grad_accum` micro-batches.
+    pub schedule: PipeSchedule,
+    /// Chunks of layers per pipeline rank (interleaved schedule; 1 otherwise).
+    pub virtual_stages: usize,
 }
 
 impl Default for ParallelConfig {
@@ -298,6 +315,8 @@ impl Default for ParallelConfig {
             zero: 0,
             recompute: Recompute::None,
             sp: false,
+            schedule: PipeSchedule::OneFOneB,
+            virtual_stages: 1,
         }
     }
 }

@@ -116,14 +116,36 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
     positive("parallel.dp", p.dp as u64)?;
     positive("parallel.tp", p.tp as u64)?;
     positive("parallel.pp", p.pp as u64)?;
-    if p.pp != 1 {
-        return Err(invalid(
-            "parallel.pp",
-            format!(
-                "pipeline parallelism (pp = {}) is not supported yet; use 1",
-                p.pp
-            ),
-        ));
+    positive("parallel.virtual_stages", p.virtual_stages as u64)?;
+    match p.schedule {
+        crate::PipeSchedule::OneFOneB if p.virtual_stages > 1 => {
+            return Err(invalid(
+                "parallel.virtual_stages",
+                format!(
+                    "{} chunks per pipeline rank need parallel.schedule = \"interleaved\" (the schedule is \"1f1b\")",
+                    p.virtual_stages
+                ),
+            ));
+        }
+        crate::PipeSchedule::Interleaved if p.virtual_stages < 2 || p.pp < 2 => {
+            return Err(invalid(
+                "parallel.schedule",
+                format!(
+                    "\"interleaved\" needs parallel.pp >= 2 and parallel.virtual_stages >= 2 (found pp = {}, virtual_stages = {})",
+                    p.pp, p.virtual_stages
+                ),
+            ));
+        }
+        crate::PipeSchedule::Interleaved if !t.grad_accum.is_multiple_of(p.pp) => {
+            return Err(invalid(
+                "train.grad_accum",
+                format!(
+                    "the interleaved schedule runs micro-batches in groups of parallel.pp = {}: the {} micro-batches of a step (train.grad_accum) must be a multiple of it",
+                    p.pp, t.grad_accum
+                ),
+            ));
+        }
+        _ => {}
     }
     if p.zero > 3 {
         return Err(invalid(

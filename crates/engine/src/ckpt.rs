@@ -49,7 +49,8 @@ impl Trainer {
     pub(crate) fn snapshot<'a>(&'a self, keep: impl Fn(&'a [f32]) -> Cow<'a, [f32]>) -> Snapshot<'a> {
         let mut parts = Vec::with_capacity(self.params.len());
         for b in 0..self.params.len() {
-            let range = self.my_range(b);
+            // A pipeline's last stage does not write its copy of a tied embedding.
+            let range = if self.writes_bucket(b) { self.my_range(b) } else { 0..0 };
             let (pb, mb) = self.bases(b);
             let cut = |buf: &'a Vec<f32>, base: usize| keep(&buf[range.start - base..range.end - base]);
             parts.push(Part { params: cut(&self.params[b], pb), exp_avg: cut(&self.exp_avg[b], mb), exp_avg_sq: cut(&self.exp_avg_sq[b], mb), range });
@@ -81,7 +82,7 @@ impl Trainer {
             "model": model::GptConfig::from(&self.global),
             // The whole spec (family, GQA, norms, positions): what an export needs.
             "model_spec": self.global,
-            "layout": { "dp": self.rank.dp, "tp": self.rank.tp, "zero": self.cfg.raw.parallel.zero },
+            "layout": { "dp": self.rank.dp, "tp": self.rank.tp, "pp": self.rank.pp, "virtual_stages": self.cfg.raw.parallel.virtual_stages, "zero": self.cfg.raw.parallel.zero },
             // The tokenizer travels with the model, so sampling needs no data folder.
             "data": self.data.as_ref().map(|d| serde_json::to_value(&d.meta).expect("meta serialises")),
             // A Hugging Face tokenizer travels whole (its sha256 is in "data").

@@ -17,6 +17,7 @@ mod ckpt;
 mod error;
 pub mod metrics;
 pub mod optim;
+pub mod pipe;
 pub mod rank;
 pub mod shard;
 mod step;

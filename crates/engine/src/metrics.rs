@@ -193,7 +193,8 @@ impl MemoryReport {
             params: bytes(&t.params),
             grads: bytes(&t.grads) + bytes(&t.gshard),
             optimizer: bytes(&t.exp_avg) + bytes(&t.exp_avg_sq),
-            activations: t.acts.bytes(),
+            // A pipeline stage's saved activations of the micro-batches in flight.
+            activations: t.acts.bytes() + t.pipe.as_ref().map_or(0, |p| p.bytes()),
             buffers: t.pool.bytes(),
             expected_model_state: state,
             expected_total: state + model::Activations::expected_bytes_sp(&t.gpt.spec, b, tt, t.acts.recompute, t.acts.sp) as f64,

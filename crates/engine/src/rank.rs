@@ -33,6 +33,29 @@ pub struct Rank {
     pub world: Arc<dyn Communicator>,
     /// This rank's last collectives on both communicators (see `comm::flight`).
     pub flight: comm::flight::Recorder,
+    /// Pipeline stage and the number of stages (1: no pipeline parallelism).
+    pub pp_rank: usize,
+    pub pp: usize,
+    /// The pipeline group and its point-to-point links (`None` when `pp == 1`).
+    pub pipe: Option<PipeLinks>,
+}
+
+/// A pipeline rank's communicators. Each link joins two neighbouring stages in one
+/// direction (rank 0 of the link sends, rank 1 receives), so a rank's sends (on a
+/// background thread) and receives (on its own thread) never share a communicator.
+pub struct PipeLinks {
+    /// The ranks of this pipeline (same tp and dp index): losses and norms are summed here.
+    pub group: Arc<dyn Communicator>,
+    /// Activations to the next stage and from the previous one.
+    pub act_out: Option<AsyncComm>,
+    pub act_in: Option<Arc<dyn Communicator>>,
+    /// Gradients to the previous stage and from the next one.
+    pub grad_out: Option<AsyncComm>,
+    pub grad_in: Option<Arc<dyn Communicator>>,
+    /// The first and last stage (the tied embedding's two copies), if this rank is one.
+    pub ends: Option<Arc<dyn Communicator>>,
+    /// Whether the last stage links back to the first (interleaved schedule).
+    wrap: bool,
 }
 
 impl Rank {
@@ -46,20 +69,44 @@ impl Rank {
     /// tensor-parallel groups of `tp` neighbouring ranks. Every communicator records
     /// its collectives in the rank's flight recorder.
     pub fn with_tp(world: &dyn Communicator, tp: usize) -> Result<Rank> {
+        Rank::with_mesh(world, tp, 1, false)
+    }
+
+    /// Splits `world` into the mesh `tp x dp x pp` (tp fastest, then dp, then pp:
+    /// [`comm::Mesh`]'s order): tensor-parallel groups of `tp` neighbouring ranks,
+    /// data-parallel groups of the ranks with the same tp index and stage, pipelines of
+    /// the ranks with the same tp and dp index. `wrap` links the last stage back to the
+    /// first (the interleaved schedule's chunk boundaries). Every communicator records
+    /// its collectives in the rank's flight recorder.
+    pub fn with_mesh(world: &dyn Communicator, tp: usize, pp: usize, wrap: bool) -> Result<Rank> {
         let n = world.size();
-        if tp == 0 || !n.is_multiple_of(tp) {
-            return Err(EngineError::Invalid(format!("parallel.tp = {tp} must divide the {n} ranks started")));
+        if tp == 0 || pp == 0 || !n.is_multiple_of(tp * pp) {
+            return Err(EngineError::Invalid(format!(
+                "parallel.tp x parallel.pp = {tp} x {pp} = {} must divide the {n} ranks started",
+                tp * pp
+            )));
         }
+        let dp = n / (tp * pp);
         let flight = comm::flight::Recorder::new(world.rank(), comm::flight::DEFAULT_CAPACITY);
         let record = |c: Box<dyn Communicator>| -> Arc<dyn Communicator> { Arc::new(comm::flight::Recorded::new(c, flight.clone())) };
-        let (tp_rank, dp_rank) = (world.rank() % tp, world.rank() / tp);
-        let comm = record(world.split(tp_rank, dp_rank, "dp")?);
-        let tp_comm = if tp > 1 { Some(record(world.split(dp_rank, tp_rank, "tp")?)) } else { None };
-        let whole = if tp > 1 { record(world.split(0, world.rank(), "world")?) } else { Arc::clone(&comm) };
+        let r = world.rank();
+        let (tp_rank, dp_rank, pp_rank) = (r % tp, (r / tp) % dp, r / (tp * dp));
+        let comm = record(world.split(tp_rank + tp * pp_rank, dp_rank, "dp")?);
+        let tp_comm = if tp > 1 { Some(record(world.split(dp_rank + dp * pp_rank, tp_rank, "tp")?)) } else { None };
+        let whole = if tp * pp > 1 { record(world.split(0, r, "world")?) } else { Arc::clone(&comm) };
+        let pipe = if pp > 1 { Some(PipeLinks::new(record(world.split(tp_rank + tp * dp_rank, pp_rank, "pp")?), &record, wrap)?) } else { None };
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
         // The background checkpoint writer commits over every rank of the job.
         let ckpt = Arc::from(whole.split(0, whole.rank(), "dp.ckpt")?);
-        Ok(Rank { rank: comm.rank(), dp: comm.size(), tp_rank, tp, tp_comm, world: whole, comm, stream, ckpt, flight })
+        Ok(Rank { rank: comm.rank(), dp: comm.size(), tp_rank, tp, tp_comm, world: whole, comm, stream, ckpt, flight, pp_rank, pp, pipe })
+    }
+
+    /// Sum of one f64 per stage of this rank's pipeline, in stage order.
+    pub fn sum_f64_pp(&self, x: f64) -> Result<f64> {
+        match &self.pipe {
+            None => Ok(x),
+            Some(p) => sum_f64(p.group.as_ref(), x),
+        }
     }
 
     /// This rank's place in the whole job.
@@ -91,6 +138,40 @@ impl Rank {
     /// Every rank's byte string, in rank order.
     pub fn gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         gather_bytes(self.comm.as_ref(), self.dp, mine)
+    }
+}
+
+impl PipeLinks {
+    pub fn wraps(&self) -> bool {
+        self.wrap
+    }
+
+    fn new(group: Arc<dyn Communicator>, record: &dyn Fn(Box<dyn Communicator>) -> Arc<dyn Communicator>, wrap: bool) -> Result<PipeLinks> {
+        let (p, pp) = (group.rank(), group.size());
+        let mut links = PipeLinks { act_out: None, act_in: None, grad_out: None, grad_in: None, ends: None, group: Arc::clone(&group), wrap };
+        // Boundary s joins stage s and stage s + 1 (mod pp with `wrap`). Every rank takes
+        // part in every split (a collective); the ranks outside a boundary drop theirs.
+        let boundaries = if wrap { pp } else { pp - 1 };
+        for s in 0..boundaries {
+            let (lo, hi) = (s, (s + 1) % pp);
+            let member = p == lo || p == hi;
+            // Activations flow lo -> hi (lo is the link's rank 0), gradients hi -> lo.
+            let act = group.split(usize::from(!member), usize::from(p != lo), &format!("pp.act[{lo}->{hi}]"))?;
+            let grad = group.split(usize::from(!member), usize::from(p != hi), &format!("pp.grad[{hi}->{lo}]"))?;
+            if p == lo {
+                links.act_out = Some(AsyncComm::new(record(act)));
+                links.grad_in = Some(record(grad));
+            } else if p == hi {
+                links.act_in = Some(record(act));
+                links.grad_out = Some(AsyncComm::new(record(grad)));
+            }
+        }
+        let end = p == 0 || p + 1 == pp;
+        let ends = group.split(usize::from(!end), p, "pp.ends")?;
+        if end {
+            links.ends = Some(record(ends));
+        }
+        Ok(links)
     }
 }
 

@@ -46,6 +46,13 @@ fn f32s(b: OwnedBuf) -> Vec<f32> {
     }
 }
 
+impl Prefetch {
+    /// Stage 3's stream over buckets used in `order`.
+    pub(crate) fn new(order: Vec<usize>) -> Prefetch {
+        Prefetch { order, pos: 0, pending: None }
+    }
+}
+
 impl Trainer {
     fn stage(&self) -> u8 {
         self.cfg.raw.parallel.zero
@@ -54,7 +61,7 @@ impl Trainer {
     /// Bucket use order of one forward (+ backward) pass, for stage 3's prefetch
     /// (the model's stage loop acquires buckets in exactly this order).
     pub(crate) fn prefetch_plan(&self, backward: bool) -> Prefetch {
-        Prefetch { order: self.gpt.use_order(backward), pos: 0, pending: None }
+        Prefetch::new(self.gpt.use_order(backward))
     }
 
     /// Runs one pass of the model's stage loop with this trainer as its [`Driver`]:
@@ -133,7 +140,9 @@ impl Trainer {
     /// so gradient memory stays a few buckets rather than a whole model.
     fn grad_done(&mut self, b: usize, g: Vec<f32>, first_micro: bool, last_micro: bool, pending: &mut Vec<Reduction>) -> Result<()> {
         let stage = self.stage();
-        if self.rank.dp == 1 && stage < 2 {
+        // One rank at stage 0 keeps its gradient where it is (stage 1 still moves it
+        // into the shard the optimizer reads, a copy over a group of one).
+        if self.rank.dp == 1 && stage == 0 {
             self.grads[b] = g;
             return Ok(());
         }
@@ -161,7 +170,7 @@ impl Trainer {
     }
 
     /// Waits for reductions and puts their buffers where the optimizer expects them.
-    fn finish(&mut self, pending: Vec<Reduction>, first_micro: bool) -> Result<()> {
+    pub(crate) fn finish(&mut self, pending: Vec<Reduction>, first_micro: bool) -> Result<()> {
         for r in pending {
             match r {
                 Reduction::AllReduce { bucket, h } => self.grads[bucket] = f32s(h.wait()??),
@@ -209,6 +218,9 @@ impl Trainer {
     /// every parameter of the whole model once: a tensor replicated across the
     /// tensor-parallel group (norms, row-parallel biases, positions) only on tp rank 0.
     fn sum_squares_once(&self, b: usize, buf: &[f32], base: usize) -> f64 {
+        if !self.counts_in_norm(b) {
+            return 0.0;
+        }
         if self.rank.tp == 1 {
             return kernels::sum_squares(buf);
         }
@@ -233,10 +245,10 @@ impl Trainer {
         let norm = if stage == 0 {
             // All-reduced gradients are the same on every rank of a dp group.
             let local: f64 = (0..nb).map(|b| self.sum_squares_once(b, &self.grads[b][..self.shards[b].numel], 0)).sum();
-            self.rank.sum_f64_tp(local)?.sqrt()
+            self.rank.sum_f64_pp(self.rank.sum_f64_tp(local)?)?.sqrt()
         } else {
             let local: f64 = (0..nb).map(|b| self.sum_squares_once(b, &self.gshard[b], self.shards[b].owned(r).start)).sum();
-            self.rank.sum_f64_tp(self.rank.sum_f64(local)?)?.sqrt()
+            self.rank.sum_f64_pp(self.rank.sum_f64_tp(self.rank.sum_f64(local)?)?)?.sqrt()
         };
         if !norm.is_finite() {
             // The numerics guard: no update from a gradient that overflowed (every rank
@@ -271,14 +283,16 @@ impl Trainer {
         let t1 = Instant::now();
         if stage == 1 || stage == 2 {
             let mut gathers = Vec::with_capacity(nb);
-            for b in 0..nb {
+            // Buckets of other pipeline stages are empty here.
+            let held: Vec<usize> = (0..nb).filter(|&b| self.shards[b].numel > 0).collect();
+            for &b in &held {
                 let owned = self.shards[b].owned(r);
                 let mut mine = self.pool.take(owned.len());
                 mine.copy_from_slice(&self.params[b][owned]);
                 let full = std::mem::take(&mut self.params[b]);
                 gathers.push(self.rank.stream.all_gather(OwnedBuf::F32(mine), OwnedBuf::F32(full)));
             }
-            for (b, h) in gathers.into_iter().enumerate() {
+            for (b, h) in held.into_iter().zip(gathers) {
                 let (mine, full) = h.wait()??;
                 self.params[b] = f32s(full);
                 self.pool.give(f32s(mine));

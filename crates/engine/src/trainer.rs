@@ -63,6 +63,9 @@ pub struct StepTimes {
     pub backward: f64,
     pub optimizer: f64,
     pub comm: f64,
+    /// Pipeline parallelism: the part of `comm` spent waiting for the neighbouring
+    /// stages' activations and gradients (the bubble, and exposed transfers).
+    pub pipe_wait: f64,
 }
 
 /// One rank's training state. With `parallel.dp = 1` this is the whole job; otherwise
@@ -112,6 +115,8 @@ pub struct Trainer {
     pub async_file_hook: Option<FileHook>,
     /// The background checkpoint write in flight (`checkpoint.async`), if any.
     writer: Option<std::thread::JoinHandle<Result<(PathBuf, u64)>>>,
+    /// Pipeline parallelism: this stage's chunks and the micro-batches in flight.
+    pub(crate) pipe: Option<crate::pipe::PipeState>,
 }
 
 impl Trainer {
@@ -157,14 +162,23 @@ impl Trainer {
         if par.tp != rank.tp {
             return Err(EngineError::Invalid(format!("parallel.tp = {} but the ranks were grouped by {}", par.tp, rank.tp)));
         }
+        if par.pp != rank.pp {
+            return Err(EngineError::Invalid(format!("parallel.pp = {} but the ranks were grouped into {} pipeline stages", par.pp, rank.pp)));
+        }
+        if rank.pipe.as_ref().is_some_and(|p| p.wraps() != (par.virtual_stages > 1)) {
+            return Err(EngineError::Invalid("the ranks' pipeline links do not match parallel.virtual_stages".into()));
+        }
         let global = model_spec(&cfg)?;
+        let chunks = crate::pipe::rank_chunks(&global, rank.pp, par.virtual_stages, rank.pp_rank)?;
         let gpt = std::sync::Arc::new(if rank.tp == 1 {
             Gpt::new(global.clone())
         } else {
             Gpt::tensor_parallel(model::Cpu, &global, rank.tp, rank.tp_rank).map_err(EngineError::Invalid)?
         });
         let (dp, r, zero) = (rank.dp, rank.rank, par.zero);
-        let shards = shards(&gpt.layout, dp);
+        // A pipeline stage holds its chunks' buckets; the others stay empty here.
+        let held = crate::pipe::held_buckets(&gpt, &chunks);
+        let shards: Vec<BucketShard> = shards(&gpt.layout, dp).into_iter().zip(&held).map(|(s, &h)| if h { s } else { BucketShard { numel: 0, shard: 0 } }).collect();
         let whole = |s: &BucketShard| vec![0.0f32; s.padded(dp)];
         let part = |s: &BucketShard| vec![0.0f32; s.shard];
         // The whole model is initialised, then each rank keeps what it holds: measured
@@ -222,7 +236,10 @@ impl Trainer {
                 b * t
             )));
         }
-        let (acts, m_acts) = crate::alloc::measure(|| Activations::sequence_parallel(&model::Cpu, &gpt.spec, b, t, recompute, sp));
+        let layers: Vec<_> = chunks.iter().map(|c| c.layers.clone()).collect();
+        let has_head = chunks.iter().any(|c| c.last);
+        let (mut acts, m_acts) = crate::alloc::measure(|| Activations::pipeline(&model::Cpu, &gpt.spec, b, t, recompute, sp, &layers, has_head));
+        let pipe = (rank.pp > 1).then(|| crate::pipe::PipeState::new(chunks, &mut acts, b * t * gpt.spec.hidden, sp, rank.tp, rank.tp_rank));
         let measured = match (m_params, m_grads, m_optim, m_acts) {
             (Some(params), Some(grads), Some(optimizer), Some(activations)) => {
                 Some(crate::metrics::Measured { params, grads, optimizer, activations, thread_peak: 0 })
@@ -258,6 +275,7 @@ impl Trainer {
             poison_steps: Vec::new(),
             async_file_hook: None,
             writer: None,
+            pipe,
             cfg,
         })
     }
@@ -275,7 +293,7 @@ impl Trainer {
         MemoryReport::measure(self)
     }
 
-    fn fill(&mut self, first: u64, val: bool) {
+    pub(crate) fn fill(&mut self, first: u64, val: bool) {
         let tc = &self.cfg.raw.train;
         let (b, t) = (tc.batch_size, self.cfg.raw.model.block_size);
         match (&self.data, val) {
@@ -285,13 +303,21 @@ impl Trainer {
         }
     }
 
+    /// Global sample index of this rank's first sequence in micro-batch `micro` of this
+    /// step: the window of a sample depends on (seed, index) alone, so resume is exact
+    /// and any dp x accumulation split of a global batch reads the same samples.
+    pub(crate) fn sample_index(&self, micro: usize) -> u64 {
+        let (b, dp, r) = (self.cfg.raw.train.batch_size, self.rank.dp, self.rank.rank);
+        self.step * self.cfg.global_batch as u64 + ((micro * dp + r) * b) as u64
+    }
+
     /// One optimizer step: `grad_accum` micro-batches on every rank, the ZeRO reduction,
     /// clipping, AdamW. Returns the mean training loss over the global batch and the
     /// pre-clip gradient norm.
     pub fn train_step(&mut self, times: &mut StepTimes) -> Result<(f64, f64)> {
         let tc = &self.cfg.raw.train;
         let (b, t, accum) = (tc.batch_size, self.cfg.raw.model.block_size, tc.grad_accum);
-        let (dp, r) = (self.rank.dp, self.rank.rank);
+        let dp = self.rank.dp;
         let global = self.cfg.global_batch as u64;
         for g in &mut self.grads {
             g.fill(0.0);
@@ -299,13 +325,15 @@ impl Trainer {
         // Mean over every token of the global batch; ranks' shares add up by SUM.
         let grad_scale = 1.0 / (b * t * accum * dp) as f32;
         let mut loss_sum = 0.0;
-        for micro in 0..accum {
-            // Global sample index of this rank's first sequence in this micro-batch: the
-            // window of a sample depends on (seed, index) alone, so resume is exact and
-            // any dp x accumulation split of a global batch reads the same samples.
-            let first = self.step * global + ((micro * dp + r) * b) as u64;
-            self.fill(first, false);
-            loss_sum += self.micro_step(grad_scale, micro == 0, micro + 1 == accum, times)?;
+        if self.pipe.is_some() {
+            // Only the last stage computes losses; the others add zero.
+            let mine = self.pipeline_step(grad_scale, times)?;
+            loss_sum = self.rank.sum_f64_pp(mine)?;
+        } else {
+            for micro in 0..accum {
+                self.fill(self.sample_index(micro), false);
+                loss_sum += self.micro_step(grad_scale, micro == 0, micro + 1 == accum, times)?;
+            }
         }
         let loss = self.rank.sum_f64(loss_sum)? / (b * t * accum * dp) as f64;
         if self.poison_steps.contains(&(self.step + 1)) {
@@ -341,9 +369,14 @@ impl Trainer {
         let (b, t, micro) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches * tc.grad_accum);
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
-        for i in 0..micro {
-            self.fill(((i * dp + r) * b) as u64, true);
-            sum += self.forward_loss()?;
+        if self.pipe.is_some() {
+            let mine = self.pipeline_eval(micro)?;
+            sum = self.rank.sum_f64_pp(mine)?;
+        } else {
+            for i in 0..micro {
+                self.fill(((i * dp + r) * b) as u64, true);
+                sum += self.forward_loss()?;
+            }
         }
         Ok(self.rank.sum_f64(sum)? / (micro * dp * b * t) as f64)
     }
@@ -371,9 +404,9 @@ impl Trainer {
         }
         let (zero, r) = (self.cfg.raw.parallel.zero, self.rank.rank);
         for (b, src) in whole.iter().enumerate() {
-            let s = self.shards[b];
-            if src.len() != s.numel {
-                return Err(EngineError::Invalid(format!("bucket {b} has {} elements, the model needs {}", src.len(), s.numel)));
+            let (s, numel) = (self.shards[b], self.gpt.layout.buckets[b].numel);
+            if src.len() != numel {
+                return Err(EngineError::Invalid(format!("bucket {b} has {} elements, the model needs {numel}", src.len())));
             }
             keep_held(&mut self.params[b], src, s, r, zero);
         }
@@ -382,13 +415,25 @@ impl Trainer {
 
     /// The whole model's parameters, unpadded, on every rank (a collective under ZeRO-3).
     pub fn full_params(&mut self) -> Result<Vec<Vec<f32>>> {
-        let mut plan = self.prefetch_plan(false);
-        let mut out = Vec::with_capacity(self.params.len());
+        let nb = self.params.len();
+        let held: Vec<usize> = (0..nb).filter(|&b| self.shards[b].numel > 0).collect();
+        let mut plan = crate::step::Prefetch::new(held.clone());
+        let mut out = Vec::with_capacity(nb);
         // Plan order is embedding, blocks, head: the layout order.
-        for b in 0..self.params.len() {
-            let p = self.acquire(b, &mut plan)?;
-            out.push(p[..self.shards[b].numel].to_vec());
-            self.release(b, p);
+        for b in 0..nb {
+            let numel = self.gpt.layout.buckets[b].numel;
+            let mut whole = vec![0.0; numel];
+            if held.contains(&b) {
+                let p = self.acquire(b, &mut plan)?;
+                whole.copy_from_slice(&p[..numel]);
+                self.release(b, p);
+            }
+            // Under pipeline parallelism the stage that holds a bucket sends it to all.
+            if let Some(links) = &self.rank.pipe {
+                let owner = crate::pipe::owner_stage(&self.gpt, self.rank.pp, self.cfg.raw.parallel.virtual_stages, b);
+                links.group.broadcast((&mut whole[..]).into(), owner)?;
+            }
+            out.push(whole);
         }
         Ok(out)
     }
@@ -610,6 +655,10 @@ pub fn evaluate(gpt: &Gpt, params: &[Vec<f32>], data: &Dataset, seed: u64, (b, t
 /// Copies into `dst` the part of the whole bucket `src` this rank holds: its shard's
 /// real elements under ZeRO-3, else the whole bucket (the padding stays zero).
 fn keep_held(dst: &mut [f32], src: &[f32], s: BucketShard, r: usize, zero: u8) {
+    if s.numel == 0 {
+        // Another pipeline stage's bucket.
+        return;
+    }
     if zero == 3 {
         let real = s.real(r);
         dst[..real.len()].copy_from_slice(&src[real]);

@@ -109,6 +109,13 @@ fn check_dp(dp: usize) {
     }
 }
 
+/// One rank under every ZeRO stage (stage 1 once left its gradient outside the shard
+/// the optimizer reads, so a single-rank `parallel.zero = 1` run did not learn).
+#[test]
+fn dp1_all_stages_match_single_rank() {
+    check_dp(1);
+}
+
 #[test]
 fn dp2_all_stages_match_single_rank() {
     check_dp(2);

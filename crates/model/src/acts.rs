@@ -2,6 +2,8 @@
 //! step: fresh large allocations cost page faults on every step otherwise. Buffers are
 //! the backend's ([`crate::backend::Backend::Vec`]).
 
+use std::ops::Range;
+
 use crate::backend::{Backend, Cpu};
 use crate::layout::ToSpec;
 use crate::spec::{Mlp, ModelSpec, Norm, Positions};
@@ -79,6 +81,31 @@ impl<B: Backend> BlockActs<B> {
             ln2_rstd: be.zeros(ns),
             fc: be.zeros(n * w.up),
             gelu: be.zeros(n * w.act),
+        }
+    }
+
+    /// No buffers (a layer another pipeline rank runs).
+    fn none(be: &B) -> Self {
+        let e = || be.zeros(0);
+        BlockActs { ln1: e(), ln1_mean: e(), ln1_rstd: e(), qkv: e(), att: e(), att_saved: e(), res2: e(), ln2: e(), ln2_mean: e(), ln2_rstd: e(), fc: e(), gelu: e() }
+    }
+
+    /// Zeroed buffers of the same sizes.
+    fn like(o: &Self, be: &B) -> Self {
+        let z = |v: &B::Vec| be.zeros(crate::backend::Buf::len(&**v));
+        BlockActs {
+            ln1: z(&o.ln1),
+            ln1_mean: z(&o.ln1_mean),
+            ln1_rstd: z(&o.ln1_rstd),
+            qkv: z(&o.qkv),
+            att: z(&o.att),
+            att_saved: z(&o.att_saved),
+            res2: z(&o.res2),
+            ln2: z(&o.ln2),
+            ln2_mean: z(&o.ln2_mean),
+            ln2_rstd: z(&o.ln2_rstd),
+            fc: z(&o.fc),
+            gelu: z(&o.gelu),
         }
     }
 
@@ -209,14 +236,24 @@ impl<B: Backend> Activations<B> {
 
     /// Activations of a rank of an `sp`-way sequence-parallel group (`sp` divides B*T).
     pub fn sequence_parallel(be: &B, m: &ModelSpec, b: usize, t: usize, recompute: bool, sp: usize) -> Self {
+        Self::pipeline(be, m, b, t, recompute, sp, &[0..m.layers], true)
+    }
+
+    /// Activations of a pipeline rank that runs the blocks of `chunks` (and the head when
+    /// `head`): the residual stream and saved block activations of other layers are
+    /// empty, as are the head's buffers without the head.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pipeline(be: &B, m: &ModelSpec, b: usize, t: usize, recompute: bool, sp: usize, chunks: &[Range<usize>], head: bool) -> Self {
         assert!(t <= m.seq, "sequence {t} longer than the context length {}", m.seq);
         let w = Widths::of(m);
         let n = b * t;
         assert!(sp >= 1 && n.is_multiple_of(sp), "sequence parallelism over {sp} ranks needs B*T = {n} divisible by it");
         let ns = n / sp;
         let on = |len: usize| if sp > 1 { be.zeros(len) } else { be.zeros(0) };
+        let hd = |len: usize| if head { be.zeros(len) } else { be.zeros(0) };
         let head_rows = head_rows(m.vocab, n);
-        let stored = if recompute { 1 } else { m.layers };
+        let input_or_output = |l: usize| chunks.iter().any(|c| c.start <= l && l <= c.end);
+        let runs = |l: usize| chunks.iter().any(|c| c.contains(&l));
         let rope = match m.positions {
             Positions::Rope { theta } => Some(be.rope_table(t, m.head_dim, theta)),
             _ => None,
@@ -226,14 +263,18 @@ impl<B: Backend> Activations<B> {
             t,
             recompute,
             tokens: vec![0; n],
-            resid: (0..=m.layers).map(|_| be.zeros(ns * w.c)).collect(),
-            blocks: (0..stored).map(|_| BlockActs::new(be, &w, b, t, m.heads, ns)).collect(),
-            lnf: be.zeros(ns * w.c),
-            lnf_mean: be.zeros(ns * w.mean),
-            lnf_rstd: be.zeros(ns),
-            logits: be.zeros(head_rows * m.vocab),
+            resid: (0..=m.layers).map(|l| be.zeros(if input_or_output(l) { ns * w.c } else { 0 })).collect(),
+            blocks: if recompute {
+                vec![BlockActs::new(be, &w, b, t, m.heads, ns)]
+            } else {
+                (0..m.layers).map(|l| if runs(l) { BlockActs::new(be, &w, b, t, m.heads, ns) } else { BlockActs::none(be) }).collect()
+            },
+            lnf: hd(ns * w.c),
+            lnf_mean: hd(ns * w.mean),
+            lnf_rstd: hd(ns),
+            logits: hd(head_rows * m.vocab),
             head_rows,
-            losses: be.zeros(n),
+            losses: hd(n),
             rope,
             dres: be.zeros(ns * w.c),
             d_ln: be.zeros(n * w.c),
@@ -259,5 +300,66 @@ impl<B: Backend> Activations<B> {
             + self.resid.iter().map(|v| Buf::len(&**v)).sum::<usize>()
             + self.blocks.iter().map(|b| b.floats()).sum::<usize>();
         4 * floats + 4 * self.tokens.len()
+    }
+}
+
+/// What one micro-batch keeps between a pipeline chunk's forward and its backward: the
+/// chunk's residual stream `resid[l0..=l1]`, its blocks' saved activations (none with
+/// recompute) and the tokens (for the embedding's backward). While another micro-batch
+/// computes, these live here; [`Activations::swap_saved`] moves them in and out of the
+/// working activations, so the scratch buffers exist once per rank.
+pub struct Saved<B: Backend = Cpu> {
+    layers: Range<usize>,
+    resid: Vec<B::Vec>,
+    blocks: Vec<BlockActs<B>>,
+    tokens: Vec<u32>,
+}
+
+impl<B: Backend> Saved<B> {
+    /// Zeroed buffers shaped like `self` (another micro-batch in flight).
+    pub fn like(&self, be: &B) -> Saved<B> {
+        Saved {
+            layers: self.layers.clone(),
+            resid: self.resid.iter().map(|v| be.zeros(crate::backend::Buf::len(&**v))).collect(),
+            blocks: self.blocks.iter().map(|b| BlockActs::like(b, be)).collect(),
+            tokens: vec![0; self.tokens.len()],
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        use crate::backend::Buf;
+        4 * (self.resid.iter().map(|v| Buf::len(&**v)).sum::<usize>() + self.blocks.iter().map(|b| b.floats()).sum::<usize>() + self.tokens.len())
+    }
+}
+
+impl<B: Backend> Activations<B> {
+    /// Moves the saved state of blocks `layers` (and the tokens when `tokens`) out of
+    /// these activations; the places left are empty until [`Activations::swap_saved`].
+    pub fn take_saved(&mut self, be: &B, layers: Range<usize>, tokens: bool) -> Saved<B> {
+        let mut s = Saved {
+            resid: (layers.start..=layers.end).map(|_| be.zeros(0)).collect(),
+            blocks: if self.recompute { Vec::new() } else { layers.clone().map(|_| BlockActs::none(be)).collect() },
+            tokens: Vec::new(),
+            layers,
+        };
+        self.swap_saved(&mut s);
+        if !tokens {
+            // Only the embedding's backward needs the tokens: this chunk leaves them.
+            std::mem::swap(&mut self.tokens, &mut s.tokens);
+        }
+        s
+    }
+
+    /// Exchanges `s`'s buffers with the working ones at its layers (an involution: call
+    /// again to put them back).
+    pub fn swap_saved(&mut self, s: &mut Saved<B>) {
+        let l0 = s.layers.start;
+        for (i, v) in s.resid.iter_mut().enumerate() {
+            std::mem::swap(&mut self.resid[l0 + i], v);
+        }
+        for (i, b) in s.blocks.iter_mut().enumerate() {
+            std::mem::swap(&mut self.blocks[l0 + i], b);
+        }
+        std::mem::swap(&mut self.tokens, &mut s.tokens);
     }
 }

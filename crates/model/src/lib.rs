@@ -32,8 +32,8 @@ pub mod layout;
 mod model;
 pub mod spec;
 
-pub use acts::{Activations, BlockActs};
+pub use acts::{Activations, BlockActs, Saved};
 pub use backend::{Backend, Cpu};
 pub use layout::{tp_part_boxes, BucketSpec, GptConfig, Layout, PartBox, Split, TensorKind, TensorSpec, ToSpec};
-pub use model::{Driver, Gpt, Model, Stage, TpPart, TpReduce};
+pub use model::{Chunk, Driver, Gpt, Model, Stage, TpPart, TpReduce};
 pub use spec::ModelSpec;

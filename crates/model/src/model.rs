@@ -71,6 +71,16 @@ pub enum TpReduce {
     Max,
 }
 
+/// A pipeline chunk: the blocks `layers`, with the embedding in front when `first` and
+/// the head behind when `last` (Narayanan et al. 2021: a pipeline rank runs one chunk,
+/// or several with the interleaved schedule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub layers: std::ops::Range<usize>,
+    pub first: bool,
+    pub last: bool,
+}
+
 /// The CPU model (the name predates Llama support).
 pub type Gpt = Model<Cpu>;
 
@@ -200,6 +210,29 @@ impl<B: Backend> Model<B> {
         order
     }
 
+    /// Buckets in the order a pipeline chunk's forward (`backward = false`) or backward
+    /// acquires them (for prefetching); [`Model::chunk_loss`] acquires the backward's
+    /// first one or two (the head, and a tied head's embedding).
+    pub fn chunk_use_order(&self, chunk: &Chunk, backward: bool) -> Vec<usize> {
+        let mut order = Vec::new();
+        let blocks = chunk.layers.clone().map(Layout::block);
+        if backward {
+            if chunk.last {
+                order.push(self.layout.head());
+                if self.tied() {
+                    order.push(EMBED);
+                }
+            }
+            order.extend(blocks.rev());
+        } else {
+            if chunk.first {
+                order.push(EMBED);
+            }
+            order.extend(blocks);
+        }
+        order
+    }
+
     fn part<'a>(&self, buf: &'a B::Buf, b: usize) -> &'a B::Buf {
         buf.slice(0..self.layout.buckets[b].numel)
     }
@@ -253,6 +286,92 @@ impl<B: Backend> Model<B> {
         };
         self.embed_backward(d, self.part_mut(&mut g_emb, EMBED), acts)?;
         d.grad_done(EMBED, g_emb)?;
+        Ok(loss)
+    }
+
+    /// A pipeline chunk's forward: the embedding (first chunk) and the chunk's blocks.
+    /// A later chunk finds its input in `acts.resid[layers.start]`; the output is left in
+    /// `acts.resid[layers.end]`. The last chunk's head runs with its backward
+    /// ([`Model::chunk_backward`]), as the fused cross-entropy produces both.
+    pub fn chunk_forward<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, chunk: &Chunk, tokens: &[u32]) -> Result<(), D::Error> {
+        if chunk.first {
+            let emb = d.acquire(EMBED)?;
+            self.embed_forward(d, self.part(&emb, EMBED), acts, tokens)?;
+            d.release(EMBED, emb);
+        }
+        for l in chunk.layers.clone() {
+            let b = Layout::block(l);
+            let p = d.acquire(b)?;
+            self.block_forward(d, l, self.part(&p, b), acts)?;
+            d.release(b, p);
+        }
+        Ok(())
+    }
+
+    /// A pipeline chunk's backward: the head's forward and backward (last chunk; returns
+    /// the summed loss, else 0), the blocks in reverse, the embedding (first chunk). A
+    /// chunk that is not the last finds d loss / d output in `acts.dres`; on exit `dres`
+    /// holds d loss / d input. Each bucket's `grad_done` follows its backward.
+    pub fn chunk_backward<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, chunk: &Chunk, targets: &[u32], grad_scale: f32) -> Result<f64, D::Error> {
+        let mut loss = 0.0;
+        let mut g_emb = None;
+        if chunk.last {
+            let head = self.layout.head();
+            let hp = d.acquire(head)?;
+            let mut g_head = d.grad(head)?;
+            // A tied head multiplies by the embedding (the last stage's copy of it).
+            let emb = if self.tied() { Some(d.acquire(EMBED)?) } else { None };
+            g_emb = if self.tied() { Some(d.grad(EMBED)?) } else { None };
+            loss = self.head_forward_backward(
+                d,
+                emb.as_deref().map(|e| self.part(e, EMBED)),
+                self.part(&hp, head),
+                g_emb.as_deref_mut().map(|g| self.part_mut(g, EMBED)),
+                self.part_mut(&mut g_head, head),
+                acts,
+                targets,
+                grad_scale,
+            )?;
+            d.release(head, hp);
+            if let Some(e) = emb {
+                d.release(EMBED, e);
+            }
+            d.grad_done(head, g_head)?;
+            if !chunk.first {
+                if let Some(g) = g_emb.take() {
+                    d.grad_done(EMBED, g)?;
+                }
+            }
+        }
+        for l in chunk.layers.clone().rev() {
+            let b = Layout::block(l);
+            let p = d.acquire(b)?;
+            let mut g = d.grad(b)?;
+            self.block_backward(d, l, self.part(&p, b), self.part_mut(&mut g, b), acts)?;
+            d.release(b, p);
+            d.grad_done(b, g)?;
+        }
+        if chunk.first {
+            let mut g = match g_emb {
+                Some(g) => g,
+                None => d.grad(EMBED)?,
+            };
+            self.embed_backward(d, self.part_mut(&mut g, EMBED), acts)?;
+            d.grad_done(EMBED, g)?;
+        }
+        Ok(loss)
+    }
+
+    /// The last chunk's summed loss after [`Model::chunk_forward`] (evaluation).
+    pub fn chunk_loss<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, targets: &[u32]) -> Result<f64, D::Error> {
+        let head = self.layout.head();
+        let hp = d.acquire(head)?;
+        let emb = if self.tied() { Some(d.acquire(EMBED)?) } else { None };
+        let loss = self.head_loss(d, emb.as_deref().map(|e| self.part(e, EMBED)), self.part(&hp, head), acts, targets)?;
+        d.release(head, hp);
+        if let Some(e) = emb {
+            d.release(EMBED, e);
+        }
         Ok(loss)
     }
 
