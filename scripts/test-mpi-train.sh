@@ -38,7 +38,7 @@ grep -q "done: step 20" "$work/np2.log" || { cat "$work/np2.log"; echo "error: n
 ls "$work/run/checkpoints/step-00000020/model-rank00001.safetensors" >/dev/null
 mpirun_ -np 4 "$hyp" train --resume "$work/run" --set parallel.dp=4 --set parallel.zero=3 --set train.batch_size=2 \
   --set train.steps=30 --set log.progress=false --sample-tokens 0 > "$work/np4.log"
-grep -q "written by dp=2 tp=1 zero=2, now dp=4 tp=1 zero=3" "$work/np4.log" && grep -q "done: step 30" "$work/np4.log" \
+grep -q "written by dp=2 tp=1 pp=1 zero=2, now dp=4 tp=1 pp=1 zero=3" "$work/np4.log" && grep -q "done: step 30" "$work/np4.log" \
   || { cat "$work/np4.log"; echo "error: resume on 4 ranks failed" >&2; exit 1; }
 
 echo "== SIGKILL of one MPI rank ends the job, and the run resumes"

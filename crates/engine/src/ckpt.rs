@@ -50,7 +50,10 @@ impl Trainer {
         let mut parts = Vec::with_capacity(self.params.len());
         for b in 0..self.params.len() {
             // A pipeline's last stage does not write its copy of a tied embedding.
-            let range = if self.writes_bucket(b) { self.my_range(b) } else { 0..0 };
+            let mut range = self.my_range(b);
+            if !self.writes_bucket(b) {
+                range.end = range.start;
+            }
             let (pb, mb) = self.bases(b);
             let cut = |buf: &'a Vec<f32>, base: usize| keep(&buf[range.start - base..range.end - base]);
             parts.push(Part { params: cut(&self.params[b], pb), exp_avg: cut(&self.exp_avg[b], mb), exp_avg_sq: cut(&self.exp_avg_sq[b], mb), range });

@@ -94,11 +94,17 @@ impl Rank {
         let comm = record(world.split(tp_rank + tp * pp_rank, dp_rank, "dp")?);
         let tp_comm = if tp > 1 { Some(record(world.split(dp_rank + dp * pp_rank, tp_rank, "tp")?)) } else { None };
         let whole = if tp * pp > 1 { record(world.split(0, r, "world")?) } else { Arc::clone(&comm) };
-        let pipe = if pp > 1 { Some(PipeLinks::new(record(world.split(tp_rank + tp * dp_rank, pp_rank, "pp")?), &record, wrap)?) } else { None };
+        let pipe = if pp > 1 { Some(PipeLinks::new(record(world.split(tp_rank + tp * dp_rank, pp_rank, "pp")?), wrap)?) } else { None };
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
         // The background checkpoint writer commits over every rank of the job.
         let ckpt = Arc::from(whole.split(0, whole.rank(), "dp.ckpt")?);
         Ok(Rank { rank: comm.rank(), dp: comm.size(), tp_rank, tp, tp_comm, world: whole, comm, stream, ckpt, flight, pp_rank, pp, pipe })
+    }
+
+    /// This rank's place in the layout `cfg.parallel` describes.
+    pub fn for_config(world: &dyn Communicator, cfg: &config::ResolvedConfig) -> Result<Rank> {
+        let p = &cfg.raw.parallel;
+        Rank::with_mesh(world, p.tp, p.pp, p.virtual_stages > 1)
     }
 
     /// Sum of one f64 per stage of this rank's pipeline, in stage order.
@@ -146,7 +152,8 @@ impl PipeLinks {
         self.wrap
     }
 
-    fn new(group: Arc<dyn Communicator>, record: &dyn Fn(Box<dyn Communicator>) -> Arc<dyn Communicator>, wrap: bool) -> Result<PipeLinks> {
+    /// `group` records its collectives (see `comm::flight`), and so do its splits.
+    fn new(group: Arc<dyn Communicator>, wrap: bool) -> Result<PipeLinks> {
         let (p, pp) = (group.rank(), group.size());
         let mut links = PipeLinks { act_out: None, act_in: None, grad_out: None, grad_in: None, ends: None, group: Arc::clone(&group), wrap };
         // Boundary s joins stage s and stage s + 1 (mod pp with `wrap`). Every rank takes
@@ -159,17 +166,17 @@ impl PipeLinks {
             let act = group.split(usize::from(!member), usize::from(p != lo), &format!("pp.act[{lo}->{hi}]"))?;
             let grad = group.split(usize::from(!member), usize::from(p != hi), &format!("pp.grad[{hi}->{lo}]"))?;
             if p == lo {
-                links.act_out = Some(AsyncComm::new(record(act)));
-                links.grad_in = Some(record(grad));
+                links.act_out = Some(AsyncComm::new(Arc::from(act)));
+                links.grad_in = Some(Arc::from(grad));
             } else if p == hi {
-                links.act_in = Some(record(act));
-                links.grad_out = Some(AsyncComm::new(record(grad)));
+                links.act_in = Some(Arc::from(act));
+                links.grad_out = Some(AsyncComm::new(Arc::from(grad)));
             }
         }
         let end = p == 0 || p + 1 == pp;
         let ends = group.split(usize::from(!end), p, "pp.ends")?;
         if end {
-            links.ends = Some(record(ends));
+            links.ends = Some(Arc::from(ends));
         }
         Ok(links)
     }

@@ -178,3 +178,96 @@ fn llama_pipelines_match_single_rank() {
         ],
     );
 }
+
+/// The reshard chain: 2 steps at dp2 x tp2 x pp2 (ZeRO 1, sequence parallel), then 2
+/// at tp4 x pp2, then 2 at pp4 (interleaved, 2 chunks per rank, ZeRO 3, full
+/// recompute), then 2 on one rank, each continuing from the previous layout's
+/// checkpoint: every loss and the final parameters match the continuous single-rank run.
+#[test]
+fn pipeline_checkpoints_reshard_across_layouts() {
+    let (tmpdir, dir) = tmp();
+    let run = tmpdir.path().join("run");
+    let (layers, global) = (8, 8);
+    let want = {
+        let l = lay(1, 1, 1, 1, false, 0, "none");
+        let mut t = Trainer::new(cfg(false, layers, l, global, 1), data::Dataset::open(&dir).unwrap(), Path::new("")).unwrap();
+        train(&mut t, 8).unwrap()
+    };
+    let mut losses = Vec::new();
+    // (layout, micro-batch size, accumulation: the global batch stays 8)
+    let chain = [(lay(2, 2, 2, 1, true, 1, "none"), 1, 4), (lay(1, 4, 2, 1, false, 0, "none"), 2, 4), (lay(1, 1, 4, 2, false, 3, "full"), 2, 4), (lay(1, 1, 1, 1, false, 0, "none"), 4, 2)];
+    for (l, batch, accum) in chain {
+        let out = comm::run_local(l.ranks(), Duration::from_secs(120), |c| {
+            let rank = Rank::with_mesh(&c, l.tp, l.pp, l.v > 1)?;
+            let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+            let mut t = Trainer::with_rank(cfg(false, layers, l, batch, accum), data, &run, rank)?;
+            if let Ok(ck) = engine::open_checkpoint(&run) {
+                t.restore(&ck)?;
+            }
+            let (l, p) = train(&mut t, 2)?;
+            t.save_checkpoint(&mut engine::Quiet)?;
+            Ok::<_, engine::EngineError>((l, p, t.rank.tp))
+        })
+        .expect("ranks");
+        losses.extend(out[0].0.clone());
+        if out[0].2 == 1 {
+            let label = format!("chain up to {l:?}");
+            let n = losses.len();
+            assert_matches(&label, &(losses.clone(), out[0].1.clone()), &(want.0[..n].to_vec(), if n == 8 { want.1.clone() } else { out[0].1.clone() }));
+        }
+    }
+    assert_eq!(losses.len(), 8);
+    assert_matches("dp2tp2pp2 -> tp4pp2 -> pp4 v2 -> single", &(losses, Vec::new()), &(want.0, Vec::new()));
+}
+
+/// Pipeline traffic counted, not guessed: per micro-batch and per chunk boundary, one
+/// activation forward and one gradient backward of b*s*h / tp values each (with tp > 1
+/// a stage sends its tp rank's rows, gathered over tp on receipt; with sequence
+/// parallelism the rows are the rank's anyway). The pipeline group gathers one f64 per
+/// stage twice (the loss and the gradient norm), and the two ends sum the tied
+/// embedding's gradient once.
+#[test]
+fn one_step_moves_exactly_the_pipeline_traffic() {
+    let (_tmp, dir) = tmp();
+    let m = 4;
+    for l in [lay(1, 2, 2, 1, false, 0, "none"), lay(1, 2, 2, 1, true, 0, "none"), lay(1, 1, 4, 2, false, 0, "none"), lay(2, 1, 2, 1, false, 1, "none")] {
+        let out = comm::run_local(l.ranks(), Duration::from_secs(60), |c| {
+            let rank = Rank::with_mesh(&c, l.tp, l.pp, l.v > 1)?;
+            let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+            let mut t = Trainer::with_rank(cfg(false, 8, l, MICRO, m), data, Path::new(""), rank)?;
+            t.rank.flight.reset_traffic();
+            t.train_step(&mut StepTimes::default())?;
+            let (n, h) = ((MICRO * t.cfg.raw.model.block_size) as u64, t.global.hidden as u64);
+            let embed = t.gpt.layout.buckets[0].numel as u64;
+            Ok::<_, engine::EngineError>((t.rank.flight.traffic(), t.rank.pp_rank, n, h, embed))
+        })
+        .expect("ranks");
+        let chunks = l.pp * l.v;
+        let mut total = 0;
+        for (traffic, p, n, h, embed) in out {
+            let msg = 4 * n * h / l.tp as u64;
+            // This stage's chunks that send an activation on (all but the last chunk) and
+            // a gradient back (all but the first).
+            let fwd = (0..l.v).filter(|k| k * l.pp + p + 1 < chunks).count() as u64;
+            let bwd = (0..l.v).filter(|k| k * l.pp + p > 0).count() as u64;
+            let sum = |op: &str, prefix: &str| -> (u64, u64) {
+                traffic.iter().filter(|t| t.op == op && t.group.starts_with(prefix)).fold((0, 0), |a, t| (a.0 + t.calls, a.1 + t.bytes))
+            };
+            let label = format!("{l:?} stage {p}");
+            assert_eq!(sum("send", "pp.act"), (m as u64 * fwd, m as u64 * fwd * msg), "{label}: activations sent");
+            assert_eq!(sum("send", "pp.grad"), (m as u64 * bwd, m as u64 * bwd * msg), "{label}: gradients sent");
+            assert_eq!(sum("recv", "pp.act"), (m as u64 * bwd, m as u64 * bwd * msg), "{label}: activations received");
+            assert_eq!(sum("recv", "pp.grad"), (m as u64 * fwd, m as u64 * fwd * msg), "{label}: gradients received");
+            let group: Vec<(&str, u64, u64)> = traffic.iter().filter(|t| t.group == "pp").map(|t| (t.op.as_str(), t.calls, t.bytes)).collect();
+            assert_eq!(group, vec![("all_gather", 2, 2 * 8 * l.pp as u64)], "{label}: pipeline group");
+            let ends: Vec<(&str, u64, u64)> = traffic.iter().filter(|t| t.group == "pp.ends").map(|t| (t.op.as_str(), t.calls, t.bytes)).collect();
+            let end = p == 0 || p + 1 == l.pp;
+            let shard = if l.zero == 0 { embed } else { embed.div_ceil(l.dp as u64) };
+            assert_eq!(ends, if end { vec![("all_reduce", 1, 4 * shard)] } else { vec![] }, "{label}: tied embedding");
+            total += sum("send", "pp.").0;
+        }
+        // Per pipeline (one per tp x dp index): 2 messages per boundary per micro-batch.
+        let msgs = 2 * (chunks as u64 - 1) * m as u64 * (l.tp * l.dp) as u64;
+        assert_eq!(total, msgs, "{l:?}: messages of the whole job");
+    }
+}

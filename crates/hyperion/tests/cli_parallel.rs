@@ -106,7 +106,7 @@ fn checkpoints_move_between_layouts() {
     // 4 x ZeRO-3 -> 2 x ZeRO-1 (to 30) -> 1 rank (to 40).
     let out = resume(&y, &["--workers", "2", "--set", "parallel.zero=1", "--set", "train.steps=30"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("written by dp=4 tp=1 zero=3, now dp=2 tp=1 zero=1"), "{text}");
+    assert!(text.contains("written by dp=4 tp=1 pp=1 zero=3, now dp=2 tp=1 pp=1 zero=1"), "{text}");
     resume(&y, &["--workers", "1", "--set", "parallel.zero=0", "--set", "train.steps=40"]);
     let (a, b) = (model_tensors(&x), model_tensors(&y));
     assert_eq!(a.len(), b.len());
@@ -188,7 +188,7 @@ fn tensor_parallel_runs_reshard_and_match_the_single_rank_run() {
     assert!((trained - evaluated).abs() < 1e-5 * trained, "training's val loss {trained}, eval's {evaluated}");
     let out = resume(&x, &["--workers", "1", "--set", "parallel.tp=4", "--set", "parallel.zero=0", "--set", "train.steps=20"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("written by dp=2 tp=2 zero=1, now dp=1 tp=4 zero=0"), "{text}");
+    assert!(text.contains("written by dp=2 tp=2 pp=1 zero=1, now dp=1 tp=4 pp=1 zero=0"), "{text}");
     resume(&x, &["--workers", "1", "--set", "parallel.tp=1", "--set", "train.steps=30"]);
     let (a, b) = (losses(&x), losses(&single));
     assert_eq!(a.len(), 30);

@@ -25,6 +25,10 @@ pub struct BenchTrainArgs {
     /// Data-parallel ranks as threads (the cores are shared out among them).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Micro-batches per step (train.grad_accum; what a pipeline step carries): each
+    /// worker's share of the batch is split into this many.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +56,8 @@ struct Samples {
     bwd: Vec<f64>,
     opt: Vec<f64>,
     comm: Vec<f64>,
+    /// Waiting for the neighbouring pipeline stages.
+    wait: Vec<f64>,
 }
 
 pub fn run(a: BenchTrainArgs) -> Result<()> {
@@ -63,12 +69,12 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         Some(b) => b,
         None => cfg_args.resolve()?.raw.train.batch_size,
     };
-    if global % a.workers != 0 {
-        anyhow::bail!("--batch {global} does not split evenly over --workers {}", a.workers);
+    if a.micro_batches == 0 || global % (a.workers * a.micro_batches) != 0 {
+        anyhow::bail!("--batch {global} does not split evenly over --workers {} x --micro-batches {}", a.workers, a.micro_batches);
     }
     cfg_args.sets.extend([
-        format!("train.batch_size={}", global / a.workers),
-        "train.grad_accum=1".into(),
+        format!("train.batch_size={}", global / (a.workers * a.micro_batches)),
+        format!("train.grad_accum={}", a.micro_batches),
         "train.global_batch=none".into(),
         format!("parallel.dp={}", a.workers),
     ]);
@@ -77,12 +83,13 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         cfg = cfg.with_vocab_size(DEFAULT_CHAR_VOCAB)?;
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    // With parallel.tp = T, each of the `workers` data-parallel ranks is T rank threads.
-    let (ranks, tp) = (cfg.world_size(), cfg.raw.parallel.tp);
+    // With parallel.tp = T and pp = P, each of the `workers` data-parallel ranks is
+    // T x P rank threads.
+    let ranks = cfg.world_size();
     let runs = comm::run_local(ranks, Duration::from_secs(600), |c| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads((cores / ranks).max(1)).build()?;
         pool.install(|| -> Result<(Samples, Trainer)> {
-            let mut t = Trainer::synthetic(cfg.clone(), Rank::with_tp(&c, tp)?)?;
+            let mut t = Trainer::synthetic(cfg.clone(), Rank::for_config(&c, &cfg)?)?;
             let mut scratch = StepTimes::default();
             for _ in 0..a.warmup {
                 t.train_step(&mut scratch)?;
@@ -97,17 +104,20 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
                 s.bwd.push(times.backward);
                 s.opt.push(times.optimizer);
                 s.comm.push(times.comm);
+                s.wait.push(times.pipe_wait);
             }
             Ok((s, t))
         })
     })
     .map_err(|e| anyhow::anyhow!("benchmark failed: {e}"))?;
+    // Each rank's share of the step spent waiting for its pipeline neighbours.
+    let idle: Vec<f64> = runs.iter().map(|(s, _)| s.wait.iter().sum::<f64>() / s.step.iter().sum::<f64>()).collect();
     let (mut s, t) = runs.into_iter().next().expect("rank 0");
     let tt = t.cfg.raw.model.block_size;
     let step_s = median(&mut s.step);
     let tokens_per_s = (global * tt) as f64 / step_s;
-    // Each worker measured (or was given) the peak of its share of the cores.
-    let mfu = t.gpt.flops_per_token(tt) * tokens_per_s / (t.peak_flops * a.workers as f64);
+    // Each rank measured (or was given) the peak of its share of the cores.
+    let mfu = t.global.flops_per_token(tt) * tokens_per_s / (t.peak_flops * ranks as f64);
     let params = t.gpt.layout.num_params();
     let (fwd, bwd, opt, comm) = (median(&mut s.fwd), median(&mut s.bwd), median(&mut s.opt), median(&mut s.comm));
     if a.json {
@@ -127,7 +137,12 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
                 "workers": a.workers,
                 "zero": t.cfg.raw.parallel.zero,
                 "recompute": format!("{:?}", t.cfg.raw.parallel.recompute).to_lowercase(),
-                "threads_per_worker": (cores / a.workers).max(1),
+                "threads_per_rank": (cores / ranks).max(1),
+                "tp": t.cfg.raw.parallel.tp,
+                "pp": t.cfg.raw.parallel.pp,
+                "virtual_stages": t.cfg.raw.parallel.virtual_stages,
+                "micro_batches": a.micro_batches,
+                "pipe_idle": idle,
                 "peak_flops": t.peak_flops,
                 "peak_rss_mb": engine::peak_rss_bytes().map(|x| x as f64 / 1048576.0),
             })

@@ -30,7 +30,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "HF_DIR", conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
     /// Data-parallel ranks as threads of this process (sets parallel.dp); with
-    /// parallel.tp = T the process runs N x T rank threads.
+    /// parallel.tp = T and parallel.pp = P the process runs N x T x P rank threads.
     #[arg(long)]
     pub workers: Option<usize>,
     /// Seconds any rank waits in a collective before the run fails naming the rank.
@@ -454,7 +454,7 @@ fn prepare_run_dir(plan: &Plan, root: bool) -> Result<Option<super::lock::RunLoc
 
 /// One rank's whole run (SPMD: every rank calls this with its communicator).
 fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
-    let rank = Rank::with_tp(world, plan.cfg.raw.parallel.tp)?;
+    let rank = Rank::for_config(world, &plan.cfg)?;
     let root = world.rank() == 0;
     engine::alloc::reset_thread_peak();
     // Prepared (once, by the root) in prepare_run_dir: this only opens it.
@@ -499,15 +499,17 @@ fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
         if root {
             let layout = &ck.meta()["layout"];
             println!(
-                "resumed {} at step {} ({} tokens seen; written by dp={} tp={} zero={}, now dp={} tp={} zero={})",
+                "resumed {} at step {} ({} tokens seen; written by dp={} tp={} pp={} zero={}, now dp={} tp={} pp={} zero={})",
                 ck.dir().display(),
                 trainer.step,
                 trainer.tokens_seen,
                 layout["dp"],
                 layout.get("tp").and_then(|v| v.as_u64()).unwrap_or(1),
+                layout.get("pp").and_then(|v| v.as_u64()).unwrap_or(1),
                 layout["zero"],
                 trainer.rank.dp,
                 trainer.rank.tp,
+                trainer.rank.pp,
                 trainer.cfg.raw.parallel.zero
             );
         }
