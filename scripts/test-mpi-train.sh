@@ -8,7 +8,9 @@
 #  6. chaos: under `train --max-restarts --launcher mpirun`, a rank panic, a SIGKILL of a rank
 #     and a SIGTERM of the job end with parameters bitwise those of an uninterrupted run;
 #  7. tensor parallelism: -np 4 (dp 2 x tp 2, ZeRO 2) and -np 8 (dp 2 x tp 4, ZeRO 3) give the
-#     losses of the same layouts as threads, and of one rank (relative 1e-5).
+#     losses of the same layouts as threads, and of one rank (relative 1e-5);
+#  8. pipeline parallelism: -np 4 (tp 2 x pp 2, 1F1B) and -np 8 (dp 2 x tp 2 x pp 2, interleaved,
+#     sequence parallel, ZeRO 1) likewise; the -np 8 run resumes on one rank.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null; then
@@ -139,4 +141,32 @@ assert w1 <= 1e-5 and w2 <= 1e-5, (w1, w2)
 print(f"-np {sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) and to one rank (worst {w2:.1e})")
 PY
 done
-echo "MPI training tests: 7 passed, 0 failed"
+echo "== pipeline parallelism under mpirun -np 4 (tp 2 x pp 2) and -np 8 (dp 2 x tp 2 x pp 2, interleaved)"
+ppc=("${common[@]}" --set model.n_head=4 --set model.n_layer=4 --set train.batch_size=1 --set train.grad_accum=4 --set train.steps=10)
+for dp in 1 2; do
+  "$hyp" "${ppc[@]}" --set train.batch_size="$dp" --out "$work/pp-one$dp" > "$work/pp-one$dp.log" 2>&1 || { cat "$work/pp-one$dp.log"; exit 1; }
+done
+for spec in "4 1 1f1b 1 false 0" "8 2 interleaved 2 true 1"; do
+  read -r np dp schedule v sp zero <<< "$spec"
+  ppl=(--set parallel.tp=2 --set parallel.pp=2 --set "parallel.schedule=\"$schedule\"" --set parallel.virtual_stages="$v" --set parallel.sp="$sp" --set parallel.zero="$zero")
+  mpirun_ -np "$np" "$hyp" "${ppc[@]}" "${ppl[@]}" --out "$work/pp-mpi$np" > "$work/pp-mpi$np.log" 2>&1 \
+    || { cat "$work/pp-mpi$np.log"; echo "error: mpirun -np $np with tp 2 x pp 2 failed" >&2; exit 1; }
+  "$hyp" "${ppc[@]}" "${ppl[@]}" --workers "$dp" --out "$work/pp-threads$np" > "$work/pp-threads$np.log" 2>&1 \
+    || { cat "$work/pp-threads$np.log"; exit 1; }
+  python3 - "$work/pp-mpi$np/metrics.jsonl" "$work/pp-threads$np/metrics.jsonl" "$work/pp-one$dp/metrics.jsonl" "$np" <<'PY'
+import json, sys
+runs = [[json.loads(l)["train_loss"] for l in open(p)] for p in sys.argv[1:4]]
+assert all(len(r) == 10 for r in runs), [len(r) for r in runs]
+worst = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
+w1, w2 = worst(runs[0], runs[1]), worst(runs[0], runs[2])
+assert w1 <= 1e-5 and w2 <= 1e-5, (w1, w2)
+print(f"pipeline -np {sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) and to one rank (worst {w2:.1e})")
+PY
+done
+# The -np 8 pipeline checkpoint continues on one rank (global batch kept by accumulation).
+"$hyp" train --resume "$work/pp-mpi8" --sample-tokens 0 --set log.progress=false --set parallel.tp=1 --set parallel.pp=1 \
+  --set 'parallel.schedule="1f1b"' --set parallel.virtual_stages=1 --set parallel.sp=false --set parallel.zero=0 --set train.steps=12 \
+  > "$work/pp-resume.log" 2>&1 || { cat "$work/pp-resume.log"; exit 1; }
+grep -q "written by dp=2 tp=2 pp=2 zero=1, now dp=1 tp=1 pp=1 zero=0" "$work/pp-resume.log" || { cat "$work/pp-resume.log"; exit 1; }
+echo "the -np 8 pipeline checkpoint resumed on one rank"
+echo "MPI training tests: 8 passed, 0 failed"

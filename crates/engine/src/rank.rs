@@ -94,7 +94,7 @@ impl Rank {
         let comm = record(world.split(tp_rank + tp * pp_rank, dp_rank, "dp")?);
         let tp_comm = if tp > 1 { Some(record(world.split(dp_rank + dp * pp_rank, tp_rank, "tp")?)) } else { None };
         let whole = if tp * pp > 1 { record(world.split(0, r, "world")?) } else { Arc::clone(&comm) };
-        let pipe = if pp > 1 { Some(PipeLinks::new(record(world.split(tp_rank + tp * dp_rank, pp_rank, "pp")?), wrap)?) } else { None };
+        let pipe = if pp > 1 { Some(PipeLinks::new(record(world.split(tp_rank + tp * dp_rank, pp_rank, "pp")?), wrap, tp_rank + tp * dp_rank)?) } else { None };
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
         // The background checkpoint writer commits over every rank of the job.
         let ckpt = Arc::from(whole.split(0, whole.rank(), "dp.ckpt")?);
@@ -153,7 +153,9 @@ impl PipeLinks {
     }
 
     /// `group` records its collectives (see `comm::flight`), and so do its splits.
-    fn new(group: Arc<dyn Communicator>, wrap: bool) -> Result<PipeLinks> {
+    /// `pipe` numbers this pipeline among the job's (its links' names carry it, so that
+    /// a diagnosis keeps different pipelines' links apart).
+    fn new(group: Arc<dyn Communicator>, wrap: bool, pipe: usize) -> Result<PipeLinks> {
         let (p, pp) = (group.rank(), group.size());
         let mut links = PipeLinks { act_out: None, act_in: None, grad_out: None, grad_in: None, ends: None, group: Arc::clone(&group), wrap };
         // Boundary s joins stage s and stage s + 1 (mod pp with `wrap`). Every rank takes
@@ -163,8 +165,8 @@ impl PipeLinks {
             let (lo, hi) = (s, (s + 1) % pp);
             let member = p == lo || p == hi;
             // Activations flow lo -> hi (lo is the link's rank 0), gradients hi -> lo.
-            let act = group.split(usize::from(!member), usize::from(p != lo), &format!("pp.act[{lo}->{hi}]"))?;
-            let grad = group.split(usize::from(!member), usize::from(p != hi), &format!("pp.grad[{hi}->{lo}]"))?;
+            let act = group.split(usize::from(!member), usize::from(p != lo), &format!("pp.act[{lo}->{hi}]#{pipe}"))?;
+            let grad = group.split(usize::from(!member), usize::from(p != hi), &format!("pp.grad[{hi}->{lo}]#{pipe}"))?;
             if p == lo {
                 links.act_out = Some(AsyncComm::new(Arc::from(act)));
                 links.grad_in = Some(Arc::from(grad));

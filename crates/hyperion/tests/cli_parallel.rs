@@ -244,3 +244,72 @@ fn init_from_a_hugging_face_folder_under_tensor_parallelism() {
         assert!(((p - q) / p).abs() < 1e-5, "tp 2 {q} vs 1 rank {p}");
     }
 }
+
+/// Pipeline parallelism from the command line (issue 9): `--workers 1 --set
+/// parallel.pp=2 --set parallel.tp=2` runs 4 rank threads (1F1B over 4 micro-batches),
+/// the interleaved schedule runs 2 chunks per stage; both match the single-rank run;
+/// eval, generate and export read a pipeline checkpoint (the tied embedding is written
+/// once); the end-of-run sample is the whole model's; a failed rank ends the job naming
+/// it and the run resumes on one rank.
+#[test]
+fn pipeline_parallel_runs_match_the_single_rank_run_and_their_checkpoints_serve_every_command() {
+    let (t, data) = setup();
+    let shape = ["--set", "model.n_head=4", "--set", "model.n_layer=4", "--set", "train.batch_size=2", "--set", "train.grad_accum=4"];
+    let single = t.path().join("single");
+    ok(bin().args(base(&data, 10)).args(shape).arg("--out").arg(&single));
+    let pp = t.path().join("pp");
+    let mut args = base(&data, 10);
+    let n = args.iter().position(|a| a == "--sample-tokens").unwrap();
+    args[n + 1] = "30".into();
+    let out = ok(bin().args(&args).args(shape).args(["--workers", "1", "--set", "parallel.pp=2", "--set", "parallel.tp=2", "--out"]).arg(&pp));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let il = t.path().join("il");
+    let interleaved = ["--set", "parallel.pp=2", "--set", "parallel.schedule=\"interleaved\"", "--set", "parallel.virtual_stages=2"];
+    ok(bin().args(base(&data, 10)).args(shape).args(interleaved).arg("--out").arg(&il));
+    for run in [&pp, &il] {
+        let (a, b) = (losses(run), losses(&single));
+        assert_eq!(a.len(), 10);
+        for (s, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert!(((p - q) / q).abs() < 1e-5, "{}: step {}: loss {p}, {q} on one rank", run.display(), s + 1);
+        }
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(pp.join("checkpoints/step-00000010/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["meta"]["layout"]["pp"].as_u64(), Some(2), "{manifest}");
+    // Every tensor once: the pipeline checkpoint holds the single-rank run's tensors.
+    let (a, b) = (model_tensors(&pp), model_tensors(&single));
+    assert_eq!(a.iter().map(|x| &x.0).collect::<Vec<_>>(), b.iter().map(|x| &x.0).collect::<Vec<_>>());
+    let out = ok(bin().args(["eval", "--json", "--checkpoint"]).arg(&pp));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let metrics = std::fs::read_to_string(pp.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let (trained, evaluated) = (last["val_loss"].as_f64().unwrap(), v["val_loss"].as_f64().unwrap());
+    assert!((trained - evaluated).abs() < 1e-5 * trained, "training's val loss {trained} (through the pipeline), eval's {evaluated}");
+    // The sample printed at the end is generate's from the checkpoint.
+    let sample = text.split("---\n").nth(1).expect("a sample section").to_string();
+    let out = ok(bin().args(["generate", "--tokens", "30", "--prompt", "\n", "--seed", "1", "--temperature", "0.8", "--top-k", "40", "--checkpoint"]).arg(&pp));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), format!("\n{}", sample.trim_end()).trim_end(), "{text}");
+    ok(bin().args(["export", "--checkpoint"]).arg(&pp).arg("--out").arg(t.path().join("hf")));
+    assert!(t.path().join("hf/model.safetensors").exists());
+    // A rank failing mid-run ends the job, naming it; the run resumes on one rank.
+    let f = t.path().join("f");
+    let start = Instant::now();
+    let out = bin()
+        .args(base(&data, 20))
+        .args(shape)
+        .args(["--set", "parallel.pp=2", "--set", "parallel.tp=2", "--comm-timeout", "20", "--debug-fail", "3:12", "--out"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rank 3") && err.contains("step 12"), "{err}");
+    assert!(err.contains("pp.act[0->1]#0"), "the diagnosis names the pipeline links: {err}");
+    assert!(start.elapsed().as_secs() < 20, "the job must end well within the timeout, took {:?}", start.elapsed());
+    assert_eq!(checkpoint::open(&f).unwrap().step(), 10);
+    let out = resume(&f, &["--set", "parallel.pp=1", "--set", "parallel.tp=1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("written by dp=1 tp=2 pp=2 zero=0, now dp=1 tp=1 pp=1 zero=0"));
+    assert_eq!(checkpoint::open(&f).unwrap().step(), 20);
+    // A layer count the chunks do not fit is refused before training, naming both.
+    let out = bin().args(base(&data, 2)).args(["--set", "parallel.pp=4", "--out"]).arg(t.path().join("bad")).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("4 pipeline chunks") && e.contains("model.n_layer"), "{e}");
+}
