@@ -164,7 +164,7 @@ print(f"pipeline -np {sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) 
 PY
 done
 # The -np 8 pipeline checkpoint continues on one rank (global batch kept by accumulation).
-"$hyp" train --resume "$work/pp-mpi8" --sample-tokens 0 --set log.progress=false --set parallel.tp=1 --set parallel.pp=1 \
+"$hyp" train --resume "$work/pp-mpi8" --workers 1 --sample-tokens 0 --set log.progress=false --set parallel.tp=1 --set parallel.pp=1 \
   --set 'parallel.schedule="1f1b"' --set parallel.virtual_stages=1 --set parallel.sp=false --set parallel.zero=0 --set train.steps=12 \
   > "$work/pp-resume.log" 2>&1 || { cat "$work/pp-resume.log"; exit 1; }
 grep -q "written by dp=2 tp=2 pp=2 zero=1, now dp=1 tp=1 pp=1 zero=0" "$work/pp-resume.log" || { cat "$work/pp-resume.log"; exit 1; }
