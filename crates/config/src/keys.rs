@@ -98,7 +98,7 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("parallel.pp", U),
     // u8 in the struct; the stage is checked here so serde never sees an overflow.
     ("parallel.zero", Kind::UInt { max: 3 }),
-    ("parallel.recompute", Kind::Enum(&["none", "full"])),
+    ("parallel.recompute", Kind::Enum(&["none", "full", "selective"])),
     ("parallel.sp", Kind::Bool),
     ("parallel.schedule", Kind::Enum(&["1f1b", "interleaved"])),
     ("parallel.virtual_stages", U),

@@ -271,6 +271,9 @@ pub enum Recompute {
     None,
     /// Keep only each block's input; recompute the block during backward.
     Full,
+    /// Keep everything but the attention core's softmax statistics (O(T^2) per head);
+    /// recompute those from q, k, v during backward (Korthikanti et al. 2022).
+    Selective,
 }
 
 /// The pipeline schedule (with `parallel.pp > 1`).

@@ -90,7 +90,7 @@ fn wrong_type_names_key_expected_and_found() {
     );
     assert_eq!(
         err_of_file("[parallel]\nrecompute = true\n").to_string(),
-        "parallel.recompute: expected one of \"none\", \"full\", found boolean true"
+        "parallel.recompute: expected one of \"none\", \"full\", \"selective\", found boolean true"
     );
 }
 

@@ -197,7 +197,7 @@ impl MemoryReport {
             activations: t.acts.bytes() + t.pipe.as_ref().map_or(0, |p| p.bytes()),
             buffers: t.pool.bytes(),
             expected_model_state: state,
-            expected_total: state + model::Activations::expected_bytes_sp(&t.gpt.spec, b, tt, t.acts.recompute, t.acts.sp) as f64,
+            expected_total: state + model::Activations::expected_bytes_with(&t.gpt.spec, b, tt, t.acts.recompute, t.acts.selective, t.acts.sp) as f64,
             measured: t.measured.map(|m| Measured { thread_peak: crate::alloc::thread_peak().unwrap_or(0).max(0) as usize, ..m }),
         }
     }
@@ -239,7 +239,7 @@ pub fn planned_rank_memory(cfg: &config::ResolvedConfig, vocab: usize) -> crate:
         PlannedTerm { what: "Adam moments", bytes: 8.0 * share(zero == 0), keys: size },
         PlannedTerm {
             what: "activations",
-            bytes: model::Activations::expected_bytes(&spec, b, t, recompute) as f64,
+            bytes: model::Activations::expected_bytes_with(&spec, b, t, recompute, matches!(cfg.raw.parallel.recompute, config::Recompute::Selective), 1) as f64,
             keys: "train.batch_size, model.block_size, parallel.recompute",
         },
         PlannedTerm { what: "initial weights (a whole copy while starting)", bytes: 4.0 * psi, keys: size },

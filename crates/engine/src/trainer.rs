@@ -238,7 +238,11 @@ impl Trainer {
         }
         let layers: Vec<_> = chunks.iter().map(|c| c.layers.clone()).collect();
         let has_head = chunks.iter().any(|c| c.last);
-        let (mut acts, m_acts) = crate::alloc::measure(|| Activations::pipeline(&model::Cpu, &gpt.spec, b, t, recompute, sp, &layers, has_head));
+        let selective = matches!(par.recompute, config::Recompute::Selective);
+        let (mut acts, m_acts) = crate::alloc::measure(|| {
+            let acts = Activations::pipeline(&model::Cpu, &gpt.spec, b, t, recompute, sp, &layers, has_head);
+            if selective { acts.recompute_attention(&model::Cpu) } else { acts }
+        });
         let pipe = (rank.pp > 1).then(|| crate::pipe::PipeState::new(chunks, &mut acts, b * t * gpt.spec.hidden, sp, rank.tp, rank.tp_rank));
         let measured = match (m_params, m_grads, m_optim, m_acts) {
             (Some(params), Some(grads), Some(optimizer), Some(activations)) => {

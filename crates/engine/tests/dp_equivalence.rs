@@ -102,7 +102,7 @@ fn check_dp(dp: usize) {
     let want = single(&dir, MICRO * dp);
     assert!(want.0[STEPS - 1] < want.0[0], "the reference run must learn: {:?}", want.0);
     for zero in 0..=3u8 {
-        for recompute in ["none", "full"] {
+        for recompute in ["none", "full", "selective"] {
             let got = parallel(&dir, dp, zero, recompute, 1);
             assert_matches(&format!("dp={dp} zero={zero} recompute={recompute}"), &got, &want);
         }

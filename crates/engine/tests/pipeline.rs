@@ -147,7 +147,7 @@ fn gpt2_pipelines_match_single_rank() {
             lay(1, 1, 2, 1, false, 0, "full"),
             lay(1, 1, 4, 1, false, 0, "none"),
             lay(1, 1, 2, 2, false, 0, "none"),
-            lay(2, 1, 2, 1, false, 1, "none"),
+            lay(2, 1, 2, 1, false, 1, "selective"),
             lay(2, 1, 2, 1, false, 3, "full"),
             lay(1, 2, 2, 1, false, 0, "none"),
             lay(1, 2, 2, 1, true, 0, "none"),
@@ -159,7 +159,7 @@ fn gpt2_pipelines_match_single_rank() {
 
 #[test]
 fn gpt2_interleaved_pp4_matches_single_rank() {
-    check(false, 8, 8, &[lay(1, 1, 4, 2, false, 0, "none"), lay(2, 1, 4, 1, false, 2, "none"), lay(1, 2, 4, 1, true, 0, "full")]);
+    check(false, 8, 8, &[lay(1, 1, 4, 2, false, 0, "selective"), lay(2, 1, 4, 1, false, 2, "none"), lay(1, 2, 4, 1, true, 0, "full")]);
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn llama_pipelines_match_single_rank() {
             lay(1, 1, 4, 1, false, 0, "full"),
             lay(1, 1, 2, 2, false, 0, "none"),
             lay(2, 1, 2, 1, false, 3, "none"),
-            lay(1, 2, 2, 1, true, 1, "none"),
+            lay(1, 2, 2, 1, true, 1, "selective"),
             lay(2, 2, 2, 1, false, 0, "full"),
         ],
     );

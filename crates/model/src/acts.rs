@@ -158,6 +158,11 @@ pub struct Activations<B: Backend = Cpu> {
     pub full: B::Vec,
     pub d_sh: B::Vec,
     pub d_norm: B::Vec,
+    /// Selective recomputation (Korthikanti et al. 2022): no block keeps its attention
+    /// softmax statistics (`att_saved`, O(T^2) per head); the backward recomputes them
+    /// from the saved q|k|v into this one buffer. Empty when off.
+    pub att_scratch: B::Vec,
+    pub selective: bool,
 }
 
 /// Bound on the logits scratch, in floats (64 MiB).
@@ -200,6 +205,8 @@ impl Activations<Cpu> {
             full: e(),
             d_sh: e(),
             d_norm: e(),
+            att_scratch: e(),
+            selective: false,
         }
     }
 
@@ -212,6 +219,12 @@ impl Activations<Cpu> {
     /// [`Activations::expected_bytes`] of one rank of an `sp`-way sequence-parallel group
     /// (the shape is the rank's tensor-parallel part).
     pub fn expected_bytes_sp(shape: &impl ToSpec, b: usize, t: usize, recompute: bool, sp: usize) -> usize {
+        Self::expected_bytes_with(shape, b, t, recompute, false, sp)
+    }
+
+    /// [`Activations::expected_bytes_sp`], with `selective` recomputation of attention
+    /// (see [`Activations::recompute_attention`]).
+    pub fn expected_bytes_with(shape: &impl ToSpec, b: usize, t: usize, recompute: bool, selective: bool, sp: usize) -> usize {
         let m = shape.to_spec();
         let w = Widths::of(&m);
         let (n, l) = (b * t, m.layers);
@@ -219,12 +232,15 @@ impl Activations<Cpu> {
         // Per block: ln1, res2, ln2 and their statistics on the rows this rank holds; the
         // rest on every row.
         let sharded_row = 3 * w.c + 2 * (w.mean + 1);
-        let block = ns * sharded_row + n * (w.block_row() - sharded_row) + Cpu.attention_saved_len(b, t, m.heads);
+        let probs = Cpu.attention_saved_len(b, t, m.heads);
+        let selective = selective && !recompute;
+        let block = ns * sharded_row + n * (w.block_row() - sharded_row) + if selective { 0 } else { probs };
         let stored = if recompute { 1 } else { l };
+        let scratch_probs = if selective { probs } else { 0 };
         // Scratch: dres on this rank's rows, the others on every row.
         let scratch = ns * w.c + n * (w.scratch_row() - w.c);
         let sp_scratch = if sp > 1 { n * w.c + ns * w.c + 4 * w.c } else { 0 };
-        let floats = (l + 1) * ns * w.c + stored * block + ns * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + scratch + sp_scratch;
+        let floats = (l + 1) * ns * w.c + stored * block + ns * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + scratch + sp_scratch + scratch_probs;
         4 * floats + 4 * n
     }
 }
@@ -286,7 +302,26 @@ impl<B: Backend> Activations<B> {
             full: on(n * w.c),
             d_sh: on(ns * w.c),
             d_norm: on(4 * w.c),
+            att_scratch: be.zeros(0),
+            selective: false,
         }
+    }
+
+    /// Switches to selective recomputation: the blocks' attention statistics are freed
+    /// and one buffer serves every block's backward (nothing changes under full
+    /// recomputation, which keeps a single block's anyway).
+    pub fn recompute_attention(mut self, be: &B) -> Self {
+        if self.recompute || self.selective {
+            return self;
+        }
+        for blk in &mut self.blocks {
+            let saved = std::mem::replace(&mut blk.att_saved, be.zeros(0));
+            if crate::backend::Buf::len(&*self.att_scratch) == 0 {
+                self.att_scratch = saved;
+            }
+        }
+        self.selective = true;
+        self
     }
 
     /// Bytes held, for the memory report.
@@ -294,7 +329,7 @@ impl<B: Backend> Activations<B> {
         use crate::backend::Buf;
         let vecs = [
             &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.losses, &self.dres, &self.d_ln, &self.d_att, &self.d_qkv,
-            &self.d_fc, &self.d_gelu, &self.full, &self.d_sh, &self.d_norm,
+            &self.d_fc, &self.d_gelu, &self.full, &self.d_sh, &self.d_norm, &self.att_scratch,
         ];
         let floats: usize = vecs.iter().map(|v| Buf::len(&***v)).sum::<usize>()
             + self.resid.iter().map(|v| Buf::len(&**v)).sum::<usize>()

@@ -449,12 +449,37 @@ impl<B: Backend> Model<B> {
     /// Block `l`: `resid[l+1] = res2 + mlp(norm2(res2))`, `res2 = resid[l] + attn(norm1(resid[l]))`.
     pub fn block_forward<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
         let slot = if acts.recompute { 0 } else { l };
+        // Selective recomputation: the attention statistics go to the shared buffer.
+        if acts.selective {
+            std::mem::swap(&mut acts.blocks[slot].att_saved, &mut acts.att_scratch);
+        }
         let (input, rest) = acts.resid.split_at_mut(l + 1);
         let (b, t) = (acts.b, acts.t);
-        if acts.sp > 1 {
-            return self.block_fwd_sp(d, params, &mut acts.blocks[slot], &mut acts.full, &input[l], &mut rest[0], acts.rope.as_ref(), b, t);
+        let r = if acts.sp > 1 {
+            self.block_fwd_sp(d, params, &mut acts.blocks[slot], &mut acts.full, &input[l], &mut rest[0], acts.rope.as_ref(), b, t)
+        } else {
+            self.block_fwd(d, params, &mut acts.blocks[slot], &input[l], &mut rest[0], acts.rope.as_ref(), b, t)
+        };
+        if acts.selective {
+            std::mem::swap(&mut acts.blocks[slot].att_saved, &mut acts.att_scratch);
         }
-        self.block_fwd(d, params, &mut acts.blocks[slot], &input[l], &mut rest[0], acts.rope.as_ref(), b, t)
+        r
+    }
+
+    /// Backward of block `l` with selective recomputation: the attention core runs
+    /// again from the saved q|k|v (its output is the same bits as the forward's) into
+    /// the shared statistics buffer, lent to the block for its backward.
+    fn block_backward_selective<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
+        let BlockDims { nh, nkv, hd, .. } = self.block_dims();
+        let (b, t) = (acts.b, acts.t);
+        let a = &mut acts.blocks[l];
+        std::mem::swap(&mut a.att_saved, &mut acts.att_scratch);
+        self.be.attention_forward(&mut a.att, &mut a.att_saved, &a.qkv, b, t, nh, nkv, hd);
+        acts.selective = false;
+        let r = self.block_backward(d, l, params, grads, acts);
+        acts.selective = true;
+        std::mem::swap(&mut acts.blocks[l].att_saved, &mut acts.att_scratch);
+        r
     }
 
     /// [`Model::block_fwd`] with sequence parallelism: the norms and residual adds run on
@@ -539,6 +564,9 @@ impl<B: Backend> Model<B> {
     /// d loss / d resid[l]. Adds the block's parameter gradients into `grads`. With
     /// recompute, first re-runs the block's forward from `resid[l]`.
     pub fn block_backward<D: Driver<B>>(&self, d: &mut D, l: usize, params: &B::Buf, grads: &mut B::Buf, acts: &mut Activations<B>) -> Result<(), D::Error> {
+        if acts.selective {
+            return self.block_backward_selective(d, l, params, grads, acts);
+        }
         if acts.recompute {
             self.block_forward(d, l, params, acts)?;
         }

@@ -2,7 +2,7 @@
 //! and determinism.
 
 use model::init::SplitMix64;
-use model::{Activations, Gpt, GptConfig};
+use model::{Activations, Backend, Gpt, GptConfig};
 
 fn tiny(bias: bool) -> GptConfig {
     GptConfig { vocab_size: 13, n_layer: 2, n_head: 2, n_embd: 8, block_size: 6, bias }
@@ -93,6 +93,12 @@ fn recompute_gives_identical_gradients() {
     let (l1, g1) = run(true);
     assert_eq!(l0.to_bits(), l1.to_bits());
     assert_eq!(g0, g1, "recompute must reproduce the stored activations exactly");
+    // Selective: only the attention core runs again, into one shared buffer.
+    let mut g2 = gpt.zeros();
+    let mut acts = Activations::new(&cfg, 3, cfg.block_size, false).recompute_attention(&model::Cpu);
+    let l2 = gpt.forward_backward(&p, &mut g2, &mut acts, &x, &y, 0.1);
+    assert_eq!(l0.to_bits(), l2.to_bits());
+    assert_eq!(g0, g2, "selective recompute must reproduce the stored statistics exactly");
 }
 
 #[test]
@@ -106,6 +112,12 @@ fn activation_bytes_match_the_formula() {
         let acts = Activations::sequence_parallel(&model::Cpu, &spec, 3, 5, recompute, 3);
         assert_eq!(acts.bytes(), Activations::expected_bytes_sp(&cfg, 3, 5, recompute, 3));
         assert!(acts.bytes() < Activations::expected_bytes(&cfg, 3, 5, recompute) || recompute);
+        // Selective recomputation keeps one block's attention statistics instead of L.
+        let acts = Activations::new(&cfg, 3, 5, recompute).recompute_attention(&model::Cpu);
+        assert_eq!(acts.bytes(), Activations::expected_bytes_with(&cfg, 3, 5, recompute, true, 1));
+        let probs = 4 * model::Cpu.attention_saved_len(3, 5, cfg.n_head);
+        let layers = if recompute { 0 } else { cfg.n_layer - 1 };
+        assert_eq!(Activations::expected_bytes(&cfg, 3, 5, recompute) - acts.bytes(), layers * probs);
     }
 }
 
