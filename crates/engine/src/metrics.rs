@@ -48,6 +48,14 @@ pub struct StepMetrics {
     /// `log.spike_window` steps, above `log.spike_z`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub loss_spike_z: Option<f64>,
+    /// Pipeline parallelism: the part of `comm_ms` rank 0 waited for its neighbouring
+    /// stages (the pipeline bubble and exposed transfers).
+    #[serde(skip_serializing_if = "is_zero_f64", default)]
+    pub pipe_wait_ms: f64,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn is_zero(n: &u64) -> bool {

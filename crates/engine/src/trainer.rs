@@ -522,6 +522,7 @@ impl Trainer {
                 forward_ms: times.forward * 1e3,
                 backward_ms: times.backward * 1e3,
                 comm_ms: times.comm * 1e3,
+                pipe_wait_ms: times.pipe_wait * 1e3,
                 optimizer_ms: times.optimizer * 1e3,
                 skipped_steps: guard.skipped,
                 loss_spike_z: spike,

@@ -143,6 +143,9 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
                 "virtual_stages": t.cfg.raw.parallel.virtual_stages,
                 "micro_batches": a.micro_batches,
                 "pipe_idle": idle,
+                // What the counting allocator saw rank 0 allocate for activations.
+                "activation_bytes": t.measured.map(|m| m.activations),
+                "activation_bytes_formula": model::Activations::expected_bytes_with(&t.gpt.spec, t.cfg.raw.train.batch_size, tt, t.acts.recompute, t.acts.selective, t.acts.sp),
                 "peak_flops": t.peak_flops,
                 "peak_rss_mb": engine::peak_rss_bytes().map(|x| x as f64 / 1048576.0),
             })
