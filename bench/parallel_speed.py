@@ -10,7 +10,8 @@ Every layout is a fresh `hyperion train` (thread ranks on this machine, evaluati
 checkpoints off but the final one, sampling off) of the same global batch; layouts
 alternate within each round. Per run: the median over steps 3.. of metrics.jsonl's
 step_ms and its parts (forward, backward, optimizer, comm: the data-parallel bucket
-waits; tensor-parallel collectives are inside forward and backward). Cells: medians over
+waits and, for pp, the pipeline wait, also shown alone as "bubble"; tensor-parallel
+collectives are inside forward and backward). Cells: medians over
 rounds; ratio = single-rank step time / layout step time.
 """
 
@@ -30,11 +31,13 @@ LAYOUTS = {
     "dp2": ["--workers", "2", "--set", "train.batch_size={half}"],
     "tp2": ["--set", "parallel.tp=2"],
     "tp2+sp": ["--set", "parallel.tp=2", "--set", "parallel.sp=true"],
+    # The same global batch as 8 micro-batches through 2 stages (1F1B).
+    "pp2": ["--set", "parallel.pp=2", "--set", "train.batch_size={eighth}", "--set", "train.grad_accum=8"],
 }
 
 
 def run(hyperion, preset, steps, batch, layout, out):
-    extra = [a.format(half=batch // 2) for a in LAYOUTS[layout]]
+    extra = [a.format(half=batch // 2, eighth=batch // 8) for a in LAYOUTS[layout]]
     cmd = [hyperion, "train", "--preset", preset, "--out", out, "--sample-tokens", "0",
            "--set", f"train.steps={steps}", "--set", f"train.batch_size={batch}", "--set", "train.grad_accum=1",
            "--set", "train.eval_interval=0", "--set", "checkpoint.interval=0", "--set", "log.progress=false",
@@ -43,7 +46,9 @@ def run(hyperion, preset, steps, batch, layout, out):
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][2:]
-    return {k: statistics.median(r[k] for r in rows) for k in ("step_ms", "forward_ms", "backward_ms", "optimizer_ms", "comm_ms")}
+    for r in rows:
+        r.setdefault("pipe_wait_ms", 0.0)
+    return {k: statistics.median(r[k] for r in rows) for k in ("step_ms", "forward_ms", "backward_ms", "optimizer_ms", "comm_ms", "pipe_wait_ms")}
 
 
 def main():
@@ -67,10 +72,10 @@ def main():
     med = {l: {k: statistics.median(r[k] for r in got[l]) for k in got[l][0]} for l in layouts}
     base = med.get("single", med[layouts[0]])["step_ms"]
     print(f"{a.preset}, global batch {a.batch}, {a.rounds} rounds")
-    print(f"{'layout':<8} {'step ms':>9} {'fwd':>8} {'bwd':>8} {'optim':>8} {'comm':>8} {'vs single':>9}")
+    print(f"{'layout':<8} {'step ms':>9} {'fwd':>8} {'bwd':>8} {'optim':>8} {'comm':>8} {'bubble':>8} {'vs single':>9}")
     for l in layouts:
         m = med[l]
-        print(f"{l:<8} {m['step_ms']:>9.1f} {m['forward_ms']:>8.1f} {m['backward_ms']:>8.1f} {m['optimizer_ms']:>8.1f} {m['comm_ms']:>8.1f} {base / m['step_ms']:>9.2f}")
+        print(f"{l:<8} {m['step_ms']:>9.1f} {m['forward_ms']:>8.1f} {m['backward_ms']:>8.1f} {m['optimizer_ms']:>8.1f} {m['comm_ms']:>8.1f} {m['pipe_wait_ms']:>8.1f} {base / m['step_ms']:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -304,7 +304,8 @@ impl Trainer {
     }
 
     /// One step's forward and backward passes on this pipeline stage, in the
-    /// schedule's order; gradients end where [`Trainer::optimizer_step`] expects them.
+    /// schedule's order; gradients end where [`Trainer::optimizer_step`] expects them
+    /// once [`Trainer::sum_tied_embedding`] has run.
     /// Returns the summed loss of the step's micro-batches (the last stage's; 0 elsewhere).
     pub(crate) fn pipeline_step(&mut self, grad_scale: f32, times: &mut StepTimes) -> Result<f64> {
         let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
@@ -317,7 +318,6 @@ impl Trainer {
         self.pipe = Some(pipe);
         let loss = res?;
         flushed?;
-        self.sum_tied_embedding()?;
         Ok(loss)
     }
 
@@ -442,7 +442,7 @@ impl Trainer {
     /// With a tied head, the first stage's embedding and the last stage's copy of it
     /// got different gradient contributions (lookup and head): both take the sum, so
     /// both copies take the same update.
-    fn sum_tied_embedding(&mut self) -> Result<()> {
+    pub(crate) fn sum_tied_embedding(&mut self) -> Result<()> {
         if !self.gpt.tied() {
             return Ok(());
         }

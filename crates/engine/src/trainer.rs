@@ -332,7 +332,14 @@ impl Trainer {
         if self.pipe.is_some() {
             // Only the last stage computes losses; the others add zero.
             let mine = self.pipeline_step(grad_scale, times)?;
+            // The sum waits for the last stage's last backward: the idle end of this
+            // stage's pipeline, part of its bubble.
+            let t0 = Instant::now();
             loss_sum = self.rank.sum_f64_pp(mine)?;
+            let waited = t0.elapsed().as_secs_f64();
+            times.comm += waited;
+            times.pipe_wait += waited;
+            self.sum_tied_embedding()?;
         } else {
             for micro in 0..accum {
                 self.fill(self.sample_index(micro), false);

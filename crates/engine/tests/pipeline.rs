@@ -158,8 +158,20 @@ fn gpt2_pipelines_match_single_rank() {
 }
 
 #[test]
-fn gpt2_interleaved_pp4_matches_single_rank() {
-    check(false, 8, 8, &[lay(1, 1, 4, 2, false, 0, "selective"), lay(2, 1, 4, 1, false, 2, "none"), lay(1, 2, 4, 1, true, 0, "full")]);
+fn gpt2_deeper_pipelines_of_8_ranks_match_single_rank() {
+    check(
+        false,
+        8,
+        8,
+        &[
+            lay(1, 1, 4, 2, false, 0, "selective"),
+            lay(2, 1, 4, 1, false, 2, "none"),
+            lay(1, 2, 4, 1, true, 0, "full"),
+            lay(1, 1, 8, 1, false, 0, "none"),
+            lay(4, 1, 2, 2, false, 3, "none"),
+            lay(1, 4, 2, 1, true, 1, "none"),
+        ],
+    );
 }
 
 #[test]

@@ -110,8 +110,16 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         })
     })
     .map_err(|e| anyhow::anyhow!("benchmark failed: {e}"))?;
-    // Each rank's share of the step spent waiting for its pipeline neighbours.
+    // Each rank's share of the step spent waiting for its pipeline neighbours, and its
+    // median wait and computation (forward + backward) per step.
     let idle: Vec<f64> = runs.iter().map(|(s, _)| s.wait.iter().sum::<f64>() / s.step.iter().sum::<f64>()).collect();
+    let per_rank: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|(s, _)| {
+            let mut compute: Vec<f64> = s.fwd.iter().zip(&s.bwd).map(|(f, b)| f + b).collect();
+            serde_json::json!({ "pipe_wait_ms": median(&mut s.wait.clone()) * 1e3, "compute_ms": median(&mut compute) * 1e3 })
+        })
+        .collect();
     let (mut s, t) = runs.into_iter().next().expect("rank 0");
     let tt = t.cfg.raw.model.block_size;
     let step_s = median(&mut s.step);
@@ -143,6 +151,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
                 "virtual_stages": t.cfg.raw.parallel.virtual_stages,
                 "micro_batches": a.micro_batches,
                 "pipe_idle": idle,
+                "ranks": per_rank,
                 // What the counting allocator saw rank 0 allocate for activations.
                 "activation_bytes": t.measured.map(|m| m.activations),
                 "activation_bytes_formula": model::Activations::expected_bytes_with(&t.gpt.spec, t.cfg.raw.train.batch_size, tt, t.acts.recompute, t.acts.selective, t.acts.sp),

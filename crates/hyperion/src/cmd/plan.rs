@@ -192,29 +192,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--runnable`: what the engine implements (issue 9 has landed dp, tp, sp and ZeRO;
-/// pipelines, selective recompute, fp8 and comm overlap are the planner's alone).
+/// `--runnable`: what the engine implements (issue 9 has landed dp, tp, sp, pp with
+/// 1F1B and interleaved schedules, ZeRO and recompute; fp8, comm overlap and fused
+/// attention are the planner's alone).
 fn restrict_to_runnable(spec: &mut LayoutSpec) -> anyhow::Result<()> {
-    use planner::layout::Recompute;
     let clash = |knob: &str, v: String| anyhow::anyhow!("--runnable: --layout fixes {knob} = {v}, which the engine does not run yet");
-    match spec.pp {
-        Some(p) if p != 1 => return Err(clash("pp", p.to_string())),
-        _ => spec.pp = Some(1),
-    }
-    match spec.interleave {
-        Some(v) if v != 1 => return Err(clash("v", v.to_string())),
-        _ => spec.interleave = Some(1),
-    }
-    if spec.recompute == Some(Recompute::Selective) {
-        return Err(clash("recompute", "selective".into()));
-    }
     for (knob, value) in [("fp8", &mut spec.fp8), ("tp_overlap", &mut spec.tp_overlap), ("flash", &mut spec.flash)] {
         if *value == Some(true) {
             return Err(clash(knob, "1".into()));
         }
         *value = Some(false);
     }
-    spec.recompute_choices = Some(&[Recompute::None, Recompute::Full]);
     Ok(())
 }
 
@@ -230,14 +218,8 @@ fn emitted_config(job: &Job, e: &Estimate, args: &PlanArgs) -> anyhow::Result<St
     let per_step = (job.global_batch * job.seq) as f64;
     raw.train.steps = (job.tokens / per_step).ceil().max(1.0) as u64;
     let mut unsupported = Vec::new();
-    if l.pp > 1 {
-        unsupported.push(format!("parallel.pp = {} (pipeline parallelism)", l.pp));
-    }
-    if l.interleave > 1 {
-        unsupported.push(format!("{} interleaved pipeline chunks (no config key yet)", l.interleave));
-    }
-    if l.recompute == Recompute::Selective {
-        unsupported.push("parallel.recompute = \"selective\"".to_string());
+    if l.interleave > 1 && e.micro_batches % l.pp != 0 {
+        unsupported.push(format!("{} micro-batches, not a multiple of pp = {} (the interleaved schedule needs one)", e.micro_batches, l.pp));
     }
     for (on, what) in [(l.fp8, "fp8 matmuls"), (l.tp_overlap, "TP communication overlap"), (l.flash, "fused (flash) attention")] {
         if on {
@@ -290,6 +272,9 @@ fn emitted_config(job: &Job, e: &Estimate, args: &PlanArgs) -> anyhow::Result<St
         "\n[parallel]\ndp = {}\ntp = {}\npp = {}\nzero = {}\nrecompute = \"{recompute}\"\nsp = {}\n",
         l.dp, l.tp, l.pp, l.zero, l.sp
     ));
+    if l.interleave > 1 {
+        out.push_str(&format!("schedule = \"interleaved\"\nvirtual_stages = {}\n", l.interleave));
+    }
     Ok(head + &out)
 }
 
