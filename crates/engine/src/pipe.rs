@@ -90,6 +90,8 @@ pub fn ops(schedule: PipeSchedule, pp: usize, v: usize, m: usize, p: usize) -> V
 pub struct Simulated {
     pub idle: Vec<f64>,
     pub max_in_flight: Vec<usize>,
+    /// Per rank and local chunk: the most micro-batches of that chunk held at once.
+    pub max_in_flight_chunk: Vec<Vec<usize>>,
     pub makespan: f64,
 }
 
@@ -107,6 +109,8 @@ pub fn simulate(schedule: PipeSchedule, pp: usize, v: usize, m: usize, f: f64, b
     let mut busy = vec![0.0f64; pp];
     let mut held = vec![0usize; pp];
     let mut max_held = vec![0usize; pp];
+    let mut held_chunk = vec![vec![0usize; v]; pp];
+    let mut max_chunk = vec![vec![0usize; v]; pp];
     loop {
         let mut progressed = false;
         for p in 0..pp {
@@ -133,11 +137,15 @@ pub fn simulate(schedule: PipeSchedule, pp: usize, v: usize, m: usize, f: f64, b
                 clock[p] = clock[p].max(ready) + cost;
                 busy[p] += cost;
                 done.insert((c, mb, back), clock[p]);
+                let k = c / pp;
                 if back {
                     held[p] -= 1;
+                    held_chunk[p][k] -= 1;
                 } else {
                     held[p] += 1;
+                    held_chunk[p][k] += 1;
                     max_held[p] = max_held[p].max(held[p]);
+                    max_chunk[p][k] = max_chunk[p][k].max(held_chunk[p][k]);
                 }
                 pos[p] += 1;
                 progressed = true;
@@ -153,7 +161,7 @@ pub fn simulate(schedule: PipeSchedule, pp: usize, v: usize, m: usize, f: f64, b
     }
     let makespan = clock.iter().cloned().fold(0.0, f64::max);
     let idle = busy.iter().map(|&w| 1.0 - w / makespan).collect();
-    Ok(Simulated { idle, max_in_flight: max_held, makespan })
+    Ok(Simulated { idle, max_in_flight: max_held, max_in_flight_chunk: max_chunk, makespan })
 }
 
 /// Rank `p`'s chunks (in local order) of a `pp`-stage pipeline with `v` chunks per rank.
@@ -232,6 +240,12 @@ impl PipeState {
         });
         let recv_buf = vec![0.0; split.as_ref().map_or(0, |r| r.len())];
         PipeState { chunks, free, live: HashMap::new(), sends: Vec::new(), split, recv_buf }
+    }
+
+    /// Saved-activation sets made so far, per local chunk: the most micro-batches the
+    /// schedule has held at once.
+    pub(crate) fn sets(&self) -> Vec<usize> {
+        (0..self.chunks.len()).map(|k| self.free[k].len() + self.live.keys().filter(|(kk, _)| *kk == k).count()).collect()
     }
 
     /// Bytes of the saved-activation sets (free and in flight).
@@ -454,6 +468,12 @@ impl Trainer {
             ends.all_reduce((&mut self.gshard[EMBED][..]).into(), comm::ReduceOp::Sum)?;
         }
         Ok(())
+    }
+
+    /// Pipeline parallelism: per local chunk, how many micro-batches' activations this
+    /// stage has held at once (the sets it allocated); `None` without a pipeline.
+    pub fn pipeline_activation_sets(&self) -> Option<Vec<usize>> {
+        self.pipe.as_ref().map(|p| p.sets())
     }
 
     /// Whether bucket `b`'s gradient counts in this rank's share of the global norm:

@@ -283,3 +283,31 @@ fn one_step_moves_exactly_the_pipeline_traffic() {
         assert_eq!(total, msgs, "{l:?}: messages of the whole job");
     }
 }
+
+/// A stage holds at most the schedule's number of micro-batches' activations: under
+/// 1F1B stage p of 4 keeps 4 - p sets whatever the number of micro-batches; the
+/// interleaved schedule, per chunk, the most of that chunk its simulation holds at once.
+#[test]
+fn a_stage_holds_the_schedules_number_of_micro_batches() {
+    let (_tmp, dir) = tmp();
+    for (l, m) in [(lay(1, 1, 4, 1, false, 0, "none"), 8), (lay(1, 1, 4, 1, false, 0, "none"), 2), (lay(1, 1, 4, 2, false, 0, "none"), 8)] {
+        let out = comm::run_local(l.ranks(), Duration::from_secs(60), |c| {
+            let rank = Rank::with_mesh(&c, l.tp, l.pp, l.v > 1)?;
+            let p = rank.pp_rank;
+            let data = data::Dataset::open(&dir).map_err(engine::EngineError::from)?;
+            let mut t = Trainer::with_rank(cfg(false, 8, l, MICRO, m), data, Path::new(""), rank)?;
+            t.train_step(&mut StepTimes::default())?;
+            t.train_step(&mut StepTimes::default())?;
+            Ok::<_, engine::EngineError>((p, t.pipeline_activation_sets().expect("a pipeline")))
+        })
+        .expect("ranks");
+        let schedule = if l.v > 1 { config::PipeSchedule::Interleaved } else { config::PipeSchedule::OneFOneB };
+        let sim = engine::pipe::simulate(schedule, l.pp, l.v, m, 1.0, 2.0).unwrap();
+        for (p, sets) in out {
+            assert_eq!(sets, sim.max_in_flight_chunk[p], "{l:?} m={m} stage {p}");
+            if l.v == 1 {
+                assert_eq!(sets, vec![(l.pp - p).min(m)], "{l:?} m={m} stage {p}");
+            }
+        }
+    }
+}

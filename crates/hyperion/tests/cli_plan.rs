@@ -408,8 +408,8 @@ fn plan_json_carries_the_80_percent_range() {
 }
 
 /// Plans that run: `--emit-config` writes the chosen layout and sizes as a training
-/// config; with `--runnable` it trains as emitted; otherwise it names what the engine
-/// does not support yet, and `train` refuses it naming the key.
+/// config; with `--runnable` it trains as emitted (also a pipeline layout); what the
+/// engine does not run (fp8, comm overlap, fused attention) `--runnable` refuses.
 #[test]
 fn an_emitted_config_trains_and_unsupported_knobs_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -436,13 +436,35 @@ fn an_emitted_config_trains_and_unsupported_knobs_are_named() {
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(saved.contains("dp = 2") && saved.contains("batch_size = 4"), "trained with the planned layout:\n{saved}");
 
+    // A pipeline layout trains as planned too.
+    let pp = tmp.path().join("pp.toml");
+    let o = hyperion(&[
+        "plan", "--model", "shakespeare-char-cpu", "--cluster", "dgx-a100-superpod", "--gpus", "2", "--runnable", "--global-batch", "8",
+        "--tokens", "5120", "--layout", "pp=2", "--emit-config", pp.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = tmp.path().join("pp-run");
+    let o = hyperion(&[
+        "train", "--config", pp.to_str().unwrap(), "--out", run.to_str().unwrap(), "--sample-tokens", "0",
+        "--set", &format!("data.dir=\"{}\"", tmp.path().join("data").display()),
+        "--set", &format!("data.inputs=[\"{corpus}\"]"), "--set", "data.split=\"tail\"", "--set", "log.progress=false",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("pp = 2") && saved.contains("grad_accum = 4"), "trained with the planned pipeline:\n{saved}");
+
+    // GPT-3 on the 2020 machine: 16 stages of 6 interleaved chunks, all runnable knobs.
     let big = tmp.path().join("gpt3.toml");
     let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--emit-config", big.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&big).unwrap();
-    assert!(text.contains("NOT YET SUPPORTED") && text.contains("parallel.pp = 16"), "{text}");
-    let o = hyperion(&["train", "--config", big.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
-    assert!(!o.status.success() && stderr(&o).contains("parallel."), "{}", stderr(&o));
-    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--runnable", "--layout", "pp=4"]);
+    assert!(text.contains("pp = 16") && text.contains("schedule = \"interleaved\"") && text.contains("virtual_stages = 6"), "{text}");
+    // What the engine does not run (fp8 here) is refused with --runnable, and named in
+    // an emitted config otherwise.
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--runnable", "--layout", "fp8=1"]);
     assert!(!o.status.success() && stderr(&o).contains("--runnable"), "{}", stderr(&o));
+    let o = hyperion(&["plan", "--model", "gpt3-175b", "--cluster", "azure-openai-2020", "--layout", "fp8=1", "--emit-config", big.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&big).unwrap();
+    assert!(text.contains("NOT YET SUPPORTED") && text.contains("fp8 matmuls"), "{text}");
 }
