@@ -60,14 +60,18 @@ pub fn global_chunk(pp: usize, p: usize, k: usize) -> usize {
 pub fn ops(schedule: PipeSchedule, pp: usize, v: usize, m: usize, p: usize) -> Vec<PipeOp> {
     let total = m * v;
     // The i-th forward (backward) of this rank: which chunk and micro-batch.
-    let (fwd, bwd): (Box<dyn Fn(usize) -> PipeOp>, Box<dyn Fn(usize) -> PipeOp>) = match schedule {
-        PipeSchedule::OneFOneB => (Box::new(|i| PipeOp::Fwd { k: 0, m: i }), Box::new(|i| PipeOp::Bwd { k: 0, m: i })),
-        PipeSchedule::Interleaved => {
-            let micro = move |i: usize| (i / (pp * v)) * pp + i % pp;
-            let chunk = move |i: usize| (i / pp) % v;
-            (Box::new(move |i| PipeOp::Fwd { k: chunk(i), m: micro(i) }), Box::new(move |i| PipeOp::Bwd { k: v - 1 - chunk(i), m: micro(i) }))
-        }
+    let nth = |i: usize, backward: bool| {
+        let (k, m) = match schedule {
+            PipeSchedule::OneFOneB => (0, i),
+            PipeSchedule::Interleaved => {
+                let k = (i / pp) % v;
+                ((if backward { v - 1 - k } else { k }), (i / (pp * v)) * pp + i % pp)
+            }
+        };
+        if backward { PipeOp::Bwd { k, m } } else { PipeOp::Fwd { k, m } }
     };
+    let fwd = |i| nth(i, false);
+    let bwd = |i| nth(i, true);
     let warmup = match schedule {
         PipeSchedule::OneFOneB => (pp - p - 1).min(total),
         // With as many micro-batches as stages, Megatron-LM runs every forward first.
@@ -511,8 +515,8 @@ mod tests {
                         let list = ops(s, pp, v, m, p);
                         assert_eq!(list.len(), 2 * m * v);
                         for k in 0..v {
-                            let f: Vec<usize> = list.iter().filter_map(|o| matches!(o, PipeOp::Fwd { k: kk, .. } if *kk == k).then(|| if let PipeOp::Fwd { m, .. } = o { *m } else { 0 })).collect();
-                            let b: Vec<usize> = list.iter().filter_map(|o| matches!(o, PipeOp::Bwd { k: kk, .. } if *kk == k).then(|| if let PipeOp::Bwd { m, .. } = o { *m } else { 0 })).collect();
+                            let f: Vec<usize> = list.iter().filter_map(|o| if let PipeOp::Fwd { k: kk, m } = o { (*kk == k).then_some(*m) } else { None }).collect();
+                            let b: Vec<usize> = list.iter().filter_map(|o| if let PipeOp::Bwd { k: kk, m } = o { (*kk == k).then_some(*m) } else { None }).collect();
                             assert_eq!(f, (0..m).collect::<Vec<_>>(), "{s:?} pp {pp} v {v} m {m} rank {p} chunk {k}");
                             assert_eq!(b, (0..m).collect::<Vec<_>>(), "{s:?} pp {pp} v {v} m {m} rank {p} chunk {k}");
                         }

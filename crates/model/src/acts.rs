@@ -252,7 +252,8 @@ impl<B: Backend> Activations<B> {
 
     /// Activations of a rank of an `sp`-way sequence-parallel group (`sp` divides B*T).
     pub fn sequence_parallel(be: &B, m: &ModelSpec, b: usize, t: usize, recompute: bool, sp: usize) -> Self {
-        Self::pipeline(be, m, b, t, recompute, sp, &[0..m.layers], true)
+        let all = 0..m.layers;
+        Self::pipeline(be, m, b, t, recompute, sp, std::slice::from_ref(&all), true)
     }
 
     /// Activations of a pipeline rank that runs the blocks of `chunks` (and the head when

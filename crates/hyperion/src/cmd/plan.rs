@@ -218,7 +218,7 @@ fn emitted_config(job: &Job, e: &Estimate, args: &PlanArgs) -> anyhow::Result<St
     let per_step = (job.global_batch * job.seq) as f64;
     raw.train.steps = (job.tokens / per_step).ceil().max(1.0) as u64;
     let mut unsupported = Vec::new();
-    if l.interleave > 1 && e.micro_batches % l.pp != 0 {
+    if l.interleave > 1 && !e.micro_batches.is_multiple_of(l.pp) {
         unsupported.push(format!("{} micro-batches, not a multiple of pp = {} (the interleaved schedule needs one)", e.micro_batches, l.pp));
     }
     for (on, what) in [(l.fp8, "fp8 matmuls"), (l.tp_overlap, "TP communication overlap"), (l.flash, "fused (flash) attention")] {
