@@ -19,6 +19,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
+# NVRTC from PyPI (no GPU needed) for the CUDA kernel compile test (crates/cuda), pinned
+# to the 13.0 series of the GPU machine's driver; without it that test says SKIPPED.
+nvrtc_lib() { python3 -c "import nvidia.cu13, os; print(os.path.join(list(nvidia.cu13.__path__)[0], 'lib'))" 2>/dev/null || true; }
+if ! compgen -G "$(nvrtc_lib)/libnvrtc.so*" >/dev/null; then
+  python3 -m pip install -q "nvidia-cuda-nvrtc==13.0.*" 2>/dev/null || echo "could not install nvidia-cuda-nvrtc: the NVRTC compile test will skip" >&2
+fi
+if compgen -G "$(nvrtc_lib)/libnvrtc.so*" >/dev/null; then
+  export LD_LIBRARY_PATH="$(nvrtc_lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
 cargo test --workspace --no-fail-fast
 # The NCCL backend builds without CUDA (dynamic loading); its unit tests run without a GPU.
 cargo test -p hyperion-comm --features nccl --lib

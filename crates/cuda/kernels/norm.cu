@@ -1,0 +1,85 @@
+// LayerNorm and RMSNorm over rows of c channels, one block per row. The weight (and
+// bias) gradients are written per row into `partial` buffers (rows, c) and summed by
+// `column_sum_add` in row order, so they are deterministic.
+
+extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b,
+                                             long rows, long c, float eps) {
+    __shared__ float scratch[32];
+    long r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + r * c;
+    float s = 0.0f;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j];
+    float m = block_sum(s, scratch) / (float)c;
+    float v = 0.0f;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float d = xr[j] - m;
+        v += d * d;
+    }
+    float rs = rsqrtf(block_sum(v, scratch) / (float)c + eps);
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float y = (xr[j] - m) * rs * w[j];
+        out[r * c + j] = b ? y + b[j] : y;
+    }
+    if (threadIdx.x == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+// dx += rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dout w;
+// dw_partial[r] = dout xhat, db_partial[r] = dout (when db_partial is not null).
+extern "C" __global__ void layernorm_backward(float* dx, float* dw_partial, float* db_partial, const float* dout, const float* x, const float* w,
+                                              const float* mean, const float* rstd, long rows, long c) {
+    __shared__ float scratch[32];
+    long r = blockIdx.x;
+    if (r >= rows) return;
+    const float *xr = x + r * c, *dr = dout + r * c;
+    float m = mean[r], rs = rstd[r];
+    float a = 0.0f, bsum = 0.0f;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float xhat = (xr[j] - m) * rs;
+        float dxhat = dr[j] * w[j];
+        a += dxhat;
+        bsum += dxhat * xhat;
+    }
+    float mean_d = block_sum(a, scratch) / (float)c;
+    float mean_dx = block_sum(bsum, scratch) / (float)c;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float xhat = (xr[j] - m) * rs;
+        float dxhat = dr[j] * w[j];
+        dx[r * c + j] += rs * (dxhat - mean_d - xhat * mean_dx);
+        dw_partial[r * c + j] = dr[j] * xhat;
+        if (db_partial) db_partial[r * c + j] = dr[j];
+    }
+}
+
+extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, long rows, long c, float eps) {
+    __shared__ float scratch[32];
+    long r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + r * c;
+    float s = 0.0f;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j] * xr[j];
+    float rs = rsqrtf(block_sum(s, scratch) / (float)c + eps);
+    for (long j = threadIdx.x; j < c; j += blockDim.x) out[r * c + j] = xr[j] * rs * w[j];
+    if (threadIdx.x == 0) rstd[r] = rs;
+}
+
+// dx += rstd (dxhat - xhat mean(dxhat xhat)), dxhat = dout w; dw_partial[r] = dout xhat.
+extern "C" __global__ void rmsnorm_backward(float* dx, float* dw_partial, const float* dout, const float* x, const float* w, const float* rstd,
+                                            long rows, long c) {
+    __shared__ float scratch[32];
+    long r = blockIdx.x;
+    if (r >= rows) return;
+    const float *xr = x + r * c, *dr = dout + r * c;
+    float rs = rstd[r];
+    float a = 0.0f;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) a += dr[j] * w[j] * xr[j] * rs;
+    float mean_dx = block_sum(a, scratch) / (float)c;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float xhat = xr[j] * rs;
+        dx[r * c + j] += rs * (dr[j] * w[j] - xhat * mean_dx);
+        dw_partial[r * c + j] = dr[j] * xhat;
+    }
+}

@@ -1,0 +1,53 @@
+// Shared by every kernel source (prepended before compilation; NVRTC sees one file).
+// Conventions as the CPU kernels crate: row-major f32, backward kernels ADD (+=) into
+// the gradients they produce. Reductions use a fixed order (shuffles, then shared
+// memory in warp order), so results do not depend on timing.
+
+typedef unsigned int u32;
+// No math.h under NVRTC: -inf by its bits.
+#define NEG_INF __int_as_float(0xff800000)
+typedef unsigned short bf16_bits;
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024), the same value on
+// every thread. `scratch` holds 32 floats of shared memory.
+__device__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+__device__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < warps ? scratch[lane] : NEG_INF;
+    return warp_max(t);
+}
+
+// bf16 as its 16 bits (no cuda_bf16.h in NVRTC): round to nearest even, NaN kept NaN.
+__device__ __forceinline__ bf16_bits f32_to_bf16_bits(float x) {
+    u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_bits)0x7fc0u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_bits)(u >> 16);
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(bf16_bits b) {
+    return __uint_as_float(((u32)b) << 16);
+}
