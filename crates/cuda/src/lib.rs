@@ -78,3 +78,5 @@ pub fn defined_kernels(text: &str) -> Vec<&str> {
         })
         .collect()
 }
+
+pub mod gpu;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 10, as ONE prepared call on the GPU machine (which has CUDA,
+# PyTorch and the NVIDIA wheels, but no Rust and no network). Nothing is built there.
+#
+# Here (any machine with Rust):   bash scripts/gpu-check.sh --prepare
+#   builds the check binaries and copies them to target/gpu-check/ (carry that folder).
+# There:                          bash scripts/gpu-check.sh
+#   runs every check; with $OUT set, writes the results there as JSON.
+#
+# What it checks today: (a) every CUDA kernel against the CPU kernel on random inputs
+# (f32, relative 1e-5). Not yet written, and reported as such in summary.json: the GPU
+# backend behind the model (fixtures on GPU, 300 steps of shakespeare-char f32/bf16, the
+# speed benchmark against PyTorch, peak memory against the analytic count).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=target/gpu-check
+
+if [ "${1:-}" = "--prepare" ]; then
+  mkdir -p "$dir"
+  bin=$(cargo test --release -p hyperion-cuda --test gpu_kernels --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*gpu_kernels[^"]*\)".*/\1/p' | tail -1)
+  [ -x "$bin" ] || { echo "error: could not build the gpu_kernels check" >&2; exit 1; }
+  cp "$bin" "$dir/gpu_kernels"
+  echo "prepared $dir (carry it to the GPU machine)"
+  exit 0
+fi
+
+out=${OUT:-$dir/out}
+mkdir -p "$out"
+[ -x "$dir/gpu_kernels" ] || { echo "error: $dir/gpu_kernels missing: run 'bash scripts/gpu-check.sh --prepare' where Rust is, and carry $dir" >&2; exit 1; }
+# The CUDA libraries of the PyPI wheels (nvidia/*/lib), NVRTC among them.
+libs=$(python3 - <<'PY'
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+print(":".join(sorted({d for r in roots for d in glob.glob(os.path.join(r, "*", "lib"))})))
+PY
+)
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/device.txt" 2>/dev/null || echo "no nvidia-smi" > "$out/device.txt"
+status=0
+if HYPERION_GPU_CHECK_OUT="$out/kernels.json" "$dir/gpu_kernels" --nocapture > "$out/kernels.log" 2>&1; then
+  a=pass
+else
+  a=fail
+  status=1
+fi
+grep -q SKIPPED "$out/kernels.log" && { a=skipped; status=1; }
+cat > "$out/summary.json" <<JSON
+{
+  "device": "$(head -1 "$out/device.txt" | tr -d '"')",
+  "a_kernels_vs_cpu": "$a",
+  "b_model_fixtures_on_gpu": "not implemented (no GPU backend yet)",
+  "c_shakespeare_300_steps_f32_bf16": "not implemented (no GPU backend yet)",
+  "d_speed_vs_pytorch": "not implemented (no GPU backend yet)",
+  "e_peak_memory": "not implemented (no GPU backend yet)"
+}
+JSON
+cat "$out/summary.json"
+tail -5 "$out/kernels.log"
+exit $status
