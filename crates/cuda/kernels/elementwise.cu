@@ -74,3 +74,9 @@ extern "C" __global__ void column_sum_add(float* out, const float* partial, long
         out[j] += s;
     }
 }
+
+// y (rows, c) += b (c): a linear layer's bias.
+extern "C" __global__ void add_bias(float* y, const float* b, long rows, long c) {
+    long n = rows * c;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] += b[i % c];
+}

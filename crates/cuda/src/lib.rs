@@ -30,7 +30,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "elementwise",
         text: include_str!("../kernels/elementwise.cu"),
-        kernels: &["add_inplace", "scale_inplace", "gelu_forward", "gelu_backward", "swiglu_forward", "swiglu_backward", "f32_to_bf16", "bf16_to_f32", "column_sum_add"],
+        kernels: &["add_inplace", "add_bias", "scale_inplace", "gelu_forward", "gelu_backward", "swiglu_forward", "swiglu_backward", "f32_to_bf16", "bf16_to_f32", "column_sum_add"],
     },
     Source { name: "norm", text: include_str!("../kernels/norm.cu"), kernels: &["layernorm_forward", "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward"] },
     Source { name: "embedding", text: include_str!("../kernels/embedding.cu"), kernels: &["embedding_forward", "embedding_backward_sorted", "position_backward"] },
@@ -79,4 +79,5 @@ pub fn defined_kernels(text: &str) -> Vec<&str> {
         .collect()
 }
 
+pub mod backend;
 pub mod gpu;
