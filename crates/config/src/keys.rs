@@ -26,6 +26,8 @@ pub(crate) enum Kind {
     Paths,
     /// A string that may be left out (`--set key=none` removes it).
     OptString,
+    /// A string (its form is checked by validation).
+    Str,
     /// `[[data.sources]]`: an array of tables `{ dir = "...", weight = 0.5 }`.
     Sources,
     /// A string from a fixed list (serde `rename_all = "lowercase"` enums).
@@ -71,6 +73,7 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("train.eval_batches", U),
     ("train.log_interval", U),
     ("train.max_bad_steps", U),
+    ("train.device", Kind::Str),
     ("optim.lr", Kind::Float),
     ("optim.min_lr", Kind::Float),
     ("optim.warmup_steps", U),
@@ -160,6 +163,8 @@ fn check_value(key: &str, kind: Kind, value: &Value) -> Result<(), ConfigError> 
         (Kind::Bool, Value::Boolean(_)) => Ok(()),
         (Kind::Bool, _) => Err(wrong("a boolean (true or false)")),
         (Kind::Path, Value::String(_)) => Ok(()),
+        (Kind::Str, Value::String(_)) => Ok(()),
+        (Kind::Str, _) => Err(wrong("a string")),
         (Kind::Path, _) => Err(wrong("a string (a path)")),
         (Kind::Paths, Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
@@ -287,7 +292,7 @@ pub(crate) fn parse_set(arg: &str) -> Result<SetArg, ConfigError> {
             Some(Value::String(s)) => s,
             _ => raw.to_string(),
         })),
-        Kind::Path | Kind::Enum(_) => match parsed {
+        Kind::Path | Kind::Str | Kind::Enum(_) => match parsed {
             Some(Value::String(s)) => Some(Value::String(s)),
             _ => Some(Value::String(raw.to_string())),
         },

@@ -50,3 +50,16 @@ pub use schema::{
     Arch, CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, ParallelConfig,
     Recompute, PipeSchedule, RunConfig, TokenizerKind, TrainConfig, SplitMode, OnError, SourceConfig,
 };
+
+/// `train.device` read: `None` for "cpu", `Some(N)` for "cuda" (N = 0) or "cuda:N".
+pub fn device_ordinal(device: &str) -> Result<Option<usize>, String> {
+    match device {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        d => d
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| format!("expected \"cpu\", \"cuda\" or \"cuda:N\" (N a device number), found \"{d}\"")),
+    }
+}

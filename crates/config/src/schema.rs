@@ -115,6 +115,8 @@ pub struct TrainConfig {
     /// the run stops with an error, its last checkpoint (written before the trouble, or
     /// during it, when no update had been applied) left as the state to resume from.
     pub max_bad_steps: u64,
+    /// Where a rank computes: "cpu", or "cuda" / "cuda:N" (a build with `--features cuda`).
+    pub device: String,
 }
 
 impl Default for TrainConfig {
@@ -129,6 +131,7 @@ impl Default for TrainConfig {
             eval_batches: 20,
             log_interval: 10,
             max_bad_steps: 3,
+            device: "cpu".into(),
         }
     }
 }

@@ -112,6 +112,8 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
         ));
     }
 
+    crate::device_ordinal(&t.device).map_err(|why| invalid("train.device", why))?;
+
     let p = &c.parallel;
     positive("parallel.dp", p.dp as u64)?;
     positive("parallel.tp", p.tp as u64)?;

@@ -111,6 +111,8 @@ fn invalid_values_name_their_key() {
         (&["parallel.zero=4"], "parallel.zero: must be between 0 and 3, found 4"),
         (&["parallel.tp=0"], "parallel.tp: must be at least 1, found 0"),
         (&["parallel.pp=0"], "parallel.pp: must be at least 1, found 0"),
+        (&["train.device=gpu"], "train.device: expected \"cpu\", \"cuda\" or \"cuda:N\" (N a device number), found \"gpu\""),
+        (&["train.device=cuda:x"], "train.device: expected \"cpu\", \"cuda\" or \"cuda:N\" (N a device number), found \"cuda:x\""),
         (&["parallel.virtual_stages=2"], "parallel.virtual_stages: 2 chunks per pipeline rank need parallel.schedule = \"interleaved\" (the schedule is \"1f1b\")"),
         (&["parallel.schedule=\"interleaved\""], "parallel.schedule: \"interleaved\" needs parallel.pp >= 2 and parallel.virtual_stages >= 2 (found pp = 1, virtual_stages = 1)"),
         (&["parallel.schedule=\"gpipe\""], "parallel.schedule: expected one of \"1f1b\", \"interleaved\", found \"gpipe\""),

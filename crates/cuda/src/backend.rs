@@ -180,6 +180,17 @@ impl Cuda {
         d
     }
 
+    /// Copies host `src` into the device view `dst` (same length).
+    pub fn copy_from_host(&self, dst: &mut DevBuf, src: &[f32]) {
+        assert_eq!(dst.len(), src.len(), "copy to the device: lengths differ");
+        self.bind();
+        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        if !src.is_empty() {
+            // SAFETY: `dst` views src.len() floats of device memory.
+            unsafe { drv::memcpy_htod_sync(dst.addr(), src) }.unwrap_or_else(|e| fail("copy to the device", e));
+        }
+    }
+
     fn download(&self, src: &DevBuf, out: &mut [f32]) {
         assert!(out.len() >= src.len());
         self.bind();

@@ -15,6 +15,7 @@
 pub mod alloc;
 mod ckpt;
 mod error;
+mod gpu;
 pub mod metrics;
 pub mod optim;
 pub mod pipe;

@@ -117,6 +117,8 @@ pub struct Trainer {
     writer: Option<std::thread::JoinHandle<Result<(PathBuf, u64)>>>,
     /// Pipeline parallelism: this stage's chunks and the micro-batches in flight.
     pub(crate) pipe: Option<crate::pipe::PipeState>,
+    /// `train.device = "cuda"`: forward and backward on a GPU (see `gpu.rs`).
+    pub(crate) gpu: Option<crate::gpu::GpuState>,
 }
 
 impl Trainer {
@@ -239,7 +241,15 @@ impl Trainer {
         let layers: Vec<_> = chunks.iter().map(|c| c.layers.clone()).collect();
         let has_head = chunks.iter().any(|c| c.last);
         let selective = matches!(par.recompute, config::Recompute::Selective);
+        let gpu = match crate::gpu::requested(&cfg)? {
+            Some(n) => Some(crate::gpu::GpuState::new(n, &gpt.spec, (b, t), recompute, selective)?),
+            None => None,
+        };
         let (mut acts, m_acts) = crate::alloc::measure(|| {
+            if gpu.is_some() {
+                // The activations live on the device.
+                return Activations::empty();
+            }
             let acts = Activations::pipeline(&model::Cpu, &gpt.spec, b, t, recompute, sp, &layers, has_head);
             if selective { acts.recompute_attention(&model::Cpu) } else { acts }
         });
@@ -280,6 +290,7 @@ impl Trainer {
             async_file_hook: None,
             writer: None,
             pipe,
+            gpu,
             cfg,
         })
     }
@@ -329,7 +340,21 @@ impl Trainer {
         // Mean over every token of the global batch; ranks' shares add up by SUM.
         let grad_scale = 1.0 / (b * t * accum * dp) as f32;
         let mut loss_sum = 0.0;
-        if self.pipe.is_some() {
+        if let Some(g) = &mut self.gpu {
+            // The host holds the masters: the device computes with this step's copy.
+            let t0 = Instant::now();
+            g.upload(&self.params);
+            g.zero_grads();
+            for micro in 0..accum {
+                self.fill(self.sample_index(micro), false);
+                let g = self.gpu.as_mut().expect("a GPU");
+                loss_sum += g.micro(&self.inputs, &self.targets, grad_scale);
+            }
+            let g = self.gpu.as_ref().expect("a GPU");
+            g.download_grads(&mut self.grads);
+            // Forward and backward are not timed apart on the device (one stream).
+            times.forward += t0.elapsed().as_secs_f64();
+        } else if self.pipe.is_some() {
             // Only the last stage computes losses; the others add zero.
             let mine = self.pipeline_step(grad_scale, times)?;
             // The sum waits for the last stage's last backward: the idle end of this
@@ -380,7 +405,18 @@ impl Trainer {
         let (b, t, micro) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches * tc.grad_accum);
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
-        if self.pipe.is_some() {
+        if self.gpu.is_some() {
+            let params = std::mem::take(&mut self.params);
+            if let Some(g) = &mut self.gpu {
+                g.upload(&params);
+            }
+            self.params = params;
+            for i in 0..micro {
+                self.fill((i * b) as u64, true);
+                let g = self.gpu.as_mut().expect("a GPU");
+                sum += g.loss(&self.inputs, &self.targets);
+            }
+        } else if self.pipe.is_some() {
             let mine = self.pipeline_eval(micro)?;
             sum = self.rank.sum_f64_pp(mine)?;
         } else {

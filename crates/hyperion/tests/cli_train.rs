@@ -294,3 +294,28 @@ fn full_disk_during_checkpoint_keeps_the_previous_one() {
     assert!(!run.join("checkpoints").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp")),
         "the failed temporary folder is removed");
 }
+
+/// `train.device = "cuda"` where no GPU can be used (a build without `--features cuda`,
+/// or no device) fails before training with an error that says why; a malformed device
+/// names the forms it accepts.
+#[test]
+fn a_gpu_that_cannot_be_used_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/shakespeare/sonnets.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_hyperion"))
+        .args(["train", "--preset", "tiny", "--sample-tokens", "0", "--set", "log.progress=false", "--set", "data.split=tail", "--set", "train.device=cuda", "--set"])
+        .arg(format!("data.dir=\"{}\"", t.path().join("d").display()))
+        .arg("--set")
+        .arg(format!("data.inputs=[\"{}\"]", corpus.display()))
+        .arg("--out")
+        .arg(t.path().join("r"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("train.device = \"cuda") && (err.contains("--features cuda") || err.contains("CUDA") || err.contains("libnvrtc")), "{err}");
+    assert!(!t.path().join("r/metrics.jsonl").exists(), "nothing trained");
+    let out = Command::new(env!("CARGO_BIN_EXE_hyperion")).args(["train", "--preset", "tiny", "--set", "train.device=gpu0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.device: expected \"cpu\", \"cuda\" or \"cuda:N\""), "{err}");
+}
