@@ -98,6 +98,8 @@ impl Drop for DevVec {
     fn drop(&mut self) {
         if self.ptr != EMPTY {
             let _ = self.gpu.ctx.bind_to_thread();
+            // Kernels queued on the stream may still read it.
+            let _ = self.gpu.stream.synchronize();
             // SAFETY: allocated by `Cuda::alloc`, freed once.
             unsafe {
                 let _ = drv::free_sync(self.ptr);
