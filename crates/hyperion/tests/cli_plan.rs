@@ -468,3 +468,27 @@ fn an_emitted_config_trains_and_unsupported_knobs_are_named() {
     let text = std::fs::read_to_string(&big).unwrap();
     assert!(text.contains("NOT YET SUPPORTED") && text.contains("fp8 matmuls"), "{text}");
 }
+
+/// `hyperion bench machine` measures this machine and writes a cluster file that `plan
+/// --cluster FILE.toml` reads; a user-written file with a missing field is refused,
+/// naming the field and the file.
+#[test]
+fn a_measured_machine_is_a_cluster_file_the_planner_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("machine.toml");
+    let o = hyperion(&["bench", "machine", "--json", "--out", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(m["gemm"].as_array().unwrap().len(), 7, "{m}");
+    assert!(m["peak_flops"].as_f64().unwrap() > 1e9 && m["memory_bw_bytes_per_s"].as_f64().unwrap() > 1e8, "{m}");
+    let o = hyperion(&["plan", "--model", "shakespeare-char", "--cluster", file.to_str().unwrap(), "--global-batch", "16", "--tokens", "1M", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(p["cluster"].as_str(), Some("this-machine"), "{p}");
+    let text = std::fs::read_to_string(&file).unwrap().replace("memory_bw_gbs", "memory_bandwidth");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let o = hyperion(&["plan", "--model", "shakespeare-char", "--cluster", bad.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("bad.toml") && e.contains("memory_bandwidth"), "{e}");
+}

@@ -47,4 +47,7 @@ pub enum PlanError {
     /// A CSV file lacks a column the validator needs.
     #[error("{file}: missing column `{column}` in the header")]
     MissingColumn { file: String, column: String },
+    /// A cluster file (`--cluster FILE.toml`) is unreadable or incomplete.
+    #[error("{file}: {reason}")]
+    ClusterFile { file: String, reason: String },
 }

@@ -24,6 +24,7 @@
 // `x % y == 0` instead of `is_multiple_of` (stable only since 1.87; MSRV is 1.80).
 #![allow(clippy::manual_is_multiple_of)]
 
+pub mod cluster_file;
 pub mod csv;
 pub mod cv;
 pub mod error;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_comm;
+pub mod bench_machine;
 pub mod bench_train;
 pub mod common;
 pub mod data;

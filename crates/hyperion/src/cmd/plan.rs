@@ -18,7 +18,8 @@ pub struct PlanArgs {
     /// Model name from the catalog (e.g. gpt3-175b, llama3-70b, gpt2).
     #[arg(long)]
     model: Option<String>,
-    /// Cluster name from the catalog (e.g. azure-openai-2020, h100-10k).
+    /// Cluster name from the catalog (e.g. azure-openai-2020, h100-10k), or a cluster
+    /// file FILE.toml (written by hand or by `hyperion bench machine`).
     #[arg(long)]
     cluster: Option<String>,
     /// GPUs available (default: the whole cluster); a layout may use fewer.
@@ -46,8 +47,8 @@ pub struct PlanArgs {
     /// --config FILE.toml`); knobs the engine does not support yet are named in it.
     #[arg(long, value_name = "FILE.toml")]
     emit_config: Option<PathBuf>,
-    /// Search only layouts the engine runs today: no pipeline parallelism (pp = 1,
-    /// v = 1), recompute none or full, no fp8, no TP comm overlap, no fused attention.
+    /// Search only layouts the engine runs today: no fp8, no TP comm overlap, no fused
+    /// attention (dp, tp, sp, pp with 1F1B or interleaving, ZeRO and recompute all run).
     #[arg(long)]
     runnable: bool,
     /// Write a PNG chart (see --chart).
@@ -90,8 +91,12 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         bail!("`hyperion plan` needs --model NAME and --cluster NAME (or `hyperion plan validate FILE.csv`)");
     };
     let model = models::model(model)?;
-    let cluster = hardware::cluster(cluster)?;
-    let machine = Machine::from_cluster(cluster)?;
+    let (cluster, machine) = if cluster.ends_with(".toml") || std::path::Path::new(cluster).is_file() {
+        planner::cluster_file::load(std::path::Path::new(cluster))?
+    } else {
+        let c = hardware::cluster(cluster)?;
+        (c, Machine::from_cluster(c)?)
+    };
     let seq = args.seq.unwrap_or(model.seq as u64);
     if seq == 0 {
         bail!("--seq must be positive");
