@@ -122,6 +122,19 @@ for f in "$work"/chaos-ref/checkpoints/step-00000300/*.safetensors; do
   cmp "$f" "$work/chaos/checkpoints/step-00000300/$(basename "$f")" || { echo "error: $(basename "$f") differs from the uninterrupted run" >&2; exit 1; }
 done
 echo "panic at step 37, SIGKILL of rank process $rank, SIGTERM at step $stopped: the final checkpoint is bitwise the uninterrupted run's"
+# same_losses LABEL MPI_RUN THREADS_RUN ONE_RANK_RUN: the 10 losses of the MPI run equal
+# the same layout's on threads and the single rank's (relative 1e-5).
+same_losses() {
+  python3 - "$2/metrics.jsonl" "$3/metrics.jsonl" "$4/metrics.jsonl" "$1" <<'PY'
+import json, sys
+runs = [[json.loads(l)["train_loss"] for l in open(p)] for p in sys.argv[1:4]]
+assert all(len(r) == 10 for r in runs), [len(r) for r in runs]
+worst = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
+w1, w2 = worst(runs[0], runs[1]), worst(runs[0], runs[2])
+assert w1 <= 1e-5 and w2 <= 1e-5, (w1, w2)
+print(f"{sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) and to one rank (worst {w2:.1e})")
+PY
+}
 echo "== tensor parallelism under mpirun -np 4 (dp 2 x tp 2) and -np 8 (dp 2 x tp 4)"
 tpc=("${common[@]}" --set model.n_head=4 --set train.batch_size=2 --set train.steps=10)
 "$hyp" "${tpc[@]}" --set train.grad_accum=2 --out "$work/tp-one" > "$work/tp-one.log" 2>&1 || { cat "$work/tp-one.log"; exit 1; }
@@ -131,15 +144,7 @@ for spec in "4 2 2" "8 4 3"; do
     || { cat "$work/tp-mpi$np.log"; echo "error: mpirun -np $np with tp=$tp failed" >&2; exit 1; }
   "$hyp" "${tpc[@]}" --workers 2 --set parallel.tp="$tp" --set parallel.zero="$zero" --out "$work/tp-threads$np" > "$work/tp-threads$np.log" 2>&1 \
     || { cat "$work/tp-threads$np.log"; exit 1; }
-  python3 - "$work/tp-mpi$np/metrics.jsonl" "$work/tp-threads$np/metrics.jsonl" "$work/tp-one/metrics.jsonl" "$np" <<'PY'
-import json, sys
-runs = [[json.loads(l)["train_loss"] for l in open(p)] for p in sys.argv[1:4]]
-assert all(len(r) == 10 for r in runs), [len(r) for r in runs]
-worst = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
-w1, w2 = worst(runs[0], runs[1]), worst(runs[0], runs[2])
-assert w1 <= 1e-5 and w2 <= 1e-5, (w1, w2)
-print(f"-np {sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) and to one rank (worst {w2:.1e})")
-PY
+  same_losses "-np $np" "$work/tp-mpi$np" "$work/tp-threads$np" "$work/tp-one"
 done
 echo "== pipeline parallelism under mpirun -np 4 (tp 2 x pp 2) and -np 8 (dp 2 x tp 2 x pp 2, interleaved)"
 ppc=("${common[@]}" --set model.n_head=4 --set model.n_layer=4 --set train.batch_size=1 --set train.grad_accum=4 --set train.steps=10)
@@ -153,15 +158,7 @@ for spec in "4 1 1f1b 1 false 0" "8 2 interleaved 2 true 1"; do
     || { cat "$work/pp-mpi$np.log"; echo "error: mpirun -np $np with tp 2 x pp 2 failed" >&2; exit 1; }
   "$hyp" "${ppc[@]}" "${ppl[@]}" --workers "$dp" --out "$work/pp-threads$np" > "$work/pp-threads$np.log" 2>&1 \
     || { cat "$work/pp-threads$np.log"; exit 1; }
-  python3 - "$work/pp-mpi$np/metrics.jsonl" "$work/pp-threads$np/metrics.jsonl" "$work/pp-one$dp/metrics.jsonl" "$np" <<'PY'
-import json, sys
-runs = [[json.loads(l)["train_loss"] for l in open(p)] for p in sys.argv[1:4]]
-assert all(len(r) == 10 for r in runs), [len(r) for r in runs]
-worst = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
-w1, w2 = worst(runs[0], runs[1]), worst(runs[0], runs[2])
-assert w1 <= 1e-5 and w2 <= 1e-5, (w1, w2)
-print(f"pipeline -np {sys.argv[4]}: 10 losses equal to threads (worst {w1:.1e}) and to one rank (worst {w2:.1e})")
-PY
+  same_losses "pipeline -np $np" "$work/pp-mpi$np" "$work/pp-threads$np" "$work/pp-one$dp"
 done
 # The -np 8 pipeline checkpoint continues on one rank (global batch kept by accumulation).
 "$hyp" train --resume "$work/pp-mpi8" --workers 1 --sample-tokens 0 --set log.progress=false --set parallel.tp=1 --set parallel.pp=1 \

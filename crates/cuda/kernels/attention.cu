@@ -3,32 +3,39 @@
 // their gradients); these kernels move heads in and out of packed rows and run the
 // causal softmax and its backward. GQA: query head h reads key/value head h / (nh / nkv).
 
-// Packed rows (b, t, [q | k | v]) -> q (b, nh, t, hd), k and v (b, nkv, t, hd).
-extern "C" __global__ void qkv_split(float* q, float* k, float* v, const float* qkv, long b, long t, long nh, long nkv, long hd) {
+// Element i of packed rows (b, t, [q | k | v]): which part it is (0 q, 1 k, 2 v) and
+// its index in that part's head-major layout, q (b, nh, t, hd), k and v (b, nkv, t, hd).
+__device__ __forceinline__ long head_major(long i, long t, long nh, long nkv, long hd, int* part) {
     long width = (nh + 2 * nkv) * hd;
-    long n = b * t * width;
+    long col = i % width, row = i / width;
+    long bi = row / t, ti = row % t;
+    long h = col / hd, d = col % hd;
+    if (h < nh) {
+        *part = 0;
+        return ((bi * nh + h) * t + ti) * hd + d;
+    }
+    *part = h < nh + nkv ? 1 : 2;
+    long j = h - nh - (*part == 2 ? nkv : 0);
+    return ((bi * nkv + j) * t + ti) * hd + d;
+}
+
+extern "C" __global__ void qkv_split(float* q, float* k, float* v, const float* qkv, long b, long t, long nh, long nkv, long hd) {
+    long n = b * t * (nh + 2 * nkv) * hd;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        long col = i % width, row = i / width;
-        long bi = row / t, ti = row % t;
-        long h = col / hd, d = col % hd;
-        if (h < nh) q[((bi * nh + h) * t + ti) * hd + d] = qkv[i];
-        else if (h < nh + nkv) k[((bi * nkv + (h - nh)) * t + ti) * hd + d] = qkv[i];
-        else v[((bi * nkv + (h - nh - nkv)) * t + ti) * hd + d] = qkv[i];
+        int part;
+        long j = head_major(i, t, nh, nkv, hd, &part);
+        (part == 0 ? q : part == 1 ? k : v)[j] = qkv[i];
     }
 }
 
 // The inverse, adding: d qkv rows += (dq, dk, dv) in head-major layouts.
 extern "C" __global__ void qkv_merge_add(float* dqkv, const float* dq, const float* dk, const float* dv, long b, long t, long nh, long nkv,
                                          long hd) {
-    long width = (nh + 2 * nkv) * hd;
-    long n = b * t * width;
+    long n = b * t * (nh + 2 * nkv) * hd;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        long col = i % width, row = i / width;
-        long bi = row / t, ti = row % t;
-        long h = col / hd, d = col % hd;
-        if (h < nh) dqkv[i] += dq[((bi * nh + h) * t + ti) * hd + d];
-        else if (h < nh + nkv) dqkv[i] += dk[((bi * nkv + (h - nh)) * t + ti) * hd + d];
-        else dqkv[i] += dv[((bi * nkv + (h - nh - nkv)) * t + ti) * hd + d];
+        int part;
+        long j = head_major(i, t, nh, nkv, hd, &part);
+        dqkv[i] += (part == 0 ? dq : part == 1 ? dk : dv)[j];
     }
 }
 

@@ -51,7 +51,7 @@ impl Trainer {
         for b in 0..self.params.len() {
             // A pipeline's last stage does not write its copy of a tied embedding.
             let mut range = self.my_range(b);
-            if !self.writes_bucket(b) {
+            if !self.owns_bucket(b) {
                 range.end = range.start;
             }
             let (pb, mb) = self.bases(b);

@@ -480,15 +480,11 @@ impl Trainer {
         self.pipe.as_ref().map(|p| p.sets())
     }
 
-    /// Whether bucket `b`'s gradient counts in this rank's share of the global norm:
-    /// not the last stage's copy of a tied embedding (the first stage counts it).
-    pub(crate) fn counts_in_norm(&self, b: usize) -> bool {
+    /// Whether this stage owns bucket `b` (counts it in the global norm and writes it
+    /// into checkpoints): not the last stage's copy of a tied embedding, which the first
+    /// stage owns.
+    pub(crate) fn owns_bucket(&self, b: usize) -> bool {
         !(b == EMBED && self.rank.pp_rank > 0)
-    }
-
-    /// Whether this rank writes bucket `b` into checkpoints (see [`Trainer::counts_in_norm`]).
-    pub(crate) fn writes_bucket(&self, b: usize) -> bool {
-        self.counts_in_norm(b)
     }
 }
 

@@ -218,7 +218,7 @@ impl Trainer {
     /// every parameter of the whole model once: a tensor replicated across the
     /// tensor-parallel group (norms, row-parallel biases, positions) only on tp rank 0.
     fn sum_squares_once(&self, b: usize, buf: &[f32], base: usize) -> f64 {
-        if !self.counts_in_norm(b) {
+        if !self.owns_bucket(b) {
             return 0.0;
         }
         if self.rank.tp == 1 {

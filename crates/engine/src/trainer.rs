@@ -405,12 +405,8 @@ impl Trainer {
         let (b, t, micro) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches * tc.grad_accum);
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
-        if self.gpu.is_some() {
-            let params = std::mem::take(&mut self.params);
-            if let Some(g) = &mut self.gpu {
-                g.upload(&params);
-            }
-            self.params = params;
+        if let Some(g) = &mut self.gpu {
+            g.upload(&self.params);
             for i in 0..micro {
                 self.fill((i * b) as u64, true);
                 let g = self.gpu.as_mut().expect("a GPU");

@@ -212,16 +212,17 @@ impl<B: Backend> Model<B> {
 
     /// Buckets in the order a pipeline chunk's forward (`backward = false`) or backward
     /// acquires them (for prefetching); [`Model::chunk_loss`] acquires the backward's
-    /// first one or two (the head, and a tied head's embedding).
+    /// first one or two (a tied head's embedding, and the head).
     pub fn chunk_use_order(&self, chunk: &Chunk, backward: bool) -> Vec<usize> {
         let mut order = Vec::new();
         let blocks = chunk.layers.clone().map(Layout::block);
         if backward {
             if chunk.last {
-                order.push(self.layout.head());
+                // A tied head's embedding first (the caller holds it around the head).
                 if self.tied() {
                     order.push(EMBED);
                 }
+                order.push(self.layout.head());
             }
             order.extend(blocks.rev());
         } else {
@@ -251,35 +252,13 @@ impl<B: Backend> Model<B> {
         targets: &[u32],
         grad_scale: f32,
     ) -> Result<f64, D::Error> {
-        let head = self.layout.head();
         let emb = self.forward_blocks(d, acts, tokens)?;
-        let hp = d.acquire(head)?;
-        let mut g_head = d.grad(head)?;
-        let mut g_emb = if emb.is_some() { Some(d.grad(EMBED)?) } else { None };
-        let loss = self.head_forward_backward(
-            d,
-            emb.as_deref().map(|e| self.part(e, EMBED)),
-            self.part(&hp, head),
-            g_emb.as_deref_mut().map(|g| self.part_mut(g, EMBED)),
-            self.part_mut(&mut g_head, head),
-            acts,
-            targets,
-            grad_scale,
-        )?;
-        d.release(head, hp);
+        let (loss, g_emb) = self.head_train(d, emb.as_deref().map(|e| self.part(e, EMBED)), acts, targets, grad_scale)?;
         if let Some(e) = emb {
             d.release(EMBED, e);
         }
-        d.grad_done(head, g_head)?;
         d.forward_done();
-        for l in (0..self.spec.layers).rev() {
-            let b = Layout::block(l);
-            let p = d.acquire(b)?;
-            let mut g = d.grad(b)?;
-            self.block_backward(d, l, self.part(&p, b), self.part_mut(&mut g, b), acts)?;
-            d.release(b, p);
-            d.grad_done(b, g)?;
-        }
+        self.backward_layers(d, acts, 0..self.spec.layers)?;
         let mut g_emb = match g_emb {
             Some(g) => g,
             None => d.grad(EMBED)?,
@@ -299,13 +278,7 @@ impl<B: Backend> Model<B> {
             self.embed_forward(d, self.part(&emb, EMBED), acts, tokens)?;
             d.release(EMBED, emb);
         }
-        for l in chunk.layers.clone() {
-            let b = Layout::block(l);
-            let p = d.acquire(b)?;
-            self.block_forward(d, l, self.part(&p, b), acts)?;
-            d.release(b, p);
-        }
-        Ok(())
+        self.forward_layers(d, acts, chunk.layers.clone())
     }
 
     /// A pipeline chunk's backward: the head's forward and backward (last chunk; returns
@@ -316,41 +289,19 @@ impl<B: Backend> Model<B> {
         let mut loss = 0.0;
         let mut g_emb = None;
         if chunk.last {
-            let head = self.layout.head();
-            let hp = d.acquire(head)?;
-            let mut g_head = d.grad(head)?;
             // A tied head multiplies by the embedding (the last stage's copy of it).
             let emb = if self.tied() { Some(d.acquire(EMBED)?) } else { None };
-            g_emb = if self.tied() { Some(d.grad(EMBED)?) } else { None };
-            loss = self.head_forward_backward(
-                d,
-                emb.as_deref().map(|e| self.part(e, EMBED)),
-                self.part(&hp, head),
-                g_emb.as_deref_mut().map(|g| self.part_mut(g, EMBED)),
-                self.part_mut(&mut g_head, head),
-                acts,
-                targets,
-                grad_scale,
-            )?;
-            d.release(head, hp);
+            (loss, g_emb) = self.head_train(d, emb.as_deref().map(|e| self.part(e, EMBED)), acts, targets, grad_scale)?;
             if let Some(e) = emb {
                 d.release(EMBED, e);
             }
-            d.grad_done(head, g_head)?;
             if !chunk.first {
                 if let Some(g) = g_emb.take() {
                     d.grad_done(EMBED, g)?;
                 }
             }
         }
-        for l in chunk.layers.clone().rev() {
-            let b = Layout::block(l);
-            let p = d.acquire(b)?;
-            let mut g = d.grad(b)?;
-            self.block_backward(d, l, self.part(&p, b), self.part_mut(&mut g, b), acts)?;
-            d.release(b, p);
-            d.grad_done(b, g)?;
-        }
+        self.backward_layers(d, acts, chunk.layers.clone())?;
         if chunk.first {
             let mut g = match g_emb {
                 Some(g) => g,
@@ -364,9 +315,15 @@ impl<B: Backend> Model<B> {
 
     /// The last chunk's summed loss after [`Model::chunk_forward`] (evaluation).
     pub fn chunk_loss<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, targets: &[u32]) -> Result<f64, D::Error> {
+        let emb = if self.tied() { Some(d.acquire(EMBED)?) } else { None };
+        self.head_eval(d, emb, acts, targets)
+    }
+
+    /// The head's summed loss, no gradients; `emb` is a tied head's embedding bucket,
+    /// released here with the head.
+    fn head_eval<D: Driver<B>>(&self, d: &mut D, emb: Option<D::Params>, acts: &mut Activations<B>, targets: &[u32]) -> Result<f64, D::Error> {
         let head = self.layout.head();
         let hp = d.acquire(head)?;
-        let emb = if self.tied() { Some(d.acquire(EMBED)?) } else { None };
         let loss = self.head_loss(d, emb.as_deref().map(|e| self.part(e, EMBED)), self.part(&hp, head), acts, targets)?;
         d.release(head, hp);
         if let Some(e) = emb {
@@ -377,15 +334,8 @@ impl<B: Backend> Model<B> {
 
     /// One micro-batch forward to the summed loss, no gradients.
     pub fn eval_micro<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, tokens: &[u32], targets: &[u32]) -> Result<f64, D::Error> {
-        let head = self.layout.head();
         let emb = self.forward_blocks(d, acts, tokens)?;
-        let hp = d.acquire(head)?;
-        let loss = self.head_loss(d, emb.as_deref().map(|e| self.part(e, EMBED)), self.part(&hp, head), acts, targets)?;
-        d.release(head, hp);
-        if let Some(e) = emb {
-            d.release(EMBED, e);
-        }
-        Ok(loss)
+        self.head_eval(d, emb, acts, targets)
     }
 
     /// Embedding and every block; returns the embedding bucket when the tied head needs it.
@@ -398,13 +348,64 @@ impl<B: Backend> Model<B> {
             d.release(EMBED, emb);
             None
         };
-        for l in 0..self.spec.layers {
+        self.forward_layers(d, acts, 0..self.spec.layers)?;
+        Ok(emb)
+    }
+
+    /// The forwards of blocks `layers`, in order.
+    fn forward_layers<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, layers: std::ops::Range<usize>) -> Result<(), D::Error> {
+        for l in layers {
             let b = Layout::block(l);
             let p = d.acquire(b)?;
             self.block_forward(d, l, self.part(&p, b), acts)?;
             d.release(b, p);
         }
-        Ok(emb)
+        Ok(())
+    }
+
+    /// The backwards of blocks `layers`, last first, each bucket's `grad_done` after its
+    /// backward.
+    fn backward_layers<D: Driver<B>>(&self, d: &mut D, acts: &mut Activations<B>, layers: std::ops::Range<usize>) -> Result<(), D::Error> {
+        for l in layers.rev() {
+            let b = Layout::block(l);
+            let p = d.acquire(b)?;
+            let mut g = d.grad(b)?;
+            self.block_backward(d, l, self.part(&p, b), self.part_mut(&mut g, b), acts)?;
+            d.release(b, p);
+            d.grad_done(b, g)?;
+        }
+        Ok(())
+    }
+
+    /// The head's forward and backward on training rows: acquires the head bucket, and
+    /// with a tied head (`emb`: the embedding bucket, held by the caller) also takes the
+    /// embedding's gradient buffer, which it returns unfinished (the embedding's own
+    /// backward may still add to it). Returns the summed loss.
+    fn head_train<D: Driver<B>>(
+        &self,
+        d: &mut D,
+        emb: Option<&B::Buf>,
+        acts: &mut Activations<B>,
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> Result<(f64, Option<D::Grads>), D::Error> {
+        let head = self.layout.head();
+        let hp = d.acquire(head)?;
+        let mut g_head = d.grad(head)?;
+        let mut g_emb = if emb.is_some() { Some(d.grad(EMBED)?) } else { None };
+        let loss = self.head_forward_backward(
+            d,
+            emb,
+            self.part(&hp, head),
+            g_emb.as_deref_mut().map(|g| self.part_mut(g, EMBED)),
+            self.part_mut(&mut g_head, head),
+            acts,
+            targets,
+            grad_scale,
+        )?;
+        d.release(head, hp);
+        d.grad_done(head, g_head)?;
+        Ok((loss, g_emb))
     }
 
     /// `resid[0] = wte[tokens] (+ wpe[0..T])`. tokens (B,T). Tensor-parallel: each rank
