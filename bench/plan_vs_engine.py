@@ -48,12 +48,13 @@ def main():
     ap.add_argument("--batch", type=int, default=16, help="global batch in sequences")
     ap.add_argument("--micro-batches", type=int, default=4, help="micro-batches per step (pp carries them)")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="engine runs per cell; the median step is kept")
     ap.add_argument("--hyperion", default=os.path.join(ROOT, "target/release/hyperion"))
     a = ap.parse_args()
     h = a.hyperion
     tmp = tempfile.mkdtemp(prefix="planeng-")
     machines = {}
-    print(f"global batch {a.batch} sequences in {a.micro_batches} micro-batches; median of {a.steps} steps after 2 warm-up")
+    print(f"global batch {a.batch} sequences in {a.micro_batches} micro-batches; median of {a.rounds} runs of the median of {a.steps} steps after 2 warm-up")
     print(f"{'preset':<18} {'layout':<6} {'planned s':>10} {'measured s':>11} {'plan/measured':>14}")
     worst = 0.0
     for preset in a.presets.split(","):
@@ -69,10 +70,13 @@ def main():
             plan = json.loads(sh([h, "plan", "--model", model, "--cluster", machines[ranks], "--gpus", str(ranks), "--global-batch", str(a.batch),
                                   "--seq", str(seq), "--layout", f"{plan_layout},zero=0,mb={mb},recompute=none", "--json"]))
             planned = plan["best"]["step"]["total"]
-            train = json.loads(sh([h, "bench", "train", "--preset", preset, "--json", "--steps", str(a.steps), "--warmup", "2", "--batch", str(a.batch),
-                                   "--micro-batches", str(a.micro_batches), "--workers", str(dp)] + flags +
-                                  ["--set", f"model.block_size={seq}", "--set", "log.peak_flops=1e11"]).strip().splitlines()[-1])
-            measured = train["step_ms"] / 1e3
+            steps = []
+            for _ in range(a.rounds):
+                train = json.loads(sh([h, "bench", "train", "--preset", preset, "--json", "--steps", str(a.steps), "--warmup", "2", "--batch", str(a.batch),
+                                       "--micro-batches", str(a.micro_batches), "--workers", str(dp)] + flags +
+                                      ["--set", f"model.block_size={seq}", "--set", "log.peak_flops=1e11"]).strip().splitlines()[-1])
+                steps.append(train["step_ms"] / 1e3)
+            measured = sorted(steps)[len(steps) // 2]
             r = planned / measured
             worst = max(worst, abs(r - 1))
             print(f"{preset:<18} {lay:<6} {planned:>10.3f} {measured:>11.3f} {r:>14.2f}")

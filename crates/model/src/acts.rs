@@ -165,8 +165,9 @@ pub struct Activations<B: Backend = Cpu> {
     pub selective: bool,
 }
 
-/// Bound on the logits scratch, in floats (64 MiB).
-const HEAD_SCRATCH_FLOATS: usize = 1 << 24;
+/// Bound on the logits scratch, in floats (64 MiB): the head runs over this many
+/// logits at a time (the planner models the engine's chunked head with it).
+pub const HEAD_SCRATCH_FLOATS: usize = 1 << 24;
 
 fn head_rows(vocab: usize, n: usize) -> usize {
     (HEAD_SCRATCH_FLOATS / vocab.max(1)).clamp(1, n.max(1)).max(n.min(64))

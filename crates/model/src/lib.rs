@@ -32,7 +32,7 @@ pub mod layout;
 mod model;
 pub mod spec;
 
-pub use acts::{Activations, BlockActs, Saved};
+pub use acts::{Activations, BlockActs, Saved, HEAD_SCRATCH_FLOATS};
 pub use backend::{Backend, Cpu};
 pub use layout::{tp_part_boxes, BucketSpec, GptConfig, Layout, PartBox, Split, TensorKind, TensorSpec, ToSpec};
 pub use model::{Chunk, Driver, Gpt, Model, Stage, TpPart, TpReduce};

@@ -20,6 +20,21 @@
 //!
 //! [network]                       # optional: a catalog NIC, or latency_us
 //! catalog = "ib-ndr"
+//!
+//! [measured]                      # optional (`hyperion bench machine` writes it):
+//! gemm_m = [64, 256, 1024, 4096]  # kernel rates measured on one device, used
+//! gemm_n = [64, 256, 1024, 4096]  # instead of the GEMM-shape, attention and
+//! gemm_k = [64, 256, 1024, 4096]  # element-wise models (see `hardware::Measured`)
+//! gemm_gflops = [...]             # m x n x k rates, m slowest, k fastest: C = A B,
+//! gemm_nt_gflops = [...]          # C = A B^T (a linear layer's input gradient)
+//! gemm_tn_gflops = [...]          # C = A^T B (its weight gradient)
+//! attention_seq = [64, 256, 1024]
+//! attention_fwd_gflops = [...]
+//! attention_bwd_gflops = [...]
+//! elementwise_gbs = 20.0
+//! elementwise_llama_gbs = 18.0
+//! xent_gbs = 30.0
+//! head_chunk_floats = 16777216    # the head's logits are computed this many at a time
 //! ```
 //!
 //! Every missing or mistyped field is named with its section. The file's strings live
@@ -28,7 +43,7 @@
 use serde::Deserialize;
 
 use crate::error::PlanError;
-use crate::hardware::{gpu, link, Cluster, Gpu, Machine};
+use crate::hardware::{gpu, link, Cluster, Gpu, Machine, Measured};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +52,76 @@ struct File {
     gpu: Part,
     intra: Part,
     network: Option<Part>,
+    measured: Option<MeasuredSec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeasuredSec {
+    gemm_m: Option<Vec<f64>>,
+    gemm_n: Option<Vec<f64>>,
+    gemm_k: Option<Vec<f64>>,
+    gemm_gflops: Option<Vec<f64>>,
+    gemm_nt_gflops: Option<Vec<f64>>,
+    gemm_tn_gflops: Option<Vec<f64>>,
+    attention_seq: Option<Vec<f64>>,
+    attention_fwd_gflops: Option<Vec<f64>>,
+    attention_bwd_gflops: Option<Vec<f64>>,
+    elementwise_gbs: Option<f64>,
+    elementwise_llama_gbs: Option<f64>,
+    xent_gbs: Option<f64>,
+    head_chunk_floats: Option<f64>,
+}
+
+/// The `[measured]` section, every list checked: grids ascending and positive, rate
+/// lists as long as their grid, rates positive.
+fn measured(sec: MeasuredSec, err: &dyn Fn(String) -> PlanError) -> Result<Measured, PlanError> {
+    let list = |key: &str, v: Option<Vec<f64>>, len: Option<usize>| -> Result<Vec<f64>, PlanError> {
+        let v = v.ok_or_else(|| err(format!("[measured] {key} is missing")))?;
+        if v.is_empty() || v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(err(format!("[measured] {key} must be a non-empty list of positive numbers")));
+        }
+        if let Some(n) = len {
+            if v.len() != n {
+                return Err(err(format!("[measured] {key} has {} values, its grid needs {n}", v.len())));
+            }
+        }
+        Ok(v)
+    };
+    let grid = |key: &str, v: Option<Vec<f64>>| -> Result<Vec<f64>, PlanError> {
+        let v = list(key, v, None)?;
+        if v.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(err(format!("[measured] {key} must be strictly ascending")));
+        }
+        Ok(v)
+    };
+    let rate = |key: &str, v: Option<f64>| -> Result<f64, PlanError> {
+        match v {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(x * 1e9),
+            Some(x) => Err(err(format!("[measured] {key} must be a positive number, found {x}"))),
+            None => Err(err(format!("[measured] {key} is missing"))),
+        }
+    };
+    let (gm, gn, gk) = (grid("gemm_m", sec.gemm_m)?, grid("gemm_n", sec.gemm_n)?, grid("gemm_k", sec.gemm_k)?);
+    let cells = Some(gm.len() * gn.len() * gk.len());
+    let gemm = [list("gemm_gflops", sec.gemm_gflops, cells)?, list("gemm_nt_gflops", sec.gemm_nt_gflops, cells)?, list("gemm_tn_gflops", sec.gemm_tn_gflops, cells)?];
+    let seq = grid("attention_seq", sec.attention_seq)?;
+    let fwd = list("attention_fwd_gflops", sec.attention_fwd_gflops, Some(seq.len()))?;
+    let bwd = list("attention_bwd_gflops", sec.attention_bwd_gflops, Some(seq.len()))?;
+    let giga = |v: Vec<f64>| v.into_iter().map(|x| x * 1e9).collect::<Vec<f64>>();
+    Ok(Measured {
+        gemm_m: gm,
+        gemm_n: gn,
+        gemm_k: gk,
+        gemm_rate: gemm.map(giga),
+        attn_seq: seq,
+        attn_fwd: giga(fwd),
+        attn_bwd: giga(bwd),
+        elementwise_bw: rate("elementwise_gbs", sec.elementwise_gbs)?,
+        elementwise_llama_bw: rate("elementwise_llama_gbs", sec.elementwise_llama_gbs)?,
+        xent_bw: rate("xent_gbs", sec.xent_gbs)?,
+        head_chunk_floats: rate("head_chunk_floats", sec.head_chunk_floats)? / 1e9,
+    })
 }
 
 #[derive(Deserialize)]
@@ -94,7 +179,7 @@ pub fn load(path: &std::path::Path) -> Result<(&'static Cluster, Machine), PlanE
     if gpus > per_node && net == 0.0 {
         return Err(err(format!("[cluster] {gpus} GPUs in nodes of {per_node} need network_gbit_per_node (the network between nodes)")));
     }
-    let g: Gpu = match &f.gpu.catalog {
+    let mut g: Gpu = match &f.gpu.catalog {
         Some(name) => gpu(name)?.clone(),
         None => {
             let p = &f.gpu;
@@ -116,9 +201,13 @@ pub fn load(path: &std::path::Path) -> Result<(&'static Cluster, Machine), PlanE
                 link: "file",
                 flash: p.flash.unwrap_or(false),
                 source: leak(format!("{file} [gpu]")),
+                measured: None,
             }
         }
     };
+    if let Some(sec) = f.measured {
+        g.measured = Some(Box::leak(Box::new(measured(sec, &err)?)));
+    }
     let (intra_bw, intra_latency) = match &f.intra.catalog {
         Some(name) => {
             let l = link(name)?;

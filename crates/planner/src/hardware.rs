@@ -38,6 +38,101 @@ pub struct Gpu {
     /// FlashAttention kernels exist for it (Ampere and later; Dao et al. 2022/2023).
     pub flash: bool,
     pub source: &'static str,
+    /// Rates measured on the part itself (`hyperion bench machine`); where present
+    /// they replace the modelled efficiencies (cluster files only, never the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<&'static Measured>,
+}
+
+/// Kernel rates measured on one device (one engine rank and its cores) by
+/// `hyperion bench machine`: what the time model otherwise derives from the peak, the
+/// GEMM shape model and the memory bandwidth.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measured {
+    /// GEMM rate (FLOP/s) on the grid `gemm_m x gemm_n x gemm_k`, `m` slowest, `k`
+    /// fastest, for each [`GemmOp`] (indexed by it); interpolated in log space,
+    /// clamped at the edges.
+    pub gemm_m: Vec<f64>,
+    pub gemm_n: Vec<f64>,
+    pub gemm_k: Vec<f64>,
+    pub gemm_rate: [Vec<f64>; 3],
+    /// Attention core (scores, causal softmax, weighted values) per sequence length
+    /// `attn_seq`, FLOP/s counted as `4 s^2 d` per sequence and head forward and twice
+    /// that backward (the full square, whatever the kernel skips).
+    pub attn_seq: Vec<f64>,
+    pub attn_fwd: Vec<f64>,
+    pub attn_bwd: Vec<f64>,
+    /// A block's element-wise kernels forward + backward (norms, activation, residual
+    /// adds; RoPE too in the Llama form), in bytes of the block's stored activations
+    /// (`block_activation_bytes`, selective form) per second: GPT blocks (LayerNorm,
+    /// GELU) and Llama blocks (RMSNorm, SwiGLU, RoPE).
+    pub elementwise_bw: f64,
+    pub elementwise_llama_bw: f64,
+    /// Softmax cross-entropy forward + backward, in `16 x rows x vocab` bytes per second
+    /// (the time model's four fp32 passes over the logits).
+    pub xent_bw: f64,
+    /// The engine computes the head over at most this many logits at a time (rows
+    /// `floats / vocab`, at least 64): its GEMMs are costed per chunk.
+    pub head_chunk_floats: f64,
+}
+
+/// Operand layouts of a linear layer's three GEMMs, `C (m x n) = A (m x k) B (k x n)`:
+/// forward `y = x W`, input gradient `dx = dy W^T` (B transposed) and weight gradient
+/// `dW = x^T dy` (A transposed). Memory order changes the packing cost, so each is
+/// measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmOp {
+    Nn = 0,
+    Nt = 1,
+    Tn = 2,
+}
+
+impl Measured {
+    /// The GEMM rate for `(m, n, k)` in layout `op`: trilinear interpolation of the rate
+    /// in `log2` of each dimension between the measured grid points, clamped to the grid.
+    pub fn gemm(&self, op: GemmOp, m: f64, n: f64, k: f64) -> f64 {
+        let rate = &self.gemm_rate[op as usize];
+        let (nn, nk) = (self.gemm_n.len(), self.gemm_k.len());
+        let (im, fm) = bracket(&self.gemm_m, m);
+        let (in_, fnn) = bracket(&self.gemm_n, n);
+        let (ik, fk) = bracket(&self.gemm_k, k);
+        let at = |a: usize, b: usize, c: usize| rate[(a * nn + b) * nk + c];
+        let mut r = 0.0;
+        for (a, wa) in [(im, 1.0 - fm), (im + 1, fm)] {
+            for (b, wb) in [(in_, 1.0 - fnn), (in_ + 1, fnn)] {
+                for (c, wc) in [(ik, 1.0 - fk), (ik + 1, fk)] {
+                    let w = wa * wb * wc;
+                    if w > 0.0 {
+                        r += w * at(a, b, c);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// Attention-core rate (forward, backward) at sequence length `s`, interpolated in
+    /// `log2 s`, clamped.
+    pub fn attention(&self, s: f64) -> (f64, f64) {
+        let (i, f) = bracket(&self.attn_seq, s);
+        let lerp = |v: &[f64]| if f > 0.0 { v[i] * (1.0 - f) + v[i + 1] * f } else { v[i] };
+        (lerp(&self.attn_fwd), lerp(&self.attn_bwd))
+    }
+}
+
+/// `(i, f)`: `x` lies at fraction `f` of the way (in `log2`) from `grid[i]` to
+/// `grid[i + 1]`; `f = 0` at and beyond the ends. `grid` is ascending and non-empty.
+fn bracket(grid: &[f64], x: f64) -> (usize, f64) {
+    let last = grid.len() - 1;
+    if x <= grid[0] {
+        return (0, 0.0);
+    }
+    if x >= grid[last] {
+        return (last, 0.0);
+    }
+    let i = grid.iter().rposition(|&g| g <= x).unwrap_or(0).min(last - 1);
+    let f = (x / grid[i]).log2() / (grid[i + 1] / grid[i]).log2();
+    (i, f)
 }
 
 impl Gpu {
@@ -57,15 +152,15 @@ const GB: f64 = 1e9;
 
 /// The GPU catalog. Peaks from the vendors' datasheets (dense, no sparsity).
 pub const GPUS: &[Gpu] = &[
-    Gpu { name: "v100-16gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 16.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2): 125 TF fp16 tensor, 900 GB/s HBM2" },
-    Gpu { name: "v100-32gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 32.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2 32 GB)" },
-    Gpu { name: "v100-dgx2h", peak_bf16: 130.0 * T, peak_fp8: 0.0, peak_fp32: 16.4 * T, mem_bytes: 32.0 * GB, mem_bw: 981.0 * GB, gemm_eff: 0.72, link: "nvswitch2", flash: false, source: "DGX-2H V100 SXM3 450 W, ~130 TF (Megatron-LM 2019 §5)" },
-    Gpu { name: "a100-40gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 40.0 * GB, mem_bw: 1555.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 1.56 TB/s" },
-    Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)" },
-    Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s" },
-    Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)" },
-    Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s" },
-    Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s" },
+    Gpu { name: "v100-16gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 16.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2): 125 TF fp16 tensor, 900 GB/s HBM2", measured: None },
+    Gpu { name: "v100-32gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 32.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2 32 GB)", measured: None },
+    Gpu { name: "v100-dgx2h", peak_bf16: 130.0 * T, peak_fp8: 0.0, peak_fp32: 16.4 * T, mem_bytes: 32.0 * GB, mem_bw: 981.0 * GB, gemm_eff: 0.72, link: "nvswitch2", flash: false, source: "DGX-2H V100 SXM3 450 W, ~130 TF (Megatron-LM 2019 §5)", measured: None },
+    Gpu { name: "a100-40gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 40.0 * GB, mem_bw: 1555.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 1.56 TB/s", measured: None },
+    Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)", measured: None },
+    Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s", measured: None },
+    Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)", measured: None },
+    Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s", measured: None },
+    Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s", measured: None },
     // AMD: papers on Frontier count each MI250X graphics compute die (GCD) as a GPU.
     Gpu {
         name: "mi250x-gcd",
@@ -78,6 +173,7 @@ pub const GPUS: &[Gpu] = &[
         link: "infinity-fabric-mi250x",
         flash: true,
         source: "AMD Instinct MI250X datasheet (383 TF bf16, 128 GB, 3.2 TB/s per OAM = 2 GCDs); GEMM fraction assumed below NVIDIA's (rocBLAS)",
+        measured: None,
     },
     Gpu {
         name: "mi300x",
@@ -90,12 +186,13 @@ pub const GPUS: &[Gpu] = &[
         link: "xgmi-mi300x",
         flash: true,
         source: "AMD Instinct MI300X datasheet: 1307 TF bf16 dense, 192 GB, 5.3 TB/s; public hipBLASLt GEMM benchmarks reach ~55-60% of peak",
+        measured: None,
     },
     // Measured, not datasheet: best f32 GEMM of the kernels crate (gemm 0.19, AVX-512)
     // is 255 GFLOP/s on one core (crates/kernels/BENCHMARKS.md), x 2 cores; streaming
     // bandwidth 10.7 GB/s (numpy `x * 2.0` on 200 MB, loaded machine). The peak IS the
     // measured GEMM rate, hence a GEMM fraction near 1.
-    Gpu { name: "cpu-local", peak_bf16: 0.51 * T, peak_fp8: 0.0, peak_fp32: 0.51 * T, mem_bytes: 8.0 * GB, mem_bw: 10.7 * GB, gemm_eff: 0.95, link: "shm", flash: false, source: "this machine: 2 AMD EPYC cores with AVX-512; 255 GFLOP/s per core measured (crates/kernels/BENCHMARKS.md), 10.7 GB/s measured stream bandwidth" },
+    Gpu { name: "cpu-local", peak_bf16: 0.51 * T, peak_fp8: 0.0, peak_fp32: 0.51 * T, mem_bytes: 8.0 * GB, mem_bw: 10.7 * GB, gemm_eff: 0.95, link: "shm", flash: false, source: "this machine: 2 AMD EPYC cores with AVX-512; 255 GFLOP/s per core measured (crates/kernels/BENCHMARKS.md), 10.7 GB/s measured stream bandwidth", measured: None },
 ];
 
 /// A link between GPUs or nodes.
@@ -115,115 +212,115 @@ pub const LINKS: &[Link] = &[
         name: "nvlink2",
         bw_per_dir: 150.0 * GB,
         latency: 5e-6,
-        source: "V100 NVLink 2.0: 6 links x 25 GB/s per direction = 300 GB/s bidirectional",
+        source: "V100 NVLink 2.0: 6 links x 25 GB/s per direction = 300 GB/s bidirectional"
     },
     Link {
         name: "nvswitch2",
         bw_per_dir: 150.0 * GB,
         latency: 5e-6,
-        source: "DGX-2 NVSwitch: 300 GB/s bidirectional per GPU",
+        source: "DGX-2 NVSwitch: 300 GB/s bidirectional per GPU"
     },
     Link {
         name: "nvlink3",
         bw_per_dir: 300.0 * GB,
         latency: 5e-6,
-        source: "A100 NVLink 3.0: 12 links, 600 GB/s bidirectional",
+        source: "A100 NVLink 3.0: 12 links, 600 GB/s bidirectional"
     },
     Link {
         name: "nvlink4",
         bw_per_dir: 450.0 * GB,
         latency: 5e-6,
-        source: "H100 NVLink 4.0: 18 links, 900 GB/s bidirectional",
+        source: "H100 NVLink 4.0: 18 links, 900 GB/s bidirectional"
     },
     Link {
         name: "nvlink5",
         bw_per_dir: 900.0 * GB,
         latency: 5e-6,
-        source: "B200 NVLink 5.0: 1.8 TB/s bidirectional",
+        source: "B200 NVLink 5.0: 1.8 TB/s bidirectional"
     },
     Link {
         name: "infinity-fabric-mi250x",
         bw_per_dir: 50.0 * GB,
         latency: 5e-6,
-        source: "MI250X GCD-to-GCD Infinity Fabric, 50-100 GB/s per direction in a Frontier node; 50 assumed",
+        source: "MI250X GCD-to-GCD Infinity Fabric, 50-100 GB/s per direction in a Frontier node; 50 assumed"
     },
     Link {
         name: "xgmi-mi300x",
         bw_per_dir: 448.0 * GB,
         latency: 5e-6,
-        source: "MI300X: 7 x 64 GB/s xGMI links, 896 GB/s bidirectional",
+        source: "MI300X: 7 x 64 GB/s xGMI links, 896 GB/s bidirectional"
     },
     Link {
         name: "pcie3",
         bw_per_dir: 16.0 * GB,
         latency: 10e-6,
-        source: "PCIe 3.0 x16: ~16 GB/s per direction",
+        source: "PCIe 3.0 x16: ~16 GB/s per direction"
     },
     Link {
         name: "pcie4",
         bw_per_dir: 32.0 * GB,
         latency: 10e-6,
-        source: "PCIe 4.0 x16: ~32 GB/s per direction",
+        source: "PCIe 4.0 x16: ~32 GB/s per direction"
     },
     Link {
         name: "pcie5",
         bw_per_dir: 64.0 * GB,
         latency: 10e-6,
-        source: "PCIe 5.0 x16: ~64 GB/s per direction",
+        source: "PCIe 5.0 x16: ~64 GB/s per direction"
     },
     Link {
         name: "ib-edr",
         bw_per_dir: 12.5 * GB,
         latency: 8e-6,
-        source: "InfiniBand EDR 100 Gb/s",
+        source: "InfiniBand EDR 100 Gb/s"
     },
     Link {
         name: "ib-hdr",
         bw_per_dir: 25.0 * GB,
         latency: 8e-6,
-        source: "InfiniBand HDR 200 Gb/s",
+        source: "InfiniBand HDR 200 Gb/s"
     },
     Link {
         name: "ib-ndr",
         bw_per_dir: 50.0 * GB,
         latency: 8e-6,
-        source: "InfiniBand NDR 400 Gb/s",
+        source: "InfiniBand NDR 400 Gb/s"
     },
     Link {
         name: "roce-100",
         bw_per_dir: 12.5 * GB,
         latency: 10e-6,
-        source: "RoCE v2, 100 GbE",
+        source: "RoCE v2, 100 GbE"
     },
     Link {
         name: "roce-200",
         bw_per_dir: 25.0 * GB,
         latency: 10e-6,
-        source: "RoCE v2, 200 GbE",
+        source: "RoCE v2, 200 GbE"
     },
     Link {
         name: "roce-400",
         bw_per_dir: 50.0 * GB,
         latency: 10e-6,
-        source: "RoCE v2, 400 GbE (e.g. Meta's Llama 3 RoCE fabric)",
+        source: "RoCE v2, 400 GbE (e.g. Meta's Llama 3 RoCE fabric)"
     },
     Link {
         name: "omnipath-100",
         bw_per_dir: 12.5 * GB,
         latency: 8e-6,
-        source: "Intel Omni-Path 100 Gb/s",
+        source: "Intel Omni-Path 100 Gb/s"
     },
     Link {
         name: "slingshot-200",
         bw_per_dir: 25.0 * GB,
         latency: 10e-6,
-        source: "HPE Slingshot-11, 200 Gb/s per NIC (Frontier: 4 per node)",
+        source: "HPE Slingshot-11, 200 Gb/s per NIC (Frontier: 4 per node)"
     },
     Link {
         name: "shm",
         bw_per_dir: 10.0 * GB,
         latency: 2e-6,
-        source: "shared memory between threads of one CPU (assumed)",
+        source: "shared memory between threads of one CPU (assumed)"
     },
 ];
 

@@ -4,7 +4,7 @@
 //! Every constant below is physical and global (no per-run fitting); the values and
 //! their sources are listed in docs/planner.md.
 
-use crate::hardware::{Dtype, Machine};
+use crate::hardware::{Dtype, GemmOp, Machine};
 use crate::layout::{Layout, Recompute};
 use crate::memory::{block_activation_bytes, layers_per_stage};
 use crate::models::{Mlp, ModelSpec};
@@ -78,7 +78,8 @@ pub struct StepTime {
     pub tp_comm: f64,
     /// Pipeline point-to-point sends on the critical path.
     pub pp_comm: f64,
-    /// Idle time of the pipeline fill/drain: `(p-1)/v` micro-batch slots.
+    /// Idle time of the pipeline fill/drain: the other stages' time for one micro-batch
+    /// (`(p-1)/v` micro-batch slots of equal stages).
     pub bubble: f64,
     /// Data-parallel / ZeRO collectives left exposed after overlap.
     pub dp_comm: f64,
@@ -88,8 +89,36 @@ pub struct StepTime {
     pub total: f64,
 }
 
-/// Time of one GEMM of `2 M N K` FLOPs (roofline with shape-dependent efficiency).
+/// Bandwidth streaming kernels reach: the measured one as it is, else the datasheet
+/// figure times the achieved fraction.
+fn stream_bw(mm: &Machine, cal: &Calibration) -> f64 {
+    match mm.gpu.measured {
+        Some(_) => mm.gpu.mem_bw,
+        None => mm.gpu.mem_bw * cal.mem_eff,
+    }
+}
+
+/// Achieved fraction of a link's bandwidth: 1 for a measured machine (its file holds
+/// the bus bandwidth collectives reached), else the calibration's.
+fn link_eff(mm: &Machine, eff: f64) -> f64 {
+    if mm.gpu.measured.is_some() {
+        1.0
+    } else {
+        eff
+    }
+}
+
+/// Time of one GEMM of `2 M N K` FLOPs (roofline with shape-dependent efficiency; on
+/// a measured machine the rate measured for that shape).
 pub fn gemm_time(mm: &Machine, cal: &Calibration, m: f64, n: f64, k: f64, dtype: Dtype) -> f64 {
+    gemm_op_time(mm, cal, GemmOp::Nn, m, n, k, dtype)
+}
+
+/// [`gemm_time`] for one operand layout (it matters only on a measured machine).
+fn gemm_op_time(mm: &Machine, cal: &Calibration, op: GemmOp, m: f64, n: f64, k: f64, dtype: Dtype) -> f64 {
+    if let Some(ms) = mm.gpu.measured {
+        return 2.0 * m * n * k / ms.gemm(op, m, n, k);
+    }
     let quant = |x: f64| x / ((x / cal.gemm_tile).ceil() * cal.gemm_tile);
     let eff = mm.gpu.gemm_eff * k / (k + cal.gemm_k0) * quant(m) * quant(n);
     let compute = 2.0 * m * n * k / (mm.gpu.peak(dtype) * eff);
@@ -107,8 +136,8 @@ fn linear_times(
     n: f64,
     dtype: Dtype,
 ) -> (f64, f64) {
-    let f = gemm_time(mm, cal, m, n, k, dtype);
-    let b = gemm_time(mm, cal, m, k, n, dtype) + gemm_time(mm, cal, k, n, m, dtype);
+    let f = gemm_op_time(mm, cal, GemmOp::Nn, m, n, k, dtype);
+    let b = gemm_op_time(mm, cal, GemmOp::Nt, m, k, n, dtype) + gemm_op_time(mm, cal, GemmOp::Tn, k, n, m, dtype);
     (f, b)
 }
 
@@ -153,13 +182,23 @@ fn block_times(
     } else {
         Dtype::Bf16
     };
-    let attn_fwd = if l.flash {
+    let measured_attn = mm.gpu.measured.map(|ms| {
+        let (f, b) = ms.attention(s);
+        let flops = 4.0 * batch * s * s * d;
+        (flops / f, 2.0 * flops / b)
+    });
+    let attn_fwd = if let Some((f, _)) = measured_attn {
+        f
+    } else if l.flash {
         4.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel)
     } else {
         batch * (gemm_time(mm, cal, s, s, d, attn_dtype) + gemm_time(mm, cal, s, d, s, attn_dtype))
     };
     // Flash backward recomputes the scores inside the kernel: 2.5x forward (Dao 2023).
-    let attn_bwd = attn_fwd * if l.flash { 2.5 } else { 2.0 };
+    let attn_bwd = match measured_attn {
+        Some((_, b)) => b,
+        None => attn_fwd * if l.flash { 2.5 } else { 2.0 },
+    };
     // Memory-bound element-wise work scales with what the block stores (no recompute).
     // (The s^2 score tensors are counted apart: they move at `score_passes`.)
     let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::Selective, l.sp, l.flash)
@@ -169,13 +208,22 @@ fn block_times(
     } else {
         cal.elementwise_passes
     };
-    let score_bytes = if l.flash {
+    let score_bytes = if l.flash || measured_attn.is_some() {
+        // Fused, or inside the measured attention rate.
         0.0
     } else {
         5.0 * m.heads as f64 * s * s * l.mb as f64 / t * act_scale
     };
-    let scores = cal.score_passes * score_bytes / (mm.gpu.mem_bw * cal.mem_eff);
-    let elem = passes * act / (mm.gpu.mem_bw * cal.mem_eff) + scores;
+    let scores = cal.score_passes * score_bytes / stream_bw(mm, cal);
+    let elem = match mm.gpu.measured {
+        Some(ms) => {
+            act / match m.mlp {
+                Mlp::Gelu => ms.elementwise_bw,
+                Mlp::SwiGlu => ms.elementwise_llama_bw,
+            }
+        }
+        None => passes * act / stream_bw(mm, cal),
+    } + scores;
     // One third of element-wise traffic in forward, two thirds in backward.
     (
         fwd + attn_fwd + elem / 3.0,
@@ -238,9 +286,9 @@ pub fn step_time(
     // recompute (Megatron-LM 2019 §3); with SP each becomes reduce-scatter +
     // all-gather, the same traffic. Inside a node when t <= GPUs per node.
     let (tp_bw, tp_alpha) = if l.tp <= mm.gpus_per_node {
-        (mm.intra_bw * cal.nvlink_eff, mm.intra_latency)
+        (mm.intra_bw * link_eff(mm, cal.nvlink_eff), mm.intra_latency)
     } else {
-        (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency)
+        (mm.net_bw_per_gpu() * link_eff(mm, cal.net_eff), mm.net_latency)
     };
     let act_bytes = 2.0 * act_scale * l.mb as f64 * s * h;
     let ar = allreduce_time(act_bytes, l.tp, tp_bw, tp_alpha);
@@ -258,22 +306,28 @@ pub fn step_time(
             1.0
         };
 
-    // Logits + loss on the last stage (vocab-parallel): 2 b s h V / t forward.
-    let (lf, lb) = linear_times(
-        mm,
-        cal,
-        l.mb as f64 * s,
-        h,
-        m.vocab as f64 / t,
-        if act_scale > 1.0 {
-            Dtype::Fp32
-        } else {
-            Dtype::Bf16
-        },
-    );
+    // Logits + loss on the last stage (vocab-parallel): 2 b s h V / t forward; the
+    // engine of a measured machine runs it in chunks of rows (each chunk's weight
+    // gradient a GEMM with that many rows inside).
+    let rows = l.mb as f64 * s;
+    let vt = m.vocab as f64 / t;
+    let chunk = match mm.gpu.measured {
+        Some(ms) => (ms.head_chunk_floats / vt).floor().max(rows.min(64.0)).min(rows).max(1.0),
+        None => rows,
+    };
+    let (full, rest) = ((rows / chunk).floor(), rows % chunk);
+    let head_dtype = if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 };
+    let (cf, cb) = linear_times(mm, cal, chunk, h, vt, head_dtype);
+    let (rf, rb) = if rest > 0.0 { linear_times(mm, cal, rest, h, vt, head_dtype) } else { (0.0, 0.0) };
+    let (lf, lb) = (full * cf + rf, full * cb + rb);
     // Softmax cross-entropy over the vocabulary is memory-bound: fp32 logits are
     // written, read for the max/sum, and the gradient written and read (4 passes).
-    let ce = 4.0 * 4.0 * l.mb as f64 * s * m.vocab as f64 / t / (mm.gpu.mem_bw * cal.mem_eff);
+    let ce = 4.0 * 4.0 * l.mb as f64 * s * m.vocab as f64
+        / t
+        / match mm.gpu.measured {
+            Some(ms) => ms.xent_bw,
+            None => stream_bw(mm, cal),
+        };
     let head = lf + lb + ce;
     let stage_compute = lps * (bf + bb + rec_per_block);
     // The last stage also runs the head (the embedding lookup on the first is
@@ -289,9 +343,9 @@ pub fn step_time(
     };
     let pp_cross_node = l.tp * p > mm.gpus_per_node;
     let pp_bw = if pp_cross_node {
-        mm.net_bw_per_gpu() * cal.net_eff
+        mm.net_bw_per_gpu() * link_eff(mm, cal.net_eff)
     } else {
-        mm.intra_bw * cal.nvlink_eff
+        mm.intra_bw * link_eff(mm, cal.nvlink_eff)
     };
     let pp_alpha = if pp_cross_node {
         mm.net_latency
@@ -309,8 +363,12 @@ pub fn step_time(
         0.0
     };
 
+    // 1F1B runs at the pace of the slowest stage (the last, with the head); the fill
+    // and drain are the other stages' forward and backward of one micro-batch each
+    // (bubble = the sum of the other stages' times; `(p-1)/(v m)` of the busy time
+    // when the stages are equal), split over `v` chunks when interleaved.
     let busy = micro * per_micro;
-    let bubble = (p as f64 - 1.0) / v * per_micro;
+    let bubble = (p as f64 - 1.0) / v * (per_micro - head);
 
     // DP / ZeRO over the dp axis. Parameters of this GPU's stage:
     let vh = m.vocab as f64 * h;
@@ -323,9 +381,9 @@ pub fn step_time(
         / t;
     let dp_in_node = l.tp * l.dp <= mm.gpus_per_node;
     let (dp_bw, dp_alpha) = if dp_in_node {
-        (mm.intra_bw * cal.nvlink_eff, mm.intra_latency)
+        (mm.intra_bw * link_eff(mm, cal.nvlink_eff), mm.intra_latency)
     } else {
-        (mm.net_bw_per_gpu() * cal.net_eff, mm.net_latency)
+        (mm.net_bw_per_gpu() * link_eff(mm, cal.net_eff), mm.net_latency)
     };
     let grad_bytes = 2.0 * act_scale * psi;
     let (dp_total, overlap, overlappable) = match l.zero {
@@ -350,7 +408,7 @@ pub fn step_time(
 
     // Optimizer: read grad (4), master/m/v read+write (24), write bf16 weights (2).
     let shard = if l.zero >= 1 { psi / l.dp as f64 } else { psi };
-    let optimizer = 30.0 * shard / (mm.gpu.mem_bw * cal.mem_eff);
+    let optimizer = 30.0 * shard / stream_bw(mm, cal);
 
     let compute = micro * (stage_compute + head);
     let total = busy + bubble + pp_comm + dp_comm + optimizer + cal.step_overhead;

@@ -339,16 +339,26 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         .filter_map(|w| w.parse::<u32>().ok())
         .find(|y| (2017..=2030).contains(y))
         .unwrap_or(2024);
+    let notes = row.get("notes");
+    // Context parallelism (sequence split across GPUs for attention) is not modelled.
+    if let Some(cp) = notes
+        .match_indices("CP ")
+        .filter_map(|(i, _)| notes[i + 3..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .find(|&cp| cp > 1)
+    {
+        return Err(format!("context parallelism (CP {cp}) is not modelled"));
+    }
     let zero_text = row.get("zero_stage").to_ascii_uppercase();
-    let zero = if zero_text.contains("FSDP") {
+    let lead = zero_text.chars().next().and_then(|c| c.to_digit(10));
+    let zero = if let Some(d) = lead {
+        d.min(3) as u8
+    } else if zero_text.contains("SHARD_GRAD_OP") {
+        // PyTorch FSDP's SHARD_GRAD_OP keeps the parameters whole: ZeRO-2.
+        2
+    } else if zero_text.contains("FSDP") {
         3
     } else {
-        zero_text
-            .chars()
-            .next()
-            .and_then(|c| c.to_digit(10))
-            .map(|d| d.min(3) as u8)
-            .unwrap_or(0)
+        0
     };
     let rc = row.get("recompute").to_ascii_lowercase();
     let recompute = if rc.contains("selective") {
@@ -367,7 +377,6 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     } else {
         year >= 2023 && tp > 1
     };
-    let notes = row.get("notes");
     let il = row.get("interleave").to_ascii_lowercase();
     let interleave = if il.starts_with("no") || il.starts_with("n/a") || pp == 1 {
         Some(1)
@@ -410,8 +419,9 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         interleave,
         sp: Some(sp),
         // FlashAttention (Dao et al. 2022) became the default in Megatron-Core and
-        // PyTorch SDPA in 2023; earlier sources used unfused attention.
-        flash: Some(year >= 2023),
+        // PyTorch SDPA in 2023; earlier sources used unfused attention unless their
+        // notes say `FlashAttention used`.
+        flash: Some(year >= 2023 || notes.contains("FlashAttention used")),
         fp8: Some(notes.contains("+ Float8") || notes.contains("FP8 ")),
         tp_overlap: Some(notes.contains("tp-comm-overlap") || notes.contains("AsyncTP")),
         // Selective recompute and Megatron's distributed optimizer (ZeRO-1) appeared

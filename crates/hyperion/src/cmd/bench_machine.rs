@@ -23,20 +23,179 @@ pub struct BenchMachineArgs {
     pub json: bool,
 }
 
-/// (m, n, k) GEMMs: squares, and a transformer layer's at 4096 rows and width 768.
-const SHAPES: &[(usize, usize, usize)] = &[(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 768, 768), (4096, 3072, 768), (4096, 768, 3072)];
+/// The GEMM grid measured for the planner (`[measured] gemm_*`): every dimension over
+/// the sizes a transformer's linear layers, attention and weight gradients take.
+const GRID: [usize; 5] = [64, 256, 1024, 4096, 32768];
+/// Shapes over this many multiply-adds or with an operand over `MAX_OPERAND` floats
+/// are not run (seconds each, and gigabytes): they take the best rate of their measured
+/// neighbours one grid step smaller (large GEMMs run at the large-GEMM rate).
+const MAX_MACS: usize = 1 << 34;
+const MAX_OPERAND: usize = 1 << 25;
+/// Sequence lengths of the attention measurement.
+const ATTN_SEQ: [usize; 3] = [64, 256, 1024];
+/// Rows (tokens) and width of the element-wise and attention measurements.
+const ROWS: usize = 4096;
+const WIDTH: usize = 512;
 
-fn gemm_rate(m: usize, n: usize, k: usize) -> f64 {
-    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
-    let mut c = vec![0.0f32; m * n];
-    let mut best = 0.0f64;
-    for _ in 0..3 {
+/// Best seconds per call of `f`: one call, then repeated for about 50 ms (at least
+/// once more), the fastest kept.
+fn best_time(mut f: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    f();
+    let first = t0.elapsed().as_secs_f64();
+    let reps = ((0.05 / first.max(1e-6)) as usize).clamp(1, 200);
+    let mut best = first;
+    for _ in 0..reps {
         let t0 = Instant::now();
-        kernels::matmul(&mut c, &a, false, &b, false, m, n, k, false);
-        best = best.max(2.0 * (m * n * k) as f64 / t0.elapsed().as_secs_f64());
+        f();
+        best = best.min(t0.elapsed().as_secs_f64());
     }
     best
+}
+
+fn filled(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7 + seed) % 13) as f32 * 0.01 - 0.06).collect()
+}
+
+/// `C (m x n) += op(A) op(B)` as a linear layer runs it: `ta`/`tb` = operand stored
+/// transposed (the input and weight gradients).
+fn gemm_rate(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> f64 {
+    let (a, b) = (filled(m * k, 1), filled(k * n, 2));
+    let mut c = vec![0.0f32; m * n];
+    2.0 * (m * n * k) as f64 / best_time(|| kernels::matmul(&mut c, &a, ta, &b, tb, m, n, k, true))
+}
+
+/// The engine's causal attention kernel forward and backward at sequence length `t`
+/// (head dim 64, 8 heads, `ROWS` tokens): FLOP/s counted as `4 t^2 d` per sequence and
+/// head forward, twice that backward.
+fn attention_rates(t: usize) -> (f64, f64) {
+    let (nh, hd) = (WIDTH / 64, 64);
+    let b = (ROWS / t).max(1);
+    let qkv = filled(b * t * 3 * WIDTH, 3);
+    let mut out = vec![0.0f32; b * t * WIDTH];
+    let mut saved = vec![0.0f32; kernels::attention_saved_len(b, t, nh)];
+    let fwd = best_time(|| kernels::attention_forward(&mut out, &mut saved, &qkv, b, t, WIDTH, nh));
+    let dout = filled(out.len(), 4);
+    let mut dqkv = vec![0.0f32; qkv.len()];
+    let bwd = best_time(|| kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &saved, b, t, WIDTH, nh));
+    let flops = 4.0 * (b * nh * t * t * hd) as f64;
+    (flops / fwd, 2.0 * flops / bwd)
+}
+
+/// A block's element-wise kernels forward + backward on `ROWS` tokens of width
+/// `WIDTH`, as bytes of the block's stored activations (the planner's
+/// `block_activation_bytes`, selective form, fp32) per second. GPT: two LayerNorms,
+/// GELU on 4h, two residual adds; Llama: two RMSNorms, SwiGLU, RoPE, two residual adds.
+fn elementwise_rate(llama: bool) -> f64 {
+    let (r, c) = (ROWS, WIDTH);
+    let spec = if llama {
+        planner::models::ModelSpec::llama("bench", 1, c, 8, 4, 3 * c, 1, 256, "bench machine")
+    } else {
+        planner::models::ModelSpec::gpt("bench", 1, c, 8, 1, 256, "bench machine")
+    };
+    let f = spec.ffn;
+    let act = 2.0 * planner::memory::block_activation_bytes(&spec, (r / 256) as f64, 256.0, 1.0, planner::layout::Recompute::Selective, false, false);
+    let x = filled(r * c, 5);
+    let w = vec![1.0f32; c];
+    let bias = vec![0.0f32; c];
+    let (mut y, mut dx, mut dw, mut db) = (vec![0.0f32; r * c], vec![0.0f32; r * c], vec![0.0f32; c], vec![0.0f32; c]);
+    let (mut mean, mut rstd) = (vec![0.0f32; r], vec![0.0f32; r]);
+    let up = filled(r * if llama { 2 * f } else { f }, 6);
+    let mut act_out = vec![0.0f32; r * f];
+    let mut dup = vec![0.0f32; up.len()];
+    let dact = filled(r * f, 7);
+    let (hd, nkv) = (64, 4);
+    let qkv_w = (8 + 2 * nkv) * hd;
+    let mut qkv = filled(r * qkv_w, 8);
+    let rope = kernels::RopeTable::new(256, hd, 10000.0);
+    let time = best_time(|| {
+        for _ in 0..2 {
+            if llama {
+                kernels::rmsnorm_forward(&mut y, &mut rstd, &x, &w, r, c, 1e-5);
+                kernels::rmsnorm_backward(&mut dx, &mut dw, &y, &x, &w, &rstd, r, c);
+            } else {
+                kernels::layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &w, Some(&bias), r, c);
+                kernels::layernorm_backward(&mut dx, &mut dw, Some(&mut db), &y, &x, &w, &mean, &rstd, r, c);
+            }
+            kernels::add(&mut y, &x, &dx);
+            kernels::add_inplace(&mut dx, &y);
+        }
+        if llama {
+            kernels::swiglu_forward(&mut act_out, &up, r, f);
+            kernels::swiglu_backward(&mut dup, &dact, &up, r, f);
+            kernels::rope_forward(&mut qkv, &rope, r / 256, 256, 8, nkv, hd);
+            kernels::rope_backward(&mut qkv, &rope, r / 256, 256, 8, nkv, hd);
+        } else {
+            kernels::gelu_forward(&mut act_out, &up);
+            kernels::gelu_backward(&mut dup, &up, &dact);
+        }
+    });
+    act / time
+}
+
+/// Fused softmax cross-entropy forward + backward over `rows x v` logits, as the
+/// planner's `16 rows v` bytes (four fp32 passes) per second.
+fn xent_rate() -> f64 {
+    let (rows, v) = (1024, 8192);
+    let logits = filled(rows * v, 9);
+    let mut work = logits.clone();
+    let mut losses = vec![0.0f32; rows];
+    let targets: Vec<u32> = (0..rows as u32).map(|i| (i * 31) % v as u32).collect();
+    let t = best_time(|| {
+        work.copy_from_slice(&logits);
+        kernels::softmax_xent_forward_backward(&mut work, &mut losses, &targets, rows, v, 1.0);
+    });
+    16.0 * (rows * v) as f64 / t
+}
+
+fn runnable(m: usize, n: usize, k: usize) -> bool {
+    m * n * k <= MAX_MACS && m * k <= MAX_OPERAND && k * n <= MAX_OPERAND && m * n <= MAX_OPERAND
+}
+
+/// Gives every unmeasured (NaN) cell of the `GRID`^3 table the best rate among its
+/// neighbours one step smaller in one dimension, smallest cells first.
+fn fill_from_smaller(r: &mut [f64]) {
+    let g = GRID.len();
+    for idx in 0..r.len() {
+        if r[idx].is_nan() {
+            let (i, j, l) = (idx / (g * g), idx / g % g, idx % g);
+            let below = [(i > 0).then(|| idx - g * g), (j > 0).then(|| idx - g), (l > 0).then(|| idx - 1)];
+            r[idx] = below.into_iter().flatten().map(|b| r[b]).filter(|x| !x.is_nan()).fold(f64::NAN, f64::max);
+        }
+    }
+}
+
+/// One rank's kernel rates.
+struct RankRates {
+    /// GEMM FLOP/s per shape for C = A B, A B^T, A^T B.
+    gemm: [Vec<f64>; 3],
+    attn: Vec<(f64, f64)>,
+    elem: f64,
+    elem_llama: f64,
+    xent: f64,
+}
+
+/// Every kernel measurement of one rank, on a pool of `threads` threads.
+fn measure_rank(threads: usize, shapes: &[(usize, usize, usize)]) -> Result<RankRates> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    Ok(pool.install(|| {
+        let grid = |ta, tb| {
+            let mut r: Vec<f64> = shapes.iter().map(|&(m, n, k)| if runnable(m, n, k) { gemm_rate(m, n, k, ta, tb) } else { f64::NAN }).collect();
+            fill_from_smaller(&mut r);
+            r
+        };
+        RankRates {
+            gemm: [grid(false, false), grid(false, true), grid(true, false)],
+            attn: ATTN_SEQ.iter().map(|&t| attention_rates(t)).collect(),
+            elem: elementwise_rate(false),
+            elem_llama: elementwise_rate(true),
+            xent: xent_rate(),
+        }
+    }))
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
 }
 
 fn cpu_name() -> String {
@@ -58,13 +217,28 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = (cores / a.ranks).max(1);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let rates: Vec<((usize, usize, usize), f64)> = pool.install(|| SHAPES.iter().map(|&(m, n, k)| ((m, n, k), gemm_rate(m, n, k))).collect());
+    let shapes: Vec<(usize, usize, usize)> = GRID.iter().flat_map(|&m| GRID.iter().flat_map(move |&n| GRID.iter().map(move |&k| (m, n, k)))).collect();
+    // Every rank measures at once, each on its own share of the cores, as they run in
+    // training (they share caches and memory bandwidth); the ranks' rates are averaged.
+    let per_rank: Vec<RankRates> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..a.ranks).map(|_| s.spawn(|| measure_rank(threads, &shapes))).collect();
+        handles.into_iter().map(|h| h.join().expect("a measuring thread panicked")).collect::<Result<_>>()
+    })?;
+    let n = a.ranks as f64;
+    let mean = |f: &dyn Fn(&RankRates) -> f64| per_rank.iter().map(f).sum::<f64>() / n;
+    let avg = |i: usize, op: usize| mean(&|r: &RankRates| r.gemm[op][i]);
+    let rates: Vec<((usize, usize, usize), f64)> = shapes.iter().enumerate().map(|(i, &sh)| (sh, avg(i, 0))).collect();
+    let rates_nt: Vec<f64> = (0..shapes.len()).map(|i| avg(i, 1)).collect();
+    let rates_tn: Vec<f64> = (0..shapes.len()).map(|i| avg(i, 2)).collect();
+    let attn: Vec<(f64, f64)> = (0..ATTN_SEQ.len()).map(|i| (mean(&|r: &RankRates| r.attn[i].0), mean(&|r: &RankRates| r.attn[i].1))).collect();
+    let (elem, elem_llama, xent) = (mean(&|r: &RankRates| r.elem), mean(&|r: &RankRates| r.elem_llama), mean(&|r: &RankRates| r.xent));
     let peak = rates.iter().map(|r| r.1).fold(0.0, f64::max);
-    // The transformer shapes' rate relative to the best: the planner's GEMM efficiency.
-    let layer: Vec<f64> = rates.iter().filter(|r| r.0 .1 != r.0 .0).map(|r| r.1).collect();
-    let gemm_eff = (layer.iter().sum::<f64>() / layer.len() as f64 / peak).min(1.0);
-    let mem_bw = cb::memcpy_bandwidth(threads, 256 << 20);
+    // The largest GEMMs' rate relative to the best (used where the planner has no
+    // measured shape: catalog-style files ignore `[measured]`).
+    let big: Vec<f64> = rates.iter().filter(|r| r.0 .0.min(r.0 .1).min(r.0 .2) >= 1024).map(|r| r.1).collect();
+    let gemm_eff = (big.iter().sum::<f64>() / big.len() as f64 / peak).min(1.0);
+    // Streaming bandwidth with every core copying, one rank's share.
+    let mem_bw = cb::memcpy_bandwidth(threads * a.ranks, 256 << 20) / n;
     // Collectives between 2 thread ranks (at least), nccl-tests' bus bandwidth.
     let p = a.ranks.max(2);
     let (big, small) = (16usize << 20, 4usize << 10);
@@ -83,16 +257,21 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "cpu": cpu, "cores": cores, "ranks": a.ranks, "threads_per_rank": threads,
-                "gemm": shapes, "peak_flops": peak, "gemm_eff": gemm_eff,
+                "gemm": shapes, "gemm_nt_flops_per_s": rates_nt, "gemm_tn_flops_per_s": rates_tn, "peak_flops": peak, "gemm_eff": gemm_eff,
+                "attention": ATTN_SEQ.iter().zip(&attn).map(|(t, (f, b))| serde_json::json!({ "seq": t, "fwd_flops_per_s": f, "bwd_flops_per_s": b })).collect::<Vec<_>>(),
+                "elementwise_bytes_per_s": { "gpt": elem, "llama": elem_llama }, "xent_bytes_per_s": xent,
                 "memory_bw_bytes_per_s": mem_bw, "memory_bytes_per_rank": mem,
                 "all_reduce": { "ranks": p, "bytes": big, "bus_bw_bytes_per_s": bus_bw, "small_bytes": small, "small_latency_s": latency },
             })
         );
     } else {
         println!("{cpu}: {cores} cores, planned as {} rank(s) of {threads} thread(s)", a.ranks);
-        for ((m, n, k), r) in &rates {
-            println!("  GEMM {m} x {n} x {k}: {:.1} GFLOP/s", r / 1e9);
+        let lo = rates.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("measured shapes");
+        println!("  GEMM {} shapes: best {:.1} GFLOP/s, slowest {:.1} ({} x {} x {})", rates.len(), peak / 1e9, lo.1 / 1e9, lo.0 .0, lo.0 .1, lo.0 .2);
+        for (t, (f, b)) in ATTN_SEQ.iter().zip(&attn) {
+            println!("  attention T={t}: forward {:.1}, backward {:.1} GFLOP/s", f / 1e9, b / 1e9);
         }
+        println!("  element-wise (block activations): GPT {:.1} GB/s, Llama {:.1} GB/s; cross-entropy {:.1} GB/s", elem / 1e9, elem_llama / 1e9, xent / 1e9);
         println!("  memory bandwidth {:.1} GB/s; all-reduce over {p} ranks: {:.1} GB/s bus, {:.1} us for 4 KiB", mem_bw / 1e9, bus_bw / 1e9, latency * 1e6);
     }
     if let Some(out) = &a.out {
@@ -101,7 +280,15 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
              [cluster]\nname = \"this-machine\"\ngpus = {r}\ngpus_per_node = {r}\nsource = \"measured: hyperion bench machine on {cpu}\"\n\
              assumptions = \"one device = one engine rank of {threads} thread(s); peak = the best GEMM rate measured; no network\"\n\n\
              [gpu]\nname = \"cpu-{threads}t\"\npeak_bf16_tflops = {pk}\npeak_fp32_tflops = {pk}\nmemory_gb = {mg}\nmemory_bw_gbs = {bw}\ngemm_eff = {ge}\nflash = false\n\n\
-             [intra]\nbw_gbs = {ib}\nlatency_us = {lat}\n",
+             [intra]\nbw_gbs = {ib}\nlatency_us = {lat}\n\n\
+             # Kernel rates of one rank (hardware::Measured): GFLOP/s on the m x n x k grid\n\
+             # (k fastest; shapes over 2^34 multiply-adds or 2^25 floats an operand carry the\n\
+             # best rate of a neighbour one step smaller), attention per sequence length,\n\
+             # element-wise in GB/s of block activations.\n\
+             [measured]\ngemm_m = {grid:?}\ngemm_n = {grid:?}\ngemm_k = {grid:?}\ngemm_gflops = {gemm:?}\ngemm_nt_gflops = {gemm_nt:?}\ngemm_tn_gflops = {gemm_tn:?}\n\
+             attention_seq = {aseq:?}\nattention_fwd_gflops = {afwd:?}\nattention_bwd_gflops = {abwd:?}\n\
+             elementwise_gbs = {elem}\nelementwise_llama_gbs = {elem_llama}\nxent_gbs = {xent}\n\
+             head_chunk_floats = {head}\n",
             r = a.ranks,
             pk = peak / 1e12,
             mg = mem / 1e9,
@@ -109,6 +296,17 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
             ge = gemm_eff,
             ib = bus_bw / 1e9,
             lat = latency * 1e6,
+            grid = GRID,
+            gemm = rates.iter().map(|r| round3(r.1 / 1e9)).collect::<Vec<_>>(),
+            gemm_nt = rates_nt.iter().map(|r| round3(r / 1e9)).collect::<Vec<_>>(),
+            gemm_tn = rates_tn.iter().map(|r| round3(r / 1e9)).collect::<Vec<_>>(),
+            aseq = ATTN_SEQ,
+            afwd = attn.iter().map(|a| round3(a.0 / 1e9)).collect::<Vec<_>>(),
+            abwd = attn.iter().map(|a| round3(a.1 / 1e9)).collect::<Vec<_>>(),
+            elem = round3(elem / 1e9),
+            elem_llama = round3(elem_llama / 1e9),
+            xent = round3(xent / 1e9),
+            head = model::HEAD_SCRATCH_FLOATS,
         );
         std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
         if !a.json {
