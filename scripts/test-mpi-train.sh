@@ -10,7 +10,9 @@
 #  7. tensor parallelism: -np 4 (dp 2 x tp 2, ZeRO 2) and -np 8 (dp 2 x tp 4, ZeRO 3) give the
 #     losses of the same layouts as threads, and of one rank (relative 1e-5);
 #  8. pipeline parallelism: -np 4 (tp 2 x pp 2, 1F1B) and -np 8 (dp 2 x tp 2 x pp 2, interleaved,
-#     sequence parallel, ZeRO 1) likewise; the -np 8 run resumes on one rank.
+#     sequence parallel, ZeRO 1) likewise; the -np 8 run resumes on one rank;
+#  9. `hyperion bench machine --backend mpi` measures 2 MPI processes (kernels and the MPI
+#     all-reduce) and writes a cluster file the planner reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null; then
@@ -166,4 +168,13 @@ done
   > "$work/pp-resume.log" 2>&1 || { cat "$work/pp-resume.log"; exit 1; }
 grep -q "written by dp=2 tp=2 pp=2 zero=1, now dp=1 tp=1 pp=1 zero=0" "$work/pp-resume.log" || { cat "$work/pp-resume.log"; exit 1; }
 echo "the -np 8 pipeline checkpoint resumed on one rank"
-echo "MPI training tests: 8 passed, 0 failed"
+echo "== bench machine between MPI processes"
+"$hyp" bench machine --backend mpi --ranks 2 --quick --out "$work/machine-mpi.toml" > "$work/machine-mpi.log" 2>&1 \
+  || { cat "$work/machine-mpi.log"; echo "error: bench machine --backend mpi failed" >&2; exit 1; }
+grep -q "collectives between MPI processes" "$work/machine-mpi.toml" || { cat "$work/machine-mpi.toml"; exit 1; }
+grep -q "all-reduce over 2 MPI processes" "$work/machine-mpi.log" || { cat "$work/machine-mpi.log"; exit 1; }
+"$hyp" plan --model gpt2-mini --cluster "$work/machine-mpi.toml" --gpus 2 --global-batch 16 --seq 128 --json > "$work/plan-mpi.json" \
+  || { echo "error: plan rejected the MPI-measured cluster file" >&2; exit 1; }
+python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['best']['step']; assert s['total'] > 0, s" "$work/plan-mpi.json"
+echo "the MPI-measured machine is a cluster file the planner reads"
+echo "MPI training tests: 9 passed, 0 failed"

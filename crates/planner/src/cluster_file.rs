@@ -34,6 +34,7 @@
 //! elementwise_gbs = 20.0
 //! elementwise_llama_gbs = 18.0
 //! xent_gbs = 30.0
+//! xent_tp_gbs = 25.0              # its vocabulary-parallel form (tp > 1)
 //! head_chunk_floats = 16777216    # the head's logits are computed this many at a time
 //! ```
 //!
@@ -70,6 +71,7 @@ struct MeasuredSec {
     elementwise_gbs: Option<f64>,
     elementwise_llama_gbs: Option<f64>,
     xent_gbs: Option<f64>,
+    xent_tp_gbs: Option<f64>,
     head_chunk_floats: Option<f64>,
 }
 
@@ -120,6 +122,7 @@ fn measured(sec: MeasuredSec, err: &dyn Fn(String) -> PlanError) -> Result<Measu
         elementwise_bw: rate("elementwise_gbs", sec.elementwise_gbs)?,
         elementwise_llama_bw: rate("elementwise_llama_gbs", sec.elementwise_llama_gbs)?,
         xent_bw: rate("xent_gbs", sec.xent_gbs)?,
+        xent_tp_bw: rate("xent_tp_gbs", sec.xent_tp_gbs)?,
         head_chunk_floats: rate("head_chunk_floats", sec.head_chunk_floats)? / 1e9,
     })
 }

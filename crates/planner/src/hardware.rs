@@ -71,6 +71,8 @@ pub struct Measured {
     /// Softmax cross-entropy forward + backward, in `16 x rows x vocab` bytes per second
     /// (the time model's four fp32 passes over the logits).
     pub xent_bw: f64,
+    /// The same for the vocabulary-parallel form (tensor parallelism), in the same bytes.
+    pub xent_tp_bw: f64,
     /// The engine computes the head over at most this many logits at a time (rows
     /// `floats / vocab`, at least 64): its GEMMs are costed per chunk.
     pub head_chunk_floats: f64,

@@ -325,6 +325,7 @@ pub fn step_time(
     let ce = 4.0 * 4.0 * l.mb as f64 * s * m.vocab as f64
         / t
         / match mm.gpu.measured {
+            Some(ms) if l.tp > 1 => ms.xent_tp_bw,
             Some(ms) => ms.xent_bw,
             None => stream_bw(mm, cal),
         };

@@ -205,6 +205,7 @@ fn measured(rate: impl Fn(f64, f64, f64) -> f64) -> planner::hardware::Measured 
         elementwise_bw: 1e10,
         elementwise_llama_bw: 1e10,
         xent_bw: 2e10,
+        xent_tp_bw: 2e10,
         head_chunk_floats: (1u64 << 24) as f64,
     }
 }

@@ -81,23 +81,36 @@ pub fn run(args: BenchCommArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Outside mpirun, runs this same command under `mpirun -np ranks` and returns true
+/// (the caller is done); under mpirun returns false. Launcher variables are read here,
+/// at the edge, only to decide that.
+pub fn relaunch_under_mpirun(ranks: usize) -> anyhow::Result<bool> {
+    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some());
+    if under_mpi {
+        return Ok(false);
+    }
+    if !cfg!(feature = "mpi") {
+        bail!("this hyperion was built without MPI: rebuild with `cargo build --release -p hyperion --features mpi`");
+    }
+    let exe = std::env::current_exe().context("locating the hyperion binary")?;
+    let mut cmd = std::process::Command::new("mpirun");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.args(["--oversubscribe", "-np", &ranks.to_string()]).arg(exe).args(std::env::args_os().skip(1));
+    let status = cmd.status().context("running mpirun (is OpenMPI installed?)")?;
+    if !status.success() {
+        bail!("mpirun exited with {status}");
+    }
+    Ok(true)
+}
+
 #[cfg(feature = "mpi")]
 fn run_mpi(args: &BenchCommArgs, ops: &[BenchOp], sizes: &[usize], timeout: Duration) -> anyhow::Result<()> {
     // Launcher variables are read here, at the edge, only to decide whether to
     // re-launch ourselves under mpirun.
-    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some());
-    if !under_mpi {
-        let exe = std::env::current_exe().context("locating the hyperion binary")?;
-        let mut cmd = std::process::Command::new("mpirun");
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.arg("--allow-run-as-root");
-        }
-        cmd.args(["--oversubscribe", "-np", &args.ranks.to_string()]).arg(exe).args(std::env::args_os().skip(1));
-        let status = cmd.status().context("running mpirun (is OpenMPI installed?)")?;
-        if !status.success() {
-            bail!("mpirun exited with {status}");
-        }
+    if relaunch_under_mpirun(args.ranks)? {
         return Ok(());
     }
     let opts = comm::mpi::MpiOptions { timeout, tune_malloc: !args.no_malloc_tuning };
