@@ -36,6 +36,7 @@
 //! xent_gbs = 30.0
 //! xent_tp_gbs = 25.0              # its vocabulary-parallel form (tp > 1)
 //! head_chunk_floats = 16777216    # the head's logits are computed this many at a time
+//! sync_overhead = 0.05            # optional: time lost keeping ranks in step (fraction)
 //! ```
 //!
 //! Every missing or mistyped field is named with its section. The file's strings live
@@ -73,6 +74,7 @@ struct MeasuredSec {
     xent_gbs: Option<f64>,
     xent_tp_gbs: Option<f64>,
     head_chunk_floats: Option<f64>,
+    sync_overhead: Option<f64>,
 }
 
 /// The `[measured]` section, every list checked: grids ascending and positive, rate
@@ -124,6 +126,11 @@ fn measured(sec: MeasuredSec, err: &dyn Fn(String) -> PlanError) -> Result<Measu
         xent_bw: rate("xent_gbs", sec.xent_gbs)?,
         xent_tp_bw: rate("xent_tp_gbs", sec.xent_tp_gbs)?,
         head_chunk_floats: rate("head_chunk_floats", sec.head_chunk_floats)? / 1e9,
+        sync_overhead: match sec.sync_overhead {
+            Some(x) if x.is_finite() && x >= 0.0 => x,
+            Some(x) => return Err(err(format!("[measured] sync_overhead must be a fraction >= 0, found {x}"))),
+            None => 0.0,
+        },
     })
 }
 

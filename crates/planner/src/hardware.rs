@@ -76,6 +76,10 @@ pub struct Measured {
     /// The engine computes the head over at most this many logits at a time (rows
     /// `floats / vocab`, at least 64): its GEMMs are costed per chunk.
     pub head_chunk_floats: f64,
+    /// Time lost keeping ranks in step (waiting for the rank slowed down this time), as
+    /// a fraction of the compute between synchronisations: tensor parallelism pays it
+    /// on everything it computes.
+    pub sync_overhead: f64,
 }
 
 /// Operand layouts of a linear layer's three GEMMs, `C (m x n) = A (m x k) B (k x n)`:

@@ -7,7 +7,7 @@
 use crate::hardware::{Dtype, GemmOp, Machine};
 use crate::layout::{Layout, Recompute};
 use crate::memory::{block_activation_bytes, layers_per_stage};
-use crate::models::{Mlp, ModelSpec};
+use crate::models::{Family, Mlp, ModelSpec};
 use serde::Serialize;
 
 /// The calibration constants of the time model.
@@ -127,7 +127,10 @@ fn gemm_op_time(mm: &Machine, cal: &Calibration, op: GemmOp, m: f64, n: f64, k: 
 }
 
 /// Forward, backward, the two directions of a linear layer: `y (M x N) = x (M x K) W`.
-/// Backward = dX (M x K, inner N) + dW (K x N, inner M).
+/// Backward = dX (M x K, inner N) + dW (inner M). `out_in`: W stored (N, K), as
+/// `nn.Linear` and an output head store it, so the forward reads it transposed, dX does
+/// not, and dW is `dy^T x` (N x K); else W is (K, N) (GPT-2's Conv1D) and dW `x^T dy`.
+/// The layouts differ only in the operand order a measured machine times.
 fn linear_times(
     mm: &Machine,
     cal: &Calibration,
@@ -135,7 +138,13 @@ fn linear_times(
     k: f64,
     n: f64,
     dtype: Dtype,
+    out_in: bool,
 ) -> (f64, f64) {
+    if out_in {
+        let f = gemm_op_time(mm, cal, GemmOp::Nt, m, n, k, dtype);
+        let b = gemm_op_time(mm, cal, GemmOp::Nn, m, k, n, dtype) + gemm_op_time(mm, cal, GemmOp::Tn, n, k, m, dtype);
+        return (f, b);
+    }
     let f = gemm_op_time(mm, cal, GemmOp::Nn, m, n, k, dtype);
     let b = gemm_op_time(mm, cal, GemmOp::Nt, m, k, n, dtype) + gemm_op_time(mm, cal, GemmOp::Tn, k, n, m, dtype);
     (f, b)
@@ -169,7 +178,8 @@ fn block_times(
     let mut bwd = 0.0;
     let (q, kv) = (m.q_width() as f64, m.kv_width() as f64);
     for (k, n) in [(h, (q + 2.0 * kv) / t), (q / t, h), (h, up / t), (f / t, h)] {
-        let (a, b) = linear_times(mm, cal, rows, k, n, lin_dtype);
+        // Llama checkpoints store their linears (out, in); GPT-2's are (in, out).
+        let (a, b) = linear_times(mm, cal, rows, k, n, lin_dtype, m.family == Family::Llama);
         fwd += a;
         bwd += b;
     }
@@ -317,8 +327,9 @@ pub fn step_time(
     };
     let (full, rest) = ((rows / chunk).floor(), rows % chunk);
     let head_dtype = if act_scale > 1.0 { Dtype::Fp32 } else { Dtype::Bf16 };
-    let (cf, cb) = linear_times(mm, cal, chunk, h, vt, head_dtype);
-    let (rf, rb) = if rest > 0.0 { linear_times(mm, cal, rest, h, vt, head_dtype) } else { (0.0, 0.0) };
+    // The head's weight is (vocab, hidden), tied or not.
+    let (cf, cb) = linear_times(mm, cal, chunk, h, vt, head_dtype, true);
+    let (rf, rb) = if rest > 0.0 { linear_times(mm, cal, rest, h, vt, head_dtype, true) } else { (0.0, 0.0) };
     let (lf, lb) = (full * cf + rf, full * cb + rb);
     // Softmax cross-entropy over the vocabulary is memory-bound: fp32 logits are
     // written, read for the max/sum, and the gradient written and read (4 passes).
@@ -331,9 +342,17 @@ pub fn step_time(
         };
     let head = lf + lb + ce;
     let stage_compute = lps * (bf + bb + rec_per_block);
+    // A measured machine's ranks lose time at every TP synchronisation waiting for
+    // the one slowed down (its measured fraction of the compute in between).
+    let sync = match mm.gpu.measured {
+        Some(ms) if l.tp > 1 => ms.sync_overhead,
+        _ => 0.0,
+    };
+    let tp_block = tp_block + sync * (bf + bb + rec_per_block);
+    let head_sync = sync * head;
     // The last stage also runs the head (the embedding lookup on the first is
     // negligible): the pipeline runs at the pace of this slowest stage.
-    let per_micro = stage_compute + lps * tp_block + head;
+    let per_micro = stage_compute + lps * tp_block + head + head_sync;
 
     // PP: a (b, s, h) activation forward and its gradient backward per micro-batch
     // per chunk boundary; scatter/gather splits it over the TP group (2021 §4.1).
@@ -369,7 +388,7 @@ pub fn step_time(
     // (bubble = the sum of the other stages' times; `(p-1)/(v m)` of the busy time
     // when the stages are equal), split over `v` chunks when interleaved.
     let busy = micro * per_micro;
-    let bubble = (p as f64 - 1.0) / v * (per_micro - head);
+    let bubble = (p as f64 - 1.0) / v * (per_micro - head - head_sync);
 
     // DP / ZeRO over the dp axis. Parameters of this GPU's stage:
     let vh = m.vocab as f64 * h;
@@ -416,7 +435,7 @@ pub fn step_time(
     StepTime {
         compute,
         recompute: micro * lps * rec_per_block,
-        tp_comm: micro * lps * tp_block,
+        tp_comm: micro * (lps * tp_block + head_sync),
         pp_comm,
         bubble,
         dp_comm,

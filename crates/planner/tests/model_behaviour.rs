@@ -207,6 +207,7 @@ fn measured(rate: impl Fn(f64, f64, f64) -> f64) -> planner::hardware::Measured 
         xent_bw: 2e10,
         xent_tp_bw: 2e10,
         head_chunk_floats: (1u64 << 24) as f64,
+        sync_overhead: 0.0,
     }
 }
 

@@ -249,6 +249,8 @@ struct Measurements {
     /// All-reduce bus bandwidth (nccl-tests' definition) and small-message time.
     bus_bw: f64,
     latency: f64,
+    /// Time lost keeping the ranks in step, as a fraction of the compute between syncs.
+    sync: f64,
     /// Ranks in the collective, and how they talk.
     coll_ranks: usize,
     transport: &'static str,
@@ -260,6 +262,53 @@ const COLL_SMALL: usize = 4 << 10;
 
 fn time_collectives(c: &dyn comm::Communicator) -> comm::Result<(f64, f64)> {
     Ok((cb::time_op(c, BenchOp::AllReduce, COLL_BIG, cb::iters_for(COLL_BIG))?, cb::time_op(c, BenchOp::AllReduce, COLL_SMALL, 200)?))
+}
+
+/// Segments of the synchronisation measurement, and their GEMM (about the size of one
+/// column-parallel layer of a small model on one rank).
+const SYNC_SEGMENTS: usize = 100;
+const SYNC_GEMM: (usize, usize, usize) = (512, 576, 384);
+
+/// The cost of keeping ranks in step, as tensor parallelism does at every layer: each
+/// rank runs `SYNC_SEGMENTS` times a fixed GEMM then a small all-reduce (three rounds,
+/// the median). Returns the
+/// time lost beyond the slowest-free sum (each rank's own GEMM time plus the
+/// all-reduce latency) as a fraction of the GEMM time: waiting for the rank that was
+/// slowed down this time. 0 with one rank.
+fn sync_overhead(c: &dyn comm::Communicator, threads: usize, latency: f64) -> comm::Result<f64> {
+    if c.size() < 2 {
+        return Ok(0.0);
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+    let (m, n, k) = SYNC_GEMM;
+    let (a, b) = (filled(m * k, 1), filled(k * n, 2));
+    let mut out = vec![0.0f32; m * n];
+    let mut small = vec![0.0f32; COLL_SMALL / 4];
+    let mut segment;
+    let mut run = |count: usize, segment: &mut f64| -> comm::Result<f64> {
+        c.barrier()?;
+        let t0 = Instant::now();
+        for _ in 0..count {
+            let ts = Instant::now();
+            pool.install(|| kernels::matmul(&mut out, &a, false, &b, false, m, n, k, false));
+            *segment += ts.elapsed().as_secs_f64();
+            c.all_reduce((&mut small[..]).into(), comm::ReduceOp::Sum)?;
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    run(3, &mut 0.0)?; // warm-up
+    // Three rounds, the median; each round's figure is every rank's, averaged (the
+    // loss is the job's, not one rank's).
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        segment = 0.0;
+        let total = run(SYNC_SEGMENTS, &mut segment)?;
+        let mut v = [(total - segment - SYNC_SEGMENTS as f64 * latency).max(0.0) as f32, segment as f32];
+        c.all_reduce((&mut v[..]).into(), comm::ReduceOp::Sum)?;
+        rounds.push(v[0] as f64 / v[1] as f64);
+    }
+    rounds.sort_by(f64::total_cmp);
+    Ok(rounds[1])
 }
 
 /// Thread ranks: every rank measures at once, each on its own share of the cores, as
@@ -279,7 +328,12 @@ fn measure_local(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)])
     let p = ranks.max(2);
     let times = comm::run_local(p, Duration::from_secs(120), |c| time_collectives(&c)).context("the collective benchmark")?;
     let (t_big, latency) = times[0];
-    Ok(Measurements { rates: RankRates::from_vec(&sum, shapes.len()), mem_bw, bus_bw: COLL_BIG as f64 / t_big * BenchOp::AllReduce.bus_factor(p), latency, coll_ranks: p, transport: "thread ranks" })
+    let sync = if ranks > 1 {
+        comm::run_local(ranks, Duration::from_secs(120), |c| sync_overhead(&c, threads, latency)).context("the synchronisation benchmark")?[0]
+    } else {
+        0.0
+    };
+    Ok(Measurements { rates: RankRates::from_vec(&sum, shapes.len()), mem_bw, bus_bw: COLL_BIG as f64 / t_big * BenchOp::AllReduce.bus_factor(p), latency, sync, coll_ranks: p, transport: "thread ranks" })
 }
 
 /// MPI ranks: each process measures (all at once), the rates are averaged by an
@@ -298,6 +352,7 @@ fn measure_mpi(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)]) -
     c.all_reduce((&mut v[..]).into(), comm::ReduceOp::Sum)?;
     let mean: Vec<f64> = v.iter().map(|&x| x as f64 / ranks as f64).collect();
     let (t_big, latency) = time_collectives(&c)?;
+    let sync = sync_overhead(&c, threads, latency)?;
     if c.rank() != 0 {
         return Ok(None);
     }
@@ -307,6 +362,7 @@ fn measure_mpi(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)]) -
         mem_bw: mem_bw[0],
         bus_bw: COLL_BIG as f64 / t_big * BenchOp::AllReduce.bus_factor(ranks),
         latency,
+        sync,
         coll_ranks: ranks,
         transport: "MPI processes",
     }))
@@ -374,7 +430,7 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
             }
         }
     };
-    let Measurements { rates: r, mem_bw, bus_bw, latency, coll_ranks: p, transport } = ms;
+    let Measurements { rates: r, mem_bw, bus_bw, latency, sync, coll_ranks: p, transport } = ms;
     let rates: Vec<((usize, usize, usize), f64)> = shapes.iter().copied().zip(r.gemm[0].iter().copied()).collect();
     let (rates_nt, rates_tn, attn) = (&r.gemm[1], &r.gemm[2], &r.attn);
     let (elem, elem_llama, xent, xent_tp) = (r.elem, r.elem_llama, r.xent, r.xent_tp);
@@ -395,7 +451,7 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
                 "attention": ATTN_SEQ.iter().zip(attn).map(|(t, (f, b))| serde_json::json!({ "seq": t, "fwd_flops_per_s": f, "bwd_flops_per_s": b })).collect::<Vec<_>>(),
                 "elementwise_bytes_per_s": { "gpt": elem, "llama": elem_llama }, "xent_bytes_per_s": xent, "xent_tp_bytes_per_s": xent_tp,
                 "memory_bw_bytes_per_s": mem_bw, "memory_bytes_per_rank": mem,
-                "all_reduce": { "ranks": p, "between": transport, "bytes": COLL_BIG, "bus_bw_bytes_per_s": bus_bw, "small_bytes": COLL_SMALL, "small_latency_s": latency },
+                "sync_overhead": sync, "all_reduce": { "ranks": p, "between": transport, "bytes": COLL_BIG, "bus_bw_bytes_per_s": bus_bw, "small_bytes": COLL_SMALL, "small_latency_s": latency },
             })
         );
     } else {
@@ -407,6 +463,7 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
         }
         println!("  element-wise (block activations): GPT {:.1} GB/s, Llama {:.1} GB/s; cross-entropy {:.1} GB/s (vocabulary-parallel {:.1})", elem / 1e9, elem_llama / 1e9, xent / 1e9, xent_tp / 1e9);
         println!("  memory bandwidth {:.1} GB/s; all-reduce over {p} {transport}: {:.1} GB/s bus, {:.1} us for 4 KiB", mem_bw / 1e9, bus_bw / 1e9, latency * 1e6);
+        println!("  keeping {} ranks in step: {:.1}% of the compute between synchronisations", a.ranks, 100.0 * sync);
     }
     if let Some(out) = &a.out {
         let text = format!(
@@ -422,7 +479,7 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
              [measured]\ngemm_m = {grid:?}\ngemm_n = {grid:?}\ngemm_k = {grid:?}\ngemm_gflops = {gemm:?}\ngemm_nt_gflops = {gemm_nt:?}\ngemm_tn_gflops = {gemm_tn:?}\n\
              attention_seq = {aseq:?}\nattention_fwd_gflops = {afwd:?}\nattention_bwd_gflops = {abwd:?}\n\
              elementwise_gbs = {elem}\nelementwise_llama_gbs = {elem_llama}\nxent_gbs = {xent}\nxent_tp_gbs = {xent_tp}\n\
-             head_chunk_floats = {head}\n",
+             head_chunk_floats = {head}\nsync_overhead = {sync}\n",
             r = a.ranks,
             pk = peak / 1e12,
             mg = mem / 1e9,
@@ -442,6 +499,7 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
             xent = round3(xent / 1e9),
             xent_tp = round3(xent_tp / 1e9),
             head = model::HEAD_SCRATCH_FLOATS,
+            sync = round3(sync),
         );
         std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
         if !a.json {
