@@ -105,6 +105,10 @@ PRESETS = {
     "llama-mini": LlamaConfig(n_layer=4, n_head=4, n_kv_head=2, head_dim=64, n_embd=256,
                               ffn=768, block_size=128, vocab_size=50257,
                               rope_theta=10000.0, norm_eps=1e-5),
+    # GPT-2 124M and 355M (Radford et al. 2019; Hugging Face gpt2 / gpt2-medium): the
+    # GPU speed check (scripts/gpu-check.sh), the same shapes as Hyperion's presets.
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, bias=True),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257, bias=True),
 }
 
 
@@ -443,6 +447,10 @@ def parse_args(argv):
     p.add_argument("--peak-gflops", type=float, default=320.0,
                    help="peak fp32 GFLOP/s for MFU (default: 2 AVX-512 cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (the GPU speed check)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 master weights and optimizer)")
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="cuda: the largest micro-batch up to this that fits (tried downwards); overrides --batch")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
@@ -453,36 +461,81 @@ def parse_args(argv):
         p.error(f"--warmup must be >= 0, got {a.warmup}")
     if a.peak_gflops <= 0:
         p.error(f"--peak-gflops must be > 0, got {a.peak_gflops}")
+    if not (a.device == "cpu" or a.device == "cuda" or a.device.startswith("cuda:")):
+        p.error(f"--device must be cpu, cuda or cuda:N, got {a.device!r}")
+    if a.max_batch < 0 or (a.max_batch and a.device == "cpu"):
+        p.error("--max-batch needs --device cuda and a positive size")
     return a
+
+
+def fits(args, cfg, batch):
+    """One forward and backward at `batch` on the GPU without running out of memory."""
+    torch.cuda.empty_cache()
+    try:
+        is_llama = isinstance(cfg, LlamaConfig)
+        m = (Llama(cfg, use_sdpa=True) if is_llama else GPT(cfg, use_sdpa=True)).to(args.device)
+        opt, _ = make_optimizer(m)
+        idx = torch.zeros((batch, cfg.block_size), dtype=torch.long, device=args.device)
+        # Eager: a compiled step needs no more memory, and compiling per size is slow.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+            _, loss = m(idx, idx)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        m = opt = loss = None
+        torch.cuda.empty_cache()
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    cuda = args.device != "cpu"
+    if cuda and not torch.cuda.is_available():
+        sys.exit(f"error: --device {args.device}: torch sees no CUDA device")
+    if not cuda:
+        torch.set_num_threads(args.threads)
     cfg = PRESETS[args.preset]
+    if args.max_batch:
+        # The largest micro-batch that fits, up to --max-batch (issue 10's speed rule).
+        sizes = [b for b in (32, 24, 16, 12, 8, 6, 4, 3, 2, 1) if b <= args.max_batch]
+        args.batch = next((b for b in sizes if fits(args, cfg, b)), 0)
+        if not args.batch:
+            sys.exit("error: not even a micro-batch of 1 fits on the GPU")
     gen = torch.Generator().manual_seed(args.seed)
     is_llama = isinstance(cfg, LlamaConfig)
     model = Llama(cfg, use_sdpa=True) if is_llama else GPT(cfg, use_sdpa=True)
     model.init_weights(gen)
+    model = model.to(args.device)
     n_params = counted_params(model)
     opt, opt_kind = make_optimizer(model)
     step_model = torch.compile(model) if args.compile else model
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     B, T = args.batch, cfg.block_size
     fwd, bwd, optim, total, cpu = [], [], [], [], []
     losses = []
     for step in range(args.warmup + args.steps):
-        idx = torch.randint(0, cfg.vocab_size, (B, T), generator=gen)
-        tgt = torch.randint(0, cfg.vocab_size, (B, T), generator=gen)
+        idx = torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(args.device)
+        tgt = torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(args.device)
+        sync()
         c0 = time.process_time()
         t0 = time.perf_counter()
-        _, loss = step_model(idx, tgt)
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            _, loss = step_model(idx, tgt)
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t3 = time.perf_counter()
         c3 = time.process_time()
         losses.append(loss.item())
@@ -509,6 +562,7 @@ def main(argv=None):
     clean_s = statistics.median(clean) if clean else None
     # ru_maxrss is in KiB on Linux.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_device_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     result = {
         "preset": args.preset,
         "batch": B,
@@ -532,6 +586,9 @@ def main(argv=None):
         "threads": torch.get_num_threads(),
         "optimizer": opt_kind,
         "compile": args.compile,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "bf16": args.bf16,
+        "peak_device_mb": round(peak_device_mb, 1) if cuda else None,
         "steps": args.steps,
         "warmup": args.warmup,
         "first_loss": round(losses[0], 4),

@@ -159,10 +159,19 @@ fn validate_shipped_runs_json() {
     let used = rows.iter().filter(|r| r.get("error_pct").is_some()).count();
     assert_eq!(s["used"].as_u64().unwrap() as usize, used);
     assert!(used >= 50, "{used}");
-    let median = s["median_abs_error_pct"].as_f64().unwrap();
-    let p90 = s["p90_abs_error_pct"].as_f64().unwrap();
-    // The acceptance bar of the planner issue: median <= 5%, p90 <= 15%.
-    assert!(median <= 5.0 && p90 <= 15.0, "median {median} p90 {p90}");
+    // The summary is the rows' median and 90th percentile.
+    let mut errs: Vec<f64> = rows.iter().filter_map(|r| r.get("error_pct")).map(|e| e.as_f64().unwrap().abs()).collect();
+    errs.sort_by(f64::total_cmp);
+    let pct = |q: f64| planner::validate::percentile(&errs, q);
+    assert!((s["median_abs_error_pct"].as_f64().unwrap() - pct(0.5)).abs() < 1e-9);
+    assert!((s["p90_abs_error_pct"].as_f64().unwrap() - pct(0.9)).abs() < 1e-9);
+    // The first planner issue's bar (median <= 5%, p90 <= 15% in-sample) on the 65 runs
+    // it was set on, the file's first rows (later rows came from other sources and are
+    // judged held out: crates/planner/tests/cross_validation.rs).
+    let mut first: Vec<f64> = rows[..65].iter().filter_map(|r| r.get("error_pct")).map(|e| e.as_f64().unwrap().abs()).collect();
+    first.sort_by(f64::total_cmp);
+    let (median, p90) = (planner::validate::percentile(&first, 0.5), planner::validate::percentile(&first, 0.9));
+    assert!(first.len() >= 50 && median <= 5.0 && p90 <= 15.0, "median {median} p90 {p90} over {}", first.len());
     for r in rows {
         assert!(r["id"].is_string());
         if let Some(e) = r.get("error_pct") {
