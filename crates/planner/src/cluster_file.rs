@@ -77,6 +77,15 @@ struct MeasuredSec {
     sync_overhead: Option<f64>,
 }
 
+/// `v` as a positive finite number, or an error naming `[sec] key` (missing or not positive).
+fn positive(err: &dyn Fn(String) -> PlanError, sec: &str, key: &str, v: Option<f64>) -> Result<f64, PlanError> {
+    match v {
+        Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Some(x) => Err(err(format!("[{sec}] {key} must be a positive number, found {x}"))),
+        None => Err(err(format!("[{sec}] {key} is missing"))),
+    }
+}
+
 /// The `[measured]` section, every list checked: grids ascending and positive, rate
 /// lists as long as their grid, rates positive.
 fn measured(sec: MeasuredSec, err: &dyn Fn(String) -> PlanError) -> Result<Measured, PlanError> {
@@ -99,13 +108,7 @@ fn measured(sec: MeasuredSec, err: &dyn Fn(String) -> PlanError) -> Result<Measu
         }
         Ok(v)
     };
-    let rate = |key: &str, v: Option<f64>| -> Result<f64, PlanError> {
-        match v {
-            Some(x) if x.is_finite() && x > 0.0 => Ok(x * 1e9),
-            Some(x) => Err(err(format!("[measured] {key} must be a positive number, found {x}"))),
-            None => Err(err(format!("[measured] {key} is missing"))),
-        }
-    };
+    let rate = |key: &str, v: Option<f64>| Ok(positive(err, "measured", key, v)? * 1e9);
     let (gm, gn, gk) = (grid("gemm_m", sec.gemm_m)?, grid("gemm_n", sec.gemm_n)?, grid("gemm_k", sec.gemm_k)?);
     let cells = Some(gm.len() * gn.len() * gk.len());
     let gemm = [list("gemm_gflops", sec.gemm_gflops, cells)?, list("gemm_nt_gflops", sec.gemm_nt_gflops, cells)?, list("gemm_tn_gflops", sec.gemm_tn_gflops, cells)?];
@@ -125,7 +128,7 @@ fn measured(sec: MeasuredSec, err: &dyn Fn(String) -> PlanError) -> Result<Measu
         elementwise_llama_bw: rate("elementwise_llama_gbs", sec.elementwise_llama_gbs)?,
         xent_bw: rate("xent_gbs", sec.xent_gbs)?,
         xent_tp_bw: rate("xent_tp_gbs", sec.xent_tp_gbs)?,
-        head_chunk_floats: rate("head_chunk_floats", sec.head_chunk_floats)? / 1e9,
+        head_chunk_floats: positive(err, "measured", "head_chunk_floats", sec.head_chunk_floats)?,
         sync_overhead: match sec.sync_overhead {
             Some(x) if x.is_finite() && x >= 0.0 => x,
             Some(x) => return Err(err(format!("[measured] sync_overhead must be a fraction >= 0, found {x}"))),
@@ -172,13 +175,7 @@ pub fn load(path: &std::path::Path) -> Result<(&'static Cluster, Machine), PlanE
     let err = |reason: String| PlanError::ClusterFile { file: file.clone(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let f: File = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let need = |sec: &str, key: &str, v: Option<f64>| -> Result<f64, PlanError> {
-        match v {
-            Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-            Some(x) => Err(err(format!("[{sec}] {key} must be a positive number, found {x}"))),
-            None => Err(err(format!("[{sec}] {key} is missing"))),
-        }
-    };
+    let need = |sec: &str, key: &str, v: Option<f64>| positive(&err, sec, key, v);
     let c = &f.cluster;
     let gpus = need("cluster", "gpus", c.gpus.map(|x| x as f64))? as u64;
     let per_node = need("cluster", "gpus_per_node", c.gpus_per_node.map(|x| x as f64))? as u64;

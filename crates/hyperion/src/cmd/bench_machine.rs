@@ -171,6 +171,11 @@ fn xent_rate(ls: &Lockstep) -> f64 {
     16.0 * (rows * v) as f64 / t
 }
 
+/// Every (m, n, k) of the grid, m slowest, k fastest (the cluster file's order).
+fn grid_shapes(grid: &[usize]) -> Vec<(usize, usize, usize)> {
+    grid.iter().flat_map(|&m| grid.iter().flat_map(move |&n| grid.iter().map(move |&k| (m, n, k)))).collect()
+}
+
 fn runnable(m: usize, n: usize, k: usize) -> bool {
     m * n * k <= MAX_MACS && m * k <= MAX_OPERAND && k * n <= MAX_OPERAND && m * n <= MAX_OPERAND
 }
@@ -313,10 +318,10 @@ fn sync_overhead(c: &dyn comm::Communicator, threads: usize, latency: f64) -> co
 
 /// Thread ranks: every rank measures at once, each on its own share of the cores, as
 /// they run in training (sharing caches and memory bandwidth); rates averaged.
-fn measure_local(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)]) -> Result<Measurements> {
+fn measure_local(ranks: usize, threads: usize, grid: &[usize]) -> Result<Measurements> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(ranks));
     let per_rank: Vec<RankRates> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..ranks).map(|_| s.spawn(|| measure_rank(&Lockstep(Some(barrier.clone())), threads, shapes))).collect();
+        let handles: Vec<_> = (0..ranks).map(|_| s.spawn(|| measure_rank(&Lockstep(Some(barrier.clone())), threads, grid))).collect();
         handles.into_iter().map(|h| h.join().expect("a measuring thread panicked")).collect::<Result<_>>()
     })?;
     let mut sum = vec![0.0; per_rank[0].to_vec().len()];
@@ -333,20 +338,20 @@ fn measure_local(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)])
     } else {
         0.0
     };
-    Ok(Measurements { rates: RankRates::from_vec(&sum, shapes.len()), mem_bw, bus_bw: COLL_BIG as f64 / t_big * BenchOp::AllReduce.bus_factor(p), latency, sync, coll_ranks: p, transport: "thread ranks" })
+    Ok(Measurements { rates: RankRates::from_vec(&sum, grid.len().pow(3)), mem_bw, bus_bw: COLL_BIG as f64 / t_big * BenchOp::AllReduce.bus_factor(p), latency, sync, coll_ranks: p, transport: "thread ranks" })
 }
 
 /// MPI ranks: each process measures (all at once), the rates are averaged by an
 /// all-reduce, the collective runs between the processes. `None` on ranks other than 0.
 #[cfg(feature = "mpi")]
-fn measure_mpi(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)]) -> Result<Option<Measurements>> {
+fn measure_mpi(ranks: usize, threads: usize, grid: &[usize]) -> Result<Option<Measurements>> {
     use comm::Communicator;
     let c = comm::mpi::MpiComm::world(&comm::mpi::MpiOptions { timeout: Duration::from_secs(600), tune_malloc: true }).context("initialising MPI")?;
     if c.size() != ranks {
         bail!("--ranks {ranks} but mpirun started {} ranks", c.size());
     }
     // (Processes start together; no barrier per kernel between them.)
-    let mine = measure_rank(&Lockstep(None), threads, shapes)?;
+    let mine = measure_rank(&Lockstep(None), threads, grid)?;
     let mut v: Vec<f32> = mine.to_vec().iter().map(|&x| x as f32).collect();
     v.push(cb::memcpy_bandwidth(threads, 256 << 20) as f32);
     c.all_reduce((&mut v[..]).into(), comm::ReduceOp::Sum)?;
@@ -358,7 +363,7 @@ fn measure_mpi(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)]) -
     }
     let (rates, mem_bw) = mean.split_at(mean.len() - 1);
     Ok(Some(Measurements {
-        rates: RankRates::from_vec(rates, shapes.len()),
+        rates: RankRates::from_vec(rates, grid.len().pow(3)),
         mem_bw: mem_bw[0],
         bus_bw: COLL_BIG as f64 / t_big * BenchOp::AllReduce.bus_factor(ranks),
         latency,
@@ -369,17 +374,18 @@ fn measure_mpi(ranks: usize, threads: usize, shapes: &[(usize, usize, usize)]) -
 }
 
 #[cfg(not(feature = "mpi"))]
-fn measure_mpi(_: usize, _: usize, _: &[(usize, usize, usize)]) -> Result<Option<Measurements>> {
+fn measure_mpi(_: usize, _: usize, _: &[usize]) -> Result<Option<Measurements>> {
     bail!("this hyperion was built without MPI: rebuild with `cargo build --release -p hyperion --features mpi`")
 }
 
 /// Every kernel measurement of one rank, on a pool of `threads` threads.
-fn measure_rank(ls: &Lockstep, threads: usize, shapes: &[(usize, usize, usize)]) -> Result<RankRates> {
+fn measure_rank(ls: &Lockstep, threads: usize, grid: &[usize]) -> Result<RankRates> {
+    let shapes = grid_shapes(grid);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     Ok(pool.install(|| {
         let grid = |ta, tb| {
             let mut r: Vec<f64> = shapes.iter().map(|&(m, n, k)| if runnable(m, n, k) { gemm_rate(ls, m, n, k, ta, tb) } else { f64::NAN }).collect();
-            fill_from_smaller(&mut r, (shapes.len() as f64).cbrt().round() as usize);
+            fill_from_smaller(&mut r, grid.len());
             r
         };
         RankRates {
@@ -417,14 +423,14 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = (cores / a.ranks).max(1);
     let grid: &[usize] = if a.quick { &QUICK_GRID } else { &GRID };
-    let shapes: Vec<(usize, usize, usize)> = grid.iter().flat_map(|&m| grid.iter().flat_map(move |&n| grid.iter().map(move |&k| (m, n, k)))).collect();
+    let shapes = grid_shapes(grid);
     let ms = match a.backend {
-        super::bench_comm::Backend::Local => measure_local(a.ranks, threads, &shapes)?,
+        super::bench_comm::Backend::Local => measure_local(a.ranks, threads, grid)?,
         super::bench_comm::Backend::Mpi => {
             if super::bench_comm::relaunch_under_mpirun(a.ranks)? {
                 return Ok(());
             }
-            match measure_mpi(a.ranks, threads, &shapes)? {
+            match measure_mpi(a.ranks, threads, grid)? {
                 Some(ms) => ms,
                 None => return Ok(()),
             }
