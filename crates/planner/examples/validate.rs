@@ -18,6 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v[k] = serde_json::json!(x.parse::<f64>()?);
     }
     cal = serde_json::from_value(v)?;
+    // FIT=1 re-chooses the fitted constants on every usable row (what `--cv` does per
+    // fold without the held-out source) and validates with them.
+    if std::env::var("FIT").is_ok() {
+        cal = planner::cv::fit(&text, &path, &cal, &|_| true)?;
+        eprintln!("fitted on every row: {}", serde_json::to_string(&cal)?);
+    }
     let (rows, summary) = planner::validate::validate(&text, &path, &cal)?;
     for r in &rows {
         match (&r.skipped, r.predicted, r.published, r.error_pct) {

@@ -47,6 +47,30 @@ pub struct Layout {
     pub fp8: bool,
     /// TP collectives overlapped with GEMMs (TE `tp-comm-overlap`, PyTorch AsyncTP).
     pub tp_overlap: bool,
+    /// What the training framework does that the layout alone does not say.
+    #[serde(skip)]
+    pub stack: Stack,
+}
+
+/// Framework behaviour that changes the traffic and memory of a layout (read from a
+/// published run's source; Hyperion's own engine is the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stack {
+    /// Gradients are accumulated and reduced over data parallelism in fp32 (4 bytes an
+    /// element): Megatron-LM forces it for bf16 training (`accumulate_allreduce_grads_in_fp32`,
+    /// megatron/training/arguments.py), and NeMo / Megatron-Bridge inherit it.
+    pub grad_fp32: bool,
+    /// ZeRO-3 gathers a block's parameters again for the forward recomputed in backward
+    /// (DeepSpeed's stage-3 hooks release parameters after every forward, the
+    /// recomputed one included), so full recompute costs a fourth collective per block.
+    pub zero3_regather: bool,
+    /// The data-parallel gradient reduction starts after the backward instead of
+    /// overlapping it: Megatron-LM before its opt-in `--overlap-grad-reduce` (2023;
+    /// still off by default there), and DeepSpeed's pipeline engine.
+    pub dp_exposed: bool,
+    /// ZeRO-1/2's parameter all-gather overlaps the next step's first forward
+    /// (Megatron-Core `--overlap-param-gather`), not only the backward.
+    pub param_gather_overlap: bool,
 }
 
 impl Layout {
@@ -91,6 +115,7 @@ pub struct LayoutSpec {
     pub flash: Option<bool>,
     pub fp8: Option<bool>,
     pub tp_overlap: Option<bool>,
+    pub stack: Option<Stack>,
     /// Restrict the searched ZeRO stages / recompute policies (e.g. to what a
     /// framework of a given year offered); `None` = all.
     pub zero_choices: Option<&'static [u8]>,

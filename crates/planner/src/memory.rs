@@ -3,7 +3,7 @@
 //! allocator fragmentation.
 
 use crate::layout::{Layout, Recompute};
-use crate::models::{Mlp, ModelSpec};
+use crate::models::{Family, Mlp, ModelSpec};
 use serde::Serialize;
 
 /// Bytes of mixed-precision Adam state per parameter: fp32 master weights,
@@ -14,8 +14,9 @@ pub const WEIGHT_BYTES: f64 = 2.0;
 /// CUDA context, cuBLAS workspace, NCCL channels: a fixed per-GPU cost (measured
 /// ~0.5-1.5 GB on A100/H100 with PyTorch; 1 GB assumed).
 pub const CONTEXT_BYTES: f64 = 1.0e9;
-/// Allocator fragmentation allowance on everything dynamic (PyTorch's caching
-/// allocator typically wastes 5-15%; 10% assumed).
+/// Allocator fragmentation allowance on activations and buffers, what is allocated and
+/// freed every micro-batch (PyTorch's caching allocator typically wastes 5-15%; 10%
+/// assumed).
 pub const FRAGMENTATION: f64 = 0.10;
 
 /// Model-state bytes per GPU for `psi` parameters under ZeRO stage `zero` over `nd`
@@ -45,7 +46,14 @@ pub fn model_states(psi: f64, zero: u8, nd: u64) -> (f64, f64, f64) {
 ///
 /// The 24 of "24/t" is `4q + 4 kv_width + 16h` for GPT (Q,K,V and the
 /// attention-output input, `q = heads * head_dim = h` for GPT, plus GELU's two `4h`
-/// tensors); SwiGLU stores three `f` wide tensors instead of two.
+/// tensors); SwiGLU stores three `f` wide tensors instead of two. The replicated `10`
+/// is the two norm inputs (4), the two linear inputs they feed (4) and two 1-byte
+/// dropout masks (2): Llama-family blocks have no dropout (8).
+///
+/// `fp8` (Transformer Engine): the inputs of the linear layers are kept as their 1-byte
+/// casts: the two normed inputs and the MLP's down-projection input shrink by half; the
+/// attention output, which a fused kernel also keeps in 16 bits, adds its 1-byte copy.
+#[allow(clippy::too_many_arguments)]
 pub fn block_activation_bytes(
     m: &ModelSpec,
     b: f64,
@@ -54,18 +62,32 @@ pub fn block_activation_bytes(
     recompute: Recompute,
     sp: bool,
     flash: bool,
+    fp8: bool,
 ) -> f64 {
     let h = m.hidden as f64;
     let sbh = s * b * h;
     if recompute == Recompute::Full {
         return 2.0 * sbh / if sp { t } else { 1.0 };
     }
+    let f = m.ffn as f64;
+    let (q, kv) = (m.q_width() as f64, m.kv_width() as f64);
+    let lin = if fp8 { 1.0 } else { 2.0 };
     let mlp = match m.mlp {
-        Mlp::Gelu => 4.0,
-        Mlp::SwiGlu => 6.0,
-    } * m.ffn as f64;
-    let split = s * b * (4.0 * m.q_width() as f64 + 4.0 * m.kv_width() as f64 + mlp) / t;
-    let replicated = 10.0 * sbh / if sp { t } else { 1.0 };
+        Mlp::Gelu => 2.0 * f + lin * f,
+        Mlp::SwiGlu => 4.0 * f + lin * f,
+    };
+    let attn = 4.0 * q + 4.0 * kv
+        + match (fp8, flash) {
+            (false, _) => 0.0,
+            (true, true) => 1.0 * q,
+            (true, false) => -1.0 * q,
+        };
+    let split = s * b * (attn + mlp) / t;
+    let masks = match m.family {
+        Family::Gpt2 => 2.0,
+        Family::Llama => 0.0,
+    };
+    let replicated = (4.0 + 2.0 * lin + masks) * sbh / if sp { t } else { 1.0 };
     let scores = if recompute == Recompute::None && !flash {
         5.0 * m.heads as f64 * s * s * b / t
     } else {
@@ -129,7 +151,7 @@ pub fn memory(
 
     // Activations. 1F1B: stage 1 holds min(p, m) micro-batches in flight, the last
     // stage one; interleaving multiplies by 1 + (p-1)/(p v) (2022 paper §4.2.3).
-    let per_block = block_activation_bytes(m, mb, s, t, layout.recompute, layout.sp, layout.flash);
+    let per_block = block_activation_bytes(m, mb, s, t, layout.recompute, layout.sp, layout.flash, layout.fp8);
     let in_flight = (p as f64).min(micro);
     let interleave = if layout.interleave > 1 && p > 1 {
         1.0 + (p as f64 - 1.0) / (p as f64 * layout.interleave as f64)
@@ -138,7 +160,7 @@ pub fn memory(
     };
     // With full recompute one block's full activations live during its backward.
     let working = if layout.recompute == Recompute::Full {
-        block_activation_bytes(m, mb, s, t, Recompute::None, layout.sp, layout.flash)
+        block_activation_bytes(m, mb, s, t, Recompute::None, layout.sp, layout.flash, layout.fp8)
     } else {
         0.0
     };
@@ -151,6 +173,8 @@ pub fn memory(
 
     let stage = |psi: f64, act: f64| {
         let (w, g, o) = model_states(psi, layout.zero, layout.dp);
+        // A framework reducing gradients in fp32 keeps them in an fp32 buffer.
+        let g = if layout.stack.grad_fp32 { 2.0 * g } else { g };
         // Buffers: a 2-bucket gradient reduction (25M elements fp32, PyTorch DDP
         // default), ZeRO-3 prefetch of two full blocks, TP/PP send buffers.
         let mut buf = 0.0;
@@ -163,7 +187,9 @@ pub fn memory(
         if layout.tp > 1 || p > 1 {
             buf += 2.0 * 2.0 * s * mb * h;
         }
-        let dynamic = w + g + o + act + buf;
+        // Model states are allocated once, at start; the caching allocator's waste
+        // is on what comes and goes every micro-batch.
+        let dynamic = act + buf;
         let frag = FRAGMENTATION * dynamic + CONTEXT_BYTES;
         MemoryBreakdown {
             params_per_gpu: psi,
@@ -173,7 +199,7 @@ pub fn memory(
             activations: act,
             comm_buffers: buf,
             fragmentation_and_context: frag,
-            total: dynamic + frag,
+            total: w + g + o + dynamic + frag,
             worst_stage: "first",
         }
     };
@@ -215,7 +241,7 @@ mod tests {
         let m = model("gpt3-175b").unwrap();
         let (s, b, h, a, t) = (2048.0, 1.0, 12288.0, 96.0, 8.0);
         let sbh = s * b * h;
-        let got = |r, sp, tt| block_activation_bytes(&m, b, s, tt, r, sp, false);
+        let got = |r, sp, tt| block_activation_bytes(&m, b, s, tt, r, sp, false, false);
         let close = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-12;
         assert!(close(
             got(Recompute::None, false, 1.0),
@@ -240,7 +266,7 @@ mod tests {
         assert!(ratio > 4.5 && ratio < 6.5, "{ratio}");
         // Fused attention stores no s^2 scores.
         assert!(close(
-            block_activation_bytes(&m, b, s, t, Recompute::None, true, true),
+            block_activation_bytes(&m, b, s, t, Recompute::None, true, true, false),
             sbh * 34.0 / t
         ));
     }
@@ -260,10 +286,11 @@ mod tests {
             flash: false,
             fp8: false,
             tp_overlap: false,
+            stack: Default::default(),
         };
         let one = memory(&m, &base, 64, 2048.0, 1.0);
         // 12 layers x 8 micro-batches = all 96 layers' activations on stage 1.
-        let per = block_activation_bytes(&m, 1.0, 2048.0, 8.0, Recompute::Selective, true, false);
+        let per = block_activation_bytes(&m, 1.0, 2048.0, 8.0, Recompute::Selective, true, false, false);
         assert!((one.activations - 96.0 * per) / one.activations < 0.01);
         let il = memory(
             &m,
@@ -298,6 +325,7 @@ mod tests {
             flash: true,
             fp8: false,
             tp_overlap: false,
+            stack: Default::default(),
         };
         for m in crate::models::catalog() {
             assert_eq!(m.params(), m.num_params() as f64, "{}", m.name);

@@ -188,6 +188,7 @@ pub fn search(
                                     flash: spec.flash.unwrap_or(job.machine.gpu.flash),
                                     fp8: spec.fp8.unwrap_or(false),
                                     tp_overlap: spec.tp_overlap.unwrap_or(false),
+                                    stack: spec.stack.unwrap_or_default(),
                                 };
                                 if let Err(e) = check_layout(job, &l) {
                                     first_reason.get_or_insert(e);

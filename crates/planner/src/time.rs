@@ -50,17 +50,17 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 256.0,
+            gemm_k0: 218.0,
             gemm_tile: 128.0,
-            flash_rel: 0.45,
-            elementwise_passes: 8.0,
-            fused_elementwise_passes: 4.0,
+            flash_rel: 0.63,
+            elementwise_passes: 9.2,
+            fused_elementwise_passes: 5.3,
             score_passes: 2.0,
             mem_eff: 0.80,
-            nvlink_eff: 0.75,
-            net_eff: 0.70,
-            dp_overlap: 0.80,
-            tp_overlap: 0.70,
+            nvlink_eff: 0.86,
+            net_eff: 1.0,
+            dp_overlap: 0.38,
+            tp_overlap: 0.42,
             zero3_overlap: 0.70,
             step_overhead: 0.0,
         }
@@ -211,7 +211,7 @@ fn block_times(
     };
     // Memory-bound element-wise work scales with what the block stores (no recompute).
     // (The s^2 score tensors are counted apart: they move at `score_passes`.)
-    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::Selective, l.sp, l.flash)
+    let act = block_activation_bytes(m, l.mb as f64, s, t, Recompute::Selective, l.sp, l.flash, false)
         * act_scale;
     let passes = if l.flash {
         cal.fused_elementwise_passes
@@ -405,21 +405,32 @@ pub fn step_time(
     } else {
         (mm.net_bw_per_gpu() * link_eff(mm, cal.net_eff), mm.net_latency)
     };
-    let grad_bytes = 2.0 * act_scale * psi;
+    // 16-bit gradients (fp32 where the framework reduces them in fp32).
+    let grad_bytes = if l.stack.grad_fp32 { 4.0 } else { 2.0 } * act_scale * psi;
+    let param_bytes = 2.0 * act_scale * psi;
+    let dp_overlap = if l.stack.dp_exposed { 0.0 } else { cal.dp_overlap };
     let (dp_total, overlap, overlappable) = match l.zero {
         // Gradient all-reduce (ZeRO-1/2: reduce-scatter + all-gather, same bytes);
         // it overlaps only with the backward of the last micro-batch.
-        0..=2 => (
-            allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha),
-            cal.dp_overlap,
-            lps * bb,
+        // ZeRO-1/2 gather 16-bit parameters where the reduce-scatter moved gradients.
+        0 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), dp_overlap, lps * bb),
+        1 | 2 => (
+            allreduce_time((grad_bytes + param_bytes) / 2.0, l.dp, dp_bw, dp_alpha),
+            dp_overlap,
+            lps * if l.stack.param_gather_overlap { bb + bf } else { bb },
         ),
         // ZeRO-3 / FSDP: all-gather in forward and in backward, reduce-scatter of
         // gradients, every micro-batch: 3 psi per micro-batch; overlaps with all compute.
         // One collective per block (DeepSpeed/FSDP gather per module), so the
         // latency term counts `3 x blocks` collectives per micro-batch.
+        // A framework that re-gathers for the recomputed forward (DeepSpeed) moves a
+        // fourth `psi` per micro-batch under full recompute.
         _ => (
-            micro * 3.0 * lps * gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha),
+            micro
+                * lps
+                * (gather_time(grad_bytes / lps, l.dp, dp_bw, dp_alpha)
+                    + if l.stack.zero3_regather && l.recompute == Recompute::Full { 3.0 } else { 2.0 }
+                        * gather_time(param_bytes / lps, l.dp, dp_bw, dp_alpha)),
             cal.zero3_overlap,
             busy,
         ),

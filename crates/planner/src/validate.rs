@@ -10,7 +10,7 @@ use crate::error::PlanError;
 use crate::estimate::{Estimate, Job};
 use crate::flops::{iteration_flops, FlopConvention};
 use crate::hardware::{self, Dtype, Machine};
-use crate::layout::{LayoutSpec, Recompute};
+use crate::layout::{LayoutSpec, Recompute, Stack};
 use crate::models::{catalog, ModelSpec};
 use crate::search::search;
 use crate::time::Calibration;
@@ -365,7 +365,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         Some(Recompute::Selective)
     } else if rc.contains("full") || rc.contains("remat") || rc.contains("checkpointing") {
         Some(Recompute::Full)
-    } else if rc == "no" || rc == "none" {
+    } else if rc == "no" || rc == "none" || rc.starts_with("none ") {
         Some(Recompute::None)
     } else {
         None
@@ -405,7 +405,29 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         }
         other => other,
     };
+    // The framework, from what the row says of its source. Megatron-LM (its releases,
+    // Megatron-Core rN, and Megatron-Bridge built on it) reduces bf16 gradients in fp32
+    // (bf16 from 2023 on, or where the row says bf16 / FP8; the 2019-2021 papers trained
+    // in fp16). NeMo 1.x (containers before 24.09) is not: its launcher configs use
+    // apex's distributed Adam, which syncs gradients in the parameters' 16 bits
+    // (NeMo-Framework-Launcher conf/training/gpt3/*.yaml, `distributed_fused_adam`).
+    // DeepSpeed's ZeRO-3 (stage 3 not written as FSDP) gathers parameters again for a
+    // recomputed forward.
+    let text = format!("{source} {notes} {which}");
+    let megatron = ["Megatron-LM", "Megatron-Bridge", "Megatron-Core r"].iter().any(|w| text.contains(w))
+        && !text.contains("DeepSpeed");
+    let bf16 = year >= 2023 || ["bf16", "BF16", "FP8"].iter().any(|w| text.contains(w));
+    let stack = Stack {
+        grad_fp32: megatron && bf16,
+        zero3_regather: zero == 3 && !zero_text.contains("FSDP"),
+        // Megatron-LM's `--overlap-grad-reduce` is opt-in; NeMo and Megatron-Bridge
+        // recipes turn it on (NeMo-Framework-Launcher `overlap_grad_sync: True`).
+        dp_exposed: text.contains("Megatron")
+            && !["NeMo", "overlap-grad-reduce", "overlap_grad_reduce"].iter().any(|w| text.contains(w)),
+        param_gather_overlap: ["overlap-param-gather", "overlap_param_gather"].iter().any(|w| text.contains(w)),
+    };
     let spec = LayoutSpec {
+        stack: Some(stack),
         tp: Some(tp),
         pp: Some(pp),
         dp: Some(dp),

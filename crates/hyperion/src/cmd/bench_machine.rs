@@ -117,7 +117,7 @@ fn elementwise_rate(ls: &Lockstep, llama: bool) -> f64 {
         planner::models::ModelSpec::gpt("bench", 1, c, 8, 1, 256, "bench machine")
     };
     let f = spec.ffn;
-    let act = 2.0 * planner::memory::block_activation_bytes(&spec, (r / 256) as f64, 256.0, 1.0, planner::layout::Recompute::Selective, false, false);
+    let act = 2.0 * planner::memory::block_activation_bytes(&spec, (r / 256) as f64, 256.0, 1.0, planner::layout::Recompute::Selective, false, false, false);
     let x = filled(r * c, 5);
     let w = vec![1.0f32; c];
     let bias = vec![0.0f32; c];
