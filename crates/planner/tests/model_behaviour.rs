@@ -254,3 +254,53 @@ fn a_measured_machine_times_its_kernels_from_the_measurements() {
     j.machine.gpu.measured = Some(Box::leak(Box::new(chunked)));
     assert!((estimate(&j, &l, &cal).step.compute - b.compute).abs() / b.compute < 1e-9);
 }
+
+#[test]
+fn the_framework_changes_traffic_and_memory_as_documented() {
+    use planner::layout::Stack;
+    use planner::memory::memory;
+    let cal = Calibration::default();
+    let j = job("gpt3-175b", "selene", 1536, 1536);
+    let with = |l: Layout, stack: Stack| estimate(&j, &Layout { stack, ..l }, &cal);
+    // ZeRO-0 gradients reduced in fp32: twice the bytes, the same collective.
+    let ddp = layout(8, 12, 16, 0, 1, Recompute::Full, 1);
+    let plain = with(ddp, Stack { dp_exposed: true, ..Stack::default() });
+    let fp32 = with(ddp, Stack { dp_exposed: true, grad_fp32: true, ..Stack::default() });
+    let ratio = fp32.step.dp_comm / plain.step.dp_comm;
+    assert!((ratio - 2.0).abs() < 0.05, "fp32 gradients move {ratio}x the bytes");
+    // and hold them in an fp32 buffer.
+    let (m16, m32) = (memory(&j.model, &ddp, 1536, 2048.0, 1.0), memory(&j.model, &Layout { stack: Stack { grad_fp32: true, ..Stack::default() }, ..ddp }, 1536, 2048.0, 1.0));
+    assert!((m32.gradients / m16.gradients - 2.0).abs() < 1e-9);
+    // Exposed reduction: none of it hidden; overlapped: part of it.
+    let hidden = with(ddp, Stack::default());
+    assert!(hidden.step.dp_comm < plain.step.dp_comm);
+    // DeepSpeed's ZeRO-3 regathers for the recomputed forward: 4 transfers instead of 3,
+    // and only under full recompute.
+    let z3 = layout(1, 1, 1536, 3, 1, Recompute::Full, 1);
+    let fsdp = with(z3, Stack::default());
+    let ds = with(z3, Stack { zero3_regather: true, ..Stack::default() });
+    let (a, b) = (fsdp.step.dp_comm + cal.zero3_overlap * fsdp.step.compute, ds.step.dp_comm + cal.zero3_overlap * ds.step.compute);
+    assert!(((b / a) - 4.0 / 3.0).abs() < 0.02, "{b} / {a}");
+    let z3_none = layout(1, 1, 1536, 3, 1, Recompute::None, 1);
+    assert_eq!(with(z3_none, Stack::default()).step.total, with(z3_none, Stack { zero3_regather: true, ..Stack::default() }).step.total);
+}
+
+#[test]
+fn fp8_keeps_linear_inputs_in_one_byte_and_llama_has_no_dropout_masks() {
+    use planner::memory::block_activation_bytes;
+    let gpt = model("gpt3-175b").unwrap();
+    let (s, b, t) = (2048.0, 1.0, 8.0);
+    let h = gpt.hidden as f64;
+    let sbh = s * b * h;
+    let bf16 = block_activation_bytes(&gpt, b, s, t, Recompute::Selective, true, true, false);
+    let fp8 = block_activation_bytes(&gpt, b, s, t, Recompute::Selective, true, true, true);
+    // Two normed inputs (h each) and the down-projection input (4h) lose a byte an
+    // element; the attention output gains its 1-byte copy (h): 5 sbh / t fewer.
+    assert!(((bf16 - fp8) / (sbh / t) - 5.0).abs() < 1e-9, "{}", (bf16 - fp8) / (sbh / t));
+    let llama = model("llama3-70b").unwrap();
+    let hl = llama.hidden as f64;
+    let (q, kv, f) = (llama.q_width() as f64, llama.kv_width() as f64, llama.ffn as f64);
+    let got = block_activation_bytes(&llama, b, s, 1.0, Recompute::Selective, false, true, false);
+    let want = s * b * (8.0 * hl + 4.0 * q + 4.0 * kv + 6.0 * f);
+    assert!((got / want - 1.0).abs() < 1e-12, "{got} vs {want}");
+}
