@@ -50,17 +50,17 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 218.0,
+            gemm_k0: 259.0,
             gemm_tile: 128.0,
             flash_rel: 0.63,
             elementwise_passes: 9.2,
             fused_elementwise_passes: 5.3,
             score_passes: 2.0,
             mem_eff: 0.80,
-            nvlink_eff: 0.86,
+            nvlink_eff: 1.0,
             net_eff: 1.0,
-            dp_overlap: 0.38,
-            tp_overlap: 0.42,
+            dp_overlap: 0.74,
+            tp_overlap: 0.25,
             zero3_overlap: 0.70,
             step_overhead: 0.0,
         }

@@ -414,7 +414,10 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     // DeepSpeed's ZeRO-3 (stage 3 not written as FSDP) gathers parameters again for a
     // recomputed forward.
     let text = format!("{source} {notes} {which}");
-    let megatron = ["Megatron-LM", "Megatron-Bridge", "Megatron-Core r"].iter().any(|w| text.contains(w))
+    // A `zero_stage` naming the "distributed optimizer" is Megatron-LM's own term for its
+    // ZeRO-1 (`--use-distributed-optimizer`).
+    let megatron = (["Megatron-LM", "Megatron-Bridge", "Megatron-Core r"].iter().any(|w| text.contains(w))
+        || zero_text.contains("DISTRIBUTED OPTIMIZER"))
         && !text.contains("DeepSpeed");
     let bf16 = year >= 2023 || ["bf16", "BF16", "FP8"].iter().any(|w| text.contains(w));
     let stack = Stack {
@@ -422,7 +425,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         zero3_regather: zero == 3 && !zero_text.contains("FSDP"),
         // Megatron-LM's `--overlap-grad-reduce` is opt-in; NeMo and Megatron-Bridge
         // recipes turn it on (NeMo-Framework-Launcher `overlap_grad_sync: True`).
-        dp_exposed: text.contains("Megatron")
+        dp_exposed: (megatron || text.contains("Megatron"))
             && !["NeMo", "overlap-grad-reduce", "overlap_grad_reduce"].iter().any(|w| text.contains(w)),
         param_gather_overlap: ["overlap-param-gather", "overlap_param_gather"].iter().any(|w| text.contains(w)),
     };
