@@ -56,12 +56,36 @@ fn loss(rows: &[RowResult], keep: &dyn Fn(&RowResult) -> bool) -> f64 {
     }
 }
 
+/// What physics expects of each fitted constant before any run is seen, with an offset
+/// for constants whose expectation is near zero: the fit pays `PRIOR_WEIGHT` percentage
+/// points of mean error per squared log-ratio `ln((c + off) / (prior + off))`.
+pub const PRIOR_WEIGHT: f64 = 1.0;
+
+pub const PRIOR: [(&str, f64, f64); 11] = [
+    ("gemm_k0", 128.0, 32.0),
+    ("flash_rel", 0.6, 0.0),
+    ("elementwise_passes", 8.0, 0.0),
+    ("fused_elementwise_passes", 4.0, 0.0),
+    ("mem_eff", 0.8, 0.0),
+    ("nvlink_eff", 0.8, 0.0),
+    ("net_eff", 0.85, 0.0),
+    ("dp_overlap", 0.8, 0.05),
+    ("tp_overlap", 0.7, 0.05),
+    ("zero3_overlap", 0.7, 0.05),
+    ("step_overhead", 0.0, 0.1),
+];
+
+fn prior_penalty(c: &Calibration) -> f64 {
+    let mut c = *c;
+    PRIOR.iter().map(|&(name, p, off)| ((*field(&mut c, name) + off) / (p + off)).ln().powi(2)).sum::<f64>() * PRIOR_WEIGHT
+}
+
 /// Re-chooses the [`FITTED`] constants, starting from `start`, to minimise the mean
 /// absolute error on the rows `keep` selects: coordinate descent over a grid of
 /// multiples of each constant (clamped to its range), two sweeps.
 pub fn fit(text: &str, file: &str, start: &Calibration, keep: &dyn Fn(&RowResult) -> bool) -> Result<Calibration, PlanError> {
     let mut best = *start;
-    let mut best_loss = loss(&validate(text, file, &best)?.0, keep);
+    let mut best_loss = loss(&validate(text, file, &best)?.0, keep) + prior_penalty(&best);
     for _ in 0..2 {
         for (name, lo, hi) in FITTED {
             let now = *field(&mut best, name);
@@ -70,7 +94,7 @@ pub fn fit(text: &str, file: &str, start: &Calibration, keep: &dyn Fn(&RowResult
             for v in candidates {
                 let mut c = best;
                 *field(&mut c, name) = v;
-                let l = loss(&validate(text, file, &c)?.0, keep);
+                let l = loss(&validate(text, file, &c)?.0, keep) + prior_penalty(&c);
                 if l < best_loss {
                     (best, best_loss) = (c, l);
                 }

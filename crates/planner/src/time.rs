@@ -50,18 +50,18 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 259.0,
+            gemm_k0: 131.0,
             gemm_tile: 128.0,
             flash_rel: 0.63,
-            elementwise_passes: 9.2,
+            elementwise_passes: 8.99,
             fused_elementwise_passes: 5.3,
             score_passes: 2.0,
-            mem_eff: 0.80,
-            nvlink_eff: 1.0,
+            mem_eff: 0.68,
+            nvlink_eff: 0.85,
             net_eff: 1.0,
-            dp_overlap: 0.74,
-            tp_overlap: 0.25,
-            zero3_overlap: 0.70,
+            dp_overlap: 0.72,
+            tp_overlap: 0.5,
+            zero3_overlap: 0.7,
             step_overhead: 0.0,
         }
     }
