@@ -446,7 +446,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         // FlashAttention (Dao et al. 2022) became the default in Megatron-Core and
         // PyTorch SDPA in 2023; earlier sources used unfused attention unless their
         // notes say `FlashAttention used`.
-        flash: Some(year >= 2023 || notes.contains("FlashAttention used")),
+        flash: Some((year >= 2023 || notes.contains("FlashAttention used")) && !notes.contains("FlashAttention not used")),
         fp8: Some(notes.contains("+ Float8") || notes.contains("FP8 ")),
         tp_overlap: Some(notes.contains("tp-comm-overlap") || notes.contains("AsyncTP")),
         // Selective recompute and Megatron's distributed optimizer (ZeRO-1) appeared
