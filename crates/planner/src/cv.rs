@@ -61,6 +61,8 @@ fn loss(rows: &[RowResult], keep: &dyn Fn(&RowResult) -> bool) -> f64 {
 /// points of mean error per squared log-ratio `ln((c + off) / (prior + off))`.
 pub const PRIOR_WEIGHT: f64 = 1.0;
 
+/// `(constant, prior, offset)` for every [`FITTED`] constant; the reasons are in
+/// docs/planner.md ("Which constants were chosen by looking at data").
 pub const PRIOR: [(&str, f64, f64); 11] = [
     ("gemm_k0", 128.0, 32.0),
     ("flash_rel", 0.6, 0.0),
@@ -81,8 +83,8 @@ fn prior_penalty(c: &Calibration) -> f64 {
 }
 
 /// Re-chooses the [`FITTED`] constants, starting from `start`, to minimise the mean
-/// absolute error on the rows `keep` selects: coordinate descent over a grid of
-/// multiples of each constant (clamped to its range), two sweeps.
+/// absolute error on the rows `keep` selects plus the prior penalty: coordinate descent
+/// over a grid of multiples of each constant (clamped to its range), two sweeps.
 pub fn fit(text: &str, file: &str, start: &Calibration, keep: &dyn Fn(&RowResult) -> bool) -> Result<Calibration, PlanError> {
     let mut best = *start;
     let mut best_loss = loss(&validate(text, file, &best)?.0, keep) + prior_penalty(&best);
@@ -199,4 +201,28 @@ pub fn cross_validate(text: &str, file: &str, cal: &Calibration) -> Result<Cross
     }
     let coverage_pct = 100.0 * inside as f64 / n.max(1) as f64;
     Ok(CrossValidation { in_sample, cross_validated: summary(&rows), sources: sources.len(), interval: Interval::from_rows(&rows), coverage_pct, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prior_costs_nothing_at_the_priors_and_grows_with_the_log_ratio() {
+        let mut at = Calibration::default();
+        for (name, p, _) in PRIOR {
+            *field(&mut at, name) = p;
+        }
+        assert_eq!(prior_penalty(&at), 0.0);
+        // Every fitted constant has a prior, and only those.
+        let names: Vec<&str> = FITTED.iter().map(|f| f.0).collect();
+        assert_eq!(names, PRIOR.iter().map(|p| p.0).collect::<Vec<_>>());
+        // Doubling a constant with no offset costs PRIOR_WEIGHT ln(2)^2; halving the same.
+        let mut twice = at;
+        twice.mem_eff *= 2.0;
+        let mut half = at;
+        half.mem_eff /= 2.0;
+        let want = PRIOR_WEIGHT * 2f64.ln().powi(2);
+        assert!((prior_penalty(&twice) - want).abs() < 1e-12 && (prior_penalty(&half) - want).abs() < 1e-12);
+    }
 }
