@@ -79,8 +79,8 @@ pub fn block_activation_bytes(
     let attn = 4.0 * q + 4.0 * kv
         + match (fp8, flash) {
             (false, _) => 0.0,
-            (true, true) => 1.0 * q,
-            (true, false) => -1.0 * q,
+            (true, true) => q,
+            (true, false) => -q,
         };
     let split = s * b * (attn + mlp) / t;
     let masks = match m.family {
