@@ -13,20 +13,37 @@ use crate::error::PlanError;
 use crate::time::Calibration;
 use crate::validate::{percentile, validate, RowResult, Summary};
 
-/// The calibration constants chosen by looking at published runs (the rest of the
-/// model is datasheet figures, formulas and the schedule), with their search range.
-pub const FITTED: [(&str, f64, f64); 11] = [
-    ("gemm_k0", 0.0, 2048.0),
-    ("flash_rel", 0.1, 1.0),
-    ("elementwise_passes", 0.0, 32.0),
-    ("fused_elementwise_passes", 0.0, 16.0),
-    ("mem_eff", 0.3, 1.0),
-    ("nvlink_eff", 0.3, 1.0),
-    ("net_eff", 0.2, 1.0),
-    ("dp_overlap", 0.0, 1.0),
-    ("tp_overlap", 0.0, 1.0),
-    ("zero3_overlap", 0.0, 1.0),
-    ("step_overhead", 0.0, 5.0),
+/// A calibration constant chosen by looking at published runs: its search range and
+/// what physics expects of it before any run is seen (`prior`, with an `offset` for
+/// constants whose expectation is near zero; the reasons are in docs/planner.md,
+/// "Which constants were chosen by looking at data").
+#[derive(Debug, Clone, Copy)]
+pub struct Fitted {
+    pub name: &'static str,
+    pub lo: f64,
+    pub hi: f64,
+    pub prior: f64,
+    pub offset: f64,
+}
+
+const fn fitted(name: &'static str, lo: f64, hi: f64, prior: f64, offset: f64) -> Fitted {
+    Fitted { name, lo, hi, prior, offset }
+}
+
+/// The fitted constants (the rest of the model is datasheet figures, formulas and the
+/// schedule).
+pub const FITTED: [Fitted; 11] = [
+    fitted("gemm_k0", 0.0, 2048.0, 128.0, 32.0),
+    fitted("flash_rel", 0.1, 1.0, 0.6, 0.0),
+    fitted("elementwise_passes", 0.0, 32.0, 8.0, 0.0),
+    fitted("fused_elementwise_passes", 0.0, 16.0, 4.0, 0.0),
+    fitted("mem_eff", 0.3, 1.0, 0.8, 0.0),
+    fitted("nvlink_eff", 0.3, 1.0, 0.8, 0.0),
+    fitted("net_eff", 0.2, 1.0, 0.85, 0.0),
+    fitted("dp_overlap", 0.0, 1.0, 0.8, 0.05),
+    fitted("tp_overlap", 0.0, 1.0, 0.7, 0.05),
+    fitted("zero3_overlap", 0.0, 1.0, 0.7, 0.05),
+    fitted("step_overhead", 0.0, 5.0, 0.0, 0.1),
 ];
 
 fn field<'a>(c: &'a mut Calibration, name: &str) -> &'a mut f64 {
@@ -56,30 +73,13 @@ fn loss(rows: &[RowResult], keep: &dyn Fn(&RowResult) -> bool) -> f64 {
     }
 }
 
-/// What physics expects of each fitted constant before any run is seen, with an offset
-/// for constants whose expectation is near zero: the fit pays `PRIOR_WEIGHT` percentage
-/// points of mean error per squared log-ratio `ln((c + off) / (prior + off))`.
+/// The fit pays `PRIOR_WEIGHT` percentage points of mean error per squared log-ratio
+/// `ln((c + offset) / (prior + offset))` of each fitted constant.
 pub const PRIOR_WEIGHT: f64 = 1.0;
-
-/// `(constant, prior, offset)` for every [`FITTED`] constant; the reasons are in
-/// docs/planner.md ("Which constants were chosen by looking at data").
-pub const PRIOR: [(&str, f64, f64); 11] = [
-    ("gemm_k0", 128.0, 32.0),
-    ("flash_rel", 0.6, 0.0),
-    ("elementwise_passes", 8.0, 0.0),
-    ("fused_elementwise_passes", 4.0, 0.0),
-    ("mem_eff", 0.8, 0.0),
-    ("nvlink_eff", 0.8, 0.0),
-    ("net_eff", 0.85, 0.0),
-    ("dp_overlap", 0.8, 0.05),
-    ("tp_overlap", 0.7, 0.05),
-    ("zero3_overlap", 0.7, 0.05),
-    ("step_overhead", 0.0, 0.1),
-];
 
 fn prior_penalty(c: &Calibration) -> f64 {
     let mut c = *c;
-    PRIOR.iter().map(|&(name, p, off)| ((*field(&mut c, name) + off) / (p + off)).ln().powi(2)).sum::<f64>() * PRIOR_WEIGHT
+    FITTED.iter().map(|f| ((*field(&mut c, f.name) + f.offset) / (f.prior + f.offset)).ln().powi(2)).sum::<f64>() * PRIOR_WEIGHT
 }
 
 /// Re-chooses the [`FITTED`] constants, starting from `start`, to minimise the mean
@@ -89,7 +89,7 @@ pub fn fit(text: &str, file: &str, start: &Calibration, keep: &dyn Fn(&RowResult
     let mut best = *start;
     let mut best_loss = loss(&validate(text, file, &best)?.0, keep) + prior_penalty(&best);
     for _ in 0..2 {
-        for (name, lo, hi) in FITTED {
+        for Fitted { name, lo, hi, .. } in FITTED {
             let now = *field(&mut best, name);
             let mut candidates: Vec<f64> = [0.25, 0.5, 0.7, 0.85, 1.15, 1.4, 2.0, 4.0].iter().map(|m| (now * m).clamp(lo, hi)).collect();
             candidates.extend([lo, hi, (lo + hi) / 2.0]);
@@ -210,13 +210,10 @@ mod tests {
     #[test]
     fn the_prior_costs_nothing_at_the_priors_and_grows_with_the_log_ratio() {
         let mut at = Calibration::default();
-        for (name, p, _) in PRIOR {
-            *field(&mut at, name) = p;
+        for f in FITTED {
+            *field(&mut at, f.name) = f.prior;
         }
         assert_eq!(prior_penalty(&at), 0.0);
-        // Every fitted constant has a prior, and only those.
-        let names: Vec<&str> = FITTED.iter().map(|f| f.0).collect();
-        assert_eq!(names, PRIOR.iter().map(|p| p.0).collect::<Vec<_>>());
         // Doubling a constant with no offset costs PRIOR_WEIGHT ln(2)^2; halving the same.
         let mut twice = at;
         twice.mem_eff *= 2.0;

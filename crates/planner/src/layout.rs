@@ -58,7 +58,8 @@ pub struct Layout {
 pub struct Stack {
     /// Gradients are accumulated and reduced over data parallelism in fp32 (4 bytes an
     /// element): Megatron-LM forces it for bf16 training (`accumulate_allreduce_grads_in_fp32`,
-    /// megatron/training/arguments.py), and NeMo / Megatron-Bridge inherit it.
+    /// megatron/training/arguments.py), and Megatron-Bridge inherits it (NeMo 1.x's
+    /// apex distributed Adam syncs 16-bit gradients).
     pub grad_fp32: bool,
     /// ZeRO-3 gathers a block's parameters again for the forward recomputed in backward
     /// (DeepSpeed's stage-3 hooks release parameters after every forward, the

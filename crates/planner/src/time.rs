@@ -410,9 +410,10 @@ pub fn step_time(
     let param_bytes = 2.0 * act_scale * psi;
     let dp_overlap = if l.stack.dp_exposed { 0.0 } else { cal.dp_overlap };
     let (dp_total, overlap, overlappable) = match l.zero {
-        // Gradient all-reduce (ZeRO-1/2: reduce-scatter + all-gather, same bytes);
-        // it overlaps only with the backward of the last micro-batch.
-        // ZeRO-1/2 gather 16-bit parameters where the reduce-scatter moved gradients.
+        // Gradient all-reduce; ZeRO-1/2 reduce-scatter the gradients and all-gather the
+        // 16-bit parameters (half an all-reduce each). Either overlaps only with the
+        // backward of the last micro-batch (and the next forward with
+        // `param_gather_overlap`).
         0 => (allreduce_time(grad_bytes, l.dp, dp_bw, dp_alpha), dp_overlap, lps * bb),
         1 | 2 => (
             allreduce_time((grad_bytes + param_bytes) / 2.0, l.dp, dp_bw, dp_alpha),

@@ -423,8 +423,9 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let stack = Stack {
         grad_fp32: megatron && bf16,
         zero3_regather: zero == 3 && !zero_text.contains("FSDP"),
-        // Megatron-LM's `--overlap-grad-reduce` is opt-in; NeMo and Megatron-Bridge
-        // recipes turn it on (NeMo-Framework-Launcher `overlap_grad_sync: True`).
+        // Megatron-LM's `--overlap-grad-reduce` is opt-in, also under DeepSpeed's
+        // pipeline engine (Megatron-DeepSpeed); NeMo's recipes turn it on
+        // (NeMo-Framework-Launcher `overlap_grad_sync: True`).
         dp_exposed: (megatron || text.contains("Megatron"))
             && !["NeMo", "overlap-grad-reduce", "overlap_grad_reduce"].iter().any(|w| text.contains(w)),
         param_gather_overlap: ["overlap-param-gather", "overlap_param_gather"].iter().any(|w| text.contains(w)),
