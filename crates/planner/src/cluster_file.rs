@@ -14,6 +14,7 @@
 //! # ... or the part's numbers:
 //! # name = "my-gpu", peak_bf16_tflops = 989, peak_fp32_tflops = 67, peak_fp8_tflops = 1979,
 //! # memory_gb = 141, memory_bw_gbs = 4800, gemm_eff = 0.66, flash = true
+//! # fa2_attention_rel = 0.47     # optional: FlashAttention-2 vs the part's own kernel
 //!
 //! [intra]                         # the link inside a node: a catalog name, or
 //! catalog = "nvlink4"             # bw_gbs (one direction per GPU) and latency_us
@@ -161,6 +162,7 @@ struct Part {
     memory_bw_gbs: Option<f64>,
     gemm_eff: Option<f64>,
     flash: Option<bool>,
+    fa2_attention_rel: Option<f64>,
     bw_gbs: Option<f64>,
     latency_us: Option<f64>,
 }
@@ -207,6 +209,11 @@ pub fn load(path: &std::path::Path) -> Result<(&'static Cluster, Machine), PlanE
                 },
                 link: "file",
                 flash: p.flash.unwrap_or(false),
+                fa2_attention_rel: match p.fa2_attention_rel {
+                    None => 1.0,
+                    Some(r) if r > 0.0 && r <= 1.0 => r,
+                    Some(r) => return Err(err(format!("[gpu] fa2_attention_rel is FlashAttention-2's rate relative to the part's own fused attention (above 0, at most 1), found {r}"))),
+                },
                 source: leak(format!("{file} [gpu]")),
                 measured: None,
             }
@@ -279,6 +286,12 @@ mod tests {
         }
         let (_d, p) = write(&full.replace("gemm_eff = 0.9", "gemm_eff = 90"));
         assert!(load(&p).unwrap_err().to_string().contains("[gpu] gemm_eff is a fraction"));
+        // FlashAttention-2's relative rate: 1 when not written, in (0, 1] when written.
+        assert_eq!(m.gpu.fa2_attention_rel, 1.0);
+        let (_d, p) = write(&full.replace("gemm_eff = 0.9", "gemm_eff = 0.9\nfa2_attention_rel = 0.5"));
+        assert_eq!(load(&p).unwrap().1.gpu.fa2_attention_rel, 0.5);
+        let (_d, p) = write(&full.replace("gemm_eff = 0.9", "gemm_eff = 0.9\nfa2_attention_rel = 2"));
+        assert!(load(&p).unwrap_err().to_string().contains("[gpu] fa2_attention_rel"));
         let (_d, p) = write(&full.replace("gpus = 2\n", "gpus = 4\n"));
         assert!(load(&p).unwrap_err().to_string().contains("need network_gbit_per_node"));
         let (_d, p) = write(&full.replace("[gpu]\n", "[gpu]\nwat = 1\n"));

@@ -37,6 +37,12 @@ pub struct Gpu {
     pub link: &'static str,
     /// FlashAttention kernels exist for it (Ampere and later; Dao et al. 2022/2023).
     pub flash: bool,
+    /// Rate of FlashAttention-2 (written for Ampere's `mma` instructions) relative to
+    /// the part's own fused attention (cuDNN, FlashAttention-3): 1 up to Ampere; on
+    /// Hopper FA2 reaches 35% of peak where FA3 reaches 75% (Shah et al. 2024,
+    /// arXiv:2407.08608, abstract), 0.47; Blackwell is assumed the same (no published
+    /// figure). Used for stacks that run FA2 (`Stack::fa2_attention`).
+    pub fa2_attention_rel: f64,
     pub source: &'static str,
     /// Rates measured on the part itself (`hyperion bench machine`); where present
     /// they replace the modelled efficiencies (cluster files only, never the catalog).
@@ -158,15 +164,15 @@ const GB: f64 = 1e9;
 
 /// The GPU catalog. Peaks from the vendors' datasheets (dense, no sparsity).
 pub const GPUS: &[Gpu] = &[
-    Gpu { name: "v100-16gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 16.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2): 125 TF fp16 tensor, 900 GB/s HBM2", measured: None },
-    Gpu { name: "v100-32gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 32.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, source: "NVIDIA Tesla V100 datasheet (SXM2 32 GB)", measured: None },
-    Gpu { name: "v100-dgx2h", peak_bf16: 130.0 * T, peak_fp8: 0.0, peak_fp32: 16.4 * T, mem_bytes: 32.0 * GB, mem_bw: 981.0 * GB, gemm_eff: 0.72, link: "nvswitch2", flash: false, source: "DGX-2H V100 SXM3 450 W, ~130 TF (Megatron-LM 2019 §5)", measured: None },
-    Gpu { name: "a100-40gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 40.0 * GB, mem_bw: 1555.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 1.56 TB/s", measured: None },
-    Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)", measured: None },
-    Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s", measured: None },
-    Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)", measured: None },
-    Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s", measured: None },
-    Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s", measured: None },
+    Gpu { name: "v100-16gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 16.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, fa2_attention_rel: 1.0, source: "NVIDIA Tesla V100 datasheet (SXM2): 125 TF fp16 tensor, 900 GB/s HBM2", measured: None },
+    Gpu { name: "v100-32gb", peak_bf16: 125.0 * T, peak_fp8: 0.0, peak_fp32: 15.7 * T, mem_bytes: 32.0 * GB, mem_bw: 900.0 * GB, gemm_eff: 0.72, link: "nvlink2", flash: false, fa2_attention_rel: 1.0, source: "NVIDIA Tesla V100 datasheet (SXM2 32 GB)", measured: None },
+    Gpu { name: "v100-dgx2h", peak_bf16: 130.0 * T, peak_fp8: 0.0, peak_fp32: 16.4 * T, mem_bytes: 32.0 * GB, mem_bw: 981.0 * GB, gemm_eff: 0.72, link: "nvswitch2", flash: false, fa2_attention_rel: 1.0, source: "DGX-2H V100 SXM3 450 W, ~130 TF (Megatron-LM 2019 §5)", measured: None },
+    Gpu { name: "a100-40gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 40.0 * GB, mem_bw: 1555.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, fa2_attention_rel: 1.0, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 1.56 TB/s", measured: None },
+    Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, fa2_attention_rel: 1.0, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)", measured: None },
+    Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s", measured: None },
+    Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, fa2_attention_rel: 0.47, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)", measured: None },
+    Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s", measured: None },
+    Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s", measured: None },
     // AMD: papers on Frontier count each MI250X graphics compute die (GCD) as a GPU.
     Gpu {
         name: "mi250x-gcd",
@@ -178,6 +184,7 @@ pub const GPUS: &[Gpu] = &[
         gemm_eff: 0.60,
         link: "infinity-fabric-mi250x",
         flash: true,
+        fa2_attention_rel: 1.0,
         source: "AMD Instinct MI250X datasheet (383 TF bf16, 128 GB, 3.2 TB/s per OAM = 2 GCDs); GEMM fraction assumed below NVIDIA's (rocBLAS)",
         measured: None,
     },
@@ -191,6 +198,7 @@ pub const GPUS: &[Gpu] = &[
         gemm_eff: 0.55,
         link: "xgmi-mi300x",
         flash: true,
+        fa2_attention_rel: 1.0,
         source: "AMD Instinct MI300X datasheet: 1307 TF bf16 dense, 192 GB, 5.3 TB/s; public hipBLASLt GEMM benchmarks reach ~55-60% of peak",
         measured: None,
     },
@@ -198,7 +206,7 @@ pub const GPUS: &[Gpu] = &[
     // is 255 GFLOP/s on one core (crates/kernels/BENCHMARKS.md), x 2 cores; streaming
     // bandwidth 10.7 GB/s (numpy `x * 2.0` on 200 MB, loaded machine). The peak IS the
     // measured GEMM rate, hence a GEMM fraction near 1.
-    Gpu { name: "cpu-local", peak_bf16: 0.51 * T, peak_fp8: 0.0, peak_fp32: 0.51 * T, mem_bytes: 8.0 * GB, mem_bw: 10.7 * GB, gemm_eff: 0.95, link: "shm", flash: false, source: "this machine: 2 AMD EPYC cores with AVX-512; 255 GFLOP/s per core measured (crates/kernels/BENCHMARKS.md), 10.7 GB/s measured stream bandwidth", measured: None },
+    Gpu { name: "cpu-local", peak_bf16: 0.51 * T, peak_fp8: 0.0, peak_fp32: 0.51 * T, mem_bytes: 8.0 * GB, mem_bw: 10.7 * GB, gemm_eff: 0.95, link: "shm", flash: false, fa2_attention_rel: 1.0, source: "this machine: 2 AMD EPYC cores with AVX-512; 255 GFLOP/s per core measured (crates/kernels/BENCHMARKS.md), 10.7 GB/s measured stream bandwidth", measured: None },
 ];
 
 /// A link between GPUs or nodes.

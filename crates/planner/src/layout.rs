@@ -72,6 +72,10 @@ pub struct Stack {
     /// ZeRO-1/2's parameter all-gather overlaps the next step's first forward
     /// (Megatron-Core `--overlap-param-gather`), not only the backward.
     pub param_gather_overlap: bool,
+    /// The fused attention is FlashAttention-2 (the `flash-attn` package, PyTorch SDPA
+    /// before cuDNN attention): written for Ampere, it runs on later parts at a fraction
+    /// of their own kernels' rate (`Gpu::fa2_attention_rel`).
+    pub fa2_attention: bool,
 }
 
 impl Layout {

@@ -50,17 +50,17 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 131.0,
+            gemm_k0: 147.0,
             gemm_tile: 128.0,
-            flash_rel: 0.63,
+            flash_rel: 0.88,
             elementwise_passes: 8.99,
-            fused_elementwise_passes: 4.5,
+            fused_elementwise_passes: 5.17,
             score_passes: 2.0,
             mem_eff: 0.65,
-            nvlink_eff: 0.85,
+            nvlink_eff: 1.0,
             net_eff: 1.0,
-            dp_overlap: 0.72,
-            tp_overlap: 0.5,
+            dp_overlap: 0.5,
+            tp_overlap: 0.66,
             zero3_overlap: 0.7,
             step_overhead: 0.0,
         }
@@ -200,7 +200,9 @@ fn block_times(
     let attn_fwd = if let Some((f, _)) = measured_attn {
         f
     } else if l.flash {
-        4.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel)
+        // A stack running FlashAttention-2 on a later part gets FA2's rate there.
+        let kernel = if l.stack.fa2_attention { mm.gpu.fa2_attention_rel } else { 1.0 };
+        4.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel * kernel)
     } else {
         batch * (gemm_time(mm, cal, s, s, d, attn_dtype) + gemm_time(mm, cal, s, d, s, attn_dtype))
     };

@@ -429,6 +429,13 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         dp_exposed: (megatron || text.contains("Megatron"))
             && !["NeMo", "overlap-grad-reduce", "overlap_grad_reduce"].iter().any(|w| text.contains(w)),
         param_gather_overlap: ["overlap-param-gather", "overlap_param_gather"].iter().any(|w| text.contains(w)),
+        // llm-foundry's `attn_impl: flash` is the flash-attn package (FA1, then FA2);
+        // torchtitan calls PyTorch SDPA, whose default order put FA2 first and cuDNN
+        // last from 2.5.1 on (pytorch/pytorch#138522, the order quoted in #138907)
+        // until cuDNN 9.15 (torch 2.10+). Megatron/NeMo use Transformer Engine, which
+        // prefers cuDNN attention on Hopper (NeMo docs, memory_optimizations.rst).
+        fa2_attention: (text.contains("llm-foundry") || (text.contains("torchtitan") && year <= 2025))
+            && !["cuDNN attention", "FlashAttention-3", "FA3"].iter().any(|w| text.contains(w)),
     };
     let spec = LayoutSpec {
         stack: Some(stack),

@@ -289,6 +289,31 @@ fn the_framework_changes_traffic_and_memory_as_documented() {
 }
 
 #[test]
+fn flash_attention_2_on_hopper_runs_at_its_published_fraction_and_on_ampere_unchanged() {
+    use planner::layout::Stack;
+    let cal = Calibration::default();
+    let l = Layout { flash: true, ..layout(1, 1, 8, 1, 2, Recompute::None, 1) };
+    let fa2 = Layout { stack: Stack { fa2_attention: true, ..Stack::default() }, ..l };
+    let step = |j: &Job, l: &Layout| estimate(j, l, &cal).step.compute;
+    // H100: only the attention core slows, by 1 / 0.47 (FA2 35% vs FA3 75% of peak).
+    let h = job("llama3-8b", "dgx-h100-superpod", 8, 16);
+    assert_eq!(h.machine.gpu.fa2_attention_rel, 0.47);
+    let (native, slow) = (step(&h, &l), step(&h, &fa2));
+    let mut no_attn = h.clone();
+    no_attn.seq = 16; // attention ~ s^2 vanishes next to the linears ~ s
+    assert!(slow > native * 1.05, "{native} -> {slow}");
+    assert!((step(&no_attn, &fa2) - step(&no_attn, &l)) / step(&no_attn, &l) < 0.01);
+    // The extra time is the attention's at 1/0.47 - 1 more: longer sequences pay more.
+    let mut long = h.clone();
+    long.seq = 4 * h.seq;
+    let extra = |j: &Job| (step(j, &fa2) - step(j, &l)) / step(j, &l);
+    assert!(extra(&long) > extra(&h), "{} {}", extra(&h), extra(&long));
+    // A100: FA2 is its own kernel.
+    let a = job("llama3-8b", "selene", 8, 16);
+    assert_eq!(step(&a, &l), step(&a, &fa2));
+}
+
+#[test]
 fn fp8_keeps_linear_inputs_in_one_byte_and_llama_has_no_dropout_masks() {
     use planner::memory::block_activation_bytes;
     let gpt = model("gpt3-175b").unwrap();
