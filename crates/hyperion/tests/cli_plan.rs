@@ -169,11 +169,11 @@ fn validate_shipped_runs_json() {
     // <= 5%, p90 <= 15%, constants chosen on those rows). The constants are now chosen
     // on all 122 usable rows with a physical prior (`FIT=1 cargo run -p hyperion-planner
     // --example validate`) and judged held out (crates/planner/tests/cross_validation.rs);
-    // on the first 65 rows their fit is looser (4.8% / 18.4% measured).
+    // on the first 65 rows their fit is looser (3.3% / 18.2% measured).
     let mut first: Vec<f64> = rows[..65].iter().filter_map(|r| r.get("error_pct")).map(|e| e.as_f64().unwrap().abs()).collect();
     first.sort_by(f64::total_cmp);
     let (median, p90) = (planner::validate::percentile(&first, 0.5), planner::validate::percentile(&first, 0.9));
-    assert!(first.len() >= 50 && median <= 5.5 && p90 <= 20.0, "median {median} p90 {p90} over {}", first.len());
+    assert!(first.len() >= 50 && median <= 5.0 && p90 <= 20.0, "median {median} p90 {p90} over {}", first.len());
     for r in rows {
         assert!(r["id"].is_string());
         if let Some(e) = r.get("error_pct") {

@@ -19,8 +19,9 @@ pub struct Calibration {
     pub gemm_k0: f64,
     /// Output tile of the BLAS (rows/cols are padded to it: tile quantization).
     pub gemm_tile: f64,
-    /// Attention-core efficiency relative to large GEMMs: unfused (batched small GEMMs
-    /// with head-dim inner size, handled by the GEMM model) / fused flash kernels.
+    /// Rate of a fused (flash) attention kernel relative to large GEMMs, on the FLOPs it
+    /// computes (a causal kernel half the `s^2` square). Unfused attention is batched
+    /// small GEMMs with head-dim inner size, handled by the GEMM model.
     pub flash_rel: f64,
     /// Passes over the stored activations made by memory-bound element-wise kernels
     /// (norms, GELU, dropout, residual, softmax) in forward + backward.
@@ -50,17 +51,17 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 147.0,
+            gemm_k0: 140.0,
             gemm_tile: 128.0,
-            flash_rel: 0.88,
-            elementwise_passes: 8.99,
-            fused_elementwise_passes: 5.17,
+            flash_rel: 0.63,
+            elementwise_passes: 7.64,
+            fused_elementwise_passes: 5.95,
             score_passes: 2.0,
-            mem_eff: 0.65,
-            nvlink_eff: 1.0,
+            mem_eff: 0.55,
+            nvlink_eff: 0.98,
             net_eff: 1.0,
             dp_overlap: 0.5,
-            tp_overlap: 0.66,
+            tp_overlap: 0.56,
             zero3_overlap: 0.7,
             step_overhead: 0.0,
         }
@@ -183,7 +184,8 @@ fn block_times(
         fwd += a;
         bwd += b;
     }
-    // Attention core: 4 b s^2 q / t FLOPs forward.
+    // Attention core: 4 b s^2 q / t FLOPs forward over the full square (unfused: the
+    // masked half is computed too); a fused causal kernel computes half of it.
     let heads = (m.heads as f64 / t).max(1.0);
     let d = m.head_dim as f64;
     let batch = l.mb as f64 * heads;
@@ -202,7 +204,8 @@ fn block_times(
     } else if l.flash {
         // A stack running FlashAttention-2 on a later part gets FA2's rate there.
         let kernel = if l.stack.fa2_attention { mm.gpu.fa2_attention_rel } else { 1.0 };
-        4.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel * kernel)
+        // A causal fused kernel skips the tiles above the diagonal: half the square.
+        2.0 * batch * s * s * d / (mm.gpu.peak(attn_dtype) * mm.gpu.gemm_eff * cal.flash_rel * kernel)
     } else {
         batch * (gemm_time(mm, cal, s, s, d, attn_dtype) + gemm_time(mm, cal, s, d, s, attn_dtype))
     };

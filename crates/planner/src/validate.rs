@@ -434,7 +434,10 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         // last from 2.5.1 on (pytorch/pytorch#138522, the order quoted in #138907)
         // until cuDNN 9.15 (torch 2.10+). Megatron/NeMo use Transformer Engine, which
         // prefers cuDNN attention on Hopper (NeMo docs, memory_optimizations.rst).
-        fa2_attention: (text.contains("llm-foundry") || (text.contains("torchtitan") && year <= 2025))
+        // A row can also say `FlashAttention-2 used`.
+        fa2_attention: (text.contains("llm-foundry")
+            || (text.contains("torchtitan") && year <= 2025)
+            || text.contains("FlashAttention-2 used"))
             && !["cuDNN attention", "FlashAttention-3", "FA3"].iter().any(|w| text.contains(w)),
     };
     let spec = LayoutSpec {

@@ -11,7 +11,7 @@ fn rows_pick_their_metric_and_skips_say_why() {
         "{HEADER}\n\
          a,Paper 2022,GPT 175B,96,12288,96,2048,51200,A100-SXM4-80GB,64,8,,1600,8,8,1,,1,64,selective + sequence parallel,\"yes, 3 interleaving stages\",160.4,51.4,MFU (paper),,\n\
          b,Paper 2021,GPT 175B,96,12288,96,2048,51200,A100-SXM4-80GB,384,8,,1600,8,12,4,,1,1536,,not stated,153,49,\"% of 312, eq.3 incl. recompute\",,\n\
-         c,Paper 2024,Llama 3.1 8B,32,4096,32,8192,128256,\"H100 SXM (96GB HBM2e, 500W cap)\",8,8,,3200,1,1,8,FSDP (8),2,16,selective,,,,TPS/GPU,46096,\n\
+         c,torchtitan benchmarks 2024,Llama 3.1 8B,32,4096,32,8192,128256,\"H100 SXM (96GB HBM2e, 500W cap)\",8,8,,3200,1,1,8,FSDP (8),2,16,selective,,,,TPS/GPU,46096,\n\
          d,Paper 2022,X,,,,2048,,TPU v4,6144,,,,,,,,,2048,,,,46.2,MFU,,\n\
          e,Paper 2022,X,96,12288,96,2048,,V100,10000,,,,,,,,,,,,24.6,21.3,MFU,,\n"
     );
@@ -101,4 +101,30 @@ fn shipped_rows_match_published_shapes_not_engine_presets() {
     // 102 with gpt3-1.3b modelled as 16 heads of 128 (a 24 x 2048 x 16 row matches it;
     // same GPT block either way, so its prediction is unchanged).
     assert_eq!(matched.len(), 102);
+}
+
+#[test]
+fn the_attention_kernel_follows_the_rows_stack() {
+    // One H100 row read as four sources: llm-foundry and 2024 torchtitan ran
+    // FlashAttention-2, Megatron-LM (Transformer Engine) cuDNN's Hopper kernel; a
+    // row may also say so itself.
+    let row = |id: &str, source: &str, gpu: &str, notes: &str| {
+        format!("{id},{source},MPT-7b,32,4096,32,8192,50368,{gpu},8,8,,3200,1,1,8,FSDP (FULL_SHARD),2,16,none,,,40,MFU,,{notes}\n")
+    };
+    let csv = format!(
+        "{HEADER}\n{}{}{}{}{}{}",
+        row("lf", "MosaicML 2023 llm-foundry", "H100 80GB", ""),
+        row("tt", "pytorch/torchtitan 2024", "H100 80GB", ""),
+        row("mlm", "NVIDIA 2024 Megatron-LM", "H100 80GB", ""),
+        row("said", "Lab 2024", "H100 80GB", "FlashAttention-2 used"),
+        row("lf-a100", "MosaicML 2023 llm-foundry", "A100-SXM4-80GB", ""),
+        row("mlm-a100", "NVIDIA 2024 Megatron-LM", "A100-SXM4-80GB", ""),
+    );
+    let (rows, _) = validate(&csv, "t.csv", &Calibration::default()).unwrap();
+    let fa2 = |i: usize| rows[i].detail.as_ref().unwrap().layout.stack.fa2_attention;
+    assert_eq!((0..6).map(fa2).collect::<Vec<_>>(), [true, true, false, true, true, false]);
+    let p = |i: usize| rows[i].predicted.unwrap();
+    // On Hopper FA2 costs time; on Ampere it is the part's own kernel.
+    assert!(p(0) < p(2) * 0.97, "{} vs {}", p(0), p(2));
+    assert_eq!(p(4), p(5));
 }
