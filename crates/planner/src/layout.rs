@@ -103,6 +103,7 @@ impl Layout {
             if self.sp { ",sp" } else { "" },
             if self.fp8 { ",fp8" } else { "" }
         ) + if self.tp_overlap { ",tp_overlap" } else { "" }
+            + if self.flash && self.stack.fa2_attention { ",fa2" } else { "" }
     }
 }
 
@@ -128,7 +129,7 @@ pub struct LayoutSpec {
 }
 
 impl LayoutSpec {
-    /// Parse `tp=8,pp=16,dp=...,zero=1,mb=1,recompute=selective,v=2,sp=1,flash=1,fp8=0`.
+    /// Parse `tp=8,pp=16,dp=...,zero=1,mb=1,recompute=selective,v=2,sp=1,flash=1,fp8=0,fa2=1`.
     pub fn parse(text: &str) -> Result<LayoutSpec, PlanError> {
         let bad = |reason: String| PlanError::BadLayout {
             text: text.to_string(),
@@ -173,7 +174,12 @@ impl LayoutSpec {
                 "flash" => spec.flash = Some(flag()?),
                 "fp8" => spec.fp8 = Some(flag()?),
                 "tp_overlap" => spec.tp_overlap = Some(flag()?),
-                other => return Err(bad(format!("unknown key `{other}` (valid: tp, pp, dp, zero, mb, recompute, v, sp, flash, fp8, tp_overlap)"))),
+                // The fused attention is FlashAttention-2 (slower on Hopper and later).
+                "fa2" => {
+                    let stack = spec.stack.get_or_insert_with(Stack::default);
+                    stack.fa2_attention = flag()?;
+                }
+                other => return Err(bad(format!("unknown key `{other}` (valid: tp, pp, dp, zero, mb, recompute, v, sp, flash, fp8, tp_overlap, fa2)"))),
             }
         }
         Ok(spec)
@@ -195,7 +201,10 @@ mod tests {
             (s.recompute, s.interleave, s.sp),
             (Some(Recompute::Selective), Some(3), Some(true))
         );
-        for bad in ["tp=0", "zero=4", "recompute=half", "foo=1", "tp8"] {
+        let fa2 = LayoutSpec::parse("tp=2,fa2=1").unwrap();
+        assert!(fa2.stack.unwrap().fa2_attention);
+        assert_eq!(LayoutSpec::parse("tp=2").unwrap().stack, None);
+        for bad in ["tp=0", "zero=4", "recompute=half", "foo=1", "tp8", "fa2=maybe"] {
             let e = LayoutSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }

@@ -34,7 +34,9 @@ pub struct PlanArgs {
     /// Tokens to train for: 300e9, 300B, 1.5T (default 300B).
     #[arg(long, default_value = "300B")]
     tokens: String,
-    /// Fix some or all of the layout: tp=8,pp=16,dp=...,zero=1,mb=1,recompute=selective,v=2.
+    /// Fix some or all of the layout: tp=8,pp=16,dp=...,zero=1,mb=1,recompute=selective,v=2
+    /// (also sp, flash, fp8, tp_overlap as 0/1, and fa2=1 for a stack whose fused attention
+    /// is FlashAttention-2, slower on Hopper and later parts).
     #[arg(long)]
     layout: Option<String>,
     /// How many runners-up to show.
