@@ -51,17 +51,17 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            gemm_k0: 140.0,
+            gemm_k0: 119.0,
             gemm_tile: 128.0,
-            flash_rel: 0.63,
+            flash_rel: 0.55,
             elementwise_passes: 7.64,
             fused_elementwise_passes: 5.95,
             score_passes: 2.0,
             mem_eff: 0.55,
-            nvlink_eff: 0.98,
+            nvlink_eff: 1.0,
             net_eff: 1.0,
             dp_overlap: 0.5,
-            tp_overlap: 0.56,
+            tp_overlap: 0.64,
             zero3_overlap: 0.7,
             step_overhead: 0.0,
         }
