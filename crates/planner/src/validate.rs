@@ -11,7 +11,7 @@ use crate::estimate::{Estimate, Job};
 use crate::flops::{iteration_flops, FlopConvention};
 use crate::hardware::{self, Dtype, Machine};
 use crate::layout::{LayoutSpec, Recompute, Stack};
-use crate::models::{catalog, ModelSpec};
+use crate::models::{catalog, Family, ModelSpec};
 use crate::search::search;
 use crate::time::Calibration;
 use serde::Serialize;
@@ -228,10 +228,28 @@ fn row_gpu(text: &str) -> Result<(&'static str, u64, f64), String> {
 /// come after the GPT presets of the same shape, so no published row lands on a preset.
 /// Caveat: `gpt3-6.7b`, `llama2-7b` and `llama3-8b` share (32, 4096, 32); a row of that
 /// shape gets GPT-3 6.7B's blocks.
-pub fn catalog_match(layers: usize, hidden: usize, heads: usize) -> Option<ModelSpec> {
-    catalog()
+pub fn catalog_match(layers: usize, hidden: usize, heads: usize, name: &str) -> Option<ModelSpec> {
+    // Shapes are shared across families (Llama 2 7B, Llama 3 8B and GPT-3 6.7B are all
+    // 32 x 4096 x 32): prefer the entry whose family and version the row's name says
+    // (`llama3-8b` for "Llama 3.1 8B": its name before the size, `llama3`), then one of
+    // the family the name says (Llama or not), then the first.
+    let key = |s: &str| s.to_ascii_lowercase().chars().filter(char::is_ascii_alphanumeric).collect::<String>();
+    let row = key(name);
+    let shaped: Vec<ModelSpec> = catalog()
         .into_iter()
-        .find(|m| m.layers == layers && m.hidden == hidden && m.heads == heads)
+        .filter(|m| m.layers == layers && m.hidden == hidden && m.heads == heads)
+        .collect();
+    let named = |m: &&ModelSpec| {
+        let family = m.name.rsplit_once('-').map_or(m.name.as_str(), |(f, _)| f);
+        !family.is_empty() && row.contains(&key(family))
+    };
+    let llama = row.contains("llama");
+    shaped
+        .iter()
+        .find(named)
+        .or_else(|| shaped.iter().find(|m| (m.family == Family::Llama) == llama))
+        .or(shaped.first())
+        .cloned()
 }
 
 /// The model: architecture by shape match in the catalog (Llama: GQA + SwiGLU,
@@ -249,7 +267,7 @@ fn row_model(row: &Row) -> Result<ModelSpec, String> {
     // Unstated vocab: Megatron/DeepSpeed pad GPT-2's 50257 to 51200 (assumption).
     let v = row.int("vocab").unwrap_or(51200) as usize;
     let name = row.get("model_name");
-    Ok(match catalog_match(l, h, a) {
+    Ok(match catalog_match(l, h, a, name) {
         Some(m) => ModelSpec {
             name: name.to_string(),
             vocab: v,

@@ -69,12 +69,12 @@ fn shipped_rows_match_published_shapes_not_engine_presets() {
     let text = include_str!("../data/published_runs.csv");
     let recs = planner::csv::parse(text, "published_runs.csv").unwrap();
     let col = |k: &str| recs[0].iter().position(|c| c.trim() == k).unwrap();
-    let (l, h, a) = (col("layers"), col("hidden"), col("heads"));
+    let (l, h, a, name) = (col("layers"), col("hidden"), col("heads"), col("model_name"));
     let mut matched = Vec::new();
     for r in &recs[1..] {
         let int = |i: usize| r[i].trim().parse::<usize>().ok();
         if let (Some(l), Some(h), Some(a)) = (int(l), int(h), int(a)) {
-            if let Some(m) = catalog_match(l, h, a) {
+            if let Some(m) = catalog_match(l, h, a, &r[name]) {
                 assert!(
                     !m.source.starts_with("hyperion preset") && !PRESETS.contains(&m.name.as_str()),
                     "{}: {}",
@@ -94,13 +94,18 @@ fn shipped_rows_match_published_shapes_not_engine_presets() {
     assert_eq!(of("N21-T1-10"), Some("megatron-1t"));
     assert_eq!(of("BLOOM-176B"), Some("bloom-176b"));
     assert_eq!(of("LLMC-124M"), Some("gpt2"));
-    assert_eq!(of("TT24-T4-a"), Some("llama2-70b"));
+    assert_eq!(of("TT24-T4-a"), Some("llama3-70b"));
     assert_eq!(of("TT24-T5-a"), Some("llama3.1-405b"));
-    // Known: Llama 3.1 8B shares (32, 4096, 32) with gpt3-6.7b, listed first.
-    assert_eq!(of("TT24-T1-a"), Some("gpt3-6.7b"));
-    // 102 with gpt3-1.3b modelled as 16 heads of 128 (a 24 x 2048 x 16 row matches it;
+    // Llama 3.1 8B shares (32, 4096, 32) with gpt3-6.7b and llama2-7b: the row's name
+    // picks the family and version; a name of neither family takes the GPT entry.
+    assert_eq!(of("TT24-T1-a"), Some("llama3-8b"));
+    assert_eq!(of("TT25-H200-32"), Some("llama3-8b"));
+    assert_eq!(of("NEMO2407-05"), Some("llama2-7b"));
+    assert_eq!(of("LF-H100L-05"), Some("gpt3-6.7b")); // MPT-7b: a GPT block
+    assert_eq!(of("MTNLG-1"), Some("mt-nlg-530b"));
+    // 104 with gpt3-1.3b modelled as 16 heads of 128 (a 24 x 2048 x 16 row matches it;
     // same GPT block either way, so its prediction is unchanged).
-    assert_eq!(matched.len(), 102);
+    assert_eq!(matched.len(), 104);
 }
 
 #[test]
