@@ -171,6 +171,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu { name: "a100-80gb", peak_bf16: 312.0 * T, peak_fp8: 0.0, peak_fp32: 19.5 * T, mem_bytes: 80.0 * GB, mem_bw: 2039.0 * GB, gemm_eff: 0.72, link: "nvlink3", flash: true, fa2_attention_rel: 1.0, source: "NVIDIA A100 datasheet: 312 TF bf16 dense, 2.04 TB/s (SXM4 80 GB)", measured: None },
     Gpu { name: "h100-sxm", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 80.0 * GB, mem_bw: 3350.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA H100 datasheet (SXM5): 989 TF bf16 dense, 1979 fp8, 3.35 TB/s", measured: None },
     Gpu { name: "h100-96gb-500w", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 96.0 * GB, mem_bw: 2400.0 * GB, gemm_eff: 0.50, link: "nvlink4", flash: true, fa2_attention_rel: 0.47, source: "Meta Grand Teton H100 96 GB HBM2e capped at 500 W (torchtitan 2024); bandwidth and sustained clock are assumptions (500 W cap: sustained tensor clock ~0.75x of the 700 W part, so 0.50 instead of 0.66 GEMM fraction)", measured: None },
+    Gpu { name: "h100-pcie", peak_bf16: 756.0 * T, peak_fp8: 1513.0 * T, peak_fp32: 51.0 * T, mem_bytes: 80.0 * GB, mem_bw: 2000.0 * GB, gemm_eff: 0.66, link: "pcie5", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA H100 datasheet (PCIe): 756 TF bf16 dense, 1513 fp8, 2.0 TB/s HBM2e, PCIe Gen5 (an NVLink bridge pairs two cards); GEMM fraction assumed as SXM's", measured: None },
     Gpu { name: "h200", peak_bf16: 989.0 * T, peak_fp8: 1979.0 * T, peak_fp32: 67.0 * T, mem_bytes: 141.0 * GB, mem_bw: 4800.0 * GB, gemm_eff: 0.66, link: "nvlink4", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s", measured: None },
     Gpu { name: "b200", peak_bf16: 2250.0 * T, peak_fp8: 4500.0 * T, peak_fp32: 80.0 * T, mem_bytes: 180.0 * GB, mem_bw: 8000.0 * GB, gemm_eff: 0.70, link: "nvlink5", flash: true, fa2_attention_rel: 0.47, source: "NVIDIA DGX B200 datasheet: 2.25 PF bf16 dense per GPU, 180 GB, 8 TB/s", measured: None },
     // AMD: papers on Frontier count each MI250X graphics compute die (GCD) as a GPU.
@@ -239,6 +240,18 @@ pub const LINKS: &[Link] = &[
         bw_per_dir: 300.0 * GB,
         latency: 5e-6,
         source: "A100 NVLink 3.0: 12 links, 600 GB/s bidirectional"
+    },
+    Link {
+        name: "nvlink3-a800",
+        bw_per_dir: 200.0 * GB,
+        latency: 5e-6,
+        source: "A800 (A100 export variant): NVLink 400 GB/s bidirectional (NVIDIA A800 product brief)"
+    },
+    Link {
+        name: "nvlink4-h800",
+        bw_per_dir: 200.0 * GB,
+        latency: 5e-6,
+        source: "H800 SXM (H100 export variant): NVLink 400 GB/s bidirectional (NVIDIA H800 product brief)"
     },
     Link {
         name: "nvlink4",

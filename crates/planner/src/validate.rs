@@ -189,45 +189,62 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-/// The row's GPU, or why it has none in the catalog.
-fn row_gpu(text: &str) -> Result<(&'static str, u64, f64), String> {
+/// The row's GPU: (catalog name, default GPUs per node, default network per node in
+/// Gb/s, the node's link where it is not the catalog part's own), or why it has none.
+/// Export variants (A800, H800) are the A100/H100 with NVLink cut to 400 GB/s; PCIe
+/// cards talk over PCIe; GH200 is taken as an H200 (an H100 die with 96-144 GB HBM3/3e
+/// at 4-4.9 TB/s, the H200's class).
+fn row_gpu(text: &str) -> Result<(&'static str, u64, f64, Option<&'static str>), String> {
     let t = text.to_ascii_uppercase();
-    // (catalog name, default GPUs per node, default network per node in Gb/s)
+    // "40GB", "40 GB" or "40G", not part of a larger number.
+    let size = |gb: &str| {
+        t.match_indices(gb).any(|(i, _)| {
+            (i == 0 || !t.as_bytes()[i - 1].is_ascii_digit()) && t[i + gb.len()..].trim_start().starts_with('G')
+        })
+    };
+    let pcie = t.contains("PCIE");
     let pick = if t.contains("TPU") {
         return Err(format!("not a GPU: `{text}`"));
-    } else if t.contains("H100") && t.contains("96GB") && t.contains("500W") {
-        ("h100-96gb-500w", 8, 3200.0)
+    } else if t.contains("H100") && size("96") && t.contains("500W") {
+        ("h100-96gb-500w", 8, 3200.0, None)
+    } else if t.contains("H100") && pcie {
+        ("h100-pcie", 8, 3200.0, None)
     } else if t.contains("H100") {
-        ("h100-sxm", 8, 3200.0)
+        ("h100-sxm", 8, 3200.0, None)
+    } else if t.contains("H800") {
+        ("h100-sxm", 8, 3200.0, Some("nvlink4-h800"))
     } else if t.contains("MI250") {
-        ("mi250x-gcd", 8, 800.0)
+        ("mi250x-gcd", 8, 800.0, None)
     } else if t.contains("MI300") {
-        ("mi300x", 8, 3200.0)
+        ("mi300x", 8, 3200.0, None)
     } else if t.contains("H200") {
-        ("h200", 8, 3200.0)
+        ("h200", 8, 3200.0, None)
     } else if t.contains("B200") {
-        ("b200", 8, 3200.0)
-    } else if t.contains("A100") && t.contains("40GB") {
-        ("a100-40gb", 8, 1600.0)
-    } else if t.contains("A100") {
-        ("a100-80gb", 8, 1600.0)
+        ("b200", 8, 3200.0, None)
+    } else if t.contains("A100") || t.contains("A800") {
+        let link = if pcie {
+            Some("pcie4")
+        } else if t.contains("A800") && !t.contains("A100") {
+            // (A text naming both, "A100-class, could be A800", stays an A100.)
+            Some("nvlink3-a800")
+        } else {
+            None
+        };
+        (if size("40") { "a100-40gb" } else { "a100-80gb" }, 8, 1600.0, link)
     } else if t.contains("V100") && t.contains("DGX-2") {
-        ("v100-dgx2h", 16, 800.0)
-    } else if t.contains("V100") && t.contains("16GB") {
-        ("v100-16gb", 8, 400.0)
+        ("v100-dgx2h", 16, 800.0, None)
     } else if t.contains("V100") {
-        ("v100-32gb", 8, 400.0)
+        let link = if pcie { Some("pcie3") } else { None };
+        (if size("16") { "v100-16gb" } else { "v100-32gb" }, 8, 400.0, link)
     } else {
         return Err(format!("GPU `{text}` not in the catalog"));
     };
     Ok(pick)
 }
 
-/// The catalog entry whose shape (layers, hidden, heads) a row's model has: the first
-/// in catalog order. Published models come before the engine's Llama presets, which
-/// come after the GPT presets of the same shape, so no published row lands on a preset.
-/// Caveat: `gpt3-6.7b`, `llama2-7b` and `llama3-8b` share (32, 4096, 32); a row of that
-/// shape gets GPT-3 6.7B's blocks.
+/// The catalog entry whose shape (layers, hidden, heads) a row's model has. Published
+/// models come before the engine's Llama presets, which come after the GPT presets of
+/// the same shape, so no published row lands on a preset.
 pub fn catalog_match(layers: usize, hidden: usize, heads: usize, name: &str) -> Option<ModelSpec> {
     // Shapes are shared across families (Llama 2 7B, Llama 3 8B and GPT-3 6.7B are all
     // 32 x 4096 x 32): prefer the entry whose family and version the row's name says
@@ -279,7 +296,7 @@ fn row_model(row: &Row) -> Result<ModelSpec, String> {
 }
 
 fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
-    let (gpu_name, default_gpn, default_net) = row_gpu(row.get("gpu"))?;
+    let (gpu_name, default_gpn, default_net, node_link) = row_gpu(row.get("gpu"))?;
     let model = row_model(row)?;
     let n = row.int("num_gpus").ok_or("num_gpus missing")?;
     let which = row.get("which_metric");
@@ -490,7 +507,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     };
 
     let gpu = hardware::gpu(gpu_name).map_err(|e| e.to_string())?.clone();
-    let intra = hardware::link(gpu.link).map_err(|e| e.to_string())?;
+    let intra = hardware::link(node_link.unwrap_or(gpu.link)).map_err(|e| e.to_string())?;
     let gpn = row.int("gpus_per_node").unwrap_or(default_gpn);
     let machine = Machine {
         intra_bw: row
@@ -550,4 +567,26 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         skipped: None,
         detail: Some(best),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_gpu;
+
+    #[test]
+    fn gpu_text_maps_to_the_part_its_memory_and_its_link() {
+        let part = |t: &str| row_gpu(t).map(|(g, _, _, link)| (g, link));
+        assert_eq!(part("A100 40 GB (PCIe)"), Ok(("a100-40gb", Some("pcie4"))));
+        assert_eq!(part("A100-SXM4-40GB"), Ok(("a100-40gb", None)));
+        assert_eq!(part("A100-80GB, 400G IB"), Ok(("a100-80gb", None)));
+        assert_eq!(part("A800-SXM4-80GB"), Ok(("a100-80gb", Some("nvlink3-a800"))));
+        assert_eq!(part("NVIDIA Ampere (A100-class; could be A800)"), Ok(("a100-80gb", None)));
+        assert_eq!(part("H800 80GB"), Ok(("h100-sxm", Some("nvlink4-h800"))));
+        assert_eq!(part("H100 PCIe 80GB"), Ok(("h100-pcie", None)));
+        assert_eq!(part("H100 SXM (96GB HBM2e, 500W cap)"), Ok(("h100-96gb-500w", None)));
+        assert_eq!(part("V100 16 GB"), Ok(("v100-16gb", None)));
+        assert_eq!(part("V100-SXM3-32GB (DGX-2H)"), Ok(("v100-dgx2h", None)));
+        assert!(part("TPU v4").unwrap_err().contains("not a GPU"));
+        assert!(part("Gaudi2").unwrap_err().contains("`Gaudi2` not in the catalog"));
+    }
 }
