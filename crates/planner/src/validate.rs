@@ -339,6 +339,15 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
                 FlopConvention::WithRecompute,
             )
         }
+    } else if let Some(p) = pct {
+        // Only a percentage: of hardware FLOPs (recompute counted) when the row says
+        // HFU / hardware, else of model FLOPs.
+        let upper = which.to_ascii_uppercase();
+        if upper.contains("HFU") || upper.contains("HARDWARE") {
+            ("hfu_pct", p, FlopConvention::WithRecompute)
+        } else {
+            ("mfu_pct", p, FlopConvention::Model)
+        }
     } else if let Some(x) = tokens {
         ("tokens_per_s", x, FlopConvention::Model)
     } else {
@@ -551,7 +560,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
     let per_gpu = flops / step / n as f64;
     let predicted = match metric {
         "tokens_per_s" => best.tokens_per_s,
-        "mfu_pct" | "mfu_pct_palm" => 100.0 * per_gpu / job.machine.gpu.peak(Dtype::Bf16),
+        "mfu_pct" | "mfu_pct_palm" | "hfu_pct" => 100.0 * per_gpu / job.machine.gpu.peak(Dtype::Bf16),
         _ => per_gpu / 1e12,
     };
     Ok(RowResult {

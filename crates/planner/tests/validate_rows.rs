@@ -41,6 +41,20 @@ fn rows_pick_their_metric_and_skips_say_why() {
 }
 
 #[test]
+fn a_percentage_alone_is_mfu_or_hfu_as_the_row_says() {
+    let row = |id: &str, which: &str| {
+        format!("{id},Paper 2022,GPT 175B,96,12288,96,2048,51200,A100-SXM4-80GB,1024,8,,1600,8,8,16,,1,1024,full,,,50,{which},,\n")
+    };
+    let csv = format!("{HEADER}\n{}{}", row("m", "Model FLOPs utilization"), row("h", "HFU (hardware FLOPs, recompute counted)"));
+    let (rows, _) = validate(&csv, "t.csv", &Calibration::default()).unwrap();
+    assert_eq!(rows[0].metric.as_deref(), Some("mfu_pct"));
+    assert_eq!(rows[1].metric.as_deref(), Some("hfu_pct"));
+    // The same run: full recompute adds a forward, 4/3 of the model FLOPs.
+    let (m, h) = (rows[0].predicted.unwrap(), rows[1].predicted.unwrap());
+    assert!((h / m - 4.0 / 3.0).abs() < 0.02, "{m} {h}");
+}
+
+#[test]
 fn missing_columns_and_percentiles() {
     let e = validate("id,layers\n1,2\n", "x.csv", &Calibration::default())
         .unwrap_err()
