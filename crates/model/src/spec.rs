@@ -367,6 +367,13 @@ pub fn catalog() -> Vec<ModelSpec> {
         // seq = 8192: the pre-training length (the 128K context comes from a later
         // long-context stage with scaled RoPE, which the engine does not implement).
         llama3(ModelSpec::llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 8192, "Llama 3 herd (Dubey et al. 2024) Table 3 / HF config of Llama-3.1-405B (rope_scaling not modelled)")),
+        // LLaMA 1 (Touvron et al. 2023a, Table 2): multi-head attention, SwiGLU at 8/3 d
+        // rounded to 256, 2048 context. After Llama 2/3, which share its shapes: a name
+        // that says "Llama 2" or "Llama 3" finds those first.
+        ModelSpec::llama("llama-7b", 32, 4096, 32, 32, 11008, 32000, 2048, "Touvron et al. 2023a, LLaMA Table 2 / HF config"),
+        ModelSpec::llama("llama-13b", 40, 5120, 40, 40, 13824, 32000, 2048, "Touvron et al. 2023a, LLaMA Table 2 / HF config"),
+        ModelSpec::llama("llama-33b", 60, 6656, 52, 52, 17920, 32000, 2048, "Touvron et al. 2023a, LLaMA Table 2 / HF config"),
+        ModelSpec::llama("llama-65b", 80, 8192, 64, 64, 22016, 32000, 2048, "Touvron et al. 2023a, LLaMA Table 2 / HF config"),
         // Llama presets of the engine: the GPT presets' sizes with Llama's blocks. GQA with
         // 2 key/value heads; SwiGLU width chosen so a block has a GPT block's parameters.
         ModelSpec::llama("llama-char-cpu", 4, 128, 4, 2, 384, 65, 64, "hyperion preset (shakespeare-char-cpu's size, Llama blocks)"),
@@ -417,6 +424,8 @@ mod tests {
             ("llama3-8b", 8_030_261_248),
             ("llama3-70b", 70_553_706_496),
             ("tinyllama-1.1b", 1_100_048_384),
+            // LLaMA 1 7B has Llama 2 7B's shape and size (its context is 2048).
+            ("llama-7b", 6_738_415_616),
         ] {
             assert_eq!(get(name).unwrap().num_params(), want, "{name}");
         }

@@ -269,6 +269,9 @@ pub fn catalog_match(layers: usize, hidden: usize, heads: usize, name: &str) -> 
         .cloned()
 }
 
+/// Model names whose architecture is Llama's (RMSNorm, SwiGLU, RoPE).
+const LLAMA_LIKE: [&str; 6] = ["llama", "mistral", "qwen", "internlm", "deepseek", "baichuan"];
+
 /// The model: architecture by shape match in the catalog (Llama: GQA + SwiGLU,
 /// BLOOM: ALiBi), else GPT style; vocab and sequence from the row.
 fn row_model(row: &Row) -> Result<ModelSpec, String> {
@@ -283,16 +286,27 @@ fn row_model(row: &Row) -> Result<ModelSpec, String> {
     };
     // Unstated vocab: Megatron/DeepSpeed pad GPT-2's 50257 to 51200 (assumption).
     let v = row.int("vocab").unwrap_or(51200) as usize;
-    let name = row.get("model_name");
-    Ok(match catalog_match(l, h, a, name) {
+    Ok(model_for(row.get("model_name"), l, h, a, v, s))
+}
+
+/// The architecture of a row's model: the catalog entry of its shape and name, else
+/// Llama's blocks for a Llama-family name, else GPT's.
+fn model_for(name: &str, l: usize, h: usize, a: usize, v: usize, s: usize) -> ModelSpec {
+    match catalog_match(l, h, a, name) {
         Some(m) => ModelSpec {
             name: name.to_string(),
             vocab: v,
             seq: s,
             ..m
         },
+        // A Llama-architecture model not in the catalog: SwiGLU at Llama's 8/3 h rounded
+        // up to 256, full multi-head attention (Touvron et al. 2023).
+        None if LLAMA_LIKE.iter().any(|w| name.to_ascii_lowercase().contains(w)) => {
+            let ffn = (8 * h / 3).div_ceil(256) * 256;
+            ModelSpec::llama(name, l, h, a, a, ffn, v, s, "validation row (Llama architecture)")
+        }
         None => ModelSpec::gpt(name, l, h, a, v, s, "validation row"),
-    })
+    }
 }
 
 fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
@@ -449,6 +463,15 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         }
         other => other,
     };
+    // A batch quoted in round tokens ("2M tokens") need not split over the replicas:
+    // the run's batch was the nearest whole number of micro-batches per replica.
+    let unit = dp * mb.unwrap_or(1);
+    let (batch, batch_note) = if batch % unit == 0 {
+        (batch, String::new())
+    } else {
+        let b = ((batch as f64 / unit as f64).round() as u64).max(1) * unit;
+        (b, format!(" (global batch {batch} taken as {b}, a multiple of dp x mb)"))
+    };
     // The framework, from what the row says of its source. Megatron-LM (its releases,
     // Megatron-Core rN, and Megatron-Bridge built on it) reduces bf16 gradients in fp32
     // (bf16 from 2023 on, or where the row says bf16 / FP8; the 2019-2021 papers trained
@@ -570,7 +593,7 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
         predicted: Some(predicted),
         published: Some(published),
         error_pct: Some(100.0 * (predicted - published) / published),
-        layout: Some(format!("{}{note}", best.layout_text)),
+        layout: Some(format!("{}{note}{batch_note}", best.layout_text)),
         predicted_mem_gib: mem_gib.map(|_| best.memory.total / GIB),
         published_mem_gib: mem_gib,
         skipped: None,
@@ -580,7 +603,20 @@ fn predict_row(row: &Row, cal: &Calibration) -> Result<RowResult, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::row_gpu;
+    use super::{model_for, row_gpu};
+    use crate::models::{Family, Mlp};
+
+    #[test]
+    fn a_llama_family_name_gets_llama_blocks_where_the_catalog_has_no_shape() {
+        let m = model_for("Mistral-like 7B", 28, 3584, 28, 32000, 4096);
+        assert_eq!((m.family, m.mlp, m.ffn, m.kv_heads), (Family::Llama, Mlp::SwiGlu, 9728, 28));
+        let g = model_for("Some GPT 7B", 28, 3584, 28, 32000, 4096);
+        assert_eq!((g.family, g.mlp, g.ffn), (Family::Gpt2, Mlp::Gelu, 4 * 3584));
+        // LLaMA-65B's shape is not in the catalog: Llama 1's published FFN width.
+        assert_eq!(model_for("LLaMA 65B", 80, 8192, 64, 32000, 2048).ffn, 22016);
+        // The catalog still wins where it has the shape and the name agrees.
+        assert_eq!(model_for("Llama 3.1 8B", 32, 4096, 32, 128256, 8192).kv_heads, 8);
+    }
 
     #[test]
     fn gpu_text_maps_to_the_part_its_memory_and_its_link() {
