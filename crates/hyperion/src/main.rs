@@ -48,7 +48,16 @@ fn main() {
         Command::Export(a) => cmd::hf::export(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),
-        Command::Plan(a) => cmd::plan::run(a),
+        Command::Plan(a) => {
+            // `plan ... | head`: end quietly when the reader goes away, as Unix tools do
+            // (Rust ignores SIGPIPE, so the next print would panic). Only here: training
+            // and its sockets keep the ignored signal and get an error to handle.
+            #[cfg(unix)]
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            cmd::plan::run(a)
+        }
         Command::Bench(c) => cmd::bench::run(c),
         Command::Plot(a) => cmd::plot::run(a),
     };

@@ -399,6 +399,13 @@ fn print_plan(job: &Job, cluster: &hardware::Cluster, r: &SearchResult, elapsed:
         r.fit,
         gb(job.machine.gpu.mem_bytes)
     );
+    let b = &r.best.layout;
+    if b.flash && !b.stack.fa2_attention && job.machine.gpu.fa2_attention_rel < 1.0 {
+        println!(
+            "attention: the part's own fused kernel (cuDNN, FlashAttention-3); a stack running FlashAttention-2 gets {:.2} of its rate: --layout fa2=1",
+            job.machine.gpu.fa2_attention_rel
+        );
+    }
     println!("\nbest:");
     print_estimate(&r.best);
     if !r.runners_up.is_empty() {
