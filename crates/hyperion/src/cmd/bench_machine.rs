@@ -26,8 +26,9 @@ pub struct BenchMachineArgs {
     /// build with `--features mpi`).
     #[arg(long, value_enum, default_value = "local")]
     pub backend: super::bench_comm::Backend,
-    /// A coarser GEMM grid (sizes 64, 1024, 32768: 27 shapes instead of 125), for a
-    /// first look in seconds; the planner interpolates over whatever grid the file has.
+    /// A coarser GEMM grid (sizes 64, 1024, 32768: 27 shapes instead of 125) measured
+    /// once instead of the median of 3 passes, for a first look in seconds; the planner
+    /// interpolates over whatever grid the file has.
     #[arg(long)]
     pub quick: bool,
 }
@@ -318,10 +319,10 @@ fn sync_overhead(c: &dyn comm::Communicator, threads: usize, latency: f64) -> co
 
 /// Thread ranks: every rank measures at once, each on its own share of the cores, as
 /// they run in training (sharing caches and memory bandwidth); rates averaged.
-fn measure_local(ranks: usize, threads: usize, grid: &[usize]) -> Result<Measurements> {
+fn measure_local(ranks: usize, threads: usize, grid: &[usize], passes: usize) -> Result<Measurements> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(ranks));
     let per_rank: Vec<RankRates> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..ranks).map(|_| s.spawn(|| measure_rank(&Lockstep(Some(barrier.clone())), threads, grid))).collect();
+        let handles: Vec<_> = (0..ranks).map(|_| s.spawn(|| measure_rank(&Lockstep(Some(barrier.clone())), threads, grid, passes))).collect();
         handles.into_iter().map(|h| h.join().expect("a measuring thread panicked")).collect::<Result<_>>()
     })?;
     let mut sum = vec![0.0; per_rank[0].to_vec().len()];
@@ -344,14 +345,14 @@ fn measure_local(ranks: usize, threads: usize, grid: &[usize]) -> Result<Measure
 /// MPI ranks: each process measures (all at once), the rates are averaged by an
 /// all-reduce, the collective runs between the processes. `None` on ranks other than 0.
 #[cfg(feature = "mpi")]
-fn measure_mpi(ranks: usize, threads: usize, grid: &[usize]) -> Result<Option<Measurements>> {
+fn measure_mpi(ranks: usize, threads: usize, grid: &[usize], passes: usize) -> Result<Option<Measurements>> {
     use comm::Communicator;
     let c = comm::mpi::MpiComm::world(&comm::mpi::MpiOptions { timeout: Duration::from_secs(600), tune_malloc: true }).context("initialising MPI")?;
     if c.size() != ranks {
         bail!("--ranks {ranks} but mpirun started {} ranks", c.size());
     }
     // (Processes start together; no barrier per kernel between them.)
-    let mine = measure_rank(&Lockstep(None), threads, grid)?;
+    let mine = measure_rank(&Lockstep(None), threads, grid, passes)?;
     let mut v: Vec<f32> = mine.to_vec().iter().map(|&x| x as f32).collect();
     v.push(cb::memcpy_bandwidth(threads, 256 << 20) as f32);
     c.all_reduce((&mut v[..]).into(), comm::ReduceOp::Sum)?;
@@ -374,12 +375,30 @@ fn measure_mpi(ranks: usize, threads: usize, grid: &[usize]) -> Result<Option<Me
 }
 
 #[cfg(not(feature = "mpi"))]
-fn measure_mpi(_: usize, _: usize, _: &[usize]) -> Result<Option<Measurements>> {
+fn measure_mpi(_: usize, _: usize, _: &[usize], _: usize) -> Result<Option<Measurements>> {
     bail!("this hyperion was built without MPI: rebuild with `cargo build --release -p hyperion --features mpi`")
 }
 
-/// Every kernel measurement of one rank, on a pool of `threads` threads.
-fn measure_rank(ls: &Lockstep, threads: usize, grid: &[usize]) -> Result<RankRates> {
+/// Passes over every kernel measurement (the full grid; `--quick`: one). Each rate is
+/// the median of its passes: a slow spell on a shared machine (seconds, longer than the
+/// repetitions inside one timing) moves one pass, not the file.
+const PASSES: usize = 3;
+
+/// Every kernel measurement of one rank, the median of `passes` passes.
+fn measure_rank(ls: &Lockstep, threads: usize, grid: &[usize], passes: usize) -> Result<RankRates> {
+    let all: Vec<Vec<f64>> = (0..passes.max(1)).map(|_| measure_rank_once(ls, threads, grid).map(|r| r.to_vec())).collect::<Result<_>>()?;
+    let median: Vec<f64> = (0..all[0].len())
+        .map(|i| {
+            let mut v: Vec<f64> = all.iter().map(|p| p[i]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    Ok(RankRates::from_vec(&median, grid.len().pow(3)))
+}
+
+/// One pass over every kernel measurement of one rank, on a pool of `threads` threads.
+fn measure_rank_once(ls: &Lockstep, threads: usize, grid: &[usize]) -> Result<RankRates> {
     let shapes = grid_shapes(grid);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     Ok(pool.install(|| {
@@ -423,14 +442,15 @@ pub fn run(a: BenchMachineArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = (cores / a.ranks).max(1);
     let grid: &[usize] = if a.quick { &QUICK_GRID } else { &GRID };
+    let passes = if a.quick { 1 } else { PASSES };
     let shapes = grid_shapes(grid);
     let ms = match a.backend {
-        super::bench_comm::Backend::Local => measure_local(a.ranks, threads, grid)?,
+        super::bench_comm::Backend::Local => measure_local(a.ranks, threads, grid, passes)?,
         super::bench_comm::Backend::Mpi => {
             if super::bench_comm::relaunch_under_mpirun(a.ranks)? {
                 return Ok(());
             }
-            match measure_mpi(a.ranks, threads, grid)? {
+            match measure_mpi(a.ranks, threads, grid, passes)? {
                 Some(ms) => ms,
                 None => return Ok(()),
             }
