@@ -260,7 +260,7 @@ pub fn catalog_match(layers: usize, hidden: usize, heads: usize, name: &str) -> 
         let family = m.name.rsplit_once('-').map_or(m.name.as_str(), |(f, _)| f);
         !family.is_empty() && row.contains(&key(family))
     };
-    let llama = row.contains("llama");
+    let llama = llama_like(name);
     shaped
         .iter()
         .find(named)
@@ -269,8 +269,11 @@ pub fn catalog_match(layers: usize, hidden: usize, heads: usize, name: &str) -> 
         .cloned()
 }
 
-/// Model names whose architecture is Llama's (RMSNorm, SwiGLU, RoPE).
-const LLAMA_LIKE: [&str; 6] = ["llama", "mistral", "qwen", "internlm", "deepseek", "baichuan"];
+/// The model's name says a Llama-architecture family (RMSNorm, SwiGLU, RoPE).
+fn llama_like(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["llama", "mistral", "qwen", "internlm", "deepseek", "baichuan"].iter().any(|w| name.contains(w))
+}
 
 /// The model: architecture by shape match in the catalog (Llama: GQA + SwiGLU,
 /// BLOOM: ALiBi), else GPT style; vocab and sequence from the row.
@@ -301,7 +304,7 @@ fn model_for(name: &str, l: usize, h: usize, a: usize, v: usize, s: usize) -> Mo
         },
         // A Llama-architecture model not in the catalog: SwiGLU at Llama's 8/3 h rounded
         // up to 256, full multi-head attention (Touvron et al. 2023).
-        None if LLAMA_LIKE.iter().any(|w| name.to_ascii_lowercase().contains(w)) => {
+        None if llama_like(name) => {
             let ffn = (8 * h / 3).div_ceil(256) * 256;
             ModelSpec::llama(name, l, h, a, a, ffn, v, s, "validation row (Llama architecture)")
         }
@@ -614,6 +617,8 @@ mod tests {
         assert_eq!((g.family, g.mlp, g.ffn), (Family::Gpt2, Mlp::Gelu, 4 * 3584));
         // LLaMA-65B's shape is not in the catalog: Llama 1's published FFN width.
         assert_eq!(model_for("LLaMA 65B", 80, 8192, 64, 32000, 2048).ffn, 22016);
+        // A Llama-family name on a shared shape takes the Llama entry, not GPT-3 6.7B.
+        assert_eq!(model_for("Mistral-like 7B", 32, 4096, 32, 32000, 4096).family, Family::Llama);
         // The catalog still wins where it has the shape and the name agrees.
         assert_eq!(model_for("Llama 3.1 8B", 32, 4096, 32, 128256, 8192).kv_heads, 8);
     }
