@@ -4,6 +4,13 @@
 // memory in warp order), so results do not depend on timing.
 
 typedef unsigned int u32;
+// Dynamic shared memory (the launch's shared-memory bytes) as `T* name`: the emulated
+// device's compatibility header (crates/cuda/emu/compat.h) maps it to its per-block buffer.
+#ifdef HYPERION_EMU
+#define DYNAMIC_SHARED(T, name) EMU_DYNAMIC_SHARED(T, name)
+#else
+#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 // No math.h under NVRTC: -inf by its bits.
 #define NEG_INF __int_as_float(0xff800000)
 typedef unsigned short bf16_bits;

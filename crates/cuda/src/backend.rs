@@ -1,6 +1,8 @@
-//! The model's [`Backend`] over device memory: cuBLAS for every GEMM (f32, pedantic math:
-//! no TF32, so it can be compared with the CPU), this crate's kernels for the rest, the
-//! attention with its probabilities materialised (the correctness path).
+//! The model's [`Backend`] over device memory, written once over the [`Device`] seam:
+//! on a GPU ([`crate::real::RealDevice`]: cuBLAS for every GEMM, f32 in pedantic math, no
+//! TF32, so it compares with the CPU) or on the emulated device ([`crate::emu`]: the
+//! same kernels' text compiled for the host, cuBLAS's semantics on a reference GEMM).
+//! Attention materialises its probabilities (the correctness path).
 //!
 //! Device views. The model carves buffers into views (`&B::Buf`, `slice`, `split_at_mut`)
 //! and the borrow checker keeps mutable views exclusive. A device view here is a slice
@@ -8,21 +10,15 @@
 //! zero-sized elements occupies no memory, so the reference is valid without the
 //! address being host memory, and every view operation is written out below (computing
 //! the address of element `i` as `base + 4 i`); the bytes behind it are only ever
-//! touched by the device.
-//!
-//! Status (issue 10): compiled here, not yet run on a GPU (no device in this session):
-//! `tests/gpu_backend.rs` checks each op against the CPU backend on a GPU and skips
-//! without one.
+//! touched through the device.
 
 use std::ops::{Deref, DerefMut, Range};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use cudarc::cublas::sys as blas;
-use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
 use model::backend::{Backend, Buf, WeightLayout};
 use model::spec::{Mlp, Norm};
 
-use crate::gpu::Gpu;
+use crate::device::{Device, Dims, Dtype, Gemm, KArg};
 
 /// The element of a device view: occupies no host memory (see the module docs).
 #[derive(Clone, Copy, Debug)]
@@ -74,11 +70,17 @@ impl Buf for DevBuf {
     }
 }
 
-/// An owned device allocation of f32 elements, freed on drop.
+/// An owned device allocation of 4-byte elements (f32, or u32 tokens), freed on drop.
 pub struct DevVec {
     ptr: u64,
     len: usize,
-    gpu: Arc<Gpu>,
+    dev: Arc<dyn Device>,
+}
+
+impl DevVec {
+    pub fn addr(&self) -> u64 {
+        self.ptr
+    }
 }
 
 impl Deref for DevVec {
@@ -97,13 +99,7 @@ impl DerefMut for DevVec {
 impl Drop for DevVec {
     fn drop(&mut self) {
         if self.ptr != EMPTY {
-            let _ = self.gpu.ctx.bind_to_thread();
-            // Kernels queued on the stream may still read it.
-            let _ = self.gpu.stream.synchronize();
-            // SAFETY: allocated by `Cuda::alloc`, freed once.
-            unsafe {
-                let _ = drv::free_sync(self.ptr);
-            }
+            self.dev.free(self.ptr);
         }
     }
 }
@@ -114,28 +110,22 @@ pub struct DevRope {
     sin: DevVec,
 }
 
-/// A cuBLAS handle (used under a lock: one GEMM at a time per backend).
-struct Blas(blas::cublasHandle_t);
-// SAFETY: the handle is only used while holding the Mutex around it.
-unsafe impl Send for Blas {}
-
-/// The CUDA backend of one device.
+/// The CUDA backend of one device (a GPU or an emulated one).
 #[derive(Clone)]
 pub struct Cuda {
-    pub gpu: Arc<Gpu>,
-    blas: Arc<Mutex<Blas>>,
+    pub dev: Arc<dyn Device>,
 }
 
-fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
-    panic!("CUDA backend: {what}: {e:?}")
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    panic!("CUDA backend: {what}: {e}")
 }
 
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+fn grid(n: usize) -> Dims {
+    Dims { grid: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1), block: (256, 1, 1), shared: 0 }
 }
 
-fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+fn per_row(rows: usize) -> Dims {
+    Dims { grid: (rows.max(1) as u32, 1, 1), block: (256, 1, 1), shared: 0 }
 }
 
 fn opt_addr(b: Option<&DevBuf>) -> u64 {
@@ -143,41 +133,64 @@ fn opt_addr(b: Option<&DevBuf>) -> u64 {
 }
 
 impl Cuda {
-    /// Device `ordinal` with every kernel compiled and a cuBLAS handle on its stream,
-    /// pedantic math (no TF32).
+    /// GPU `ordinal` (every kernel compiled by NVRTC, cuBLAS in pedantic fp32).
     pub fn new(ordinal: usize) -> Result<Cuda, String> {
-        let gpu = Arc::new(Gpu::new(ordinal)?);
-        let h = cudarc::cublas::result::create_handle().map_err(|e| format!("cuBLAS: {e:?}"))?;
-        // SAFETY: a fresh handle and the device's stream.
-        unsafe {
-            cudarc::cublas::result::set_stream(h, gpu.stream.cu_stream() as _).map_err(|e| format!("cuBLAS stream: {e:?}"))?;
-            blas::cublasSetMathMode(h, blas::cublasMath_t::CUBLAS_PEDANTIC_MATH).result().map_err(|e| format!("cuBLAS math mode: {e:?}"))?;
-        }
-        Ok(Cuda { gpu, blas: Arc::new(Mutex::new(Blas(h))) })
+        Ok(Cuda { dev: Arc::new(crate::real::RealDevice::new(ordinal)?) })
     }
 
-    fn bind(&self) {
-        self.gpu.ctx.bind_to_thread().unwrap_or_else(|e| fail("binding the context", e));
+    /// Emulated device `ordinal` (see [`crate::emu`]).
+    pub fn emulated(ordinal: usize) -> Cuda {
+        Cuda { dev: Arc::new(crate::emu::EmuDevice::new(ordinal)) }
+    }
+
+    /// `cuda`, `cuda:N`, `cuda-emu` or `cuda-emu:N`.
+    pub fn open(name: &str) -> Result<Cuda, String> {
+        if let Some(n) = crate::device::parse_emu(name) {
+            return Ok(Cuda::emulated(n));
+        }
+        let n = match name {
+            "cuda" => 0,
+            s => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).ok_or_else(|| format!("not a device name: {name:?} (cuda, cuda:N, cuda-emu, cuda-emu:N)"))?,
+        };
+        Cuda::new(n)
+    }
+
+    /// `cuda:N` or `cuda-emu:N`.
+    pub fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    /// Bytes of device memory allocated now and at most so far.
+    pub fn memory(&self) -> (usize, usize) {
+        self.dev.memory()
+    }
+
+    /// `n` elements whose contents are undefined until written (scratch every element of
+    /// which a kernel or GEMM writes before anything reads it).
+    fn alloc_uninit(&self, n: usize) -> DevVec {
+        if n == 0 {
+            return DevVec { ptr: EMPTY, len: 0, dev: self.dev.clone() };
+        }
+        let ptr = self.dev.alloc(4 * n).unwrap_or_else(|e| fail(&format!("allocating {n} floats on {}", self.dev.name()), e));
+        DevVec { ptr, len: n, dev: self.dev.clone() }
     }
 
     fn alloc(&self, n: usize) -> DevVec {
-        self.bind();
-        if n == 0 {
-            return DevVec { ptr: EMPTY, len: 0, gpu: self.gpu.clone() };
+        let d = self.alloc_uninit(n);
+        if n > 0 {
+            self.dev.memset(d.ptr, 0, 4 * n).unwrap_or_else(|e| fail("zeroing", e));
         }
-        // SAFETY: a fresh allocation, zeroed before use.
-        let ptr = unsafe { drv::malloc_sync(4 * n) }.unwrap_or_else(|e| fail(&format!("allocating {n} floats"), e));
-        unsafe { drv::memset_d8_sync(ptr, 0, 4 * n) }.unwrap_or_else(|e| fail("zeroing", e));
-        DevVec { ptr, len: n, gpu: self.gpu.clone() }
+        d
     }
 
     /// A device copy of host `v` (f32 or u32 bits).
     pub fn upload<T: Copy>(&self, v: &[T]) -> DevVec {
         assert_eq!(std::mem::size_of::<T>(), 4);
-        let d = self.alloc(v.len());
+        let d = self.alloc_uninit(v.len());
         if !v.is_empty() {
-            // SAFETY: `d` holds v.len() 4-byte elements.
-            unsafe { drv::memcpy_htod_sync(d.ptr, v) }.unwrap_or_else(|e| fail("copy to the device", e));
+            // SAFETY: plain 4-byte values viewed as bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, 4 * v.len()) };
+            self.dev.htod(d.ptr, bytes).unwrap_or_else(|e| fail("copy to the device", e));
         }
         d
     }
@@ -185,35 +198,30 @@ impl Cuda {
     /// Copies host `src` into the device view `dst` (same length).
     pub fn copy_from_host(&self, dst: &mut DevBuf, src: &[f32]) {
         assert_eq!(dst.len(), src.len(), "copy to the device: lengths differ");
-        self.bind();
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
         if !src.is_empty() {
-            // SAFETY: `dst` views src.len() floats of device memory.
-            unsafe { drv::memcpy_htod_sync(dst.addr(), src) }.unwrap_or_else(|e| fail("copy to the device", e));
+            // SAFETY: f32 viewed as bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, 4 * src.len()) };
+            self.dev.htod(dst.addr(), bytes).unwrap_or_else(|e| fail("copy to the device", e));
         }
     }
 
     fn download(&self, src: &DevBuf, out: &mut [f32]) {
         assert!(out.len() >= src.len());
-        self.bind();
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
         if src.len() > 0 {
-            // SAFETY: `src` views src.len() floats of device memory.
-            unsafe { drv::memcpy_dtoh_sync(&mut out[..src.len()], src.addr()) }.unwrap_or_else(|e| fail("copy to the host", e));
+            // SAFETY: f32 viewed as bytes.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 4 * src.len()) };
+            self.dev.dtoh(bytes, src.addr()).unwrap_or_else(|e| fail("copy to the host", e));
         }
     }
 
-    /// Launches kernel `name` with `cfg`; `args` pushes the arguments in order.
-    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn Arg]) {
-        self.bind();
-        let s = &self.gpu.stream;
-        let mut b = s.launch_builder(self.gpu.f(name));
-        for a in args {
-            a.push(&mut b);
-        }
-        // SAFETY: every kernel's arguments are pushed in its signature's order and types
-        // (device addresses as u64, counts as i64, scalars as f32/i32).
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail(name, e));
+    /// Launches kernel `name` with `dims`; `args` in its signature's order.
+    pub fn launch(&self, name: &str, dims: Dims, args: &[&dyn Arg]) {
+        let args: Vec<KArg> = args.iter().map(|a| a.karg()).collect();
+        self.dev.launch(name, dims, &args).unwrap_or_else(|e| fail(name, e));
+    }
+
+    fn sync(&self) {
+        self.dev.synchronize().unwrap_or_else(|e| fail("synchronize", e));
     }
 
     /// Row-major `c (m, n) = op(a) (m, k) op(b) (k, n)` (+ c when `acc`), `batch` times
@@ -223,37 +231,29 @@ impl Cuda {
         if m == 0 || n == 0 {
             return;
         }
-        self.bind();
-        let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };
-        let (alpha, beta) = (1.0f32, if acc { 1.0f32 } else { 0.0 });
         // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-        let lda = if ta { m } else { k } as i32;
-        let ldb = if tb { k } else { n } as i32;
-        let h = self.blas.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the addresses view matrices of the stated shapes on this device.
-        let r = unsafe {
-            cudarc::cublas::result::sgemm_strided_batched(
-                h.0,
-                op(tb),
-                op(ta),
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha,
-                b as *const f32,
-                ldb,
-                strides.1 as i64,
-                a as *const f32,
-                lda,
-                strides.0 as i64,
-                &beta,
-                c as *mut f32,
-                n as i32,
-                strides.2 as i64,
-                batch as i32,
-            )
+        let g = Gemm {
+            ta: tb,
+            tb: ta,
+            m: n,
+            n: m,
+            k,
+            alpha: 1.0,
+            a: b,
+            lda: if tb { k } else { n },
+            stride_a: strides.1,
+            b: a,
+            ldb: if ta { m } else { k },
+            stride_b: strides.0,
+            beta: if acc { 1.0 } else { 0.0 },
+            c,
+            ldc: n,
+            stride_c: strides.2,
+            batch,
+            ab: Dtype::F32,
+            cd: Dtype::F32,
         };
-        r.unwrap_or_else(|e| fail("cuBLAS sgemm", e));
+        self.dev.gemm(&g).unwrap_or_else(|e| fail("GEMM", e));
     }
 
     fn tokens(&self, t: &[u32]) -> DevVec {
@@ -284,39 +284,39 @@ impl Cuda {
         if let Some(dwpe) = dwpe {
             self.launch("position_backward", grid(t * c), &[&dwpe.addr(), &dout.addr(), &(b as i64), &(t as i64), &(c as i64)]);
         }
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
 
     fn split_qkv(&self, qkv: &DevBuf, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) -> (DevVec, DevVec, DevVec) {
-        let (q, k, v) = (self.alloc(b * nh * t * hd), self.alloc(b * nkv * t * hd), self.alloc(b * nkv * t * hd));
+        let (q, k, v) = (self.alloc_uninit(b * nh * t * hd), self.alloc_uninit(b * nkv * t * hd), self.alloc_uninit(b * nkv * t * hd));
         let n = b * t * (nh + 2 * nkv) * hd;
         self.launch("qkv_split", grid(n), &[&q.ptr, &k.ptr, &v.ptr, &qkv.addr(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64)]);
         (q, k, v)
     }
 }
 
-/// A kernel argument.
-trait Arg {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+/// A kernel argument: device addresses as u64, counts as i64, scalars as f32 / i32.
+pub trait Arg {
+    fn karg(&self) -> KArg;
 }
 impl Arg for u64 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
+    fn karg(&self) -> KArg {
+        KArg::Ptr(*self)
     }
 }
 impl Arg for i64 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
+    fn karg(&self) -> KArg {
+        KArg::I64(*self)
     }
 }
 impl Arg for f32 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
+    fn karg(&self) -> KArg {
+        KArg::F32(*self)
     }
 }
 impl Arg for i32 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
+    fn karg(&self) -> KArg {
+        KArg::I32(*self)
     }
 }
 
@@ -330,11 +330,8 @@ impl Backend for Cuda {
         self.alloc(n)
     }
     fn fill_zero(&self, x: &mut DevBuf) {
-        self.bind();
         if x.len() > 0 {
-            self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
-            // SAFETY: `x` views x.len() floats.
-            unsafe { drv::memset_d8_sync(x.addr(), 0, 4 * x.len()) }.unwrap_or_else(|e| fail("zeroing", e));
+            self.dev.memset(x.addr(), 0, 4 * x.len()).unwrap_or_else(|e| fail("zeroing", e));
         }
     }
     fn add_inplace(&self, out: &mut DevBuf, a: &DevBuf) {
@@ -405,8 +402,8 @@ impl Backend for Cuda {
         c: usize,
     ) {
         // Per-row weight (and bias) gradients, then column sums in row order.
-        let pw = self.alloc(rows * c);
-        let pb = if db.is_some() { self.alloc(rows * c) } else { self.alloc(0) };
+        let pw = self.alloc_uninit(rows * c);
+        let pb = if db.is_some() { self.alloc_uninit(rows * c) } else { self.alloc_uninit(0) };
         match norm {
             Norm::LayerNorm => self.launch(
                 "layernorm_backward",
@@ -432,7 +429,7 @@ impl Backend for Cuda {
         if let Some(db) = db {
             self.launch("column_sum_add", grid(c), &[&db.addr(), &pb.ptr, &(rows as i64), &(c as i64)]);
         }
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
     fn embedding_forward(&self, out: &mut DevBuf, tokens: &[u32], wte: &DevBuf, wpe: Option<&DevBuf>, b: usize, t: usize, c: usize) {
         self.embedding_part_forward(out, tokens, wte, 0, wpe, b, t, c);
@@ -467,14 +464,14 @@ impl Backend for Cuda {
         let (q, k, v) = self.split_qkv(qkv, b, t, nh, nkv, hd);
         // Per (batch, kv head): the g query heads sharing it are one (g t, hd) block.
         let batch = b * nkv;
-        let scores = self.alloc(b * nh * t * t);
+        let scores = self.alloc_uninit(b * nh * t * t);
         self.gemm(scores.ptr, q.ptr, false, k.ptr, true, g * t, t, hd, false, batch, (g * t * hd, t * hd, g * t * t));
         let scale = 1.0 / (hd as f32).sqrt();
         self.launch("causal_softmax_forward", per_row(b * nh * t), &[&saved.addr(), &scores.ptr, &((b * nh * t) as i64), &(t as i64), &scale]);
-        let o = self.alloc(b * nh * t * hd);
+        let o = self.alloc_uninit(b * nh * t * hd);
         self.gemm(o.ptr, saved.addr(), false, v.ptr, false, g * t, hd, t, false, batch, (g * t * t, t * hd, g * t * hd));
         self.launch("heads_to_rows", grid(b * t * nh * hd), &[&out.addr(), &o.ptr, &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
     fn attention_backward(
         &self,
@@ -492,20 +489,20 @@ impl Backend for Cuda {
         let g = nh / nkv;
         let batch = b * nkv;
         let (q, k, v) = self.split_qkv(qkv, b, t, nh, nkv, hd);
-        let d_o = self.alloc(b * nh * t * hd);
+        let d_o = self.alloc_uninit(b * nh * t * hd);
         self.launch("rows_to_heads", grid(b * t * nh * hd), &[&d_o.ptr, &dout.addr(), &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
         // dP = dO V^T; dV = P^T dO (the group's heads summed by the GEMM).
-        let dp = self.alloc(b * nh * t * t);
+        let dp = self.alloc_uninit(b * nh * t * t);
         self.gemm(dp.ptr, d_o.ptr, false, v.ptr, true, g * t, t, hd, false, batch, (g * t * hd, t * hd, g * t * t));
-        let dv = self.alloc(b * nkv * t * hd);
+        let dv = self.alloc_uninit(b * nkv * t * hd);
         self.gemm(dv.ptr, saved.addr(), true, d_o.ptr, false, t, hd, g * t, false, batch, (g * t * t, g * t * hd, t * hd));
         let scale = 1.0 / (hd as f32).sqrt();
-        let ds = self.alloc(b * nh * t * t);
+        let ds = self.alloc_uninit(b * nh * t * t);
         self.launch("causal_softmax_backward", per_row(b * nh * t), &[&ds.ptr, &dp.ptr, &saved.addr(), &((b * nh * t) as i64), &(t as i64), &scale]);
         // dQ = dS K; dK = dS^T Q.
-        let dq = self.alloc(b * nh * t * hd);
+        let dq = self.alloc_uninit(b * nh * t * hd);
         self.gemm(dq.ptr, ds.ptr, false, k.ptr, false, g * t, hd, t, false, batch, (g * t * t, t * hd, g * t * hd));
-        let dk = self.alloc(b * nkv * t * hd);
+        let dk = self.alloc_uninit(b * nkv * t * hd);
         self.gemm(dk.ptr, ds.ptr, true, q.ptr, false, t, hd, g * t, false, batch, (g * t * t, g * t * hd, t * hd));
         let n = b * t * (nh + 2 * nkv) * hd;
         self.launch(
@@ -513,7 +510,7 @@ impl Backend for Cuda {
             grid(n),
             &[&dqkv.addr(), &dq.ptr, &dk.ptr, &dv.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64)],
         );
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
     fn mlp_act_forward(&self, mlp: Mlp, out: &mut DevBuf, h: &DevBuf, rows: usize, f: usize) {
         match mlp {
@@ -552,7 +549,7 @@ impl Backend for Cuda {
             grid(b * t * c),
             &[&out.addr(), &tk.ptr, &wte.addr(), &opt_addr(wpe), &(b as i64), &(t as i64), &(c as i64), &(first as i64), &(vrows as i64)],
         );
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
     fn embedding_part_backward(&self, dwte: &mut DevBuf, dwpe: Option<&mut DevBuf>, dout: &DevBuf, tokens: &[u32], first: usize, b: usize, t: usize, c: usize) {
         self.embed_backward(dwte, dwpe, dout, tokens, first, b, t, c);
@@ -564,7 +561,7 @@ impl Backend for Cuda {
             per_row(rows),
             &[&logits.addr(), &tg.ptr, &(first as i64), &(rows as i64), &(v as i64), &max.addr(), &picked.addr()],
         );
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
     fn xent_parallel_exp(&self, logits: &mut DevBuf, max: &DevBuf, rows: usize, v: usize, sum: &mut DevBuf) {
         self.launch("xent_parallel_exp", per_row(rows), &[&logits.addr(), &max.addr(), &(rows as i64), &(v as i64), &sum.addr()]);
@@ -572,6 +569,6 @@ impl Backend for Cuda {
     fn xent_parallel_grad(&self, logits: &mut DevBuf, sum: &DevBuf, targets: &[u32], first: usize, rows: usize, v: usize, scale: f32) {
         let tg = self.tokens(targets);
         self.launch("xent_parallel_grad", grid(rows * v), &[&logits.addr(), &sum.addr(), &tg.ptr, &(first as i64), &(rows as i64), &(v as i64), &scale]);
-        self.gpu.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+        self.sync();
     }
 }

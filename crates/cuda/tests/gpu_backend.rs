@@ -1,7 +1,8 @@
 //! The whole model on the CUDA backend against the CPU backend: one forward and
 //! backward of tiny GPT-2 and Llama models (every op of both families, GQA, RoPE, tied
 //! and untied heads) gives the same loss and gradients (f32, no TF32: relative 1e-4).
-//! Needs a GPU: skips, saying so, without one.
+//! Runs on the emulated device everywhere, and on GPU 0 where there is one (skipping
+//! that half, saying so, without one).
 
 use cuda_kernels::backend::Cuda;
 use cuda_kernels::gpu::unavailable;
@@ -39,16 +40,24 @@ fn check(spec: ModelSpec, cuda: &Cuda) {
     }
 }
 
+fn models(cuda: &Cuda) {
+    for name in ["gpt2-mini", "llama-mini"] {
+        let mut spec = model::spec::get(name).expect("a catalog entry");
+        spec.layers = 2;
+        check(spec, &cuda);
+    }
+}
+
+#[test]
+fn the_model_on_the_emulated_device_matches_the_cpu() {
+    models(&Cuda::emulated(0));
+}
+
 #[test]
 fn the_model_on_the_gpu_matches_the_cpu() {
     if let Some(why) = unavailable(0) {
         eprintln!("SKIPPED: no GPU check here: {why}");
         return;
     }
-    let cuda = Cuda::new(0).expect("the CUDA backend");
-    for name in ["gpt2-mini", "llama-mini"] {
-        let mut spec = model::spec::get(name).expect("a catalog entry");
-        spec.layers = 2;
-        check(spec, &cuda);
-    }
+    models(&Cuda::new(0).expect("the CUDA backend"));
 }

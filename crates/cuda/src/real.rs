@@ -1,0 +1,177 @@
+//! [`Device`] on a GPU: the CUDA driver through cudarc (dynamic loading: builds and
+//! links without a CUDA toolkit), kernels compiled by NVRTC for the device
+//! ([`crate::gpu::Gpu`]), cuBLAS `GemmStridedBatchedEx` with fp32 pedantic compute for
+//! f32 (no TF32, so results compare with the CPU) and fp32 accumulation for bf16.
+//!
+//! Status: written against cudarc's API and the CUDA documentation; it has not run on a
+//! GPU yet (no device has been lent to this project). The emulated device runs the same
+//! calls through the same backend in the tests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::sys as blas;
+use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
+
+use crate::device::{DevPtr, Device, Dims, Dtype, Gemm, KArg};
+use crate::gpu::Gpu;
+
+/// A cuBLAS handle, used under a lock (one GEMM at a time per device handle).
+struct Blas(blas::cublasHandle_t);
+// SAFETY: the handle is only used while holding the Mutex around it.
+unsafe impl Send for Blas {}
+
+pub struct RealDevice {
+    pub gpu: Arc<Gpu>,
+    ordinal: usize,
+    blas: Mutex<Blas>,
+    used: AtomicUsize,
+    peak: AtomicUsize,
+    sizes: Mutex<std::collections::HashMap<u64, usize>>,
+}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("{what}: {e:?}")
+}
+
+impl RealDevice {
+    pub fn new(ordinal: usize) -> Result<RealDevice, String> {
+        let gpu = Arc::new(Gpu::new(ordinal)?);
+        let h = cudarc::cublas::result::create_handle().map_err(|e| err("cuBLAS", e))?;
+        // SAFETY: a fresh handle and the device's stream.
+        unsafe {
+            cudarc::cublas::result::set_stream(h, gpu.stream.cu_stream() as _).map_err(|e| err("cuBLAS stream", e))?;
+            blas::cublasSetMathMode(h, blas::cublasMath_t::CUBLAS_PEDANTIC_MATH).result().map_err(|e| err("cuBLAS math mode", e))?;
+        }
+        Ok(RealDevice {
+            gpu,
+            ordinal,
+            blas: Mutex::new(Blas(h)),
+            used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            sizes: Mutex::new(Default::default()),
+        })
+    }
+
+    fn bind(&self) -> Result<(), String> {
+        self.gpu.ctx.bind_to_thread().map_err(|e| err("binding the context", e))
+    }
+}
+
+impl Device for RealDevice {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevPtr, String> {
+        self.bind()?;
+        // SAFETY: a fresh allocation of `bytes`.
+        let p = unsafe { drv::malloc_sync(bytes.max(1)) }.map_err(|e| err(&format!("allocating {bytes} bytes on cuda:{}", self.ordinal), e))?;
+        self.sizes.lock().unwrap().insert(p, bytes);
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        Ok(p)
+    }
+    fn free(&self, p: DevPtr) {
+        let _ = self.bind();
+        // Kernels queued on the stream may still use it.
+        let _ = self.gpu.stream.synchronize();
+        if let Some(n) = self.sizes.lock().unwrap().remove(&p) {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+        }
+        // SAFETY: allocated by `alloc`, freed once.
+        unsafe {
+            let _ = drv::free_sync(p);
+        }
+    }
+    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<(), String> {
+        self.bind()?;
+        self.synchronize()?;
+        // SAFETY: the caller's view holds src.len() bytes at dst.
+        unsafe { drv::memcpy_htod_sync(dst, src) }.map_err(|e| err("copy to the device", e))
+    }
+    fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<(), String> {
+        self.bind()?;
+        self.synchronize()?;
+        // SAFETY: as htod.
+        unsafe { drv::memcpy_dtoh_sync(dst, src) }.map_err(|e| err("copy to the host", e))
+    }
+    fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<(), String> {
+        self.bind()?;
+        // SAFETY: both views hold `bytes` on this device; ordered on the stream.
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.gpu.stream.cu_stream()) }.map_err(|e| err("device copy", e))
+    }
+    fn memset(&self, dst: DevPtr, byte: u8, bytes: usize) -> Result<(), String> {
+        self.bind()?;
+        self.synchronize()?;
+        // SAFETY: the view holds `bytes`.
+        unsafe { drv::memset_d8_sync(dst, byte, bytes) }.map_err(|e| err("memset", e))
+    }
+    fn launch(&self, name: &str, dims: Dims, args: &[KArg]) -> Result<(), String> {
+        self.bind()?;
+        let f = self.gpu.f(name);
+        let s = &self.gpu.stream;
+        let mut b = s.launch_builder(f);
+        for a in args {
+            match a {
+                KArg::Ptr(p) => b.arg(p),
+                KArg::I64(v) => b.arg(v),
+                KArg::I32(v) => b.arg(v),
+                KArg::U32(v) => b.arg(v),
+                KArg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: dims.grid, block_dim: dims.block, shared_mem_bytes: dims.shared };
+        // SAFETY: the backend passes every kernel's arguments in its signature's order and
+        // kinds (the emulated device checks the same calls against the signatures).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| err(&format!("launching {name} with {dims}"), e))
+    }
+    fn gemm(&self, g: &Gemm) -> Result<(), String> {
+        if g.m == 0 || g.n == 0 || g.batch == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };
+        let ty = |d: Dtype| match d {
+            Dtype::F32 => blas::cudaDataType::CUDA_R_32F,
+            Dtype::Bf16 => blas::cudaDataType::CUDA_R_16BF,
+        };
+        // f32 in pedantic fp32 (comparable with the CPU); bf16 inputs accumulate in fp32.
+        let compute = if g.ab == Dtype::F32 { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC } else { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F };
+        let h = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the operands view matrices of the stated shapes on this device.
+        let r = unsafe {
+            blas::cublasGemmStridedBatchedEx(
+                h.0,
+                op(g.ta),
+                op(g.tb),
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                &g.alpha as *const f32 as *const _,
+                g.a as *const _,
+                ty(g.ab),
+                g.lda as i32,
+                g.stride_a as i64,
+                g.b as *const _,
+                ty(g.ab),
+                g.ldb as i32,
+                g.stride_b as i64,
+                &g.beta as *const f32 as *const _,
+                g.c as *mut _,
+                ty(g.cd),
+                g.ldc as i32,
+                g.stride_c as i64,
+                g.batch as i32,
+                compute,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        };
+        r.result().map_err(|e| err(&format!("cuBLAS {g}"), e))
+    }
+    fn synchronize(&self) -> Result<(), String> {
+        self.gpu.stream.synchronize().map_err(|e| err("synchronize", e))
+    }
+    fn memory(&self) -> (usize, usize) {
+        (self.used.load(Ordering::Relaxed), self.peak.load(Ordering::Relaxed))
+    }
+}
