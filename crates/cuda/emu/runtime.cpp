@@ -271,11 +271,25 @@ static bool release(Launch* t) {
         any = true;
     }
     if (any) return true;
-    bool all_block = true, some = false;
+    bool all_block = true, some = false, exited = false;
     for (auto& f : t->fibers) {
-        if (f.state == DONE) continue;
+        if (f.state == DONE) {
+            exited = true;
+            continue;
+        }
         some = true;
         all_block &= f.state == AT_BLOCK;
+    }
+    if (some && all_block && exited) {
+        // Undefined in CUDA (a barrier in code that not every thread of the block runs),
+        // whatever some devices happen to do with it.
+        for (auto& f : t->fibers)
+            if (f.state == AT_BLOCK) {
+                t->cur = &f;
+                break;
+            }
+        set_fault(3, 0, "__syncthreads reached by some threads of the block after others exited (a barrier in divergent code)");
+        return false;
     }
     if (some && all_block) {
         for (auto& f : t->fibers)

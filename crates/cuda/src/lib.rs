@@ -43,6 +43,11 @@ pub const SOURCES: &[Source] = &[
     },
     Source { name: "xent", text: include_str!("../kernels/xent.cu"), kernels: &["xent_forward_backward", "xent_parallel_stats", "xent_parallel_exp", "xent_parallel_grad"] },
     Source { name: "optim", text: include_str!("../kernels/optim.cu"), kernels: &["adamw", "sum_squares_partial"] },
+    Source {
+        name: "selftest",
+        text: include_str!("../kernels/selftest.cu"),
+        kernels: &["selftest_warps", "selftest_divergent_barrier", "selftest_shuffle_after_exit"],
+    },
 ];
 
 /// The text NVRTC compiles for `s`: the prelude, then the source.

@@ -1,10 +1,14 @@
-//! Every CUDA kernel against the CPU kernel on random inputs, forward and backward
-//! (f32: relative 1e-5 on the whole output). Needs a GPU: skips, saying so, without
-//! one. `scripts/gpu-check.sh` runs this binary on the GPU machine; with
+//! Every CUDA kernel against the CPU kernel on random inputs, forward and backward,
+//! through the backend's ops (f32: relative 1e-5 on the whole output), on the emulated
+//! device everywhere and on GPU 0 where there is one (that half skips, saying so,
+//! without one). `scripts/gpu-check.sh` runs this binary on the GPU machine; with
 //! `HYPERION_GPU_CHECK_OUT=FILE` each check's worst error is written there as JSON.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use cuda_kernels::gpu::{unavailable, Gpu};
+use cuda_kernels::backend::{Cuda, DevVec};
+use cuda_kernels::device::Dims;
+use cuda_kernels::gpu::unavailable;
+use model::backend::{Backend, Buf, Cpu, WeightLayout};
+use model::spec::{Mlp, Norm};
 
 fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -25,227 +29,287 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     (d / n.max(1e-30)).sqrt()
 }
 
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 4096) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-struct Check<'g> {
-    g: &'g Gpu,
+struct Check<'a> {
+    g: &'a Cuda,
     results: Vec<(String, f64)>,
+    seed: u64,
 }
 
 impl Check<'_> {
-    fn up(&self, v: &[f32]) -> CudaSlice<f32> {
-        self.g.stream.clone_htod(v).expect("copy to the device")
+    fn rand(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        self.seed += 1;
+        rand_vec(n, self.seed, scale)
     }
-    fn up_u32(&self, v: &[u32]) -> CudaSlice<u32> {
-        self.g.stream.clone_htod(v).expect("copy to the device")
+    fn up(&self, v: &[f32]) -> DevVec {
+        self.g.upload(v)
     }
-    fn down(&self, d: &CudaSlice<f32>) -> Vec<f32> {
-        self.g.stream.clone_dtoh(d).expect("copy to the host")
+    fn down(&self, d: &DevVec) -> Vec<f32> {
+        let mut h = vec![0.0; d.len()];
+        self.g.to_host(d, &mut h);
+        h
     }
-    fn expect(&mut self, what: &str, got: &[f32], want: &[f32], tol: f64) {
-        let e = rel(got, want);
+    fn expect(&mut self, what: &str, got: &DevVec, want: &[f32], tol: f64) {
+        let got = self.down(got);
+        let e = rel(&got, want);
         self.results.push((what.to_string(), e));
-        assert!(e <= tol, "{what}: GPU vs CPU relative error {e:e} > {tol:e}");
+        assert!(e <= tol, "{} {what}: device vs CPU relative error {e:e} > {tol:e}", self.g.name());
     }
 }
 
+fn elementwise(c: &mut Check) {
+    let (rows, f) = (19, 40);
+    for mlp in [Mlp::Gelu, Mlp::SwiGlu] {
+        let w = if mlp == Mlp::SwiGlu { 2 * f } else { f };
+        let (h, dout, dh0) = (c.rand(rows * w, 3.0), c.rand(rows * f, 1.0), c.rand(rows * w, 1.0));
+        let mut out = vec![0.0; rows * f];
+        Cpu.mlp_act_forward(mlp, &mut out, &h, rows, f);
+        let (hd, mut od) = (c.up(&h), c.g.zeros(rows * f));
+        c.g.mlp_act_forward(mlp, &mut od, &hd, rows, f);
+        c.expect(&format!("{mlp:?} forward"), &od, &out, 1e-5);
+        let mut dh = dh0.clone();
+        Cpu.mlp_act_backward(mlp, &mut dh, &dout, &h, rows, f);
+        let (mut dhd, doutd) = (c.up(&dh0), c.up(&dout));
+        c.g.mlp_act_backward(mlp, &mut dhd, &doutd, &hd, rows, f);
+        c.expect(&format!("{mlp:?} backward (adds)"), &dhd, &dh, 1e-5);
+    }
+    let (x, a) = (c.rand(1000, 1.0), c.rand(1000, 1.0));
+    let mut want = x.clone();
+    Cpu.add_inplace(&mut want, &a);
+    let (mut xd, ad) = (c.up(&x), c.up(&a));
+    c.g.add_inplace(&mut xd, &ad);
+    c.expect("add_inplace", &xd, &want, 0.0);
+    let xd = c.up(&x);
+    c.g.launch("scale_inplace", Dims { grid: (3, 1, 1), block: (128, 1, 1), shared: 0 }, &[&xd.addr(), &0.5f32, &(1000i64)]);
+    let half: Vec<f32> = x.iter().map(|v| v * 0.5).collect();
+    c.expect("scale_inplace", &xd, &half, 0.0);
+    // bf16 round trip: round to nearest even, as the CPU's `half` crate does.
+    let n = 999;
+    let x = c.rand(n, 100.0);
+    let xd = c.up(&x);
+    let bits = c.g.zeros(n.div_ceil(2));
+    let back = c.g.zeros(n);
+    c.g.launch("f32_to_bf16", Dims { grid: (4, 1, 1), block: (256, 1, 1), shared: 0 }, &[&bits.addr(), &xd.addr(), &(n as i64)]);
+    c.g.launch("bf16_to_f32", Dims { grid: (4, 1, 1), block: (256, 1, 1), shared: 0 }, &[&back.addr(), &bits.addr(), &(n as i64)]);
+    let want: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    c.expect("f32 -> bf16 -> f32", &back, &want, 0.0);
+}
+
+fn linear(c: &mut Check) {
+    let (rows, din, dout) = (13, 24, 20);
+    for wl in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let (x, w, b, dy) = (c.rand(rows * din, 1.0), c.rand(din * dout, 0.5), c.rand(dout, 0.5), c.rand(rows * dout, 1.0));
+        let (dx0, dw0, db0) = (c.rand(rows * din, 1.0), c.rand(din * dout, 1.0), c.rand(dout, 1.0));
+        let mut y = vec![0.0; rows * dout];
+        Cpu.linear_forward(&mut y, &x, &w, Some(&b), wl, rows, din, dout);
+        let (xd, wd, bd, dyd) = (c.up(&x), c.up(&w), c.up(&b), c.up(&dy));
+        let mut yd = c.g.zeros(rows * dout);
+        c.g.linear_forward(&mut yd, &xd, &wd, Some(&bd), wl, rows, din, dout);
+        c.expect(&format!("linear {wl:?} forward"), &yd, &y, 1e-5);
+        let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
+        Cpu.linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, wl, rows, din, dout);
+        let (mut dxd, mut dwd, mut dbd) = (c.up(&dx0), c.up(&dw0), c.up(&db0));
+        c.g.linear_backward(Some(&mut dxd), &mut dwd, Some(&mut dbd), &dyd, &xd, &wd, wl, rows, din, dout);
+        c.expect(&format!("linear {wl:?} backward dx"), &dxd, &dx, 1e-5);
+        c.expect(&format!("linear {wl:?} backward dw"), &dwd, &dw, 1e-5);
+        c.expect(&format!("linear {wl:?} backward db"), &dbd, &db, 1e-5);
+    }
+    let (m, n, k) = (7, 9, 11);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (a, b, c0) = (c.rand(m * k, 1.0), c.rand(k * n, 1.0), c.rand(m * n, 1.0));
+        let mut want = c0.clone();
+        Cpu.matmul(&mut want, &a, ta, &b, tb, m, n, k, true);
+        let (ad, bd, mut cd) = (c.up(&a), c.up(&b), c.up(&c0));
+        c.g.matmul(&mut cd, &ad, ta, &bd, tb, m, n, k, true);
+        c.expect(&format!("matmul ta={ta} tb={tb} accumulate"), &cd, &want, 1e-5);
+    }
+}
+
+fn norms(c: &mut Check) {
+    let (rows, ch) = (11, 300);
+    for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+        let bias = norm == Norm::LayerNorm;
+        let (x, w, b) = (c.rand(rows * ch, 2.0), c.rand(ch, 1.0), c.rand(ch, 0.5));
+        let (mut out, mut mean, mut rstd) = (vec![0.0; rows * ch], vec![0.0; rows], vec![0.0; rows]);
+        Cpu.norm_forward(norm, 1e-5, &mut out, &mut mean, &mut rstd, &x, &w, bias.then_some(&b[..]), rows, ch);
+        let (xd, wd, bd) = (c.up(&x), c.up(&w), c.up(&b));
+        let (mut od, mut md, mut rd) = (c.g.zeros(rows * ch), c.g.zeros(rows), c.g.zeros(rows));
+        c.g.norm_forward(norm, 1e-5, &mut od, &mut md, &mut rd, &xd, &wd, bias.then_some(&*bd), rows, ch);
+        c.expect(&format!("{norm:?} forward"), &od, &out, 1e-5);
+        c.expect(&format!("{norm:?} forward rstd"), &rd, &rstd, 1e-5);
+        if bias {
+            c.expect(&format!("{norm:?} forward mean"), &md, &mean, 1e-5);
+        }
+        let (dout, dx0, dw0, db0) = (c.rand(rows * ch, 1.0), c.rand(rows * ch, 1.0), c.rand(ch, 1.0), c.rand(ch, 1.0));
+        let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
+        Cpu.norm_backward(norm, &mut dx, &mut dw, bias.then_some(&mut db[..]), &dout, &x, &w, &mean, &rstd, rows, ch);
+        let (mut dxd, mut dwd, mut dbd, doutd) = (c.up(&dx0), c.up(&dw0), c.up(&db0), c.up(&dout));
+        c.g.norm_backward(norm, &mut dxd, &mut dwd, if bias { Some(&mut *dbd) } else { None }, &doutd, &xd, &wd, &md, &rd, rows, ch);
+        c.expect(&format!("{norm:?} backward dx"), &dxd, &dx, 1e-5);
+        c.expect(&format!("{norm:?} backward dw"), &dwd, &dw, 1e-5);
+        if bias {
+            c.expect(&format!("{norm:?} backward db"), &dbd, &db, 1e-5);
+        }
+    }
+}
+
+fn embedding(c: &mut Check) {
+    let (b, t, ch, v) = (2, 7, 24, 29);
+    let tokens: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % v) as u32).collect();
+    let (wte, wpe, dout) = (c.rand(v * ch, 1.0), c.rand(t * ch, 1.0), c.rand(b * t * ch, 1.0));
+    let (wted, wped, doutd) = (c.up(&wte), c.up(&wpe), c.up(&dout));
+    for pos in [true, false] {
+        let mut out = vec![0.0; b * t * ch];
+        Cpu.embedding_forward(&mut out, &tokens, &wte, pos.then_some(&wpe[..]), b, t, ch);
+        let mut od = c.g.zeros(b * t * ch);
+        c.g.embedding_forward(&mut od, &tokens, &wted, if pos { Some(&*wped) } else { None }, b, t, ch);
+        c.expect(&format!("embedding forward (positions {pos})"), &od, &out, 0.0);
+        let (dwte0, dwpe0) = (c.rand(v * ch, 1.0), c.rand(t * ch, 1.0));
+        let (mut dwte, mut dwpe) = (dwte0.clone(), dwpe0.clone());
+        Cpu.embedding_backward(&mut dwte, pos.then_some(&mut dwpe[..]), &dout, &tokens, b, t, ch);
+        let (mut a, mut p) = (c.up(&dwte0), c.up(&dwpe0));
+        c.g.embedding_backward(&mut a, if pos { Some(&mut *p) } else { None }, &doutd, &tokens, b, t, ch);
+        c.expect(&format!("embedding backward wte (positions {pos})"), &a, &dwte, 1e-6);
+        if pos {
+            c.expect("embedding backward wpe", &p, &dwpe, 1e-6);
+        }
+    }
+    // A tensor-parallel part: rows [10, 20) of the vocabulary.
+    let (first, part) = (10, 10);
+    let wp = c.rand(part * ch, 1.0);
+    let wpd = c.up(&wp);
+    let mut out = vec![0.0; b * t * ch];
+    Cpu.embedding_part_forward(&mut out, &tokens, &wp, first, Some(&wpe), b, t, ch);
+    let mut od = c.g.zeros(b * t * ch);
+    c.g.embedding_part_forward(&mut od, &tokens, &wpd, first, Some(&wped), b, t, ch);
+    c.expect("embedding part forward", &od, &out, 0.0);
+    let mut dw = vec![0.0; part * ch];
+    Cpu.embedding_part_backward(&mut dw, None, &dout, &tokens, first, b, t, ch);
+    let mut dwd = c.g.zeros(part * ch);
+    c.g.embedding_part_backward(&mut dwd, None, &doutd, &tokens, first, b, t, ch);
+    c.expect("embedding part backward", &dwd, &dw, 1e-6);
+}
+
+fn attention(c: &mut Check) {
+    let (b, t, hd) = (2, 9, 8);
+    for (nh, nkv) in [(4, 4), (4, 2), (6, 1)] {
+        let w = (nh + 2 * nkv) * hd;
+        let qkv = c.rand(b * t * w, 1.0);
+        // RoPE on q and k, forward and backward.
+        let rope = Cpu.rope_table(t, hd, 10000.0);
+        let drope = c.g.rope_table(t, hd, 10000.0);
+        let mut r = qkv.clone();
+        Cpu.rope_forward(&mut r, &rope, b, t, nh, nkv, hd);
+        let mut rd = c.up(&qkv);
+        c.g.rope_forward(&mut rd, &drope, b, t, nh, nkv, hd);
+        c.expect(&format!("rope forward nh={nh} nkv={nkv}"), &rd, &r, 1e-6);
+        Cpu.rope_backward(&mut r, &rope, b, t, nh, nkv, hd);
+        c.g.rope_backward(&mut rd, &drope, b, t, nh, nkv, hd);
+        c.expect(&format!("rope backward nh={nh} nkv={nkv}"), &rd, &r, 1e-6);
+        // Causal GQA attention.
+        let (mut out, mut saved) = (vec![0.0; b * t * nh * hd], vec![0.0; Cpu.attention_saved_len(b, t, nh)]);
+        Cpu.attention_forward(&mut out, &mut saved, &qkv, b, t, nh, nkv, hd);
+        let qd = c.up(&qkv);
+        let (mut od, mut sd) = (c.g.zeros(b * t * nh * hd), c.g.zeros(c.g.attention_saved_len(b, t, nh)));
+        c.g.attention_forward(&mut od, &mut sd, &qd, b, t, nh, nkv, hd);
+        c.expect(&format!("attention forward nh={nh} nkv={nkv}"), &od, &out, 1e-5);
+        let (dout, dqkv0) = (c.rand(b * t * nh * hd, 1.0), c.rand(b * t * w, 1.0));
+        let mut dqkv = dqkv0.clone();
+        Cpu.attention_backward(&mut dqkv, &dout, &qkv, &out, &saved, b, t, nh, nkv, hd);
+        let (mut dd, doutd) = (c.up(&dqkv0), c.up(&dout));
+        c.g.attention_backward(&mut dd, &doutd, &qd, &od, &sd, b, t, nh, nkv, hd);
+        c.expect(&format!("attention backward nh={nh} nkv={nkv}"), &dd, &dqkv, 1e-5);
+    }
+}
+
+fn xent(c: &mut Check) {
+    let (rows, v) = (9, 333);
+    let logits = c.rand(rows * v, 4.0);
+    let targets: Vec<u32> = (0..rows).map(|i| ((i * 37 + 1) % v) as u32).collect();
+    let mut l = logits.clone();
+    let mut losses = vec![0.0; rows];
+    let want = Cpu.xent_forward_backward(&mut l, &mut losses, &targets, rows, v, 0.25);
+    let (mut ld, mut lossd) = (c.up(&logits), c.g.zeros(rows));
+    let got = c.g.xent_forward_backward(&mut ld, &mut lossd, &targets, rows, v, 0.25);
+    assert!(((got - want) / want).abs() < 1e-6, "xent loss {got} vs {want}");
+    c.expect("xent losses", &lossd, &losses, 1e-6);
+    c.expect("xent gradient", &ld, &l, 1e-5);
+    let mut lf = vec![0.0; rows];
+    let want = Cpu.xent_forward(&logits, &mut lf, &targets, rows, v);
+    let ld = c.up(&logits);
+    let got = c.g.xent_forward(&ld, &mut lossd, &targets, rows, v);
+    assert!(((got - want) / want).abs() < 1e-6, "xent forward {got} vs {want}");
+    // The vocabulary-parallel pieces on columns [100, 100 + v) of a larger vocabulary.
+    let first = 100;
+    let tg: Vec<u32> = (0..rows).map(|i| (first + (i * 53) % (v + 50)) as u32).collect();
+    let (mut max, mut picked) = (vec![0.0; rows], vec![0.0; rows]);
+    Cpu.xent_parallel_stats(&logits, &tg, first, rows, v, &mut max, &mut picked);
+    let (mut maxd, mut pd) = (c.g.zeros(rows), c.g.zeros(rows));
+    c.g.xent_parallel_stats(&ld, &tg, first, rows, v, &mut maxd, &mut pd);
+    c.expect("xent parallel max", &maxd, &max, 0.0);
+    c.expect("xent parallel picked", &pd, &picked, 0.0);
+    let (mut e, mut sum) = (logits.clone(), vec![0.0; rows]);
+    Cpu.xent_parallel_exp(&mut e, &max, rows, v, &mut sum);
+    let (mut ed, mut sd) = (c.up(&logits), c.g.zeros(rows));
+    c.g.xent_parallel_exp(&mut ed, &maxd, rows, v, &mut sd);
+    c.expect("xent parallel exp", &ed, &e, 1e-6);
+    c.expect("xent parallel sums", &sd, &sum, 1e-6);
+    Cpu.xent_parallel_grad(&mut e, &sum, &tg, first, rows, v, 0.5);
+    c.g.xent_parallel_grad(&mut ed, &sd, &tg, first, rows, v, 0.5);
+    c.expect("xent parallel gradient", &ed, &e, 1e-5);
+}
+
+fn optimizer(c: &mut Check) {
+    let n = 1234;
+    let (p, g, m, v) = (c.rand(n, 1.0), c.rand(n, 0.1), c.rand(n, 0.01), c.rand(n, 0.01).iter().map(|x| x.abs()).collect::<Vec<_>>());
+    let (lr, b1, b2, eps, wd, step) = (1e-3f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32, 7);
+    let (mut pw, mut mw, mut vw) = (p.clone(), m.clone(), v.clone());
+    kernels::adamw_step(&mut pw, &g, &mut mw, &mut vw, lr, b1, b2, eps, wd, step);
+    let st = (lr as f64 / (1.0 - (b1 as f64).powi(step as i32))) as f32;
+    let bc2 = (1.0 - (b2 as f64).powi(step as i32)).sqrt() as f32;
+    let (pd, gd, md, vd) = (c.up(&p), c.up(&g), c.up(&m), c.up(&v));
+    c.g.launch(
+        "adamw",
+        Dims { grid: (5, 1, 1), block: (256, 1, 1), shared: 0 },
+        &[&pd.addr(), &gd.addr(), &md.addr(), &vd.addr(), &(n as i64), &st, &b1, &b2, &eps, &(1.0 - lr * wd), &bc2],
+    );
+    c.expect("adamw params", &pd, &pw, 1e-6);
+    c.expect("adamw m", &md, &mw, 1e-6);
+    c.expect("adamw v", &vd, &vw, 1e-6);
+    let partial = c.g.zeros(8);
+    c.g.launch("sum_squares_partial", Dims { grid: (8, 1, 1), block: (128, 1, 1), shared: 0 }, &[&partial.addr(), &gd.addr(), &(n as i64)]);
+    let got: f64 = c.down(&partial).iter().map(|&x| x as f64).sum();
+    let want: f64 = g.iter().map(|&x| (x as f64) * (x as f64)).sum();
+    assert!(((got - want) / want).abs() < 1e-5, "sum of squares {got} vs {want}");
+    c.results.push(("sum_squares_partial".into(), ((got - want) / want).abs()));
+}
+
+fn every_kernel(g: &Cuda) -> Vec<(String, f64)> {
+    let mut c = Check { g, results: Vec::new(), seed: 11 };
+    elementwise(&mut c);
+    linear(&mut c);
+    norms(&mut c);
+    embedding(&mut c);
+    attention(&mut c);
+    xent(&mut c);
+    optimizer(&mut c);
+    c.results
+}
+
 #[test]
-fn every_kernel_matches_the_cpu_kernel() {
+fn every_kernel_on_the_emulated_device_matches_the_cpu_kernel() {
+    let r = every_kernel(&Cuda::emulated(0));
+    assert!(r.len() > 50, "{} checks", r.len());
+}
+
+#[test]
+fn every_kernel_on_the_gpu_matches_the_cpu_kernel() {
     if let Some(why) = unavailable(0) {
         eprintln!("SKIPPED: no GPU check here: {why}");
         return;
     }
-    let g = Gpu::new(0).expect("a GPU with every kernel loaded");
-    let mut c = Check { g: &g, results: Vec::new() };
-    let (rows, ch, f) = (96usize, 200usize, 160usize);
-    let n = rows * ch;
-    let s = &g.stream;
-    let x = rand_vec(n, 1, 2.0);
-    let w = rand_vec(ch, 2, 1.0);
-    let bias = rand_vec(ch, 3, 0.5);
-    let dout = rand_vec(n, 4, 1.0);
-
-    // GELU forward and backward.
-    let (dx, dd) = (c.up(&x), c.up(&dout));
-    let mut out = s.alloc_zeros::<f32>(n).unwrap();
-    unsafe { s.launch_builder(g.f("gelu_forward")).arg(&mut out).arg(&dx).arg(&(n as i64)).launch(grid(n)) }.unwrap();
-    let mut want = vec![0.0; n];
-    kernels::gelu_forward(&mut want, &x);
-    c.expect("gelu_forward", &c.down(&out), &want, 1e-5);
-    let start = rand_vec(n, 5, 1.0);
-    let mut dh = c.up(&start);
-    unsafe { s.launch_builder(g.f("gelu_backward")).arg(&mut dh).arg(&dd).arg(&dx).arg(&(n as i64)).launch(grid(n)) }.unwrap();
-    let mut want = start.clone();
-    kernels::gelu_backward(&mut want, &x, &dout);
-    c.expect("gelu_backward", &c.down(&dh), &want, 1e-5);
-
-    // SwiGLU on packed (rows, 2f).
-    let h = rand_vec(rows * 2 * f, 6, 2.0);
-    let dy = rand_vec(rows * f, 7, 1.0);
-    let (hd, dyd) = (c.up(&h), c.up(&dy));
-    let mut o = s.alloc_zeros::<f32>(rows * f).unwrap();
-    unsafe { s.launch_builder(g.f("swiglu_forward")).arg(&mut o).arg(&hd).arg(&(rows as i64)).arg(&(f as i64)).launch(grid(rows * f)) }.unwrap();
-    let mut want = vec![0.0; rows * f];
-    kernels::swiglu_forward(&mut want, &h, rows, f);
-    c.expect("swiglu_forward", &c.down(&o), &want, 1e-5);
-    let mut dgu = s.alloc_zeros::<f32>(rows * 2 * f).unwrap();
-    unsafe { s.launch_builder(g.f("swiglu_backward")).arg(&mut dgu).arg(&dyd).arg(&hd).arg(&(rows as i64)).arg(&(f as i64)).launch(grid(rows * f)) }
-        .unwrap();
-    let mut want = vec![0.0; rows * 2 * f];
-    kernels::swiglu_backward(&mut want, &dy, &h, rows, f);
-    c.expect("swiglu_backward", &c.down(&dgu), &want, 1e-5);
-
-    // LayerNorm forward and backward (weight and bias gradients through column sums).
-    let (wd, bd) = (c.up(&w), c.up(&bias));
-    let (mut y, mut mean, mut rstd) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(rows).unwrap(), s.alloc_zeros::<f32>(rows).unwrap());
-    let eps = 1e-5f32;
-    unsafe {
-        s.launch_builder(g.f("layernorm_forward"))
-            .arg(&mut y)
-            .arg(&mut mean)
-            .arg(&mut rstd)
-            .arg(&dx)
-            .arg(&wd)
-            .arg(&bd)
-            .arg(&(rows as i64))
-            .arg(&(ch as i64))
-            .arg(&eps)
-            .launch(rows_cfg(rows))
-    }
-    .unwrap();
-    let (mut wy, mut wm, mut wr) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
-    kernels::layernorm_forward_eps(&mut wy, &mut wm, &mut wr, &x, &w, Some(&bias), rows, ch, eps);
-    c.expect("layernorm_forward", &c.down(&y), &wy, 1e-5);
-    c.expect("layernorm_forward rstd", &c.down(&rstd), &wr, 1e-5);
-    let mut ddx = c.up(&start);
-    let (mut pw, mut pb) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(n).unwrap());
-    unsafe {
-        s.launch_builder(g.f("layernorm_backward"))
-            .arg(&mut ddx)
-            .arg(&mut pw)
-            .arg(&mut pb)
-            .arg(&dd)
-            .arg(&dx)
-            .arg(&wd)
-            .arg(&mean)
-            .arg(&rstd)
-            .arg(&(rows as i64))
-            .arg(&(ch as i64))
-            .launch(rows_cfg(rows))
-    }
-    .unwrap();
-    let (w0, b0) = (rand_vec(ch, 8, 1.0), rand_vec(ch, 9, 1.0));
-    let (mut dwd, mut dbd) = (c.up(&w0), c.up(&b0));
-    for (acc, part) in [(&mut dwd, &pw), (&mut dbd, &pb)] {
-        unsafe { s.launch_builder(g.f("column_sum_add")).arg(acc).arg(part).arg(&(rows as i64)).arg(&(ch as i64)).launch(grid(ch)) }.unwrap();
-    }
-    let (mut wdx, mut wdw, mut wdb) = (start.clone(), w0.clone(), b0.clone());
-    kernels::layernorm_backward(&mut wdx, &mut wdw, Some(&mut wdb), &dout, &x, &w, &wm, &wr, rows, ch);
-    c.expect("layernorm_backward dx", &c.down(&ddx), &wdx, 1e-5);
-    c.expect("layernorm_backward dw", &c.down(&dwd), &wdw, 1e-5);
-    c.expect("layernorm_backward db", &c.down(&dbd), &wdb, 1e-5);
-
-    // RMSNorm forward and backward.
-    let mut y = s.alloc_zeros::<f32>(n).unwrap();
-    unsafe {
-        s.launch_builder(g.f("rmsnorm_forward"))
-            .arg(&mut y)
-            .arg(&mut rstd)
-            .arg(&dx)
-            .arg(&wd)
-            .arg(&(rows as i64))
-            .arg(&(ch as i64))
-            .arg(&eps)
-            .launch(rows_cfg(rows))
-    }
-    .unwrap();
-    let (mut wy, mut wr) = (vec![0.0; n], vec![0.0; rows]);
-    kernels::rmsnorm_forward(&mut wy, &mut wr, &x, &w, rows, ch, eps);
-    c.expect("rmsnorm_forward", &c.down(&y), &wy, 1e-5);
-    let mut ddx = c.up(&start);
-    let mut dwd = c.up(&w0);
-    unsafe {
-        s.launch_builder(g.f("rmsnorm_backward"))
-            .arg(&mut ddx)
-            .arg(&mut pw)
-            .arg(&dd)
-            .arg(&dx)
-            .arg(&wd)
-            .arg(&rstd)
-            .arg(&(rows as i64))
-            .arg(&(ch as i64))
-            .launch(rows_cfg(rows))
-    }
-    .unwrap();
-    unsafe { s.launch_builder(g.f("column_sum_add")).arg(&mut dwd).arg(&pw).arg(&(rows as i64)).arg(&(ch as i64)).launch(grid(ch)) }.unwrap();
-    let (mut wdx, mut wdw) = (start.clone(), w0.clone());
-    kernels::rmsnorm_backward(&mut wdx, &mut wdw, &dout, &x, &w, &wr, rows, ch);
-    c.expect("rmsnorm_backward dx", &c.down(&ddx), &wdx, 1e-5);
-    c.expect("rmsnorm_backward dw", &c.down(&dwd), &wdw, 1e-5);
-
-    // Fused softmax cross-entropy forward and backward.
-    let v = 1000usize;
-    let logits = rand_vec(rows * v, 10, 4.0);
-    let targets: Vec<u32> = (0..rows).map(|r| ((r * 7919) % v) as u32).collect();
-    let (mut ld, td) = (c.up(&logits), c.up_u32(&targets));
-    let mut losses = s.alloc_zeros::<f32>(rows).unwrap();
-    let scale = 1.0f32 / rows as f32;
-    unsafe {
-        s.launch_builder(g.f("xent_forward_backward"))
-            .arg(&mut ld)
-            .arg(&mut losses)
-            .arg(&td)
-            .arg(&(rows as i64))
-            .arg(&(v as i64))
-            .arg(&scale)
-            .arg(&1i32)
-            .launch(rows_cfg(rows))
-    }
-    .unwrap();
-    let (mut wl, mut wloss) = (logits.clone(), vec![0.0; rows]);
-    kernels::softmax_xent_forward_backward(&mut wl, &mut wloss, &targets, rows, v, scale);
-    c.expect("xent losses", &c.down(&losses), &wloss, 1e-5);
-    c.expect("xent gradient", &c.down(&ld), &wl, 1e-5);
-
-    // AdamW at step 3 with weight decay.
-    let p0 = rand_vec(n, 11, 1.0);
-    let (m0, v0) = (rand_vec(n, 12, 0.1), rand_vec(n, 13, 0.1).iter().map(|x| x.abs()).collect::<Vec<f32>>());
-    let (lr, b1, b2, eps_a, wdk, t) = (1e-3f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32, 3i32);
-    let step = (lr as f64 / (1.0 - (b1 as f64).powi(t))) as f32;
-    let bc2_sqrt = (1.0 - (b2 as f64).powi(t)).sqrt() as f32;
-    let decay = 1.0 - lr * wdk;
-    let (mut pd, mut md, mut vd) = (c.up(&p0), c.up(&m0), c.up(&v0));
-    unsafe {
-        s.launch_builder(g.f("adamw"))
-            .arg(&mut pd)
-            .arg(&dd)
-            .arg(&mut md)
-            .arg(&mut vd)
-            .arg(&(n as i64))
-            .arg(&step)
-            .arg(&b1)
-            .arg(&b2)
-            .arg(&eps_a)
-            .arg(&decay)
-            .arg(&bc2_sqrt)
-            .launch(grid(n))
-    }
-    .unwrap();
-    let (mut wp, mut wm, mut wv) = (p0.clone(), m0.clone(), v0.clone());
-    kernels::adamw_step(&mut wp, &dout, &mut wm, &mut wv, lr, b1, b2, eps_a, wdk, t as u64);
-    c.expect("adamw params", &c.down(&pd), &wp, 1e-5);
-    c.expect("adamw m", &c.down(&md), &wm, 1e-5);
-    c.expect("adamw v", &c.down(&vd), &wv, 1e-5);
-
+    let r = every_kernel(&Cuda::new(0).expect("the CUDA backend on GPU 0"));
     if let Ok(path) = std::env::var("HYPERION_GPU_CHECK_OUT") {
-        let rows: Vec<serde_json::Value> = c.results.iter().map(|(k, e)| serde_json::json!({ "check": k, "relative_error": e })).collect();
-        let doc = serde_json::json!({ "arch": g.arch, "checks": rows });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        let obj: serde_json::Map<String, serde_json::Value> = r.iter().map(|(k, e)| (k.clone(), serde_json::json!(e))).collect();
+        std::fs::write(&path, serde_json::to_string_pretty(&obj).unwrap()).expect("writing the check's JSON");
     }
 }

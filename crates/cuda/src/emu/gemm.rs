@@ -9,6 +9,7 @@
 use crate::device::{Dtype, Gemm};
 use crate::emu::mem;
 
+#[inline(always)]
 fn load(p: u64, i: usize, t: Dtype) -> (f32, bool) {
     // SAFETY: the extent of every operand was checked against its allocation.
     unsafe {
@@ -65,11 +66,13 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
     }
     let never = |op: &str, i: usize| format!("{}: reads {op} element {i}, which was never written", what());
     let mut col = vec![0.0f32; g.k];
+    let mut acc = vec![0.0f32; g.m];
     for p in 0..g.batch {
         let (a0, b0, c0) = (p * g.stride_a, p * g.stride_b, p * g.stride_c);
         for j in 0..g.n {
-            // Column j of op(B), read once.
+            acc.fill(0.0);
             if g.alpha != 0.0 {
+                // Column j of op(B).
                 for (l, x) in col.iter_mut().enumerate() {
                     let i = b0 + if g.tb { j + l * g.ldb } else { l + j * g.ldb };
                     let (v, bad) = load(g.b, i, g.ab);
@@ -78,21 +81,37 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
                     }
                     *x = v;
                 }
-            }
-            for i in 0..g.m {
-                let mut acc = 0.0f32;
-                if g.alpha != 0.0 {
-                    for (l, &bv) in col.iter().enumerate() {
-                        let ia = a0 + if g.ta { l + i * g.lda } else { i + l * g.lda };
-                        let (av, bad) = load(g.a, ia, g.ab);
-                        if bad {
-                            return Err(never("A", ia));
+                // acc[i] = sum over l in order of op(A)[i, l] col[l], walking A along its
+                // contiguous dimension (the order of the sum is the same either way).
+                if g.ta {
+                    for (i, out) in acc.iter_mut().enumerate() {
+                        let mut s = 0.0f32;
+                        for (l, &bv) in col.iter().enumerate() {
+                            let ia = a0 + l + i * g.lda;
+                            let (av, bad) = load(g.a, ia, g.ab);
+                            if bad {
+                                return Err(never("A", ia));
+                            }
+                            s += av * bv;
                         }
-                        acc += av * bv;
+                        *out = s;
+                    }
+                } else {
+                    for (l, &bv) in col.iter().enumerate() {
+                        for (i, out) in acc.iter_mut().enumerate() {
+                            let ia = a0 + i + l * g.lda;
+                            let (av, bad) = load(g.a, ia, g.ab);
+                            if bad {
+                                return Err(never("A", ia));
+                            }
+                            *out += av * bv;
+                        }
                     }
                 }
+            }
+            for (i, &s) in acc.iter().enumerate() {
                 let ic = c0 + i + j * g.ldc;
-                let mut out = g.alpha * acc;
+                let mut out = g.alpha * s;
                 if g.beta != 0.0 {
                     let (cv, bad) = load(g.c, ic, g.cd);
                     if bad {
