@@ -30,6 +30,9 @@ if compgen -G "$(nvrtc_lib)/libnvrtc.so*" >/dev/null; then
 fi
 
 cargo test --workspace --no-fail-fast
+# The engine's GPU path on the emulated CUDA device (train.device = "cuda-emu"): the
+# host code that drives a GPU, the kernels' .cu text compiled for the host.
+cargo test -p hyperion-engine --features cuda --test gpu_emu
 # The NCCL backend builds without CUDA (dynamic loading); its unit tests run without a GPU.
 cargo test -p hyperion-comm --features nccl --lib
 bash scripts/test-mpi.sh

@@ -51,15 +51,17 @@ pub use schema::{
     Recompute, PipeSchedule, RunConfig, TokenizerKind, TrainConfig, SplitMode, OnError, SourceConfig,
 };
 
-/// `train.device` read: `None` for "cpu", `Some(N)` for "cuda" (N = 0) or "cuda:N".
+/// `train.device` read: `None` for "cpu", `Some(N)` for "cuda" (N = 0) or "cuda:N", and
+/// for the emulated CUDA device "cuda-emu" / "cuda-emu:N" (the GPU code path run on the
+/// host, for tests; see crates/cuda).
 pub fn device_ordinal(device: &str) -> Result<Option<usize>, String> {
-    match device {
-        "cpu" => Ok(None),
-        "cuda" => Ok(Some(0)),
-        d => d
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(Some)
-            .ok_or_else(|| format!("expected \"cpu\", \"cuda\" or \"cuda:N\" (N a device number), found \"{d}\"")),
-    }
+    let n = |rest: &str| rest.parse::<usize>().ok();
+    let parsed = match device {
+        "cpu" => return Ok(None),
+        "cuda" | "cuda-emu" => Some(0),
+        d => d.strip_prefix("cuda-emu:").and_then(n).or_else(|| d.strip_prefix("cuda:").and_then(n)),
+    };
+    parsed.map(Some).ok_or_else(|| {
+        format!("expected \"cpu\", \"cuda\", \"cuda:N\" (N a device number) or the emulated \"cuda-emu\" / \"cuda-emu:N\", found \"{device}\"")
+    })
 }

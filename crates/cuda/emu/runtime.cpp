@@ -55,7 +55,7 @@ struct WarpSlots {
 };
 
 namespace {
-constexpr size_t STACK = 128 * 1024;
+constexpr size_t STACK = 64 * 1024;
 
 struct Launch {
     const EmuLaunch* l;
@@ -94,14 +94,8 @@ emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -118,7 +112,19 @@ emu_fiber_start:
 .size emu_fiber_start,.-emu_fiber_start
 )");
 
-static void yield_to_main(void) { emu_switch(&T->cur->sp, T->main_sp); }
+// A blocked or finished fiber hands on to the next runnable one after it (no trip
+// through the scheduler), or back to the scheduler at the end of the block's fibers.
+static void yield_to_main(void) {
+    EmuFiber* f = T->cur;
+    EmuFiber* end = T->fibers.data() + T->fibers.size();
+    for (EmuFiber* g = f + 1; g < end; g++)
+        if (g->state == RUN) {
+            T->cur = g;
+            emu_switch(&f->sp, g->sp);
+            return;
+        }
+    emu_switch(&f->sp, T->main_sp);
+}
 
 extern "C" void emu_fiber_main(void) {
     T->body(T->args);
@@ -198,7 +204,7 @@ static void on_signal(int sig, siginfo_t* si, void* uc) {
             size_t i = (size_t)(t->cur - t->fibers.data());
             if (i < stacks.size() && a >= (uint64_t)stacks[i] && a < (uint64_t)stacks[i] + (uint64_t)page_size) kind = 5;
         }
-        set_fault(kind, a, kind == 5 ? "a thread's stack overflowed (128 KiB per emulated thread)" : "access outside every allocation");
+        set_fault(kind, a, kind == 5 ? "a thread's stack overflowed (64 KiB per emulated thread)" : "access outside every allocation");
     }
     siglongjmp(t->jmp, 1);
 }
@@ -236,13 +242,13 @@ static char* stack_for(size_t i) {
     return stacks[i];
 }
 
-static void start_fiber(EmuFiber* f, char* stack, uint32_t mxcsr, uint16_t fpucw) {
+static void start_fiber(EmuFiber* f, char* stack) {
     uint64_t top = ((uint64_t)stack + page_size + STACK) & ~(uint64_t)15;
-    uint64_t* sp = (uint64_t*)(top - 16 - 64);
-    // emu_switch pops: control words, r15, r14, r13, r12, rbx, rbp, return address.
-    sp[0] = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
-    for (int i = 1; i <= 6; i++) sp[i] = 0;
-    sp[7] = (uint64_t)&emu_fiber_start;
+    // emu_switch pops r15, r14, r13, r12, rbx, rbp, then returns into the start; the
+    // start's call then sees a 16-byte aligned stack, as the ABI wants.
+    uint64_t* sp = (uint64_t*)(top - 16 - 56);
+    for (int i = 0; i < 6; i++) sp[i] = 0;
+    sp[6] = (uint64_t)&emu_fiber_start;
     f->sp = sp;
 }
 
@@ -324,22 +330,22 @@ extern "C" int emu_run(const EmuLaunch* l, void (*body)(void**), void** args, Em
             snprintf(fault->what, sizeof fault->what, "could not map the stacks of %zu emulated threads", nthreads);
             return 1;
         }
+    // The floating-point control of the whole launch (fibers and the scheduler between
+    // them, which does no floating point): exception flags clear, the invalid-operation
+    // trap unmasked if asked. Restored on every way out.
     uint32_t mxcsr;
-    uint16_t fpucw;
     asm volatile("stmxcsr %0" : "=m"(mxcsr));
-    asm volatile("fnstcw %0" : "=m"(fpucw));
-    // In the kernel: exception flags clear, the invalid-operation trap unmasked if asked.
     uint32_t kmx = (mxcsr & ~0x3Fu) & (l->trap_invalid ? ~0x80u : ~0u);
     Launch* prev = T;
     T = &t;
     int rc = 0;
     if (sigsetjmp(t.jmp, 1) != 0) {
         asm volatile("ldmxcsr %0" ::"m"(mxcsr));
-        asm volatile("fldcw %0" ::"m"(fpucw));
         T = prev;
         return 1;
     }
     t.in_kernel = 1;
+    asm volatile("ldmxcsr %0" ::"m"(kmx));
     for (unsigned bz = 0; bz < l->grid.z && rc == 0; bz++)
         for (unsigned by = 0; by < l->grid.y && rc == 0; by++)
             for (unsigned bx = 0; bx < l->grid.x && rc == 0; bx++) {
@@ -355,14 +361,16 @@ extern "C" int emu_run(const EmuLaunch* l, void (*body)(void**), void** args, Em
                             f.state = RUN;
                             f.mask = 0;
                             f.xseq = 0;
-                            start_fiber(&f, stacks[i], kmx, fpucw);
+                            start_fiber(&f, stacks[i]);
                         }
                 if (l->shared_bytes) t.shared.assign(t.shared.size(), 0x7f817f817f817f81ull);
                 for (;;) {
                     for (auto& f : t.fibers)
                         if (f.state == RUN) {
+                            // Runs it and every runnable fiber after it (see yield_to_main).
                             t.cur = &f;
                             emu_switch(&t.main_sp, f.sp);
+                            break;
                         }
                     t.cur = nullptr;
                     bool done = true;
@@ -374,6 +382,7 @@ extern "C" int emu_run(const EmuLaunch* l, void (*body)(void**), void** args, Em
                     }
                 }
             }
+    asm volatile("ldmxcsr %0" ::"m"(mxcsr));
     t.in_kernel = 0;
     T = prev;
     return rc;

@@ -1,4 +1,5 @@
-//! `train.device = "cuda"`: a rank's forward and backward on a GPU (the model on the CUDA
+//! `train.device = "cuda"` (or the emulated `"cuda-emu"`, the same code on the host's
+//! model of a GPU): a rank's forward and backward on the device (the model on the CUDA
 //! backend, crates/cuda), the optimizer and everything else on the host as before. Each
 //! step uploads the parameters (the host keeps the fp32 masters, so checkpoints,
 //! sampling and every other path are unchanged) and downloads the gradients.
@@ -26,8 +27,8 @@ mod imp {
     }
 
     impl GpuState {
-        pub(crate) fn new(ordinal: usize, spec: &ModelSpec, (b, t): (usize, usize), recompute: bool, selective: bool) -> Result<GpuState> {
-            let be = Cuda::new(ordinal).map_err(|e| EngineError::Invalid(format!("train.device = \"cuda:{ordinal}\": {e}")))?;
+        pub(crate) fn new(device: &str, spec: &ModelSpec, (b, t): (usize, usize), recompute: bool, selective: bool) -> Result<GpuState> {
+            let be = Cuda::open(device).map_err(|e| EngineError::Invalid(format!("train.device = \"{device}\": {e}")))?;
             let model = Model::with_backend(be.clone(), spec.clone());
             let acts = Activations::with_backend(&be, spec, b, t, recompute);
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
@@ -79,8 +80,8 @@ mod imp {
     pub(crate) enum GpuState {}
 
     impl GpuState {
-        pub(crate) fn new(_ordinal: usize, _spec: &ModelSpec, _bt: (usize, usize), _recompute: bool, _selective: bool) -> Result<GpuState> {
-            Err(EngineError::Invalid("train.device = \"cuda\" needs a build with the GPU backend: cargo build --release --features cuda".into()))
+        pub(crate) fn new(_device: &str, _spec: &ModelSpec, _bt: (usize, usize), _recompute: bool, _selective: bool) -> Result<GpuState> {
+            Err(EngineError::Invalid(format!("train.device = \"{_device}\" needs a build with the GPU backend (which holds the emulated device too): cargo build --release --features cuda")))
         }
         pub(crate) fn upload(&mut self, _host: &[Vec<f32>]) {
             match *self {}
@@ -103,8 +104,8 @@ mod imp {
 pub(crate) use imp::GpuState;
 
 /// The GPU a run asks for (`train.device`), checked against what the GPU path supports.
-pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<usize>> {
-    let Some(n) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
+pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<&str>> {
+    let Some(_) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
     let p = &cfg.raw.parallel;
     if p.dp * p.tp * p.pp != 1 || p.zero != 0 {
         return Err(EngineError::Invalid(format!(
@@ -112,5 +113,5 @@ pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<usize>> {
             cfg.raw.train.device, p.dp, p.tp, p.pp, p.zero
         )));
     }
-    Ok(Some(n))
+    Ok(Some(&cfg.raw.train.device))
 }
