@@ -2,7 +2,8 @@
 //! on a GPU ([`crate::real::RealDevice`]: cuBLAS for every GEMM, f32 in pedantic math, no
 //! TF32, so it compares with the CPU) or on the emulated device ([`crate::emu`]: the
 //! same kernels' text compiled for the host, cuBLAS's semantics on a reference GEMM).
-//! Attention materialises its probabilities (the correctness path).
+//! Attention is fused (kernels/flash.cu: online softmax forward, recomputing backward,
+//! no (T, T) buffer).
 //!
 //! Device views. The model carves buffers into views (`&B::Buf`, `slice`, `split_at_mut`)
 //! and the borrow checker keeps mutable views exclusive. A device view here is a slice
@@ -126,6 +127,13 @@ fn grid(n: usize) -> Dims {
 
 fn per_row(rows: usize) -> Dims {
     Dims { grid: (rows.max(1) as u32, 1, 1), block: (256, 1, 1), shared: 0 }
+}
+
+/// The fused attention's tile (query and key rows per block): the largest of 32, 16, 8,
+/// 4 whose backward tiles (6 of `bt x hd` and 2 of `bt x bt` floats) fit the 48 KiB of
+/// shared memory a kernel gets without an opt-in.
+fn flash_tile(hd: usize) -> usize {
+    [32, 16, 8, 4].into_iter().find(|&bt| 4 * (6 * bt * hd + 2 * bt * bt + 2 * bt) <= 48 * 1024).unwrap_or(4)
 }
 
 fn opt_addr(b: Option<&DevBuf>) -> u64 {
@@ -285,13 +293,6 @@ impl Cuda {
             self.launch("position_backward", grid(t * c), &[&dwpe.addr(), &dout.addr(), &(b as i64), &(t as i64), &(c as i64)]);
         }
         self.sync();
-    }
-
-    fn split_qkv(&self, qkv: &DevBuf, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) -> (DevVec, DevVec, DevVec) {
-        let (q, k, v) = (self.alloc_uninit(b * nh * t * hd), self.alloc_uninit(b * nkv * t * hd), self.alloc_uninit(b * nkv * t * hd));
-        let n = b * t * (nh + 2 * nkv) * hd;
-        self.launch("qkv_split", grid(n), &[&q.ptr, &k.ptr, &v.ptr, &qkv.addr(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64)]);
-        (q, k, v)
     }
 }
 
@@ -456,29 +457,26 @@ impl Backend for Cuda {
         self.launch("rope_rotate", grid(n), &[&dqkv.addr(), &rope.cos.ptr, &rope.sin.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &1i32]);
     }
     fn attention_saved_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        // The probabilities (b, nh, t, t).
-        b * nh * t * t
+        // The fused kernel keeps only each row's log-sum-exp (b, nh, t).
+        b * nh * t
     }
     fn attention_forward(&self, out: &mut DevBuf, saved: &mut DevBuf, qkv: &DevBuf, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
-        let g = nh / nkv;
-        let (q, k, v) = self.split_qkv(qkv, b, t, nh, nkv, hd);
-        // Per (batch, kv head): the g query heads sharing it are one (g t, hd) block.
-        let batch = b * nkv;
-        let scores = self.alloc_uninit(b * nh * t * t);
-        self.gemm(scores.ptr, q.ptr, false, k.ptr, true, g * t, t, hd, false, batch, (g * t * hd, t * hd, g * t * t));
+        let bt = flash_tile(hd);
+        let shared = 4 * (4 * bt * hd + bt * bt + 3 * bt);
+        let dims = Dims { grid: (t.div_ceil(bt) as u32, nh as u32, b as u32), block: (128, 1, 1), shared: shared as u32 };
         let scale = 1.0 / (hd as f32).sqrt();
-        self.launch("causal_softmax_forward", per_row(b * nh * t), &[&saved.addr(), &scores.ptr, &((b * nh * t) as i64), &(t as i64), &scale]);
-        let o = self.alloc_uninit(b * nh * t * hd);
-        self.gemm(o.ptr, saved.addr(), false, v.ptr, false, g * t, hd, t, false, batch, (g * t * t, t * hd, g * t * hd));
-        self.launch("heads_to_rows", grid(b * t * nh * hd), &[&out.addr(), &o.ptr, &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
-        self.sync();
+        self.launch(
+            "flash_attention_forward",
+            dims,
+            &[&out.addr(), &saved.addr(), &qkv.addr(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &scale, &(bt as i32)],
+        );
     }
     fn attention_backward(
         &self,
         dqkv: &mut DevBuf,
         dout: &DevBuf,
         qkv: &DevBuf,
-        _out: &DevBuf,
+        out: &DevBuf,
         saved: &DevBuf,
         b: usize,
         t: usize,
@@ -486,30 +484,17 @@ impl Backend for Cuda {
         nkv: usize,
         hd: usize,
     ) {
-        let g = nh / nkv;
-        let batch = b * nkv;
-        let (q, k, v) = self.split_qkv(qkv, b, t, nh, nkv, hd);
-        let d_o = self.alloc_uninit(b * nh * t * hd);
-        self.launch("rows_to_heads", grid(b * t * nh * hd), &[&d_o.ptr, &dout.addr(), &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
-        // dP = dO V^T; dV = P^T dO (the group's heads summed by the GEMM).
-        let dp = self.alloc_uninit(b * nh * t * t);
-        self.gemm(dp.ptr, d_o.ptr, false, v.ptr, true, g * t, t, hd, false, batch, (g * t * hd, t * hd, g * t * t));
-        let dv = self.alloc_uninit(b * nkv * t * hd);
-        self.gemm(dv.ptr, saved.addr(), true, d_o.ptr, false, t, hd, g * t, false, batch, (g * t * t, g * t * hd, t * hd));
+        let bt = flash_tile(hd);
+        let dsum = self.alloc_uninit(b * nh * t);
+        self.launch("flash_attention_rowdot", grid(b * nh * t), &[&dsum.ptr, &dout.addr(), &out.addr(), &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
         let scale = 1.0 / (hd as f32).sqrt();
-        let ds = self.alloc_uninit(b * nh * t * t);
-        self.launch("causal_softmax_backward", per_row(b * nh * t), &[&ds.ptr, &dp.ptr, &saved.addr(), &((b * nh * t) as i64), &(t as i64), &scale]);
-        // dQ = dS K; dK = dS^T Q.
-        let dq = self.alloc_uninit(b * nh * t * hd);
-        self.gemm(dq.ptr, ds.ptr, false, k.ptr, false, g * t, hd, t, false, batch, (g * t * t, t * hd, g * t * hd));
-        let dk = self.alloc_uninit(b * nkv * t * hd);
-        self.gemm(dk.ptr, ds.ptr, true, q.ptr, false, t, hd, g * t, false, batch, (g * t * t, g * t * hd, t * hd));
-        let n = b * t * (nh + 2 * nkv) * hd;
-        self.launch(
-            "qkv_merge_add",
-            grid(n),
-            &[&dqkv.addr(), &dq.ptr, &dk.ptr, &dv.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64)],
-        );
+        let args: [&dyn Arg; 12] =
+            [&dqkv.addr(), &dout.addr(), &qkv.addr(), &saved.addr(), &dsum.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &scale, &(bt as i32)];
+        let tiles = t.div_ceil(bt) as u32;
+        let kv = Dims { grid: (tiles, nkv as u32, b as u32), block: (128, 1, 1), shared: (4 * (6 * bt * hd + 2 * bt * bt + 2 * bt)) as u32 };
+        self.launch("flash_attention_backward_kv", kv, &args);
+        let q = Dims { grid: (tiles, nh as u32, b as u32), block: (128, 1, 1), shared: (4 * (5 * bt * hd + 2 * bt * bt + 2 * bt)) as u32 };
+        self.launch("flash_attention_backward_q", q, &args);
         self.sync();
     }
     fn mlp_act_forward(&self, mlp: Mlp, out: &mut DevBuf, h: &DevBuf, rows: usize, f: usize) {

@@ -37,9 +37,9 @@ pub const SOURCES: &[Source] = &[
     Source { name: "embedding", text: include_str!("../kernels/embedding.cu"), kernels: &["embedding_forward", "embedding_backward_sorted", "position_backward"] },
     Source { name: "rope", text: include_str!("../kernels/rope.cu"), kernels: &["rope_rotate"] },
     Source {
-        name: "attention",
-        text: include_str!("../kernels/attention.cu"),
-        kernels: &["qkv_split", "qkv_merge_add", "heads_to_rows", "rows_to_heads", "causal_softmax_forward", "causal_softmax_backward"],
+        name: "flash",
+        text: include_str!("../kernels/flash.cu"),
+        kernels: &["flash_attention_forward", "flash_attention_rowdot", "flash_attention_backward_kv", "flash_attention_backward_q"],
     },
     Source { name: "xent", text: include_str!("../kernels/xent.cu"), kernels: &["xent_forward_backward", "xent_parallel_stats", "xent_parallel_exp", "xent_parallel_grad"] },
     Source { name: "optim", text: include_str!("../kernels/optim.cu"), kernels: &["adamw", "sum_squares_partial"] },

@@ -190,8 +190,17 @@ fn embedding(c: &mut Check) {
 }
 
 fn attention(c: &mut Check) {
-    let (b, t, hd) = (2, 9, 8);
-    for (nh, nkv) in [(4, 4), (4, 2), (6, 1)] {
+    // One tile (t < the tile), several tiles with a ragged last one (hd 64: tiles of
+    // 16 rows; hd 128: 8), and grouped-query layouts.
+    for (b, t, hd, nh, nkv) in [(2, 9, 8, 4, 4), (2, 9, 8, 4, 2), (1, 9, 8, 6, 1), (2, 37, 64, 4, 2), (1, 21, 128, 2, 1)] {
+        attention_case(c, b, t, hd, nh, nkv);
+    }
+    // The fused kernel keeps one log-sum-exp per row, not the (t, t) probabilities.
+    assert_eq!(c.g.attention_saved_len(2, 1024, 12), 2 * 12 * 1024);
+}
+
+fn attention_case(c: &mut Check, b: usize, t: usize, hd: usize, nh: usize, nkv: usize) {
+    {
         let w = (nh + 2 * nkv) * hd;
         let qkv = c.rand(b * t * w, 1.0);
         // RoPE on q and k, forward and backward.
@@ -201,7 +210,7 @@ fn attention(c: &mut Check) {
         Cpu.rope_forward(&mut r, &rope, b, t, nh, nkv, hd);
         let mut rd = c.up(&qkv);
         c.g.rope_forward(&mut rd, &drope, b, t, nh, nkv, hd);
-        c.expect(&format!("rope forward nh={nh} nkv={nkv}"), &rd, &r, 1e-6);
+        c.expect(&format!("rope forward t={t} hd={hd} nh={nh} nkv={nkv}"), &rd, &r, 1e-6);
         Cpu.rope_backward(&mut r, &rope, b, t, nh, nkv, hd);
         c.g.rope_backward(&mut rd, &drope, b, t, nh, nkv, hd);
         c.expect(&format!("rope backward nh={nh} nkv={nkv}"), &rd, &r, 1e-6);
@@ -211,13 +220,13 @@ fn attention(c: &mut Check) {
         let qd = c.up(&qkv);
         let (mut od, mut sd) = (c.g.zeros(b * t * nh * hd), c.g.zeros(c.g.attention_saved_len(b, t, nh)));
         c.g.attention_forward(&mut od, &mut sd, &qd, b, t, nh, nkv, hd);
-        c.expect(&format!("attention forward nh={nh} nkv={nkv}"), &od, &out, 1e-5);
+        c.expect(&format!("attention forward t={t} hd={hd} nh={nh} nkv={nkv}"), &od, &out, 1e-5);
         let (dout, dqkv0) = (c.rand(b * t * nh * hd, 1.0), c.rand(b * t * w, 1.0));
         let mut dqkv = dqkv0.clone();
         Cpu.attention_backward(&mut dqkv, &dout, &qkv, &out, &saved, b, t, nh, nkv, hd);
         let (mut dd, doutd) = (c.up(&dqkv0), c.up(&dout));
         c.g.attention_backward(&mut dd, &doutd, &qd, &od, &sd, b, t, nh, nkv, hd);
-        c.expect(&format!("attention backward nh={nh} nkv={nkv}"), &dd, &dqkv, 1e-5);
+        c.expect(&format!("attention backward t={t} hd={hd} nh={nh} nkv={nkv}"), &dd, &dqkv, 1e-5);
     }
 }
 
