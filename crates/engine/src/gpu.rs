@@ -67,6 +67,16 @@ mod imp {
         pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> f64 {
             self.model.forward_loss(&self.params, &mut self.acts, x, y)
         }
+
+        /// The device's name, and its bytes allocated now and at most so far.
+        pub(crate) fn memory(&self) -> (String, usize, usize) {
+            let (now, peak) = self.be.memory();
+            (self.be.name(), now, peak)
+        }
+
+        pub(crate) fn recompute(&self) -> (bool, bool) {
+            (self.acts.recompute, self.acts.selective)
+        }
     }
 }
 
@@ -96,6 +106,12 @@ mod imp {
             match *self {}
         }
         pub(crate) fn loss(&mut self, _x: &[u32], _y: &[u32]) -> f64 {
+            match *self {}
+        }
+        pub(crate) fn memory(&self) -> (String, usize, usize) {
+            match *self {}
+        }
+        pub(crate) fn recompute(&self) -> (bool, bool) {
             match *self {}
         }
     }

@@ -28,6 +28,6 @@ mod trainer;
 
 pub use ckpt::{load_model, meta_u64, open as open_checkpoint, saved_config, saved_data_meta, FORMAT};
 pub use error::{EngineError, Result};
-pub use metrics::{available_memory_bytes, measure_peak_flops, planned_rank_memory, Measured, MemoryReport, PlannedTerm, RunInfo, StepMetrics};
+pub use metrics::{available_memory_bytes, measure_peak_flops, planned_rank_memory, DeviceMemory, Measured, MemoryReport, PlannedTerm, RunInfo, StepMetrics};
 pub use rank::Rank;
 pub use trainer::{evaluate, model_spec, peak_rss_bytes, Observer, Quiet, StepTimes, Trainer};

@@ -189,6 +189,20 @@ pub struct MemoryReport {
     pub expected_total: f64,
     /// What the allocator measured, when the counting allocator is installed.
     pub measured: Option<Measured>,
+    /// A rank on a device (`train.device = "cuda..."`): its memory there.
+    pub device: Option<DeviceMemory>,
+}
+
+/// Device memory of a rank that computes on a GPU (or the emulated device): what is
+/// allocated now and at most so far, against the count of what it holds there (the
+/// parameters and gradients, f32, and the activations by formula; the optimizer state
+/// stays on the host so far).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceMemory {
+    pub device: String,
+    pub now: usize,
+    pub peak: usize,
+    pub expected: f64,
 }
 
 impl MemoryReport {
@@ -207,6 +221,12 @@ impl MemoryReport {
             expected_model_state: state,
             expected_total: state + model::Activations::expected_bytes_with(&t.gpt.spec, b, tt, t.acts.recompute, t.acts.selective, t.acts.sp) as f64,
             measured: t.measured.map(|m| Measured { thread_peak: crate::alloc::thread_peak().unwrap_or(0).max(0) as usize, ..m }),
+            device: t.gpu.as_ref().map(|g| {
+                let (device, now, peak) = g.memory();
+                let (recompute, selective) = g.recompute();
+                let acts = model::Activations::expected_bytes_with(&t.gpt.spec, b, tt, recompute, selective, 1) as f64;
+                DeviceMemory { device, now, peak, expected: 8.0 * n as f64 + acts }
+            }),
         }
     }
 

@@ -45,6 +45,18 @@ fn run(sets: &[&str], device: &str, dir: &Path) -> (Vec<f64>, Vec<f64>, Vec<Vec<
     }
     let val = t.evaluate().expect("eval");
     losses.push(val);
+    let mem = t.memory();
+    if device != "cpu" {
+        let d = mem.device.expect("a device run reports its device memory");
+        eprintln!("{device}: device peak {} B, now {} B, counted {} B", d.peak, d.now, d.expected);
+        // What the device holds is the count plus transient scratch (head logit chunks,
+        // norm partials, attention row sums): within half again of the count (measured: 1.00-1.02), never below
+        // the parameters and gradients it must hold.
+        assert!(d.peak as f64 >= 0.9 * d.expected && (d.peak as f64) < 1.5 * d.expected, "{d:?}");
+        assert!(d.device.starts_with(device), "{}", d.device);
+    } else {
+        assert!(mem.device.is_none());
+    }
     (losses, norms, t.full_params().expect("params"))
 }
 

@@ -80,12 +80,12 @@ unsafe fn fill_pattern(p: *mut u8, n: usize) {
     }
 }
 
-/// Frees the allocation that starts at `p` (the caller's error otherwise).
-pub fn free(p: DevPtr) -> Result<(), String> {
+/// Frees the allocation that starts at `p` (the caller's error otherwise); its size.
+pub fn free(p: DevPtr) -> Result<usize, String> {
     let a = reg().live.remove(&p).ok_or_else(|| format!("free of 0x{p:x}, which is not the start of a live allocation"))?;
     // SAFETY: the mapping made by `alloc`, unmapped once.
     unsafe { libc::munmap(a.map, a.map_len) };
-    Ok(())
+    Ok(a.bytes)
 }
 
 /// Where an address lies, for messages.
@@ -137,9 +137,4 @@ pub fn check(device: usize, p: DevPtr, bytes: usize, what: &dyn Fn() -> String) 
 /// Whether `p` points into (or at the end of) a live allocation of `device`.
 pub fn owned(device: usize, p: DevPtr) -> Result<(), String> {
     check(device, p, 0, &|| String::new()).map_err(|e| e.trim_start_matches(": ").to_string())
-}
-
-/// Bytes live and the most ever live on `device`.
-pub fn usage(device: usize) -> usize {
-    reg().live.values().filter(|a| a.device == device).map(|a| a.bytes).sum()
 }

@@ -73,13 +73,15 @@ pub struct EmuDevice {
     /// Invalid floating-point operations trap inside kernels (default; reads of
     /// never-written memory are found so). `HYPERION_EMU_TRAP_INVALID=0` turns it off.
     trap_invalid: bool,
+    /// Bytes this device handle has allocated now and at most (like a GPU context's).
+    used: AtomicUsize,
     peak: AtomicUsize,
 }
 
 impl EmuDevice {
     pub fn new(ordinal: usize) -> EmuDevice {
         let trap_invalid = std::env::var("HYPERION_EMU_TRAP_INVALID").map_or(true, |v| v != "0");
-        EmuDevice { ordinal, trap_invalid, peak: AtomicUsize::new(0) }
+        EmuDevice { ordinal, trap_invalid, used: AtomicUsize::new(0), peak: AtomicUsize::new(0) }
     }
 
     fn check_dims(&self, name: &str, d: &Dims) -> Result<(), String> {
@@ -114,13 +116,16 @@ impl Device for EmuDevice {
     }
     fn alloc(&self, bytes: usize) -> Result<DevPtr, String> {
         let p = mem::alloc(self.ordinal, bytes)?;
-        let used = mem::usage(self.ordinal);
-        self.peak.fetch_max(used, Ordering::Relaxed);
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
         Ok(p)
     }
     fn free(&self, p: DevPtr) {
-        if let Err(e) = mem::free(p) {
-            panic!("cuda-emu:{}: {e}", self.ordinal);
+        match mem::free(p) {
+            Ok(n) => {
+                self.used.fetch_sub(n, Ordering::Relaxed);
+            }
+            Err(e) => panic!("cuda-emu:{}: {e}", self.ordinal),
         }
     }
     fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<(), String> {
@@ -204,6 +209,6 @@ impl Device for EmuDevice {
         Ok(())
     }
     fn memory(&self) -> (usize, usize) {
-        (mem::usage(self.ordinal), self.peak.load(Ordering::Relaxed))
+        (self.used.load(Ordering::Relaxed), self.peak.load(Ordering::Relaxed))
     }
 }

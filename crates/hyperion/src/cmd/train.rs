@@ -609,6 +609,17 @@ fn print_memory(outcomes: &[Outcome]) {
             measured
         );
     }
+    for (r, o) in outcomes.iter().enumerate() {
+        if let Some(d) = &o.memory.device {
+            println!(
+                "rank {r} on {}: device memory peak {:.2} MiB (now {:.2}); counted (f32 parameters + gradients + activations) {:.2} MiB",
+                d.device,
+                mib(d.peak as f64),
+                mib(d.now as f64),
+                mib(d.expected)
+            );
+        }
+    }
     if let Some(rss) = engine::peak_rss_bytes() {
         let total: f64 = outcomes.iter().map(|o| o.memory.expected_total).sum();
         println!("peak RSS of the process {:.1} MiB; analytical total (model state + activations, all ranks) {:.1} MiB", mib(rss as f64), mib(total));
