@@ -38,7 +38,8 @@ impl Trainer {
     /// Writes this rank's shard files, then (rank 0, once every rank's files are
     /// durable) commits the checkpoint atomically. Synchronous: returns when the
     /// checkpoint is committed.
-    pub fn save_checkpoint(&self, observer: &mut dyn Observer) -> Result<PathBuf> {
+    pub fn save_checkpoint(&mut self, observer: &mut dyn Observer) -> Result<PathBuf> {
+        self.pull_from_device();
         let snap = self.snapshot(Cow::Borrowed);
         snap.write(self.rank.world.as_ref(), &mut |p| observer.checkpoint_file(p))
     }
@@ -119,6 +120,9 @@ impl Trainer {
         }
         self.step = meta_u64(ck, "step")?;
         self.tokens_seen = meta_u64(ck, "tokens_seen")?;
+        if let Some(g) = &mut self.gpu {
+            g.stale();
+        }
         Ok(())
     }
 }

@@ -1,11 +1,13 @@
 //! `train.device = "cuda"` (or the emulated `"cuda-emu"`, the same code on the host's
 //! model of a GPU): a rank's forward and backward on the device (the model on the CUDA
-//! backend, crates/cuda), the optimizer and everything else on the host as before. Each
-//! step uploads the parameters (the host keeps the fp32 masters, so checkpoints,
-//! sampling and every other path are unchanged) and downloads the gradients.
+//! backend, crates/cuda), and the optimizer there too: the fp32 masters and Adam moments
+//! stay on the device between steps (uploaded at the first step and after the host's
+//! copies change, downloaded for checkpoints and sampling); global-norm clipping and
+//! AdamW run as kernels, and only the norm's per-block partial sums and the loss come
+//! back to the host in a step.
 //!
-//! A first step of issue 10: one rank (dp = tp = pp = 1, ZeRO 0); AdamW, the reductions
-//! and bf16 stay to be moved to the device. Without the `cuda` feature the state is an
+
+
 //! uninhabited type and asking for a GPU is an error naming the feature.
 
 use crate::error::{EngineError, Result};
@@ -13,6 +15,7 @@ use crate::error::{EngineError, Result};
 #[cfg(feature = "cuda")]
 mod imp {
     use cuda_kernels::backend::{Cuda, DevVec};
+    use cuda_kernels::device::Dims;
     use model::backend::Buf;
     use model::{Activations, Backend, Model, ModelSpec};
 
@@ -22,8 +25,15 @@ mod imp {
         be: Cuda,
         model: Model<Cuda>,
         acts: Activations<Cuda>,
+        /// The fp32 masters and Adam moments live here between steps; the host's copies
+        /// are refreshed by `pull` (checkpoints, sampling) and replace these after `stale`.
         params: Vec<DevVec>,
         grads: Vec<DevVec>,
+        m: Vec<DevVec>,
+        v: Vec<DevVec>,
+        /// The device's state is the run's (false until the host's is uploaded, and again
+        /// after the host's changes: a restore, loaded weights).
+        current: bool,
     }
 
     impl GpuState {
@@ -32,17 +42,92 @@ mod imp {
             let model = Model::with_backend(be.clone(), spec.clone());
             let acts = Activations::with_backend(&be, spec, b, t, recompute);
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
-            let params = model.layout.buckets.iter().map(|k| be.zeros(k.numel)).collect();
-            let grads = model.layout.buckets.iter().map(|k| be.zeros(k.numel)).collect();
-            Ok(GpuState { be, model, acts, params, grads })
+            let zeros = || model.layout.buckets.iter().map(|k| be.zeros(k.numel)).collect::<Vec<_>>();
+            let (params, grads, m, v) = (zeros(), zeros(), zeros(), zeros());
+            Ok(GpuState { be, model, acts, params, grads, m, v, current: false })
         }
 
-        /// The host's parameters (whole buckets, maybe padded) onto the device.
-        pub(crate) fn upload(&mut self, host: &[Vec<f32>]) {
-            for (d, h) in self.params.iter_mut().zip(host) {
-                let n = d.len();
-                self.be.copy_from_host(d, &h[..n]);
+        /// The host's parameters and moments (whole buckets, maybe padded) onto the
+        /// device, unless the device's are already the run's.
+        pub(crate) fn ensure(&mut self, params: &[Vec<f32>], m: &[Vec<f32>], v: &[Vec<f32>]) {
+            if self.current {
+                return;
             }
+            for (dev, host) in [(&mut self.params, params), (&mut self.m, m), (&mut self.v, v)] {
+                for (d, h) in dev.iter_mut().zip(host) {
+                    let n = d.len();
+                    self.be.copy_from_host(d, &h[..n]);
+                }
+            }
+            self.current = true;
+        }
+
+        /// The host's copies changed: the next step uploads them.
+        pub(crate) fn stale(&mut self) {
+            self.current = false;
+        }
+
+        /// The device's parameters and moments into the host's buckets.
+        pub(crate) fn pull(&self, params: &mut [Vec<f32>], m: &mut [Vec<f32>], v: &mut [Vec<f32>]) {
+            if !self.current {
+                return;
+            }
+            for (dev, host) in [(&self.params, params), (&self.m, m), (&self.v, v)] {
+                for (d, h) in dev.iter().zip(host.iter_mut()) {
+                    let n = d.len();
+                    self.be.to_host(d, &mut h[..n]);
+                }
+            }
+        }
+
+        /// Global-norm clipping and AdamW on the device over every bucket (one rank holds
+        /// them whole), in the host optimizer's order and form. Only the per-block sums
+        /// of squares come to the host (the norm, which is logged and decides clipping
+        /// and the numerics guard). Returns the pre-clip norm; a non-finite one updates
+        /// nothing.
+        pub(crate) fn optimizer_step(&mut self, layout: &model::Layout, adamw: &crate::optim::AdamW, lr: f32, t: u64, max_norm: f64) -> f64 {
+            const PARTS: usize = 64;
+            let dims = |blocks: usize| Dims { grid: (blocks as u32, 1, 1), block: (256, 1, 1), shared: 0 };
+            let partial = self.be.zeros(PARTS);
+            let mut host = vec![0.0f32; PARTS];
+            let mut sum = 0.0f64;
+            for g in &self.grads {
+                if g.len() == 0 {
+                    continue;
+                }
+                self.be.launch("sum_squares_partial", dims(PARTS), &[&partial.addr(), &g.addr(), &(g.len() as i64)]);
+                self.be.to_host(&partial, &mut host);
+                sum += host.iter().map(|&x| x as f64).sum::<f64>();
+            }
+            let norm = sum.sqrt();
+            if !norm.is_finite() {
+                return norm;
+            }
+            let clip = crate::optim::clip_factor(norm, max_norm);
+            // The host's bias corrections, in f64 (kernels::adamw_step's form).
+            let tt = t.min(i32::MAX as u64) as i32;
+            let step = (lr as f64 / (1.0 - (adamw.beta1 as f64).powi(tt))) as f32;
+            let bc2_sqrt = (1.0 - (adamw.beta2 as f64).powi(tt)).sqrt() as f32;
+            for (b, bucket) in layout.buckets.iter().enumerate() {
+                let g = &self.grads[b];
+                if clip != 1.0 && g.len() > 0 {
+                    self.be.launch("scale_inplace", dims(g.len().div_ceil(256).min(4096)), &[&g.addr(), &clip, &(g.len() as i64)]);
+                }
+                for spec in &bucket.tensors {
+                    let r = spec.range();
+                    if r.is_empty() {
+                        continue;
+                    }
+                    let at = |d: &DevVec| d.addr() + 4 * r.start as u64;
+                    let decay = 1.0 - lr * adamw.decay_for(spec.kind);
+                    self.be.launch(
+                        "adamw",
+                        dims(r.len().div_ceil(256).min(4096)),
+                        &[&at(&self.params[b]), &at(g), &at(&self.m[b]), &at(&self.v[b]), &(r.len() as i64), &step, &adamw.beta1, &adamw.beta2, &adamw.eps, &decay, &bc2_sqrt],
+                    );
+                }
+            }
+            norm
         }
 
         pub(crate) fn zero_grads(&mut self) {
@@ -54,14 +139,6 @@ mod imp {
         /// One micro-batch's forward and backward; gradients accumulate on the device.
         pub(crate) fn micro(&mut self, x: &[u32], y: &[u32], scale: f32) -> f64 {
             self.model.forward_backward(&self.params, &mut self.grads, &mut self.acts, x, y, scale)
-        }
-
-        /// The accumulated gradients into the host's (whole) gradient buckets.
-        pub(crate) fn download_grads(&self, host: &mut [Vec<f32>]) {
-            for (d, h) in self.grads.iter().zip(host) {
-                let n = d.len();
-                self.be.to_host(d, &mut h[..n]);
-            }
         }
 
         pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> f64 {
@@ -93,16 +170,22 @@ mod imp {
         pub(crate) fn new(_device: &str, _spec: &ModelSpec, _bt: (usize, usize), _recompute: bool, _selective: bool) -> Result<GpuState> {
             Err(EngineError::Invalid(format!("train.device = \"{_device}\" needs a build with the GPU backend (which holds the emulated device too): cargo build --release --features cuda")))
         }
-        pub(crate) fn upload(&mut self, _host: &[Vec<f32>]) {
+        pub(crate) fn ensure(&mut self, _p: &[Vec<f32>], _m: &[Vec<f32>], _v: &[Vec<f32>]) {
+            match *self {}
+        }
+        pub(crate) fn stale(&mut self) {
+            match *self {}
+        }
+        pub(crate) fn pull(&self, _p: &mut [Vec<f32>], _m: &mut [Vec<f32>], _v: &mut [Vec<f32>]) {
+            match *self {}
+        }
+        pub(crate) fn optimizer_step(&mut self, _l: &model::Layout, _a: &crate::optim::AdamW, _lr: f32, _t: u64, _max: f64) -> f64 {
             match *self {}
         }
         pub(crate) fn zero_grads(&mut self) {
             match *self {}
         }
         pub(crate) fn micro(&mut self, _x: &[u32], _y: &[u32], _scale: f32) -> f64 {
-            match *self {}
-        }
-        pub(crate) fn download_grads(&self, _host: &mut [Vec<f32>]) {
             match *self {}
         }
         pub(crate) fn loss(&mut self, _x: &[u32], _y: &[u32]) -> f64 {

@@ -194,9 +194,9 @@ pub struct MemoryReport {
 }
 
 /// Device memory of a rank that computes on a GPU (or the emulated device): what is
-/// allocated now and at most so far, against the count of what it holds there (the
-/// parameters and gradients, f32, and the activations by formula; the optimizer state
-/// stays on the host so far).
+/// allocated now and at most so far, against the count of what it holds there (f32
+/// parameters, gradients and both Adam moments, 16 bytes a parameter, and the
+/// activations by formula).
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceMemory {
     pub device: String,
@@ -225,7 +225,7 @@ impl MemoryReport {
                 let (device, now, peak) = g.memory();
                 let (recompute, selective) = g.recompute();
                 let acts = model::Activations::expected_bytes_with(&t.gpt.spec, b, tt, recompute, selective, 1) as f64;
-                DeviceMemory { device, now, peak, expected: 8.0 * n as f64 + acts }
+                DeviceMemory { device, now, peak, expected: 16.0 * n as f64 + acts }
             }),
         }
     }

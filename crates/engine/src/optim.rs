@@ -14,7 +14,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    fn decay_for(&self, kind: TensorKind) -> f32 {
+    pub(crate) fn decay_for(&self, kind: TensorKind) -> f32 {
         match kind {
             TensorKind::Matrix => self.weight_decay,
             TensorKind::Embedding if self.decay_embeddings => self.weight_decay,

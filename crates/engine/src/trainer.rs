@@ -343,15 +343,13 @@ impl Trainer {
         if let Some(g) = &mut self.gpu {
             // The host holds the masters: the device computes with this step's copy.
             let t0 = Instant::now();
-            g.upload(&self.params);
+            g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
             g.zero_grads();
             for micro in 0..accum {
                 self.fill(self.sample_index(micro), false);
                 let g = self.gpu.as_mut().expect("a GPU");
                 loss_sum += g.micro(&self.inputs, &self.targets, grad_scale);
             }
-            let g = self.gpu.as_ref().expect("a GPU");
-            g.download_grads(&mut self.grads);
             // Forward and backward are not timed apart on the device (one stream).
             times.forward += t0.elapsed().as_secs_f64();
         } else if self.pipe.is_some() {
@@ -377,7 +375,18 @@ impl Trainer {
         }
         // The loss is all-reduced and the norm global, so every rank skips alike. A
         // non-finite norm makes `optimizer_step` leave the state as it was.
-        let norm = if loss.is_finite() { self.optimizer_step(times)? } else { f64::NAN };
+        let norm = if !loss.is_finite() {
+            f64::NAN
+        } else if let Some(g) = &mut self.gpu {
+            // On the device: the masters and moments stay there (see gpu.rs).
+            let t0 = Instant::now();
+            let lr = self.schedule.at(self.step) as f32;
+            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip);
+            times.optimizer += t0.elapsed().as_secs_f64();
+            norm
+        } else {
+            self.optimizer_step(times)?
+        };
         self.step += 1;
         self.tokens_seen += global * t as u64;
         Ok((loss, norm))
@@ -406,7 +415,7 @@ impl Trainer {
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
         if let Some(g) = &mut self.gpu {
-            g.upload(&self.params);
+            g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
             for i in 0..micro {
                 self.fill((i * b) as u64, true);
                 let g = self.gpu.as_mut().expect("a GPU");
@@ -453,11 +462,23 @@ impl Trainer {
             }
             keep_held(&mut self.params[b], src, s, r, zero);
         }
+        if let Some(g) = &mut self.gpu {
+            g.stale();
+        }
         Ok(())
+    }
+
+    /// A run on a device keeps its parameters and moments there: this brings the host's
+    /// copies up to date (before anything reads them: checkpoints, sampling).
+    pub(crate) fn pull_from_device(&mut self) {
+        if let Some(g) = &self.gpu {
+            g.pull(&mut self.params, &mut self.exp_avg, &mut self.exp_avg_sq);
+        }
     }
 
     /// The whole model's parameters, unpadded, on every rank (a collective under ZeRO-3).
     pub fn full_params(&mut self) -> Result<Vec<Vec<f32>>> {
+        self.pull_from_device();
         let nb = self.params.len();
         let held: Vec<usize> = (0..nb).filter(|&b| self.shards[b].numel > 0).collect();
         let mut plan = crate::step::Prefetch::new(held.clone());
@@ -599,6 +620,7 @@ impl Trainer {
             return Ok(());
         }
         self.finish_write(observer)?;
+        self.pull_from_device();
         let snap = self.snapshot(|v| std::borrow::Cow::Owned(v.to_vec())).into_owned();
         let (comm, hook) = (self.rank.ckpt.clone(), self.async_file_hook.clone());
         let spawned = std::thread::Builder::new().name("checkpoint-writer".into()).spawn(move || {

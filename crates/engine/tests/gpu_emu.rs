@@ -95,3 +95,35 @@ fn fifty_steps_of_tiny_gpt2_on_the_emulated_device_equal_the_cpu_run() {
 fn fifty_steps_of_a_tiny_llama_on_the_emulated_device_equal_the_cpu_run() {
     equal_to_cpu("tiny Llama", &["model.arch=\"llama\"", "model.n_head=4", "model.n_kv_head=2"]);
 }
+
+/// With the masters and moments on the device, a checkpoint written mid-run (pulled
+/// from the device) and resumed by a fresh trainer (uploaded again) continues exactly:
+/// the same losses and bitwise the same parameters as the uninterrupted run.
+#[test]
+fn a_run_on_the_emulated_device_resumes_bitwise_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let run = tempfile::tempdir().unwrap();
+    let c = || cfg(&[], "cuda-emu");
+    let mut times = StepTimes::default();
+    let mut whole = Trainer::new(c(), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
+    let want: Vec<f64> = (0..12).map(|_| whole.train_step(&mut times).unwrap().0).collect();
+    let want_params = whole.full_params().unwrap();
+
+    let mut first = Trainer::new(c(), data::Dataset::open(dir.path()).unwrap(), run.path()).unwrap();
+    let mut got: Vec<f64> = (0..6).map(|_| first.train_step(&mut times).unwrap().0).collect();
+    first.save_checkpoint(&mut engine::Quiet).unwrap();
+    // The first trainer goes on too: the checkpoint's pull left its device state intact.
+    let more: Vec<f64> = (0..6).map(|_| first.train_step(&mut times).unwrap().0).collect();
+    assert_eq!(more, want[6..], "the run that wrote the checkpoint");
+    let mut second = Trainer::new(c(), data::Dataset::open(dir.path()).unwrap(), run.path()).unwrap();
+    second.restore(&engine::open_checkpoint(run.path()).unwrap()).unwrap();
+    got.extend((0..6).map(|_| second.train_step(&mut times).unwrap().0));
+    assert_eq!(got, want, "losses of the resumed run");
+    assert_eq!(second.full_params().unwrap(), want_params, "parameters of the resumed run");
+    // And the checkpoint loads on the CPU: the same next step as on the device.
+    let mut cpu = Trainer::new(cfg(&[], "cpu"), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
+    cpu.restore(&engine::open_checkpoint(run.path()).unwrap()).unwrap();
+    let next = cpu.train_step(&mut times).unwrap().0;
+    assert!(((next - want[6]) / want[6]).abs() < 1e-5, "step 7 on the CPU from the device's checkpoint: {next} vs {}", want[6]);
+}

@@ -612,7 +612,7 @@ fn print_memory(outcomes: &[Outcome]) {
     for (r, o) in outcomes.iter().enumerate() {
         if let Some(d) = &o.memory.device {
             println!(
-                "rank {r} on {}: device memory peak {:.2} MiB (now {:.2}); counted (f32 parameters + gradients + activations) {:.2} MiB",
+                "rank {r} on {}: device memory peak {:.2} MiB (now {:.2}); counted (f32 parameters, gradients, Adam moments + activations) {:.2} MiB",
                 d.device,
                 mib(d.peak as f64),
                 mib(d.now as f64),
