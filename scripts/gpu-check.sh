@@ -14,7 +14,8 @@
 # CPU (every step's loss within relative 1e-3); (d) speed: GPT-2 124M (context 1024)
 # training steps in PyTorch (bf16 autocast, fused AdamW, flash SDPA, the largest
 # micro-batch up to 32 that fits; eager and torch.compile; bench/pytorch_reference.py)
-# and in Hyperion on the GPU at that batch (f32: its only GPU path so far), tokens/s and
+# and in Hyperion on the GPU at that batch (f32, fused attention, optimizer on the device:
+# its only GPU path so far), tokens/s and
 # MFU against 989 TFLOP/s; PyTorch's peak device memory is recorded. Not yet written, and
 # reported as such in summary.json: bf16 in Hyperion, Hyperion's peak device memory
 # against the analytic count.
