@@ -44,7 +44,7 @@ fn models(cuda: &Cuda) {
     for name in ["gpt2-mini", "llama-mini"] {
         let mut spec = model::spec::get(name).expect("a catalog entry");
         spec.layers = 2;
-        check(spec, &cuda);
+        check(spec, cuda);
     }
 }
 

@@ -28,8 +28,7 @@ fn cfg(preset_sets: &[&str], device: &str) -> config::ResolvedConfig {
             "optim.warmup_steps=5".into(),
             "optim.grad_clip=0.5".into(),
             "log.peak_flops=1e11".into(),
-        ]
-        .into_iter(),
+        ],
     );
     config::resolve(Some("tiny"), None, &sets).expect("config")
 }

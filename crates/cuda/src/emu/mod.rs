@@ -139,7 +139,7 @@ impl Device for EmuDevice {
         mem::check(self.ordinal, src, n, &|| format!("copy of {n} bytes to the host"))?;
         // SAFETY: as htod.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), n) };
-        if src % 4 == 0 {
+        if src.is_multiple_of(4) {
             if let Some(i) = dst.chunks_exact(4).position(|w| w == mem::NEVER_WRITTEN) {
                 return Err(format!("copy of {n} bytes to the host: element {i} ({}) was never written", mem::describe(src + 4 * i as u64)));
             }
