@@ -115,7 +115,8 @@ pub struct TrainConfig {
     /// the run stops with an error, its last checkpoint (written before the trouble, or
     /// during it, when no update had been applied) left as the state to resume from.
     pub max_bad_steps: u64,
-    /// Where a rank computes: "cpu", or "cuda" / "cuda:N" (a build with `--features cuda`).
+    /// Where a rank computes: "cpu", or "cuda" / "cuda:N", or the emulated "cuda-emu" /
+    /// "cuda-emu:N" (the GPU code path on the host, for tests); a build with `--features cuda`.
     pub device: String,
 }
 
