@@ -22,10 +22,8 @@ struct emu_dim3 {
     unsigned x, y, z;
 };
 
-struct EmuFiber;
 extern "C" {
-// The fiber running now: its thread index, lane and warp.
-EmuFiber* emu_current(void);
+// The running fiber's thread index and lane, the launch's block index and sizes.
 const emu_dim3* emu_thread_idx(void);
 const emu_dim3* emu_block_idx(void);
 const emu_dim3* emu_block_dim(void);

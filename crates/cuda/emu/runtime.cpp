@@ -133,7 +133,6 @@ extern "C" void emu_fiber_main(void) {
     abort();  // a finished fiber is never resumed
 }
 
-extern "C" EmuFiber* emu_current(void) { return T->cur; }
 extern "C" const emu_dim3* emu_thread_idx(void) { return &T->cur->tid; }
 extern "C" const emu_dim3* emu_block_idx(void) { return &T->block_idx; }
 extern "C" const emu_dim3* emu_block_dim(void) { return &T->l->block; }

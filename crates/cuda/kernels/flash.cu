@@ -12,6 +12,16 @@
 
 __device__ __forceinline__ const float* qrow(const float* qkv, long bi, long i, long h, long t, long w, long hd) { return qkv + (bi * t + i) * w + h * hd; }
 
+__device__ void flash_load_keys(float* K, float* V, const float* qkv, long bi, long kh, long j0, long t, long nh, long nkv, long w, long hd, int bt) {
+    int tid = threadIdx.x, nt = blockDim.x;
+    for (long e = tid; e < bt * hd; e += nt) {
+        long c = e / hd, d = e % hd;
+        bool ok = j0 + c < t;
+        K[e] = ok ? qrow(qkv, bi, j0 + c, nh + kh, t, w, hd)[d] : 0.0f;
+        V[e] = ok ? qrow(qkv, bi, j0 + c, nh + nkv + kh, t, w, hd)[d] : 0.0f;
+    }
+}
+
 // Grid (ceil(t / BT), nh, b); lse (b, nh, t).
 extern "C" __global__ void flash_attention_forward(float* out, float* lse, const float* qkv, long b, long t, long nh, long nkv, long hd, float scale,
                                                    int bt) {
@@ -32,12 +42,7 @@ extern "C" __global__ void flash_attention_forward(float* out, float* lse, const
     long last = i0 + bt - 1 < t - 1 ? i0 + bt - 1 : t - 1;
     for (long j0 = 0; j0 <= last; j0 += bt) {
         __syncthreads();
-        for (long e = tid; e < bt * hd; e += nt) {
-            long c = e / hd, d = e % hd;
-            bool ok = j0 + c < t;
-            K[e] = ok ? qrow(qkv, bi, j0 + c, nh + kh, t, w, hd)[d] : 0.0f;
-            V[e] = ok ? qrow(qkv, bi, j0 + c, nh + nkv + kh, t, w, hd)[d] : 0.0f;
-        }
+        flash_load_keys(K, V, qkv, bi, kh, j0, t, nh, nkv, w, hd, bt);
         __syncthreads();
         for (long e = tid; e < bt * bt; e += nt) {
             long r = e / bt, c = e % bt;
@@ -136,16 +141,6 @@ __device__ void flash_load_queries(float* Q, float* G, float* Lse, float* Dsum, 
         bool ok = i0 + r < t;
         Lse[r] = ok ? lse[(bi * nh + h) * t + i0 + r] : 0.0f;
         Dsum[r] = ok ? dsum[(bi * nh + h) * t + i0 + r] : 0.0f;
-    }
-}
-
-__device__ void flash_load_keys(float* K, float* V, const float* qkv, long bi, long kh, long j0, long t, long nh, long nkv, long w, long hd, int bt) {
-    int tid = threadIdx.x, nt = blockDim.x;
-    for (long e = tid; e < bt * hd; e += nt) {
-        long c = e / hd, d = e % hd;
-        bool ok = j0 + c < t;
-        K[e] = ok ? qrow(qkv, bi, j0 + c, nh + kh, t, w, hd)[d] : 0.0f;
-        V[e] = ok ? qrow(qkv, bi, j0 + c, nh + nkv + kh, t, w, hd)[d] : 0.0f;
     }
 }
 

@@ -78,12 +78,6 @@ pub struct DevVec {
     dev: Arc<dyn Device>,
 }
 
-impl DevVec {
-    pub fn addr(&self) -> u64 {
-        self.ptr
-    }
-}
-
 impl Deref for DevVec {
     type Target = DevBuf;
     fn deref(&self) -> &DevBuf {

@@ -28,6 +28,11 @@ fn get(d: &EmuDevice, p: u64, n: usize) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
+/// A 4 x 4 x 4 f32 GEMM, C = A B, each operand one 16-element matrix.
+fn square4(a: u64, b: u64, c: u64) -> Gemm {
+    Gemm { ta: false, tb: false, m: 4, n: 4, k: 4, alpha: 1.0, a, lda: 4, stride_a: 0, b, ldb: 4, stride_b: 0, beta: 0.0, c, ldc: 4, stride_c: 0, batch: 1, ab: Dtype::F32, cd: Dtype::F32 }
+}
+
 fn err_contains(r: Result<(), String>, parts: &[&str]) {
     let e = r.expect_err("the emulator should refuse this");
     for p in parts {
@@ -102,27 +107,7 @@ fn memory_never_written_is_an_error_where_it_is_read() {
     err_contains(d.dtoh(&mut host, never), &["copy of 128 bytes to the host", "element 0", "never written"]);
     // A GEMM operand.
     let c = buf(&d, &[0.0; 16]);
-    let g = Gemm {
-        ta: false,
-        tb: false,
-        m: 4,
-        n: 4,
-        k: 4,
-        alpha: 1.0,
-        a: never,
-        lda: 4,
-        stride_a: 0,
-        b: a,
-        ldb: 4,
-        stride_b: 0,
-        beta: 0.0,
-        c,
-        ldc: 4,
-        stride_c: 0,
-        batch: 1,
-        ab: Dtype::F32,
-        cd: Dtype::F32,
-    };
+    let g = square4(never, a, c);
     err_contains(d.gemm(&g), &["cuBLAS gemm NN m=4 n=4 k=4", "reads A element 0", "never written"]);
     // Half written: the first unwritten element is named.
     d.htod(never, &[0u8; 64]).unwrap();
@@ -140,27 +125,7 @@ fn copies_and_gemms_are_bounds_checked() {
     err_contains(d.memset(a + 4, 0, 64), &["memset"]);
     // cuBLAS's own rule: lda >= rows of A.
     let (b, c) = (buf(&d, &[1.0; 16]), buf(&d, &[0.0; 16]));
-    let mut g = Gemm {
-        ta: false,
-        tb: false,
-        m: 4,
-        n: 4,
-        k: 4,
-        alpha: 1.0,
-        a,
-        lda: 3,
-        stride_a: 0,
-        b,
-        ldb: 4,
-        stride_b: 0,
-        beta: 0.0,
-        c,
-        ldc: 4,
-        stride_c: 0,
-        batch: 1,
-        ab: Dtype::F32,
-        cd: Dtype::F32,
-    };
+    let mut g = Gemm { lda: 3, ..square4(a, b, c) };
     err_contains(d.gemm(&g), &["lda = 3 is less than the 4 rows", "CUBLAS_STATUS_INVALID_VALUE"]);
     // A legal but too large leading dimension runs past A's allocation.
     g.lda = 5;

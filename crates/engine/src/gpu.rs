@@ -34,7 +34,11 @@ mod imp {
         /// The device's state is the run's (false until the host's is uploaded, and again
         /// after the host's changes: a restore, loaded weights).
         current: bool,
+        /// The gradient norm's per-block partial sums, `NORM_PARTS` per bucket.
+        partials: DevVec,
     }
+
+    const NORM_PARTS: usize = 64;
 
     impl GpuState {
         pub(crate) fn new(device: &str, spec: &ModelSpec, (b, t): (usize, usize), recompute: bool, selective: bool) -> Result<GpuState> {
@@ -44,7 +48,9 @@ mod imp {
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
             let zeros = || model.layout.buckets.iter().map(|k| be.zeros(k.numel)).collect::<Vec<_>>();
             let (params, grads, m, v) = (zeros(), zeros(), zeros(), zeros());
-            Ok(GpuState { be, model, acts, params, grads, m, v, current: false })
+            // Empty buckets (none on one rank today) leave their partials at zero.
+            let partials = be.zeros(NORM_PARTS * params.len());
+            Ok(GpuState { be, model, acts, params, grads, m, v, current: false, partials })
         }
 
         /// The host's parameters and moments (whole buckets, maybe padded) onto the
@@ -86,20 +92,17 @@ mod imp {
         /// and the numerics guard). Returns the pre-clip norm; a non-finite one updates
         /// nothing.
         pub(crate) fn optimizer_step(&mut self, layout: &model::Layout, adamw: &crate::optim::AdamW, lr: f32, t: u64, max_norm: f64) -> f64 {
-            const PARTS: usize = 64;
             let dims = |blocks: usize| Dims { grid: (blocks as u32, 1, 1), block: (256, 1, 1), shared: 0 };
-            let partial = self.be.zeros(PARTS);
-            let mut host = vec![0.0f32; PARTS];
-            let mut sum = 0.0f64;
-            for g in &self.grads {
-                if g.len() == 0 {
-                    continue;
+            // Every bucket's partial sums into one buffer, then one copy to the host.
+            for (b, g) in self.grads.iter().enumerate() {
+                if g.len() > 0 {
+                    let at = self.partials.addr() + (4 * b * NORM_PARTS) as u64;
+                    self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.addr(), &(g.len() as i64)]);
                 }
-                self.be.launch("sum_squares_partial", dims(PARTS), &[&partial.addr(), &g.addr(), &(g.len() as i64)]);
-                self.be.to_host(&partial, &mut host);
-                sum += host.iter().map(|&x| x as f64).sum::<f64>();
             }
-            let norm = sum.sqrt();
+            let mut host = vec![0.0f32; self.partials.len()];
+            self.be.to_host(&self.partials, &mut host);
+            let norm = host.iter().map(|&x| x as f64).sum::<f64>().sqrt();
             if !norm.is_finite() {
                 return norm;
             }

@@ -64,7 +64,11 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
         mem::check(device, g.a, extent(ar, ac, g.lda, g.stride_a, g.batch) * es(g.ab), &|| format!("{}: A", what()))?;
         mem::check(device, g.b, extent(br, bc, g.ldb, g.stride_b, g.batch) * es(g.ab), &|| format!("{}: B", what()))?;
     }
-    let never = |op: &str, i: usize| format!("{}: reads {op} element {i}, which was never written", what());
+    // Element i of an operand, or the error naming it when it was never written.
+    let read = |p: u64, i: usize, t, op: &str| match load(p, i, t) {
+        (_, true) => Err(format!("{}: reads {op} element {i}, which was never written", what())),
+        (v, false) => Ok(v),
+    };
     let mut col = vec![0.0f32; g.k];
     let mut acc = vec![0.0f32; g.m];
     for p in 0..g.batch {
@@ -74,12 +78,7 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
             if g.alpha != 0.0 {
                 // Column j of op(B).
                 for (l, x) in col.iter_mut().enumerate() {
-                    let i = b0 + if g.tb { j + l * g.ldb } else { l + j * g.ldb };
-                    let (v, bad) = load(g.b, i, g.ab);
-                    if bad {
-                        return Err(never("B", i));
-                    }
-                    *x = v;
+                    *x = read(g.b, b0 + if g.tb { j + l * g.ldb } else { l + j * g.ldb }, g.ab, "B")?;
                 }
                 // acc[i] = sum over l in order of op(A)[i, l] col[l], walking A along its
                 // contiguous dimension (the order of the sum is the same either way).
@@ -87,24 +86,14 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
                     for (i, out) in acc.iter_mut().enumerate() {
                         let mut s = 0.0f32;
                         for (l, &bv) in col.iter().enumerate() {
-                            let ia = a0 + l + i * g.lda;
-                            let (av, bad) = load(g.a, ia, g.ab);
-                            if bad {
-                                return Err(never("A", ia));
-                            }
-                            s += av * bv;
+                            s += read(g.a, a0 + l + i * g.lda, g.ab, "A")? * bv;
                         }
                         *out = s;
                     }
                 } else {
                     for (l, &bv) in col.iter().enumerate() {
                         for (i, out) in acc.iter_mut().enumerate() {
-                            let ia = a0 + i + l * g.lda;
-                            let (av, bad) = load(g.a, ia, g.ab);
-                            if bad {
-                                return Err(never("A", ia));
-                            }
-                            *out += av * bv;
+                            *out += read(g.a, a0 + i + l * g.lda, g.ab, "A")? * bv;
                         }
                     }
                 }
@@ -113,11 +102,7 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
                 let ic = c0 + i + j * g.ldc;
                 let mut out = g.alpha * s;
                 if g.beta != 0.0 {
-                    let (cv, bad) = load(g.c, ic, g.cd);
-                    if bad {
-                        return Err(never("C (beta != 0)", ic));
-                    }
-                    out += g.beta * cv;
+                    out += g.beta * read(g.c, ic, g.cd, "C (beta != 0)")?;
                 }
                 store(g.c, ic, g.cd, out);
             }
