@@ -1,7 +1,8 @@
 //! Builds the emulated CUDA device's host copy of every kernel: each `kernels/*.cu` file,
 //! after the prelude, compiled as C++ with `emu/compat.h` (the same text NVRTC compiles
 //! for a GPU), plus a generated launcher per kernel that unpacks CUDA-style argument
-//! pointers, and the fiber runtime `emu/runtime.cpp`. Also writes the table of kernels
+//! pointers, and the fiber runtime `emu/runtime.cpp`. A source written over `floatX`
+//! is built a second time as bf16 (its kernels renamed `NAME_bf16`). Also writes the table of kernels
 //! with their parameters, which the emulator checks every launch's arguments against.
 
 use std::fmt::Write as _;
@@ -70,20 +71,33 @@ fn main() {
         println!("cargo:rerun-if-changed={}", f.display());
         let source = f.file_stem().unwrap().to_str().unwrap().to_string();
         let text = std::fs::read_to_string(f).unwrap();
-        let mut cpp = String::new();
-        writeln!(cpp, "#include \"compat.h\"\n#include \"{}\"\n#include \"{}\"", kdir.join("prelude.cuh").display(), f.display()).unwrap();
-        writeln!(cpp, "struct EmuLaunch;\nstruct EmuFault;\nextern \"C\" int emu_run(const EmuLaunch*, void (*)(void**), void**, EmuFault*);").unwrap();
-        for (name, params) in kernels(&text) {
-            let call: Vec<String> = params.iter().enumerate().map(|(i, p)| format!("*({} *)a[{i}]", p.ty)).collect();
-            writeln!(cpp, "static void emu_body_{name}(void** a) {{ {name}({}); }}", call.join(", ")).unwrap();
-            writeln!(cpp, "extern \"C\" int emu_launch_{name}(const EmuLaunch* l, void** a, EmuFault* f) {{ return emu_run(l, emu_body_{name}, a, f); }}").unwrap();
-            writeln!(externs, "    fn emu_launch_{name}(l: *const EmuLaunch, a: *const *mut c_void, f: *mut EmuFault) -> i32;").unwrap();
-            let ps: Vec<String> = params.iter().map(|p| format!("Param {{ name: {:?}, ty: {:?}, kind: ArgKind::{} }}", p.name, p.ty, p.kind)).collect();
-            writeln!(entries, "    EmuKernel {{ name: {name:?}, source: {source:?}, params: &[{}], launch: emu_launch_{name} }},", ps.join(", ")).unwrap();
+        let found = kernels(&text);
+        // A source written over `floatX` is built twice (see the prelude): as f32, and as
+        // bf16 with every kernel renamed NAME_bf16 (lib.rs's `kernel_name`).
+        let variants: &[&str] = if text.contains("floatX") { &["", "_bf16"] } else { &[""] };
+        for suffix in variants {
+            let mut cpp = String::new();
+            if !suffix.is_empty() {
+                writeln!(cpp, "#define HYPERION_BF16 1").unwrap();
+                for (name, _) in &found {
+                    writeln!(cpp, "#define {name} {name}{suffix}").unwrap();
+                }
+            }
+            writeln!(cpp, "#include \"compat.h\"\n#include \"{}\"\n#include \"{}\"", kdir.join("prelude.cuh").display(), f.display()).unwrap();
+            writeln!(cpp, "struct EmuLaunch;\nstruct EmuFault;\nextern \"C\" int emu_run(const EmuLaunch*, void (*)(void**), void**, EmuFault*);").unwrap();
+            for (base, params) in &found {
+                let name = format!("{base}{suffix}");
+                let call: Vec<String> = params.iter().enumerate().map(|(i, p)| format!("*({} *)a[{i}]", p.ty)).collect();
+                writeln!(cpp, "static void emu_body_{name}(void** a) {{ {name}({}); }}", call.join(", ")).unwrap();
+                writeln!(cpp, "extern \"C\" int emu_launch_{name}(const EmuLaunch* l, void** a, EmuFault* f) {{ return emu_run(l, emu_body_{name}, a, f); }}").unwrap();
+                writeln!(externs, "    fn emu_launch_{name}(l: *const EmuLaunch, a: *const *mut c_void, f: *mut EmuFault) -> i32;").unwrap();
+                let ps: Vec<String> = params.iter().map(|p| format!("Param {{ name: {:?}, ty: {:?}, kind: ArgKind::{} }}", p.name, p.ty, p.kind)).collect();
+                writeln!(entries, "    EmuKernel {{ name: {name:?}, source: {source:?}, params: &[{}], launch: emu_launch_{name} }},", ps.join(", ")).unwrap();
+            }
+            let gen = out.join(format!("emu_{source}{suffix}.cpp"));
+            write_if_changed(&gen, &cpp);
+            build.file(gen);
         }
-        let gen = out.join(format!("emu_{source}.cpp"));
-        write_if_changed(&gen, &cpp);
-        build.file(gen);
     }
     externs.push_str("}\n");
     entries.push_str("];\n");

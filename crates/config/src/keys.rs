@@ -74,6 +74,7 @@ pub(crate) const FIELDS: &[(&str, Kind)] = &[
     ("train.log_interval", U),
     ("train.max_bad_steps", U),
     ("train.device", Kind::Str),
+    ("train.dtype", Kind::Enum(&["f32", "bf16"])),
     ("optim.lr", Kind::Float),
     ("optim.min_lr", Kind::Float),
     ("optim.warmup_steps", U),

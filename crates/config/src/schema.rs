@@ -118,6 +118,10 @@ pub struct TrainConfig {
     /// Where a rank computes: "cpu", or "cuda" / "cuda:N", or the emulated "cuda-emu" /
     /// "cuda-emu:N" (the GPU code path on the host, for tests); a build with `--features cuda`.
     pub device: String,
+    /// Storage precision on a GPU: "f32", or "bf16" (activations, the weights the
+    /// model reads and gradients in bf16; fp32 master weights, Adam moments, loss and
+    /// softmax/norm statistics; checkpoints hold the fp32 masters). The CPU is f32.
+    pub dtype: String,
 }
 
 impl Default for TrainConfig {
@@ -133,6 +137,7 @@ impl Default for TrainConfig {
             log_interval: 10,
             max_bad_steps: 3,
             device: "cpu".into(),
+            dtype: "f32".into(),
         }
     }
 }

@@ -112,7 +112,18 @@ pub(crate) fn validate(c: &RunConfig) -> Result<(), ConfigError> {
         ));
     }
 
-    crate::device_ordinal(&t.device).map_err(|why| invalid("train.device", why))?;
+    let gpu = crate::device_ordinal(&t.device).map_err(|why| invalid("train.device", why))?.is_some();
+    match t.dtype.as_str() {
+        "f32" => {}
+        "bf16" if gpu => {}
+        "bf16" => {
+            return Err(invalid(
+                "train.dtype",
+                format!("\"bf16\" is the GPU path's precision (train.device = \"cuda\" or \"cuda-emu\"); train.device = \"{}\" computes in f32", t.device),
+            ))
+        }
+        other => return Err(invalid("train.dtype", format!("expected \"f32\" or \"bf16\", found \"{other}\""))),
+    }
 
     let p = &c.parallel;
     positive("parallel.dp", p.dp as u64)?;

@@ -113,6 +113,8 @@ fn invalid_values_name_their_key() {
         (&["parallel.pp=0"], "parallel.pp: must be at least 1, found 0"),
         (&["train.device=gpu"], "train.device: expected \"cpu\", \"cuda\", \"cuda:N\" (N a device number) or the emulated \"cuda-emu\" / \"cuda-emu:N\", found \"gpu\""),
         (&["train.device=cuda:x"], "train.device: expected \"cpu\", \"cuda\", \"cuda:N\" (N a device number) or the emulated \"cuda-emu\" / \"cuda-emu:N\", found \"cuda:x\""),
+        (&["train.dtype=\"bf16\""], "train.dtype: \"bf16\" is the GPU path's precision (train.device = \"cuda\" or \"cuda-emu\"); train.device = \"cpu\" computes in f32"),
+        (&["train.dtype=\"fp16\""], "train.dtype: expected one of \"f32\", \"bf16\", found \"fp16\""),
         (&["parallel.virtual_stages=2"], "parallel.virtual_stages: 2 chunks per pipeline rank need parallel.schedule = \"interleaved\" (the schedule is \"1f1b\")"),
         (&["parallel.schedule=\"interleaved\""], "parallel.schedule: \"interleaved\" needs parallel.pp >= 2 and parallel.virtual_stages >= 2 (found pp = 1, virtual_stages = 1)"),
         (&["parallel.schedule=\"gpipe\""], "parallel.schedule: expected one of \"1f1b\", \"interleaved\", found \"gpipe\""),

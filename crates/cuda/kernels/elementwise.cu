@@ -1,10 +1,10 @@
 // Elementwise ops: add, scale, GELU (tanh form, GPT-2's), SwiGLU (Llama), conversions.
 
-extern "C" __global__ void add_inplace(float* out, const float* a, long n) {
+extern "C" __global__ void add_inplace(floatX* out, const floatX* a, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] += a[i];
 }
 
-extern "C" __global__ void scale_inplace(float* x, float s, long n) {
+extern "C" __global__ void scale_inplace(floatX* x, float s, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] *= s;
 }
 
@@ -12,7 +12,7 @@ extern "C" __global__ void scale_inplace(float* x, float s, long n) {
 #define GELU_K 0.7978845608028654f
 #define GELU_C 0.044715f
 
-extern "C" __global__ void gelu_forward(float* out, const float* h, long n) {
+extern "C" __global__ void gelu_forward(floatX* out, const floatX* h, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float x = h[i];
         float u = GELU_K * (x + GELU_C * x * x * x);
@@ -21,7 +21,7 @@ extern "C" __global__ void gelu_forward(float* out, const float* h, long n) {
 }
 
 // dh += dout * d gelu(h) / dh.
-extern "C" __global__ void gelu_backward(float* dh, const float* dout, const float* h, long n) {
+extern "C" __global__ void gelu_backward(floatX* dh, const floatX* dout, const floatX* h, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float x = h[i];
         float u = GELU_K * (x + GELU_C * x * x * x);
@@ -33,7 +33,7 @@ extern "C" __global__ void gelu_backward(float* dh, const float* dout, const flo
 }
 
 // SwiGLU on packed rows h = [gate (f) | up (f)]: out = silu(gate) * up, (rows, f).
-extern "C" __global__ void swiglu_forward(float* out, const float* h, long rows, long f) {
+extern "C" __global__ void swiglu_forward(floatX* out, const floatX* h, long rows, long f) {
     long n = rows * f;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         long r = i / f, j = i % f;
@@ -44,7 +44,7 @@ extern "C" __global__ void swiglu_forward(float* out, const float* h, long rows,
 }
 
 // d gate += dout * up * silu'(gate), d up += dout * silu(gate).
-extern "C" __global__ void swiglu_backward(float* dh, const float* dout, const float* h, long rows, long f) {
+extern "C" __global__ void swiglu_backward(floatX* dh, const floatX* dout, const floatX* h, long rows, long f) {
     long n = rows * f;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         long r = i / f, j = i % f;
@@ -67,7 +67,7 @@ extern "C" __global__ void bf16_to_f32(float* out, const bf16_bits* x, long n) {
 
 // Column sums of `partial` (rows, c) added to `out` (c), rows in order: the
 // deterministic second pass of every weight gradient that rows contribute to.
-extern "C" __global__ void column_sum_add(float* out, const float* partial, long rows, long c) {
+extern "C" __global__ void column_sum_add(floatX* out, const floatX* partial, long rows, long c) {
     for (long j = blockIdx.x * (long)blockDim.x + threadIdx.x; j < c; j += (long)gridDim.x * blockDim.x) {
         float s = 0.0f;
         for (long r = 0; r < rows; r++) s += partial[r * c + j];
@@ -76,7 +76,7 @@ extern "C" __global__ void column_sum_add(float* out, const float* partial, long
 }
 
 // y (rows, c) += b (c): a linear layer's bias.
-extern "C" __global__ void add_bias(float* y, const float* b, long rows, long c) {
+extern "C" __global__ void add_bias(floatX* y, const floatX* b, long rows, long c) {
     long n = rows * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] += b[i % c];
 }

@@ -1,7 +1,7 @@
 // Token (+ learned position) embedding. The vocabulary may be a tensor-parallel part:
 // rows [first, first + vrows) of the whole table; other tokens contribute zeros.
 
-extern "C" __global__ void embedding_forward(float* out, const u32* tokens, const float* wte, const float* wpe, long b, long t, long c,
+extern "C" __global__ void embedding_forward(floatX* out, const u32* tokens, const floatX* wte, const floatX* wpe, long b, long t, long c,
                                              long first, long vrows) {
     long n = b * t * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
@@ -16,7 +16,7 @@ extern "C" __global__ void embedding_forward(float* out, const u32* tokens, cons
 // Deterministic d wte: the host sorts the positions by token; `order` lists positions
 // grouped by token, segment s = [starts[s], starts[s + 1]) belongs to token uniq[s]
 // (a local row). One block per segment, each thread a channel, positions in order.
-extern "C" __global__ void embedding_backward_sorted(float* dwte, const float* dout, const u32* order, const u32* starts, const u32* uniq,
+extern "C" __global__ void embedding_backward_sorted(floatX* dwte, const floatX* dout, const u32* order, const u32* starts, const u32* uniq,
                                                      long segments, long c) {
     long s = blockIdx.x;
     if (s >= segments) return;
@@ -29,7 +29,7 @@ extern "C" __global__ void embedding_backward_sorted(float* dwte, const float* d
 }
 
 // d wpe[t, j] += sum over the batch of dout[b, t, j], batch in order.
-extern "C" __global__ void position_backward(float* dwpe, const float* dout, long b, long t, long c) {
+extern "C" __global__ void position_backward(floatX* dwpe, const floatX* dout, long b, long t, long c) {
     long n = t * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float acc = 0.0f;

@@ -10,9 +10,9 @@
 // out and dout (b, t, nh hd). Tiles of BT query and BT key rows live in dynamic shared
 // memory (the host picks BT so the tiles fit; see backend.rs).
 
-__device__ __forceinline__ const float* qrow(const float* qkv, long bi, long i, long h, long t, long w, long hd) { return qkv + (bi * t + i) * w + h * hd; }
+__device__ __forceinline__ const floatX* qrow(const floatX* qkv, long bi, long i, long h, long t, long w, long hd) { return qkv + (bi * t + i) * w + h * hd; }
 
-__device__ void flash_load_keys(float* K, float* V, const float* qkv, long bi, long kh, long j0, long t, long nh, long nkv, long w, long hd, int bt) {
+__device__ void flash_load_keys(float* K, float* V, const floatX* qkv, long bi, long kh, long j0, long t, long nh, long nkv, long w, long hd, int bt) {
     int tid = threadIdx.x, nt = blockDim.x;
     for (long e = tid; e < bt * hd; e += nt) {
         long c = e / hd, d = e % hd;
@@ -23,7 +23,7 @@ __device__ void flash_load_keys(float* K, float* V, const float* qkv, long bi, l
 }
 
 // Grid (ceil(t / BT), nh, b); lse (b, nh, t).
-extern "C" __global__ void flash_attention_forward(float* out, float* lse, const float* qkv, long b, long t, long nh, long nkv, long hd, float scale,
+extern "C" __global__ void flash_attention_forward(floatX* out, float* lse, const floatX* qkv, long b, long t, long nh, long nkv, long hd, float scale,
                                                    int bt) {
     DYNAMIC_SHARED(float, sh);
     float *Q = sh, *K = Q + bt * hd, *V = K + bt * hd, *O = V + bt * hd, *S = O + bt * hd, *M = S + bt * bt, *L = M + bt, *C = L + bt;
@@ -94,11 +94,11 @@ extern "C" __global__ void flash_attention_forward(float* out, float* lse, const
 }
 
 // D (b, nh, t) = rowsum(dout * out) per head: the backward's softmax correction.
-extern "C" __global__ void flash_attention_rowdot(float* dsum, const float* dout, const float* out, long b, long t, long nh, long hd) {
+extern "C" __global__ void flash_attention_rowdot(float* dsum, const floatX* dout, const floatX* out, long b, long t, long nh, long hd) {
     long n = b * nh * t;
     for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < n; k += (long)gridDim.x * blockDim.x) {
         long i = k % t, h = (k / t) % nh, bi = k / (t * nh);
-        const float *o = out + (bi * t + i) * nh * hd + h * hd, *g = dout + (bi * t + i) * nh * hd + h * hd;
+        const floatX *o = out + (bi * t + i) * nh * hd + h * hd, *g = dout + (bi * t + i) * nh * hd + h * hd;
         float a = 0.0f;
         for (long d = 0; d < hd; d++) a += o[d] * g[d];
         dsum[k] = a;
@@ -128,7 +128,7 @@ __device__ void flash_tile_grads(float* P, float* dS, const float* Q, const floa
 }
 
 // Loads query tile i0 of head h: Q, dO and the row statistics.
-__device__ void flash_load_queries(float* Q, float* G, float* Lse, float* Dsum, const float* qkv, const float* dout, const float* lse, const float* dsum,
+__device__ void flash_load_queries(float* Q, float* G, float* Lse, float* Dsum, const floatX* qkv, const floatX* dout, const float* lse, const float* dsum,
                                    long bi, long h, long i0, long t, long nh, long w, long hd, int bt) {
     int tid = threadIdx.x, nt = blockDim.x;
     for (long e = tid; e < bt * hd; e += nt) {
@@ -146,7 +146,7 @@ __device__ void flash_load_queries(float* Q, float* G, float* Lse, float* Dsum, 
 
 // dK and dV of one key tile of key/value head kh: grid (ceil(t / BT), nkv, b). Sums over
 // the group's query heads in order, then over query tiles from the diagonal on.
-extern "C" __global__ void flash_attention_backward_kv(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum, long b, long t,
+extern "C" __global__ void flash_attention_backward_kv(floatX* dqkv, const floatX* dout, const floatX* qkv, const float* lse, const float* dsum, long b, long t,
                                                        long nh, long nkv, long hd, float scale, int bt) {
     DYNAMIC_SHARED(float, sh);
     float *K = sh, *V = K + bt * hd, *dK = V + bt * hd, *dV = dK + bt * hd, *Q = dV + bt * hd, *G = Q + bt * hd;
@@ -183,14 +183,14 @@ extern "C" __global__ void flash_attention_backward_kv(float* dqkv, const float*
     for (long e = tid; e < bt * hd; e += nt) {
         long c = e / hd, d = e % hd;
         if (j0 + c >= t) continue;
-        float* row = dqkv + (bi * t + j0 + c) * w;
+        floatX* row = dqkv + (bi * t + j0 + c) * w;
         row[(nh + kh) * hd + d] += dK[e];
         row[(nh + nkv + kh) * hd + d] += dV[e];
     }
 }
 
 // dQ of one query tile of head h: grid (ceil(t / BT), nh, b), key tiles up to the diagonal.
-extern "C" __global__ void flash_attention_backward_q(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum, long b, long t,
+extern "C" __global__ void flash_attention_backward_q(floatX* dqkv, const floatX* dout, const floatX* qkv, const float* lse, const float* dsum, long b, long t,
                                                       long nh, long nkv, long hd, float scale, int bt) {
     DYNAMIC_SHARED(float, sh);
     float *Q = sh, *G = Q + bt * hd, *dQ = G + bt * hd, *K = dQ + bt * hd, *V = K + bt * hd;

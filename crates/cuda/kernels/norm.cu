@@ -2,12 +2,12 @@
 // bias) gradients are written per row into `partial` buffers (rows, c) and summed by
 // `column_sum_add` in row order, so they are deterministic.
 
-extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b,
+extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* x, const floatX* w, const floatX* b,
                                              long rows, long c, float eps) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    const float* xr = x + r * c;
+    const floatX* xr = x + r * c;
     float s = 0.0f;
     for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j];
     float m = block_sum(s, scratch) / (float)c;
@@ -29,12 +29,12 @@ extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rst
 
 // dx += rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dout w;
 // dw_partial[r] = dout xhat, db_partial[r] = dout (when db_partial is not null).
-extern "C" __global__ void layernorm_backward(float* dx, float* dw_partial, float* db_partial, const float* dout, const float* x, const float* w,
+extern "C" __global__ void layernorm_backward(floatX* dx, floatX* dw_partial, floatX* db_partial, const floatX* dout, const floatX* x, const floatX* w,
                                               const float* mean, const float* rstd, long rows, long c) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    const float *xr = x + r * c, *dr = dout + r * c;
+    const floatX *xr = x + r * c, *dr = dout + r * c;
     float m = mean[r], rs = rstd[r];
     float a = 0.0f, bsum = 0.0f;
     for (long j = threadIdx.x; j < c; j += blockDim.x) {
@@ -54,11 +54,11 @@ extern "C" __global__ void layernorm_backward(float* dx, float* dw_partial, floa
     }
 }
 
-extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, long rows, long c, float eps) {
+extern "C" __global__ void rmsnorm_forward(floatX* out, float* rstd, const floatX* x, const floatX* w, long rows, long c, float eps) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    const float* xr = x + r * c;
+    const floatX* xr = x + r * c;
     float s = 0.0f;
     for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j] * xr[j];
     float rs = rsqrtf(block_sum(s, scratch) / (float)c + eps);
@@ -67,12 +67,12 @@ extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float*
 }
 
 // dx += rstd (dxhat - xhat mean(dxhat xhat)), dxhat = dout w; dw_partial[r] = dout xhat.
-extern "C" __global__ void rmsnorm_backward(float* dx, float* dw_partial, const float* dout, const float* x, const float* w, const float* rstd,
+extern "C" __global__ void rmsnorm_backward(floatX* dx, floatX* dw_partial, const floatX* dout, const floatX* x, const floatX* w, const float* rstd,
                                             long rows, long c) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    const float *xr = x + r * c, *dr = dout + r * c;
+    const floatX *xr = x + r * c, *dr = dout + r * c;
     float rs = rstd[r];
     float a = 0.0f;
     for (long j = threadIdx.x; j < c; j += blockDim.x) a += dr[j] * w[j] * xr[j] * rs;

@@ -1,7 +1,14 @@
 // Shared by every kernel source (prepended before compilation; NVRTC sees one file).
-// Conventions as the CPU kernels crate: row-major f32, backward kernels ADD (+=) into
-// the gradients they produce. Reductions use a fixed order (shuffles, then shared
-// memory in warp order), so results do not depend on timing.
+// Conventions as the CPU kernels crate: row-major, backward kernels ADD (+=) into the
+// gradients they produce. Reductions use a fixed order (shuffles, then shared memory in
+// warp order), so results do not depend on timing.
+//
+// Storage type. Activations, parameters as the model reads them, and gradients are
+// `floatX`: a source that uses it is compiled twice, as f32 (floatX = float) and with
+// HYPERION_BF16 defined (floatX = bf16x, every kernel renamed NAME_bf16 by the build).
+// Arithmetic is f32 either way: a bf16x converts to float when read and rounds to
+// nearest even when written. Statistics (norm mean/rstd, attention lse, losses), fp32
+// master weights and Adam moments stay `float`.
 
 typedef unsigned int u32;
 // Dynamic shared memory (the launch's shared-memory bytes) as `T* name`: the emulated
@@ -58,3 +65,29 @@ __device__ __forceinline__ bf16_bits f32_to_bf16_bits(float x) {
 __device__ __forceinline__ float bf16_bits_to_f32(bf16_bits b) {
     return __uint_as_float(((u32)b) << 16);
 }
+
+// Member functions: the emulator's `__device__` is `static`, which a member cannot be.
+#ifdef HYPERION_EMU
+#define MEMBER inline
+#else
+#define MEMBER __device__ __forceinline__
+#endif
+
+// A bf16 element of device memory (2 bytes): reads as float, writes round. No
+// converting constructor, so `c ? x[i] : 0.0f` has one meaning (float).
+struct bf16x {
+    bf16_bits bits;
+    MEMBER operator float() const { return bf16_bits_to_f32(bits); }
+    MEMBER bf16x& operator=(float x) {
+        bits = f32_to_bf16_bits(x);
+        return *this;
+    }
+    MEMBER bf16x& operator+=(float x) { return *this = (float)*this + x; }
+    MEMBER bf16x& operator*=(float x) { return *this = (float)*this * x; }
+};
+
+#ifdef HYPERION_BF16
+typedef bf16x floatX;
+#else
+typedef float floatX;
+#endif

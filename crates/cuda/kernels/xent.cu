@@ -1,11 +1,11 @@
 // Fused softmax cross-entropy over logit rows (rows, v), one block per row: the loss
 // per row, and the logits overwritten by scale * (softmax - onehot(target)).
 
-extern "C" __global__ void xent_forward_backward(float* logits, float* losses, const u32* targets, long rows, long v, float scale, int backward) {
+extern "C" __global__ void xent_forward_backward(floatX* logits, float* losses, const u32* targets, long rows, long v, float scale, int backward) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    float* z = logits + r * v;
+    floatX* z = logits + r * v;
     float m = NEG_INF;
     for (long j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, z[j]);
     m = block_max(m, scratch);
@@ -24,12 +24,12 @@ extern "C" __global__ void xent_forward_backward(float* logits, float* losses, c
 
 // Vocabulary-parallel pieces (this rank holds columns [first, first + v) of the whole
 // vocabulary): per row the local max and the target's logit (0 where not held)...
-extern "C" __global__ void xent_parallel_stats(const float* logits, const u32* targets, long first, long rows, long v, float* max_out,
+extern "C" __global__ void xent_parallel_stats(const floatX* logits, const u32* targets, long first, long rows, long v, float* max_out,
                                                float* picked) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    const float* z = logits + r * v;
+    const floatX* z = logits + r * v;
     float m = NEG_INF;
     for (long j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, z[j]);
     m = block_max(m, scratch);
@@ -41,11 +41,11 @@ extern "C" __global__ void xent_parallel_stats(const float* logits, const u32* t
 }
 
 // ... then, with the group's max, exp(z - max) in place and its row sum ...
-extern "C" __global__ void xent_parallel_exp(float* logits, const float* max_in, long rows, long v, float* sum_out) {
+extern "C" __global__ void xent_parallel_exp(floatX* logits, const float* max_in, long rows, long v, float* sum_out) {
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    float* z = logits + r * v;
+    floatX* z = logits + r * v;
     float s = 0.0f;
     for (long j = threadIdx.x; j < v; j += blockDim.x) {
         float e = expf(z[j] - max_in[r]);
@@ -57,7 +57,7 @@ extern "C" __global__ void xent_parallel_exp(float* logits, const float* max_in,
 }
 
 // ... and with the group's sums the gradient scale * (e / sum - onehot).
-extern "C" __global__ void xent_parallel_grad(float* logits, const float* sum_in, const u32* targets, long first, long rows, long v, float scale) {
+extern "C" __global__ void xent_parallel_grad(floatX* logits, const float* sum_in, const u32* targets, long first, long rows, long v, float scale) {
     long n = rows * v;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         long r = i / v, j = i % v;

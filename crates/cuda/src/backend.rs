@@ -10,8 +10,15 @@
 //! of a zero-sized element type whose data pointer is the device address: a slice of
 //! zero-sized elements occupies no memory, so the reference is valid without the
 //! address being host memory, and every view operation is written out below (computing
-//! the address of element `i` as `base + 4 i`); the bytes behind it are only ever
-//! touched through the device.
+//! the address of element `i` as `base + size i`); the bytes behind it are only ever
+//! touched through the device. The slice's length carries the element type too
+//! (`2 len + bf16`), so a view of bf16 activations stays bf16 however it is carved.
+//!
+//! Precision (`train.dtype`). The backend's `dtype` is the storage of activations,
+//! weights as the model reads them and gradients: f32, or bf16 with every GEMM in bf16
+//! accumulating in fp32 and every kernel the `_bf16` build of its source (arithmetic in
+//! f32, see kernels/prelude.cuh). Per-row statistics ([`Backend::stats`]: norm mean and
+//! rstd, the attention's log-sum-exp, the losses) are f32 in both.
 
 use std::ops::{Deref, DerefMut, Range};
 use std::sync::Arc;
@@ -25,69 +32,93 @@ use crate::device::{Device, Dims, Dtype, Gemm, KArg};
 #[derive(Clone, Copy, Debug)]
 pub struct Dev;
 
-/// A view of `len()` f32 elements of device memory.
+/// A view of `len()` elements (f32 or bf16) of device memory.
 #[repr(transparent)]
 pub struct DevBuf([Dev]);
 
 /// A non-null address for empty views.
 const EMPTY: u64 = 256;
 
+/// The slice length that encodes `len` elements of `dt`.
+fn raw_len(len: usize, dt: Dtype) -> usize {
+    (len << 1) | (dt == Dtype::Bf16) as usize
+}
+
 impl DevBuf {
-    fn at<'a>(addr: u64, len: usize) -> &'a DevBuf {
+    fn at<'a>(addr: u64, len: usize, dt: Dtype) -> &'a DevBuf {
         // SAFETY: DevBuf is a transparent slice of a zero-sized type: any non-null
-        // address is valid for it and no memory is read through it.
-        unsafe { &*(std::ptr::slice_from_raw_parts(addr.max(1) as *const Dev, len) as *const DevBuf) }
+        // address and length are valid for it and no memory is read through it.
+        unsafe { &*(std::ptr::slice_from_raw_parts(addr.max(1) as *const Dev, raw_len(len, dt)) as *const DevBuf) }
     }
-    fn at_mut<'a>(addr: u64, len: usize) -> &'a mut DevBuf {
+    fn at_mut<'a>(addr: u64, len: usize, dt: Dtype) -> &'a mut DevBuf {
         // SAFETY: as `at`; exclusivity is the caller's (views come from disjoint ranges).
-        unsafe { &mut *(std::ptr::slice_from_raw_parts_mut(addr.max(1) as *mut Dev, len) as *mut DevBuf) }
+        unsafe { &mut *(std::ptr::slice_from_raw_parts_mut(addr.max(1) as *mut Dev, raw_len(len, dt)) as *mut DevBuf) }
     }
     /// The device address of element 0.
     pub fn addr(&self) -> u64 {
         self.0.as_ptr() as u64
     }
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        if self.0.len() & 1 == 1 {
+            Dtype::Bf16
+        } else {
+            Dtype::F32
+        }
+    }
+    /// The address of element `i`.
+    fn addr_of(&self, i: usize) -> u64 {
+        self.addr() + (self.dtype().size() * i) as u64
+    }
+    /// Bytes the view spans.
+    pub fn bytes(&self) -> usize {
+        self.dtype().size() * self.len()
+    }
 }
 
 impl Buf for DevBuf {
     fn len(&self) -> usize {
-        self.0.len()
+        self.0.len() >> 1
     }
     fn slice(&self, r: Range<usize>) -> &Self {
         assert!(r.start <= r.end && r.end <= self.len(), "device view {r:?} out of 0..{}", self.len());
-        DevBuf::at(self.addr() + 4 * r.start as u64, r.len())
+        DevBuf::at(self.addr_of(r.start), r.len(), self.dtype())
     }
     fn slice_mut(&mut self, r: Range<usize>) -> &mut Self {
         assert!(r.start <= r.end && r.end <= self.len(), "device view {r:?} out of 0..{}", self.len());
-        DevBuf::at_mut(self.addr() + 4 * r.start as u64, r.len())
+        DevBuf::at_mut(self.addr_of(r.start), r.len(), self.dtype())
     }
     fn split_at(&self, mid: usize) -> (&Self, &Self) {
         assert!(mid <= self.len());
-        (DevBuf::at(self.addr(), mid), DevBuf::at(self.addr() + 4 * mid as u64, self.len() - mid))
+        let dt = self.dtype();
+        (DevBuf::at(self.addr(), mid, dt), DevBuf::at(self.addr_of(mid), self.len() - mid, dt))
     }
     fn split_at_mut(&mut self, mid: usize) -> (&mut Self, &mut Self) {
         assert!(mid <= self.len());
-        let (a, n) = (self.addr(), self.len());
-        (DevBuf::at_mut(a, mid), DevBuf::at_mut(a + 4 * mid as u64, n - mid))
+        let (a, at, n, dt) = (self.addr(), self.addr_of(mid), self.len(), self.dtype());
+        (DevBuf::at_mut(a, mid, dt), DevBuf::at_mut(at, n - mid, dt))
     }
 }
 
-/// An owned device allocation of 4-byte elements (f32, or u32 tokens), freed on drop.
+/// An owned device allocation of `len` elements of `dt` (f32 also holds u32 tokens),
+/// freed on drop.
 pub struct DevVec {
     ptr: u64,
     len: usize,
+    dt: Dtype,
     dev: Arc<dyn Device>,
 }
 
 impl Deref for DevVec {
     type Target = DevBuf;
     fn deref(&self) -> &DevBuf {
-        DevBuf::at(self.ptr, self.len)
+        DevBuf::at(self.ptr, self.len, self.dt)
     }
 }
 
 impl DerefMut for DevVec {
     fn deref_mut(&mut self) -> &mut DevBuf {
-        DevBuf::at_mut(self.ptr, self.len)
+        DevBuf::at_mut(self.ptr, self.len, self.dt)
     }
 }
 
@@ -105,10 +136,12 @@ pub struct DevRope {
     sin: DevVec,
 }
 
-/// The CUDA backend of one device (a GPU or an emulated one).
+/// The CUDA backend of one device (a GPU or an emulated one), storing activations,
+/// weights and gradients in `dtype`.
 #[derive(Clone)]
 pub struct Cuda {
     pub dev: Arc<dyn Device>,
+    pub dtype: Dtype,
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
@@ -137,12 +170,17 @@ fn opt_addr(b: Option<&DevBuf>) -> u64 {
 impl Cuda {
     /// GPU `ordinal` (every kernel compiled by NVRTC, cuBLAS in pedantic fp32).
     pub fn new(ordinal: usize) -> Result<Cuda, String> {
-        Ok(Cuda { dev: Arc::new(crate::real::RealDevice::new(ordinal)?) })
+        Ok(Cuda { dev: Arc::new(crate::real::RealDevice::new(ordinal)?), dtype: Dtype::F32 })
     }
 
     /// Emulated device `ordinal` (see [`crate::emu`]).
     pub fn emulated(ordinal: usize) -> Cuda {
-        Cuda { dev: Arc::new(crate::emu::EmuDevice::new(ordinal)) }
+        Cuda { dev: Arc::new(crate::emu::EmuDevice::new(ordinal)), dtype: Dtype::F32 }
+    }
+
+    /// The same device, storing activations, weights and gradients in `dtype`.
+    pub fn with_dtype(&self, dtype: Dtype) -> Cuda {
+        Cuda { dev: self.dev.clone(), dtype }
     }
 
     /// `cuda`, `cuda:N`, `cuda-emu` or `cuda-emu:N`.
@@ -167,28 +205,38 @@ impl Cuda {
         self.dev.memory()
     }
 
-    /// `n` elements whose contents are undefined until written (scratch every element of
-    /// which a kernel or GEMM writes before anything reads it).
-    fn alloc_uninit(&self, n: usize) -> DevVec {
+    /// `n` elements of `dt` whose contents are undefined until written (scratch every
+    /// element of which a kernel or GEMM writes before anything reads it).
+    fn alloc_uninit_as(&self, n: usize, dt: Dtype) -> DevVec {
         if n == 0 {
-            return DevVec { ptr: EMPTY, len: 0, dev: self.dev.clone() };
+            return DevVec { ptr: EMPTY, len: 0, dt, dev: self.dev.clone() };
         }
-        let ptr = self.dev.alloc(4 * n).unwrap_or_else(|e| fail(&format!("allocating {n} floats on {}", self.dev.name()), e));
-        DevVec { ptr, len: n, dev: self.dev.clone() }
+        let ptr = self.dev.alloc(dt.size() * n).unwrap_or_else(|e| fail(&format!("allocating {n} {dt:?} elements on {}", self.dev.name()), e));
+        DevVec { ptr, len: n, dt, dev: self.dev.clone() }
     }
 
-    fn alloc(&self, n: usize) -> DevVec {
-        let d = self.alloc_uninit(n);
+    fn alloc_uninit(&self, n: usize) -> DevVec {
+        self.alloc_uninit_as(n, self.dtype)
+    }
+
+    /// `n` zeros of `dt` (f32 for masters, moments and statistics whatever `dtype` is).
+    pub fn zeros_as(&self, n: usize, dt: Dtype) -> DevVec {
+        let d = self.alloc_uninit_as(n, dt);
         if n > 0 {
-            self.dev.memset(d.ptr, 0, 4 * n).unwrap_or_else(|e| fail("zeroing", e));
+            self.dev.memset(d.ptr, 0, d.bytes()).unwrap_or_else(|e| fail("zeroing", e));
         }
         d
     }
 
-    /// A device copy of host `v` (f32 or u32 bits).
+    /// The name kernel `base` has in this backend's precision.
+    pub fn kernel<'a>(&self, base: &'a str) -> std::borrow::Cow<'a, str> {
+        crate::kernel_name(base, self.dtype)
+    }
+
+    /// A device copy of host `v` (f32 or u32 bits, stored as 4-byte elements).
     pub fn upload<T: Copy>(&self, v: &[T]) -> DevVec {
         assert_eq!(std::mem::size_of::<T>(), 4);
-        let d = self.alloc_uninit(v.len());
+        let d = self.alloc_uninit_as(v.len(), Dtype::F32);
         if !v.is_empty() {
             // SAFETY: plain 4-byte values viewed as bytes.
             let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, 4 * v.len()) };
@@ -197,29 +245,58 @@ impl Cuda {
         d
     }
 
-    /// Copies host `src` into the device view `dst` (same length).
+    /// A device copy of host `v` in this backend's precision.
+    pub fn from_host(&self, v: &[f32]) -> DevVec {
+        let mut d = self.alloc_uninit(v.len());
+        self.copy_from_host(&mut d, v);
+        d
+    }
+
+    /// Copies host `src` into the device view `dst` (same length; rounded to nearest
+    /// even when `dst` is bf16, as the kernels round).
     pub fn copy_from_host(&self, dst: &mut DevBuf, src: &[f32]) {
         assert_eq!(dst.len(), src.len(), "copy to the device: lengths differ");
-        if !src.is_empty() {
-            // SAFETY: f32 viewed as bytes.
-            let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, 4 * src.len()) };
-            self.dev.htod(dst.addr(), bytes).unwrap_or_else(|e| fail("copy to the device", e));
+        if src.is_empty() {
+            return;
         }
+        let r = match dst.dtype() {
+            // SAFETY: f32 viewed as bytes.
+            Dtype::F32 => self.dev.htod(dst.addr(), unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, 4 * src.len()) }),
+            Dtype::Bf16 => {
+                let bytes: Vec<u8> = src.iter().flat_map(|&x| crate::emu::gemm::bf16_bits(x).to_le_bytes()).collect();
+                self.dev.htod(dst.addr(), &bytes)
+            }
+        };
+        r.unwrap_or_else(|e| fail("copy to the device", e));
     }
 
+    /// The device view `src` as f32 into `out` (bf16 widened exactly).
     fn download(&self, src: &DevBuf, out: &mut [f32]) {
         assert!(out.len() >= src.len());
-        if src.len() > 0 {
-            // SAFETY: f32 viewed as bytes.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 4 * src.len()) };
-            self.dev.dtoh(bytes, src.addr()).unwrap_or_else(|e| fail("copy to the host", e));
+        if src.len() == 0 {
+            return;
         }
+        let r = match src.dtype() {
+            // SAFETY: f32 viewed as bytes.
+            Dtype::F32 => self.dev.dtoh(unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 4 * src.len()) }, src.addr()),
+            Dtype::Bf16 => {
+                let mut bytes = vec![0u8; 2 * src.len()];
+                let r = self.dev.dtoh(&mut bytes, src.addr());
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                }
+                r
+            }
+        };
+        r.unwrap_or_else(|e| fail("copy to the host", e));
     }
 
-    /// Launches kernel `name` with `dims`; `args` in its signature's order.
+    /// Launches kernel `name` (its build in this backend's precision) with `dims`;
+    /// `args` in its signature's order.
     pub fn launch(&self, name: &str, dims: Dims, args: &[&dyn Arg]) {
         let args: Vec<KArg> = args.iter().map(|a| a.karg()).collect();
-        self.dev.launch(name, dims, &args).unwrap_or_else(|e| fail(name, e));
+        let name = self.kernel(name);
+        self.dev.launch(&name, dims, &args).unwrap_or_else(|e| fail(&name, e));
     }
 
     fn sync(&self) {
@@ -252,8 +329,8 @@ impl Cuda {
             ldc: n,
             stride_c: strides.2,
             batch,
-            ab: Dtype::F32,
-            cd: Dtype::F32,
+            ab: self.dtype,
+            cd: self.dtype,
         };
         self.dev.gemm(&g).unwrap_or_else(|e| fail("GEMM", e));
     }
@@ -322,11 +399,14 @@ impl Backend for Cuda {
     type Rope = DevRope;
 
     fn zeros(&self, n: usize) -> DevVec {
-        self.alloc(n)
+        self.zeros_as(n, self.dtype)
+    }
+    fn stats(&self, n: usize) -> DevVec {
+        self.zeros_as(n, Dtype::F32)
     }
     fn fill_zero(&self, x: &mut DevBuf) {
         if x.len() > 0 {
-            self.dev.memset(x.addr(), 0, 4 * x.len()).unwrap_or_else(|e| fail("zeroing", e));
+            self.dev.memset(x.addr(), 0, x.bytes()).unwrap_or_else(|e| fail("zeroing", e));
         }
     }
     fn add_inplace(&self, out: &mut DevBuf, a: &DevBuf) {
@@ -479,7 +559,7 @@ impl Backend for Cuda {
         hd: usize,
     ) {
         let bt = flash_tile(hd);
-        let dsum = self.alloc_uninit(b * nh * t);
+        let dsum = self.alloc_uninit_as(b * nh * t, Dtype::F32);
         self.launch("flash_attention_rowdot", grid(b * nh * t), &[&dsum.ptr, &dout.addr(), &out.addr(), &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
         let scale = 1.0 / (hd as f32).sqrt();
         let args: [&dyn Arg; 12] =

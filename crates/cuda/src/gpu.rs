@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 
-use crate::{compile, SOURCES};
+use crate::{compile, kernel_name, SOURCES};
 
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     /// `compute_XY` of the device.
     pub arch: &'static str,
-    funcs: HashMap<&'static str, CudaFunction>,
+    funcs: HashMap<String, CudaFunction>,
 }
 
 /// Why no GPU can be used here, or `None` when device `ordinal` is usable.
@@ -45,17 +45,21 @@ impl Gpu {
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         let mut funcs = HashMap::new();
         for s in SOURCES {
-            let ptx = compile(s, arch)?;
-            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| format!("loading {}.cu: {e:?}", s.name))?;
-            for k in s.kernels {
-                funcs.insert(*k, module.load_function(k).map_err(|e| format!("{}.cu: {k}: {e:?}", s.name))?);
+            for &dt in s.dtypes() {
+                let ptx = compile(s, dt, arch)?;
+                let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| format!("loading {}.cu ({dt:?}): {e:?}", s.name))?;
+                for k in s.kernels {
+                    let k = kernel_name(k, dt);
+                    let f = module.load_function(&k).map_err(|e| format!("{}.cu: {k}: {e:?}", s.name))?;
+                    funcs.insert(k.into_owned(), f);
+                }
             }
         }
         let stream = ctx.default_stream();
         Ok(Gpu { ctx, stream, arch, funcs })
     }
 
-    /// The loaded kernel `name` (one of [`crate::Source::kernels`]).
+    /// The loaded kernel `name` (one of [`crate::Source::kernels`], or its `_bf16` build).
     pub fn f(&self, name: &str) -> &CudaFunction {
         self.funcs.get(name).unwrap_or_else(|| panic!("no kernel named {name}"))
     }

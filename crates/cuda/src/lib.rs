@@ -3,7 +3,7 @@
 //! Every op of both model families that is not a GEMM (cuBLAS does those) has a CUDA C
 //! kernel here, in `kernels/*.cu`, forward and backward, f32 with the CPU kernels'
 //! conventions (row-major, backward kernels add into their gradients, deterministic
-//! reductions) and bf16 conversions. The sources are embedded in the binary and
+//! reductions), built for f32 and bf16 storage (`floatX`, see the prelude). The sources are embedded in the binary and
 //! compiled at run time by NVRTC for the device's architecture, so a build needs no CUDA
 //! toolkit and the binary runs on machines without one (cudarc loads `libnvrtc`
 //! dynamically).
@@ -50,9 +50,42 @@ pub const SOURCES: &[Source] = &[
     },
 ];
 
-/// The text NVRTC compiles for `s`: the prelude, then the source.
-pub fn program(s: &Source) -> String {
-    format!("{PRELUDE}\n// ---- {}.cu ----\n{}", s.name, s.text)
+impl Source {
+    /// Written over the storage type `floatX`: built as f32 and as bf16 (see the prelude).
+    pub fn generic(&self) -> bool {
+        self.text.contains("floatX")
+    }
+
+    /// The element types this source is built for.
+    pub fn dtypes(&self) -> &'static [device::Dtype] {
+        if self.generic() {
+            &[device::Dtype::F32, device::Dtype::Bf16]
+        } else {
+            &[device::Dtype::F32]
+        }
+    }
+}
+
+/// The name kernel `base` has in the `dtype` build of its source: `base`, or
+/// `base_bf16`.
+pub fn kernel_name(base: &str, dtype: device::Dtype) -> std::borrow::Cow<'_, str> {
+    match dtype {
+        device::Dtype::F32 => base.into(),
+        device::Dtype::Bf16 => format!("{base}_bf16").into(),
+    }
+}
+
+/// The text NVRTC compiles for `s` in `dtype`: for bf16, the definition that selects
+/// it and the renames of its kernels; then the prelude, then the source.
+pub fn program(s: &Source, dtype: device::Dtype) -> String {
+    let mut head = String::new();
+    if dtype == device::Dtype::Bf16 {
+        head.push_str("#define HYPERION_BF16 1\n");
+        for k in s.kernels {
+            head.push_str(&format!("#define {k} {}\n", kernel_name(k, dtype)));
+        }
+    }
+    format!("{head}{PRELUDE}\n// ---- {}.cu ----\n{}", s.name, s.text)
 }
 
 /// Whether NVRTC's library can be loaded (it is looked up on `LD_LIBRARY_PATH` and the
@@ -64,14 +97,14 @@ pub fn nvrtc_available() -> bool {
 
 /// Compiles `s` to PTX for the virtual architecture `arch` (`"compute_80"`,
 /// `"compute_90"`). The error is NVRTC's log, naming the source.
-pub fn compile(s: &Source, arch: &'static str) -> Result<String, String> {
+pub fn compile(s: &Source, dtype: device::Dtype, arch: &'static str) -> Result<String, String> {
     let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(format!("{}.cu", s.name)), ..Default::default() };
-    cudarc::nvrtc::compile_ptx_with_opts(program(s), opts).map(|p| p.to_src()).map_err(|e| {
+    cudarc::nvrtc::compile_ptx_with_opts(program(s, dtype), opts).map(|p| p.to_src()).map_err(|e| {
         let why = match e {
             cudarc::nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => format!("{other:?}"),
         };
-        format!("{}.cu for {arch}: {why}", s.name)
+        format!("{}.cu ({dtype:?}) for {arch}: {why}", s.name)
     })
 }
 

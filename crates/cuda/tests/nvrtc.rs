@@ -1,7 +1,7 @@
 //! The CUDA kernel sources compile with NVRTC for sm_80 (A100) and sm_90 (H100/H200),
-//! without a GPU. Skips, saying so, when `libnvrtc` cannot be loaded.
+//! as f32 and (the `floatX` sources) as bf16, without a GPU. Skips, saying so, when `libnvrtc` cannot be loaded.
 
-use cuda_kernels::{compile, defined_kernels, nvrtc_available, SOURCES};
+use cuda_kernels::{compile, defined_kernels, kernel_name, nvrtc_available, SOURCES};
 
 #[test]
 fn every_source_lists_exactly_the_kernels_it_defines() {
@@ -25,10 +25,13 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     for arch in ["compute_80", "compute_90"] {
         let target = arch.replace("compute_", "sm_");
         for s in SOURCES {
-            let ptx = compile(s, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(ptx.contains(&format!(".target {target}")), "{}.cu for {arch}: PTX for another target", s.name);
-            for k in s.kernels {
-                assert!(ptx.contains(&format!(".entry {k}(")), "{}.cu for {arch}: no entry point {k} in the PTX", s.name);
+            for &dt in s.dtypes() {
+                let ptx = compile(s, dt, arch).unwrap_or_else(|e| panic!("{e}"));
+                assert!(ptx.contains(&format!(".target {target}")), "{}.cu ({dt:?}) for {arch}: PTX for another target", s.name);
+                for k in s.kernels {
+                    let k = kernel_name(k, dt);
+                    assert!(ptx.contains(&format!(".entry {k}(")), "{}.cu ({dt:?}) for {arch}: no entry point {k} in the PTX", s.name);
+                }
             }
         }
     }

@@ -6,6 +6,10 @@
 //! AdamW run as kernels, and only the norm's per-block partial sums and the loss come
 //! back to the host in a step.
 //!
+//! `train.dtype = "bf16"`: the model reads a bf16 copy of the masters (written by the
+//! AdamW kernel as it updates them) and accumulates bf16 gradients; masters, moments,
+//! the loss and every statistic stay fp32, so checkpoints are the same as f32 runs'.
+//!
 
 
 //! uninhabited type and asking for a GPU is an error naming the feature.
@@ -15,7 +19,7 @@ use crate::error::{EngineError, Result};
 #[cfg(feature = "cuda")]
 mod imp {
     use cuda_kernels::backend::{Cuda, DevVec};
-    use cuda_kernels::device::Dims;
+    use cuda_kernels::device::{Dims, Dtype};
     use model::backend::Buf;
     use model::{Activations, Backend, Model, ModelSpec};
 
@@ -28,6 +32,9 @@ mod imp {
         /// The fp32 masters and Adam moments live here between steps; the host's copies
         /// are refreshed by `pull` (checkpoints, sampling) and replace these after `stale`.
         params: Vec<DevVec>,
+        /// bf16: the weights as the model reads them (empty in f32, where it reads `params`).
+        work: Vec<DevVec>,
+        /// In the backend's precision.
         grads: Vec<DevVec>,
         m: Vec<DevVec>,
         v: Vec<DevVec>,
@@ -41,16 +48,19 @@ mod imp {
     const NORM_PARTS: usize = 64;
 
     impl GpuState {
-        pub(crate) fn new(device: &str, spec: &ModelSpec, (b, t): (usize, usize), recompute: bool, selective: bool) -> Result<GpuState> {
+        pub(crate) fn new(device: &str, dtype: &str, spec: &ModelSpec, (b, t): (usize, usize), recompute: bool, selective: bool) -> Result<GpuState> {
             let be = Cuda::open(device).map_err(|e| EngineError::Invalid(format!("train.device = \"{device}\": {e}")))?;
+            let be = be.with_dtype(if dtype == "bf16" { Dtype::Bf16 } else { Dtype::F32 });
             let model = Model::with_backend(be.clone(), spec.clone());
             let acts = Activations::with_backend(&be, spec, b, t, recompute);
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
-            let zeros = || model.layout.buckets.iter().map(|k| be.zeros(k.numel)).collect::<Vec<_>>();
-            let (params, grads, m, v) = (zeros(), zeros(), zeros(), zeros());
+            let zeros = |dt| model.layout.buckets.iter().map(|k| be.zeros_as(k.numel, dt)).collect::<Vec<_>>();
+            let (params, m, v) = (zeros(Dtype::F32), zeros(Dtype::F32), zeros(Dtype::F32));
+            let grads = zeros(be.dtype);
+            let work = if be.dtype == Dtype::F32 { Vec::new() } else { zeros(be.dtype) };
             // Empty buckets (none on one rank today) leave their partials at zero.
-            let partials = be.zeros(NORM_PARTS * params.len());
-            Ok(GpuState { be, model, acts, params, grads, m, v, current: false, partials })
+            let partials = be.zeros_as(NORM_PARTS * params.len(), Dtype::F32);
+            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials })
         }
 
         /// The host's parameters and moments (whole buckets, maybe padded) onto the
@@ -63,6 +73,13 @@ mod imp {
                 for (d, h) in dev.iter_mut().zip(host) {
                     let n = d.len();
                     self.be.copy_from_host(d, &h[..n]);
+                }
+            }
+            // The bf16 copy from the masters, rounded as the AdamW kernel rounds.
+            for (w, p) in self.work.iter_mut().zip(&self.params) {
+                if p.len() > 0 {
+                    let dims = Dims { grid: (p.len().div_ceil(256).min(4096) as u32, 1, 1), block: (256, 1, 1), shared: 0 };
+                    self.be.launch("f32_to_bf16", dims, &[&w.addr(), &p.addr(), &(p.len() as i64)]);
                 }
             }
             self.current = true;
@@ -113,20 +130,32 @@ mod imp {
             let bc2_sqrt = (1.0 - (adamw.beta2 as f64).powi(tt)).sqrt() as f32;
             for (b, bucket) in layout.buckets.iter().enumerate() {
                 let g = &self.grads[b];
-                if clip != 1.0 && g.len() > 0 {
-                    self.be.launch("scale_inplace", dims(g.len().div_ceil(256).min(4096)), &[&g.addr(), &clip, &(g.len() as i64)]);
-                }
                 for spec in &bucket.tensors {
                     let r = spec.range();
                     if r.is_empty() {
                         continue;
                     }
-                    let at = |d: &DevVec| d.addr() + 4 * r.start as u64;
+                    let at = |d: &DevVec| d.slice(r.clone()).addr();
+                    let copy = self.work.get(b).map_or(0, at);
                     let decay = 1.0 - lr * adamw.decay_for(spec.kind);
                     self.be.launch(
                         "adamw",
                         dims(r.len().div_ceil(256).min(4096)),
-                        &[&at(&self.params[b]), &at(g), &at(&self.m[b]), &at(&self.v[b]), &(r.len() as i64), &step, &adamw.beta1, &adamw.beta2, &adamw.eps, &decay, &bc2_sqrt],
+                        &[
+                            &at(&self.params[b]),
+                            &copy,
+                            &at(g),
+                            &at(&self.m[b]),
+                            &at(&self.v[b]),
+                            &(r.len() as i64),
+                            &clip,
+                            &step,
+                            &adamw.beta1,
+                            &adamw.beta2,
+                            &adamw.eps,
+                            &decay,
+                            &bc2_sqrt,
+                        ],
                     );
                 }
             }
@@ -141,11 +170,13 @@ mod imp {
 
         /// One micro-batch's forward and backward; gradients accumulate on the device.
         pub(crate) fn micro(&mut self, x: &[u32], y: &[u32], scale: f32) -> f64 {
-            self.model.forward_backward(&self.params, &mut self.grads, &mut self.acts, x, y, scale)
+            let w = if self.work.is_empty() { &self.params } else { &self.work };
+            self.model.forward_backward(w, &mut self.grads, &mut self.acts, x, y, scale)
         }
 
         pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> f64 {
-            self.model.forward_loss(&self.params, &mut self.acts, x, y)
+            let w = if self.work.is_empty() { &self.params } else { &self.work };
+            self.model.forward_loss(w, &mut self.acts, x, y)
         }
 
         /// The device's name, and its bytes allocated now and at most so far.
@@ -170,7 +201,7 @@ mod imp {
     pub(crate) enum GpuState {}
 
     impl GpuState {
-        pub(crate) fn new(_device: &str, _spec: &ModelSpec, _bt: (usize, usize), _recompute: bool, _selective: bool) -> Result<GpuState> {
+        pub(crate) fn new(_device: &str, _dtype: &str, _spec: &ModelSpec, _bt: (usize, usize), _recompute: bool, _selective: bool) -> Result<GpuState> {
             Err(EngineError::Invalid(format!("train.device = \"{_device}\" needs a build with the GPU backend (which holds the emulated device too): cargo build --release --features cuda")))
         }
         pub(crate) fn ensure(&mut self, _p: &[Vec<f32>], _m: &[Vec<f32>], _v: &[Vec<f32>]) {

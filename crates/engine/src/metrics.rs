@@ -194,9 +194,10 @@ pub struct MemoryReport {
 }
 
 /// Device memory of a rank that computes on a GPU (or the emulated device): what is
-/// allocated now and at most so far, against the count of what it holds there (f32
-/// parameters, gradients and both Adam moments, 16 bytes a parameter, and the
-/// activations by formula).
+/// allocated now and at most so far, against the count of what it holds there (16 bytes
+/// a parameter: f32 masters, gradients and both Adam moments, or under bf16 f32 masters
+/// and moments with bf16 gradients and a bf16 copy of the weights; and the activations
+/// by formula in the run's precision).
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceMemory {
     pub device: String,
@@ -224,7 +225,8 @@ impl MemoryReport {
             device: t.gpu.as_ref().map(|g| {
                 let (device, now, peak) = g.memory();
                 let (recompute, selective) = g.recompute();
-                let acts = model::Activations::expected_bytes_with(&t.gpt.spec, b, tt, recompute, selective, 1) as f64;
+                let elem = if t.cfg.raw.train.dtype == "bf16" { 2 } else { 4 };
+                let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, 1, elem) as f64;
                 DeviceMemory { device, now, peak, expected: 16.0 * n as f64 + acts }
             }),
         }

@@ -242,7 +242,7 @@ impl Trainer {
         let has_head = chunks.iter().any(|c| c.last);
         let selective = matches!(par.recompute, config::Recompute::Selective);
         let gpu = match crate::gpu::requested(&cfg)? {
-            Some(dev) => Some(crate::gpu::GpuState::new(dev, &gpt.spec, (b, t), recompute, selective)?),
+            Some(dev) => Some(crate::gpu::GpuState::new(dev, &cfg.raw.train.dtype, &gpt.spec, (b, t), recompute, selective)?),
             None => None,
         };
         let (mut acts, m_acts) = crate::alloc::measure(|| {

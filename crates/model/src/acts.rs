@@ -70,15 +70,15 @@ impl<B: Backend> BlockActs<B> {
         let n = b * t;
         BlockActs {
             ln1: be.zeros(ns * w.c),
-            ln1_mean: be.zeros(ns * w.mean),
-            ln1_rstd: be.zeros(ns),
+            ln1_mean: be.stats(ns * w.mean),
+            ln1_rstd: be.stats(ns),
             qkv: be.zeros(n * w.qkv),
             att: be.zeros(n * w.att),
-            att_saved: be.zeros(be.attention_saved_len(b, t, nh)),
+            att_saved: be.stats(be.attention_saved_len(b, t, nh)),
             res2: be.zeros(ns * w.c),
             ln2: be.zeros(ns * w.c),
-            ln2_mean: be.zeros(ns * w.mean),
-            ln2_rstd: be.zeros(ns),
+            ln2_mean: be.stats(ns * w.mean),
+            ln2_rstd: be.stats(ns),
             fc: be.zeros(n * w.up),
             gelu: be.zeros(n * w.act),
         }
@@ -93,17 +93,18 @@ impl<B: Backend> BlockActs<B> {
     /// Zeroed buffers of the same sizes.
     fn like(o: &Self, be: &B) -> Self {
         let z = |v: &B::Vec| be.zeros(crate::backend::Buf::len(&**v));
+        let st = |v: &B::Vec| be.stats(crate::backend::Buf::len(&**v));
         BlockActs {
             ln1: z(&o.ln1),
-            ln1_mean: z(&o.ln1_mean),
-            ln1_rstd: z(&o.ln1_rstd),
+            ln1_mean: st(&o.ln1_mean),
+            ln1_rstd: st(&o.ln1_rstd),
             qkv: z(&o.qkv),
             att: z(&o.att),
-            att_saved: z(&o.att_saved),
+            att_saved: st(&o.att_saved),
             res2: z(&o.res2),
             ln2: z(&o.ln2),
-            ln2_mean: z(&o.ln2_mean),
-            ln2_rstd: z(&o.ln2_rstd),
+            ln2_mean: st(&o.ln2_mean),
+            ln2_rstd: st(&o.ln2_rstd),
             fc: z(&o.fc),
             gelu: z(&o.gelu),
         }
@@ -226,6 +227,13 @@ impl Activations<Cpu> {
     /// [`Activations::expected_bytes_sp`], with `selective` recomputation of attention
     /// (see [`Activations::recompute_attention`]).
     pub fn expected_bytes_with(shape: &impl ToSpec, b: usize, t: usize, recompute: bool, selective: bool, sp: usize) -> usize {
+        Self::expected_bytes_in(shape, b, t, recompute, selective, sp, 4)
+    }
+
+    /// [`Activations::expected_bytes_with`] with activations stored in `elem` bytes an
+    /// element (2 for bf16); per-row statistics ([`Backend::stats`]) stay f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn expected_bytes_in(shape: &impl ToSpec, b: usize, t: usize, recompute: bool, selective: bool, sp: usize, elem: usize) -> usize {
         let m = shape.to_spec();
         let w = Widths::of(&m);
         let (n, l) = (b * t, m.layers);
@@ -235,6 +243,7 @@ impl Activations<Cpu> {
         let sharded_row = 3 * w.c + 2 * (w.mean + 1);
         let probs = Cpu.attention_saved_len(b, t, m.heads);
         let selective = selective && !recompute;
+        let block_stats = ns * 2 * (w.mean + 1) + if selective { 0 } else { probs };
         let block = ns * sharded_row + n * (w.block_row() - sharded_row) + if selective { 0 } else { probs };
         let stored = if recompute { 1 } else { l };
         let scratch_probs = if selective { probs } else { 0 };
@@ -242,7 +251,9 @@ impl Activations<Cpu> {
         let scratch = ns * w.c + n * (w.scratch_row() - w.c);
         let sp_scratch = if sp > 1 { n * w.c + ns * w.c + 4 * w.c } else { 0 };
         let floats = (l + 1) * ns * w.c + stored * block + ns * (w.c + 1 + w.mean) + head_rows(m.vocab, n) * m.vocab + n + scratch + sp_scratch + scratch_probs;
-        4 * floats + 4 * n
+        // Statistics: the blocks', the final norm's, the losses, the recomputed probabilities.
+        let stats = stored * block_stats + ns * (1 + w.mean) + n + scratch_probs;
+        elem * (floats - stats) + 4 * stats + 4 * n
     }
 }
 
@@ -288,11 +299,11 @@ impl<B: Backend> Activations<B> {
                 (0..m.layers).map(|l| if runs(l) { BlockActs::new(be, &w, b, t, m.heads, ns) } else { BlockActs::none(be) }).collect()
             },
             lnf: hd(ns * w.c),
-            lnf_mean: hd(ns * w.mean),
-            lnf_rstd: hd(ns),
+            lnf_mean: if head { be.stats(ns * w.mean) } else { be.zeros(0) },
+            lnf_rstd: if head { be.stats(ns) } else { be.zeros(0) },
             logits: hd(head_rows * m.vocab),
             head_rows,
-            losses: hd(n),
+            losses: if head { be.stats(n) } else { be.zeros(0) },
             rope,
             dres: be.zeros(ns * w.c),
             d_ln: be.zeros(n * w.c),

@@ -62,6 +62,11 @@ pub trait Backend: Send + Sync {
     type Rope: Send + Sync;
 
     fn zeros(&self, n: usize) -> Self::Vec;
+    /// Zeros for per-row statistics (norm mean and rstd, attention's saved state, the
+    /// losses): f32 even where activations are stored narrower.
+    fn stats(&self, n: usize) -> Self::Vec {
+        self.zeros(n)
+    }
     fn fill_zero(&self, x: &mut Self::Buf);
     /// `out += a`.
     fn add_inplace(&self, out: &mut Self::Buf, a: &Self::Buf);
