@@ -201,6 +201,8 @@ pub struct MemoryReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceMemory {
     pub device: String,
+    /// `train.dtype`: "f32" or "bf16".
+    pub dtype: String,
     pub now: usize,
     pub peak: usize,
     pub expected: f64,
@@ -227,7 +229,7 @@ impl MemoryReport {
                 let (recompute, selective) = g.recompute();
                 let elem = if t.cfg.raw.train.dtype == "bf16" { 2 } else { 4 };
                 let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, 1, elem) as f64;
-                DeviceMemory { device, now, peak, expected: 16.0 * n as f64 + acts }
+                DeviceMemory { device, dtype: t.cfg.raw.train.dtype.clone(), now, peak, expected: 16.0 * n as f64 + acts }
             }),
         }
     }

@@ -611,9 +611,15 @@ fn print_memory(outcomes: &[Outcome]) {
     }
     for (r, o) in outcomes.iter().enumerate() {
         if let Some(d) = &o.memory.device {
+            let what = if d.dtype == "bf16" {
+                "fp32 masters and Adam moments, bf16 gradients and weight copy, bf16 activations with f32 statistics"
+            } else {
+                "f32 parameters, gradients, Adam moments + activations"
+            };
             println!(
-                "rank {r} on {}: device memory peak {:.2} MiB (now {:.2}); counted (f32 parameters, gradients, Adam moments + activations) {:.2} MiB",
+                "rank {r} on {} ({}): device memory peak {:.2} MiB (now {:.2}); counted ({what}) {:.2} MiB",
                 d.device,
+                d.dtype,
                 mib(d.peak as f64),
                 mib(d.now as f64),
                 mib(d.expected)
