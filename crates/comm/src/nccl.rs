@@ -158,24 +158,7 @@ impl NcclComm {
         };
         let (din, dout) = (base as *const c_void, (base + input.len() as u64) as *mut c_void);
         f(din, dout, self.stream.cu_stream() as sys::cudaStream_t).map_err(|e| self.err(op, format!("{e:?}")))?;
-        let event = self.stream.record_event(None).map_err(|e| self.err(op, format!("event: {e:?}")))?;
-        let start = Instant::now();
-        loop {
-            match event.try_is_complete() {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => return Err(self.err(op, format!("{e:?}"))),
-            }
-            if start.elapsed() > self.timeout {
-                // SAFETY: aborting makes pending NCCL work on this comm return; the comm
-                // is unusable afterwards (its handle is nulled so Drop skips it).
-                unsafe {
-                    let _ = result::comm_abort(self.comm);
-                }
-                return Err(CommError::Timeout { rank: self.rank, op, group: self.name.clone(), waited: start.elapsed(), missing: vec![] });
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        self.wait(op)?;
         if let Some(out) = output {
             let off = input.len();
             self.stream
@@ -184,6 +167,65 @@ impl NcclComm {
             self.stream.synchronize().map_err(|e| self.err(op, format!("{e:?}")))?;
         }
         Ok(())
+    }
+}
+
+impl NcclComm {
+    /// Waits for this communicator's stream, bounded by the timeout (then aborts).
+    fn wait(&self, op: &'static str) -> Result<()> {
+        let event = self.stream.record_event(None).map_err(|e| self.err(op, format!("event: {e:?}")))?;
+        let start = Instant::now();
+        loop {
+            match event.try_is_complete() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(self.err(op, format!("{e:?}"))),
+            }
+            if start.elapsed() > self.timeout {
+                // SAFETY: aborting makes pending NCCL work on this comm return; the comm
+                // is unusable afterwards.
+                unsafe {
+                    let _ = result::comm_abort(self.comm);
+                }
+                return Err(CommError::Timeout { rank: self.rank, op, group: self.name.clone(), waited: start.elapsed(), missing: vec![] });
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Sums `count` elements at device address `buf` (this GPU) across the group, in
+    /// place, and waits for it. The caller orders it after the work that wrote `buf`
+    /// (the GPU backend synchronises its stream first).
+    ///
+    /// # Safety
+    /// `buf` must hold `count` elements of `dtype` on this communicator's GPU.
+    pub unsafe fn all_reduce_device(&self, buf: u64, count: usize, dtype: DType) -> Result<()> {
+        let (p, t) = (buf as *mut c_void, nccl_dtype(dtype));
+        result::all_reduce(p, p, count, t, sys::ncclRedOp_t::ncclSum, self.comm, self.stream.cu_stream() as _).map_err(|e| self.err("all_reduce", format!("{e:?}")))?;
+        self.wait("all_reduce")
+    }
+
+    /// Sums `size x count` elements at `send` across the group; this rank's block of
+    /// `count` lands at `recv`.
+    ///
+    /// # Safety
+    /// As [`NcclComm::all_reduce_device`], for both buffers (which do not overlap).
+    pub unsafe fn reduce_scatter_device(&self, send: u64, recv: u64, count: usize, dtype: DType) -> Result<()> {
+        let t = nccl_dtype(dtype);
+        result::reduce_scatter(send as *const c_void, recv as *mut c_void, count, t, sys::ncclRedOp_t::ncclSum, self.comm, self.stream.cu_stream() as _)
+            .map_err(|e| self.err("reduce_scatter", format!("{e:?}")))?;
+        self.wait("reduce_scatter")
+    }
+
+    /// Every rank's `count` elements at `send`, in rank order, into `recv`.
+    ///
+    /// # Safety
+    /// As [`NcclComm::reduce_scatter_device`].
+    pub unsafe fn all_gather_device(&self, send: u64, recv: u64, count: usize, dtype: DType) -> Result<()> {
+        let t = nccl_dtype(dtype);
+        result::all_gather(send as *const c_void, recv as *mut c_void, count, t, self.comm, self.stream.cu_stream() as _)
+            .map_err(|e| self.err("all_gather", format!("{e:?}")))?;
+        self.wait("all_gather")
     }
 }
 

@@ -270,6 +270,14 @@ impl Cuda {
         r.unwrap_or_else(|e| fail("copy to the device", e));
     }
 
+    /// `src` into `dst` on the device (same length and element type).
+    pub fn copy_device(&self, dst: &mut DevBuf, src: &DevBuf) {
+        assert!(dst.len() == src.len() && dst.dtype() == src.dtype(), "device copy: {} {:?} into {} {:?}", src.len(), src.dtype(), dst.len(), dst.dtype());
+        if src.len() > 0 {
+            self.dev.dtod(dst.addr(), src.addr(), src.bytes()).unwrap_or_else(|e| fail("device copy", e));
+        }
+    }
+
     /// The device view `src` as f32 into `out` (bf16 widened exactly).
     fn download(&self, src: &DevBuf, out: &mut [f32]) {
         assert!(out.len() >= src.len());

@@ -120,6 +120,7 @@ pub fn defined_kernels(text: &str) -> Vec<&str> {
 
 pub mod backend;
 pub mod device;
+pub mod dist;
 pub mod emu;
 pub mod gpu;
 pub mod real;

@@ -18,12 +18,27 @@ use crate::error::{EngineError, Result};
 
 #[cfg(feature = "cuda")]
 mod imp {
+    use std::sync::Arc;
+
     use cuda_kernels::backend::{Cuda, DevVec};
     use cuda_kernels::device::{Dims, Dtype};
+    use cuda_kernels::dist::DeviceComm;
     use model::backend::Buf;
     use model::{Activations, Backend, Model, ModelSpec};
 
     use crate::error::{EngineError, Result};
+    use crate::shard::BucketShard;
+
+    /// This rank's place in a data-parallel group of devices.
+    struct Group {
+        comm: Box<dyn DeviceComm>,
+        rank: usize,
+        zero: u8,
+        /// ZeRO 1: this rank's block of each reduced gradient bucket (backend precision).
+        gshard: Vec<DevVec>,
+        /// ZeRO 1: this rank's updated masters, the all-gather's input.
+        mine: Vec<DevVec>,
+    }
 
     pub(crate) struct GpuState {
         be: Cuda,
@@ -43,24 +58,90 @@ mod imp {
         current: bool,
         /// The gradient norm's per-block partial sums, `NORM_PARTS` per bucket.
         partials: DevVec,
+        shards: Vec<BucketShard>,
+        /// Data parallelism over devices (`None`: one rank).
+        group: Option<Group>,
+    }
+
+    fn comm_err(e: String) -> EngineError {
+        EngineError::Invalid(format!("device collective: {e}"))
+    }
+
+    /// Device `index` counted from the base `train.device` names: `cuda-emu` /
+    /// `cuda-emu:N` / `cuda` / `cuda:N` give N + index (one device per rank).
+    fn rank_device(device: &str, index: usize) -> Result<String> {
+        let base = config::device_ordinal(device).map_err(EngineError::Invalid)?.unwrap_or(0);
+        Ok(if cuda_kernels::device::parse_emu(device).is_some() { format!("cuda-emu:{}", base + index) } else { format!("cuda:{}", base + index) })
+    }
+
+    /// How long an NCCL collective may take before the communicator is aborted.
+    const NCCL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn open_group(be: &Cuda, rank: &crate::rank::Rank, zero: u8, shards: &[BucketShard]) -> Result<Option<Group>> {
+        if rank.dp == 1 {
+            return Ok(None);
+        }
+        let comm: Box<dyn DeviceComm> = if cuda_kernels::device::parse_emu(&be.name()).is_some() {
+            Box::new(cuda_kernels::dist::EmuComm::new(Arc::clone(&rank.comm), be).map_err(comm_err)?)
+        } else {
+            nccl_comm(be, rank, NCCL_TIMEOUT)?
+        };
+        let (gshard, mine) = if zero >= 1 {
+            (shards.iter().map(|s| be.zeros(s.shard)).collect(), shards.iter().map(|s| be.zeros_as(s.shard, Dtype::F32)).collect())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(Some(Group { comm, rank: rank.rank, zero, gshard, mine }))
+    }
+
+    #[cfg(feature = "nccl")]
+    fn nccl_comm(be: &Cuda, rank: &crate::rank::Rank, timeout: std::time::Duration) -> Result<Box<dyn DeviceComm>> {
+        let ordinal = config::device_ordinal(&be.name()).map_err(EngineError::Invalid)?.unwrap_or(0);
+        Ok(Box::new(cuda_kernels::dist::NcclDeviceComm::new(&*rank.comm, be, ordinal, timeout).map_err(comm_err)?))
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    fn nccl_comm(be: &Cuda, _rank: &crate::rank::Rank, _timeout: std::time::Duration) -> Result<Box<dyn DeviceComm>> {
+        Err(EngineError::Invalid(format!(
+            "data parallelism over GPUs ({}) needs NCCL: build with --features cuda,nccl (the emulated cuda-emu devices need no NCCL)",
+            be.name()
+        )))
     }
 
     const NORM_PARTS: usize = 64;
 
     impl GpuState {
-        pub(crate) fn new(device: &str, dtype: &str, spec: &ModelSpec, (b, t): (usize, usize), recompute: bool, selective: bool) -> Result<GpuState> {
-            let be = Cuda::open(device).map_err(|e| EngineError::Invalid(format!("train.device = \"{device}\": {e}")))?;
-            let be = be.with_dtype(if dtype == "bf16" { Dtype::Bf16 } else { Dtype::F32 });
+        /// The device of `rank` (its `gpu_index` counted from `train.device`), with the
+        /// model, its activations and the optimizer state as the host holds them: whole
+        /// (padded) buckets of masters and gradients, moments whole at ZeRO 0 and this
+        /// rank's shard at ZeRO 1.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn new(
+            cfg: &config::ResolvedConfig,
+            spec: &ModelSpec,
+            (b, t): (usize, usize),
+            recompute: bool,
+            selective: bool,
+            rank: &crate::rank::Rank,
+            shards: &[BucketShard],
+        ) -> Result<GpuState> {
+            let (device, zero, dp) = (&cfg.raw.train.device, cfg.raw.parallel.zero, rank.dp);
+            let name = rank_device(device, rank.gpu_index)?;
+            let be = Cuda::open(&name).map_err(|e| EngineError::Invalid(format!("train.device = \"{device}\" (rank {}: {name}): {e}", rank.world_rank())))?;
+            let be = be.with_dtype(if cfg.raw.train.dtype == "bf16" { Dtype::Bf16 } else { Dtype::F32 });
             let model = Model::with_backend(be.clone(), spec.clone());
             let acts = Activations::with_backend(&be, spec, b, t, recompute);
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
-            let zeros = |dt| model.layout.buckets.iter().map(|k| be.zeros_as(k.numel, dt)).collect::<Vec<_>>();
-            let (params, m, v) = (zeros(Dtype::F32), zeros(Dtype::F32), zeros(Dtype::F32));
-            let grads = zeros(be.dtype);
-            let work = if be.dtype == Dtype::F32 { Vec::new() } else { zeros(be.dtype) };
-            // Empty buckets (none on one rank today) leave their partials at zero.
+            let whole = |dt| shards.iter().map(|s| be.zeros_as(s.padded(dp), dt)).collect::<Vec<_>>();
+            let params = whole(Dtype::F32);
+            let moment = || if zero == 0 { whole(Dtype::F32) } else { shards.iter().map(|s| be.zeros_as(s.shard, Dtype::F32)).collect() };
+            let (m, v) = (moment(), moment());
+            let grads = whole(be.dtype);
+            let work = if be.dtype == Dtype::F32 { Vec::new() } else { whole(be.dtype) };
+            // Empty buckets leave their partials at zero.
             let partials = be.zeros_as(NORM_PARTS * params.len(), Dtype::F32);
-            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials })
+            let group = open_group(&be, rank, zero, shards)?;
+            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, shards: shards.to_vec(), group })
         }
 
         /// The host's parameters and moments (whole buckets, maybe padded) onto the
@@ -75,13 +156,7 @@ mod imp {
                     self.be.copy_from_host(d, &h[..n]);
                 }
             }
-            // The bf16 copy from the masters, rounded as the AdamW kernel rounds.
-            for (w, p) in self.work.iter_mut().zip(&self.params) {
-                if p.len() > 0 {
-                    let dims = Dims { grid: (p.len().div_ceil(256).min(4096) as u32, 1, 1), block: (256, 1, 1), shared: 0 };
-                    self.be.launch("f32_to_bf16", dims, &[&w.addr(), &p.addr(), &(p.len() as i64)]);
-                }
-            }
+            self.refresh_work();
             self.current = true;
         }
 
@@ -103,25 +178,65 @@ mod imp {
             }
         }
 
-        /// Global-norm clipping and AdamW on the device over every bucket (one rank holds
-        /// them whole), in the host optimizer's order and form. Only the per-block sums
-        /// of squares come to the host (the norm, which is logged and decides clipping
-        /// and the numerics guard). Returns the pre-clip norm; a non-finite one updates
-        /// nothing.
-        pub(crate) fn optimizer_step(&mut self, layout: &model::Layout, adamw: &crate::optim::AdamW, lr: f32, t: u64, max_norm: f64) -> f64 {
+        /// The step's gradient reduction over the data-parallel group (ZeRO 0: sum
+        /// all-reduce of each bucket; ZeRO 1: sum reduce-scatter into this rank's block),
+        /// then global-norm clipping and AdamW on what this rank updates, in the host
+        /// optimizer's order and form, and at ZeRO 1 the all-gather of the updated masters.
+        /// Only the per-block sums of squares come to the host (the norm, which is logged
+        /// and decides clipping and the numerics guard); `sum` adds a number over the
+        /// group. Returns the pre-clip norm; a non-finite one updates nothing.
+        pub(crate) fn optimizer_step(
+            &mut self,
+            layout: &model::Layout,
+            adamw: &crate::optim::AdamW,
+            lr: f32,
+            t: u64,
+            max_norm: f64,
+            sum: impl Fn(f64) -> Result<f64>,
+        ) -> Result<f64> {
             let dims = |blocks: usize| Dims { grid: (blocks as u32, 1, 1), block: (256, 1, 1), shared: 0 };
-            // Every bucket's partial sums into one buffer, then one copy to the host.
-            for (b, g) in self.grads.iter().enumerate() {
-                if g.len() > 0 {
-                    let at = self.partials.addr() + (4 * b * NORM_PARTS) as u64;
-                    self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.addr(), &(g.len() as i64)]);
+            let sharded = self.group.as_ref().is_some_and(|g| g.zero >= 1);
+            if let Some(g) = &mut self.group {
+                for (b, grad) in self.grads.iter_mut().enumerate() {
+                    if self.shards[b].numel == 0 {
+                        continue;
+                    }
+                    if g.zero == 0 {
+                        g.comm.all_reduce_sum(grad).map_err(comm_err)?;
+                    } else {
+                        g.comm.reduce_scatter_sum(grad, &mut g.gshard[b]).map_err(comm_err)?;
+                    }
                 }
+            }
+            // The gradients this rank updates from, and their first element's index in
+            // bucket coordinates.
+            let r = self.group.as_ref().map_or(0, |g| g.rank);
+            let held = |b: usize| -> (std::ops::Range<usize>, usize) {
+                let s = self.shards[b];
+                if sharded {
+                    (s.real(r), s.owned(r).start)
+                } else {
+                    (0..s.numel, 0)
+                }
+            };
+            // Every bucket's partial sums into one buffer, then one copy to the host.
+            for b in 0..self.grads.len() {
+                let (real, base) = held(b);
+                if real.is_empty() {
+                    continue;
+                }
+                let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
+                let g = g.slice(real.start - base..real.end - base);
+                let at = self.partials.slice(b * NORM_PARTS..(b + 1) * NORM_PARTS).addr();
+                self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.addr(), &(g.len() as i64)]);
             }
             let mut host = vec![0.0f32; self.partials.len()];
             self.be.to_host(&self.partials, &mut host);
-            let norm = host.iter().map(|&x| x as f64).sum::<f64>().sqrt();
+            let local = host.iter().map(|&x| x as f64).sum::<f64>();
+            // All-reduced gradients are the same on every rank; shards are summed.
+            let norm = if sharded { sum(local)? } else { local }.sqrt();
             if !norm.is_finite() {
-                return norm;
+                return Ok(norm);
             }
             let clip = crate::optim::clip_factor(norm, max_norm);
             // The host's bias corrections, in f64 (kernels::adamw_step's form).
@@ -129,37 +244,59 @@ mod imp {
             let step = (lr as f64 / (1.0 - (adamw.beta1 as f64).powi(tt))) as f32;
             let bc2_sqrt = (1.0 - (adamw.beta2 as f64).powi(tt)).sqrt() as f32;
             for (b, bucket) in layout.buckets.iter().enumerate() {
-                let g = &self.grads[b];
+                let (real, base) = held(b);
+                let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
+                // Moments are indexed from `base` at ZeRO 1 (this rank's block), from 0 otherwise.
+                let mbase = if sharded { base } else { 0 };
                 for spec in &bucket.tensors {
-                    let r = spec.range();
-                    if r.is_empty() {
+                    let tr = spec.range();
+                    let (lo, hi) = (tr.start.max(real.start), tr.end.min(real.end));
+                    if lo >= hi {
                         continue;
                     }
-                    let at = |d: &DevVec| d.slice(r.clone()).addr();
-                    let copy = self.work.get(b).map_or(0, at);
+                    let p = self.params[b].slice(lo..hi).addr();
+                    let copy = self.work.get(b).map_or(0, |w| if sharded { 0 } else { w.slice(lo..hi).addr() });
+                    let gi = g.slice(lo - base..hi - base).addr();
+                    let (mi, vi) = (self.m[b].slice(lo - mbase..hi - mbase).addr(), self.v[b].slice(lo - mbase..hi - mbase).addr());
                     let decay = 1.0 - lr * adamw.decay_for(spec.kind);
                     self.be.launch(
                         "adamw",
-                        dims(r.len().div_ceil(256).min(4096)),
-                        &[
-                            &at(&self.params[b]),
-                            &copy,
-                            &at(g),
-                            &at(&self.m[b]),
-                            &at(&self.v[b]),
-                            &(r.len() as i64),
-                            &clip,
-                            &step,
-                            &adamw.beta1,
-                            &adamw.beta2,
-                            &adamw.eps,
-                            &decay,
-                            &bc2_sqrt,
-                        ],
+                        dims((hi - lo).div_ceil(256).min(4096)),
+                        &[&p, &copy, &gi, &mi, &vi, &((hi - lo) as i64), &clip, &step, &adamw.beta1, &adamw.beta2, &adamw.eps, &decay, &bc2_sqrt],
                     );
                 }
             }
-            norm
+            if sharded {
+                self.gather_masters()?;
+            }
+            Ok(norm)
+        }
+
+        /// ZeRO 1: every rank's updated block of the masters into every rank's whole
+        /// buckets (the bf16 copy then follows from them).
+        fn gather_masters(&mut self) -> Result<()> {
+            let g = self.group.as_mut().expect("a group");
+            for (b, p) in self.params.iter_mut().enumerate() {
+                let s = self.shards[b];
+                if s.numel == 0 {
+                    continue;
+                }
+                let owned = s.owned(g.rank);
+                self.be.copy_device(&mut g.mine[b], p.slice(owned));
+                g.comm.all_gather(&g.mine[b], p).map_err(comm_err)?;
+            }
+            self.refresh_work();
+            Ok(())
+        }
+
+        /// The bf16 copy from the masters, rounded as the AdamW kernel rounds.
+        fn refresh_work(&mut self) {
+            for (w, p) in self.work.iter_mut().zip(&self.params) {
+                if p.len() > 0 {
+                    let dims = Dims { grid: (p.len().div_ceil(256).min(4096) as u32, 1, 1), block: (256, 1, 1), shared: 0 };
+                    self.be.launch("f32_to_bf16", dims, &[&w.addr(), &p.addr(), &(p.len() as i64)]);
+                }
+            }
         }
 
         pub(crate) fn zero_grads(&mut self) {
@@ -201,8 +338,18 @@ mod imp {
     pub(crate) enum GpuState {}
 
     impl GpuState {
-        pub(crate) fn new(_device: &str, _dtype: &str, _spec: &ModelSpec, _bt: (usize, usize), _recompute: bool, _selective: bool) -> Result<GpuState> {
-            Err(EngineError::Invalid(format!("train.device = \"{_device}\" needs a build with the GPU backend (which holds the emulated device too): cargo build --release --features cuda")))
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn new(
+            cfg: &config::ResolvedConfig,
+            _spec: &ModelSpec,
+            _bt: (usize, usize),
+            _recompute: bool,
+            _selective: bool,
+            _rank: &crate::rank::Rank,
+            _shards: &[crate::shard::BucketShard],
+        ) -> Result<GpuState> {
+            let device = &cfg.raw.train.device;
+            Err(EngineError::Invalid(format!("train.device = \"{device}\" needs a build with the GPU backend (which holds the emulated device too): cargo build --release --features cuda")))
         }
         pub(crate) fn ensure(&mut self, _p: &[Vec<f32>], _m: &[Vec<f32>], _v: &[Vec<f32>]) {
             match *self {}
@@ -213,7 +360,15 @@ mod imp {
         pub(crate) fn pull(&self, _p: &mut [Vec<f32>], _m: &mut [Vec<f32>], _v: &mut [Vec<f32>]) {
             match *self {}
         }
-        pub(crate) fn optimizer_step(&mut self, _l: &model::Layout, _a: &crate::optim::AdamW, _lr: f32, _t: u64, _max: f64) -> f64 {
+        pub(crate) fn optimizer_step(
+            &mut self,
+            _l: &model::Layout,
+            _a: &crate::optim::AdamW,
+            _lr: f32,
+            _t: u64,
+            _max: f64,
+            _sum: impl Fn(f64) -> Result<f64>,
+        ) -> Result<f64> {
             match *self {}
         }
         pub(crate) fn zero_grads(&mut self) {
@@ -236,14 +391,15 @@ mod imp {
 
 pub(crate) use imp::GpuState;
 
-/// The GPU a run asks for (`train.device`), checked against what the GPU path supports.
+/// The GPU a run asks for (`train.device`), checked against what the GPU path supports:
+/// one device per rank, data parallelism with ZeRO 0 or 1.
 pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<&str>> {
     let Some(_) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
     let p = &cfg.raw.parallel;
-    if p.dp * p.tp * p.pp != 1 || p.zero != 0 {
+    if p.tp * p.pp != 1 || p.zero > 1 {
         return Err(EngineError::Invalid(format!(
-            "train.device = \"{}\" runs one rank so far (parallel.dp = tp = pp = 1, parallel.zero = 0); found dp = {}, tp = {}, pp = {}, zero = {}",
-            cfg.raw.train.device, p.dp, p.tp, p.pp, p.zero
+            "train.device = \"{}\" runs data parallelism with parallel.zero = 0 or 1 so far (parallel.tp = pp = 1); found tp = {}, pp = {}, zero = {}",
+            cfg.raw.train.device, p.tp, p.pp, p.zero
         )));
     }
     Ok(Some(&cfg.raw.train.device))

@@ -38,6 +38,10 @@ pub struct Rank {
     pub pp: usize,
     /// The pipeline group and its point-to-point links (`None` when `pp == 1`).
     pub pipe: Option<PipeLinks>,
+    /// Which of its machine's GPUs this rank uses, counted from `train.device`'s: the
+    /// world rank for thread ranks of one process (`--workers N`), the node-local rank
+    /// under an MPI launcher (set by the launcher's caller).
+    pub gpu_index: usize,
 }
 
 /// A pipeline rank's communicators. Each link joins two neighbouring stages in one
@@ -98,7 +102,7 @@ impl Rank {
         let stream = AsyncComm::new(Arc::from(comm.split(0, comm.rank(), "dp.stream")?));
         // The background checkpoint writer commits over every rank of the job.
         let ckpt = Arc::from(whole.split(0, whole.rank(), "dp.ckpt")?);
-        Ok(Rank { rank: comm.rank(), dp: comm.size(), tp_rank, tp, tp_comm, world: whole, comm, stream, ckpt, flight, pp_rank, pp, pipe })
+        Ok(Rank { rank: comm.rank(), dp: comm.size(), tp_rank, tp, tp_comm, world: whole, comm, stream, ckpt, flight, pp_rank, pp, pipe, gpu_index: r })
     }
 
     /// This rank's place in the layout `cfg.parallel` describes.

@@ -242,7 +242,7 @@ impl Trainer {
         let has_head = chunks.iter().any(|c| c.last);
         let selective = matches!(par.recompute, config::Recompute::Selective);
         let gpu = match crate::gpu::requested(&cfg)? {
-            Some(dev) => Some(crate::gpu::GpuState::new(dev, &cfg.raw.train.dtype, &gpt.spec, (b, t), recompute, selective)?),
+            Some(_) => Some(crate::gpu::GpuState::new(&cfg, &gpt.spec, (b, t), recompute, selective, &rank, &shards)?),
             None => None,
         };
         let (mut acts, m_acts) = crate::alloc::measure(|| {
@@ -381,7 +381,8 @@ impl Trainer {
             // On the device: the masters and moments stay there (see gpu.rs).
             let t0 = Instant::now();
             let lr = self.schedule.at(self.step) as f32;
-            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip);
+            let rank = &self.rank;
+            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip, |x| rank.sum_f64(x))?;
             times.optimizer += t0.elapsed().as_secs_f64();
             norm
         } else {

@@ -20,7 +20,8 @@ fn dataset(dir: &Path) -> data::Dataset {
 }
 
 fn cfg(preset_sets: &[&str], device: &str) -> config::ResolvedConfig {
-    let mut sets: Vec<String> = preset_sets.iter().map(|s| s.to_string()).collect();
+    // The test's own settings last, so that they override these.
+    let mut sets: Vec<String> = Vec::new();
     sets.extend(
         [
             format!("train.device=\"{device}\""),
@@ -32,6 +33,7 @@ fn cfg(preset_sets: &[&str], device: &str) -> config::ResolvedConfig {
             "log.peak_flops=1e11".into(),
         ],
     );
+    sets.extend(preset_sets.iter().map(|s| s.to_string()));
     config::resolve(Some("tiny"), None, &sets).expect("config")
 }
 
@@ -166,4 +168,51 @@ fn a_run_on_the_emulated_device_resumes_bitwise_from_its_checkpoint() {
 #[test]
 fn a_bf16_run_on_the_emulated_device_resumes_bitwise_and_its_checkpoint_loads_on_the_cpu() {
     resumes_bitwise(&["train.dtype=\"bf16\""], 2e-2);
+}
+
+/// Data parallelism over emulated devices (one per thread rank, `cuda-emu:0` and
+/// `cuda-emu:1`; gradients reduced by the device collectives): dp 2 with ZeRO 0 and 1
+/// equals one rank with the same global batch (losses at every step and the final
+/// parameters, relative 1e-4), and every rank holds the same parameters.
+#[test]
+fn dp2_with_zero_0_and_1_on_emulated_devices_equals_one_rank() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let steps = 10;
+    let sets = |batch: usize, dp: usize, zero: u8| -> Vec<String> {
+        vec![format!("train.batch_size={batch}"), "train.grad_accum=1".into(), format!("parallel.dp={dp}"), format!("parallel.zero={zero}")]
+    };
+    let one = |device: &str| {
+        let s = sets(4, 1, 0);
+        let s: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
+        let mut t = Trainer::new(cfg(&s, device), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
+        let mut times = StepTimes::default();
+        let l: Vec<f64> = (0..steps).map(|_| t.train_step(&mut times).unwrap().0).collect();
+        (l, t.full_params().unwrap())
+    };
+    let (want, want_params) = one("cpu");
+    for zero in [0u8, 1] {
+        let out = comm::run_local(2, Duration::from_secs(120), |c| {
+            let rank = engine::Rank::new(&c)?;
+            let s = sets(2, 2, zero);
+            let s: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
+            let mut t = Trainer::with_rank(cfg(&s, "cuda-emu"), data::Dataset::open(dir.path()).unwrap(), Path::new(""), rank)?;
+            let mut times = StepTimes::default();
+            let l = (0..steps).map(|_| t.train_step(&mut times).map(|x| x.0)).collect::<Result<Vec<f64>, _>>()?;
+            let device = t.memory().device.expect("device memory").device;
+            Ok::<_, engine::EngineError>((l, t.full_params()?, device))
+        })
+        .expect("ranks");
+        assert_eq!(out[1].1, out[0].1, "ZeRO-{zero}: the ranks' parameters differ");
+        for (i, (g, c)) in out[0].0.iter().zip(&want).enumerate() {
+            assert!(((g - c) / c).abs() < 1e-4, "ZeRO-{zero}: step {} loss {g} on 2 devices, {c} on one CPU rank", i + 1);
+        }
+        for (i, (g, c)) in out[0].1.iter().zip(&want_params).enumerate() {
+            let e = rel(g, c);
+            assert!(e < 1e-4, "ZeRO-{zero}: bucket {i} after {steps} steps differs by relative {e:e}");
+        }
+        assert_eq!(out[0].2, "cuda-emu:0");
+        assert_eq!(out[1].2, "cuda-emu:1", "one device per rank");
+    }
 }
