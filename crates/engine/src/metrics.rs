@@ -203,9 +203,26 @@ pub struct DeviceMemory {
     pub device: String,
     /// `train.dtype`: "f32" or "bf16".
     pub dtype: String,
+    /// What `expected` counts, in words.
+    pub counted: String,
     pub now: usize,
     pub peak: usize,
     pub expected: f64,
+}
+
+/// Bytes of model state a device holds for `n` parameters (see `gpu.rs`): fp32 masters,
+/// gradients in the run's element size `elem` (and under bf16 a bf16 copy of the
+/// weights), both fp32 Adam moments (this rank's 1/dp at ZeRO 1, with its block of the
+/// reduced gradients and of the updated masters). 16 bytes a parameter on one device.
+pub fn device_state_bytes(n: usize, dp: usize, zero: u8, elem: usize) -> f64 {
+    let (n, dp) = (n as f64, dp as f64);
+    let copy = if elem == 4 { 0.0 } else { elem as f64 };
+    let whole = n * (4.0 + elem as f64 + copy);
+    if zero == 0 || dp == 1.0 {
+        whole + 8.0 * n
+    } else {
+        whole + n * (8.0 + elem as f64 + 4.0) / dp
+    }
 }
 
 impl MemoryReport {
@@ -229,7 +246,17 @@ impl MemoryReport {
                 let (recompute, selective) = g.recompute();
                 let elem = if t.cfg.raw.train.dtype == "bf16" { 2 } else { 4 };
                 let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, 1, elem) as f64;
-                DeviceMemory { device, dtype: t.cfg.raw.train.dtype.clone(), now, peak, expected: 16.0 * n as f64 + acts }
+                let zero = t.cfg.raw.parallel.zero;
+                let state = device_state_bytes(n, t.rank.dp, zero, elem);
+                let mut counted = if elem == 2 {
+                    "fp32 masters and Adam moments, bf16 gradients and weight copy, bf16 activations with f32 statistics".to_string()
+                } else {
+                    "f32 parameters, gradients, Adam moments + activations".to_string()
+                };
+                if zero >= 1 && t.rank.dp > 1 {
+                    counted.push_str(&format!("; moments sharded over {} ranks (ZeRO 1)", t.rank.dp));
+                }
+                DeviceMemory { device, dtype: t.cfg.raw.train.dtype.clone(), counted, now, peak, expected: state + acts }
             }),
         }
     }

@@ -200,7 +200,10 @@ fn dp2_with_zero_0_and_1_on_emulated_devices_equals_one_rank() {
             let mut t = Trainer::with_rank(cfg(&s, "cuda-emu"), data::Dataset::open(dir.path()).unwrap(), Path::new(""), rank)?;
             let mut times = StepTimes::default();
             let l = (0..steps).map(|_| t.train_step(&mut times).map(|x| x.0)).collect::<Result<Vec<f64>, _>>()?;
-            let device = t.memory().device.expect("device memory").device;
+            let d = t.memory().device.expect("device memory");
+            // The count follows the layout (ZeRO 1 shards the moments over the group).
+            assert!(d.peak as f64 >= 0.9 * d.expected && (d.peak as f64) < 1.5 * d.expected, "ZeRO-{zero}: {d:?}");
+            let device = d.device;
             Ok::<_, engine::EngineError>((l, t.full_params()?, device))
         })
         .expect("ranks");

@@ -454,7 +454,13 @@ fn prepare_run_dir(plan: &Plan, root: bool) -> Result<Option<super::lock::RunLoc
 
 /// One rank's whole run (SPMD: every rank calls this with its communicator).
 fn train_rank(plan: &Plan, world: &dyn Communicator) -> Result<Outcome> {
-    let rank = Rank::for_config(world, &plan.cfg)?;
+    let mut rank = Rank::for_config(world, &plan.cfg)?;
+    if mpi_launched() {
+        // One process per GPU: the launcher's node-local rank picks it.
+        if let Some(local) = node_local_rank() {
+            rank.gpu_index = local;
+        }
+    }
     let root = world.rank() == 0;
     engine::alloc::reset_thread_peak();
     // Prepared (once, by the root) in prepare_run_dir: this only opens it.
@@ -611,11 +617,7 @@ fn print_memory(outcomes: &[Outcome]) {
     }
     for (r, o) in outcomes.iter().enumerate() {
         if let Some(d) = &o.memory.device {
-            let what = if d.dtype == "bf16" {
-                "fp32 masters and Adam moments, bf16 gradients and weight copy, bf16 activations with f32 statistics"
-            } else {
-                "f32 parameters, gradients, Adam moments + activations"
-            };
+            let what = &d.counted;
             println!(
                 "rank {r} on {} ({}): device memory peak {:.2} MiB (now {:.2}); counted ({what}) {:.2} MiB",
                 d.device,
@@ -645,6 +647,14 @@ fn refuse_existing_run(run_dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// This process's rank among the processes of its machine, as MPI launchers and Slurm
+/// export it.
+fn node_local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|s| s.trim().parse().ok()))
 }
 
 /// Whether this process was started by an MPI launcher (read once, here at the edge).
