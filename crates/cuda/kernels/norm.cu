@@ -83,3 +83,38 @@ extern "C" __global__ void rmsnorm_backward(floatX* dx, floatX* dw_partial, cons
         dw_partial[r * c + j] = dr[j] * xhat;
     }
 }
+
+// The residual add fused with the next norm (one pass over the row instead of two):
+// res += delta, then out = norm(res) with its statistics, LayerNorm (with mean, and b
+// when not null) or RMSNorm when `rms`. The sum is stored first and read back, so the
+// statistics see the stored (in bf16, rounded) residual exactly as the unfused
+// add_inplace + layernorm_forward / rmsnorm_forward do: the same results, bit for bit.
+extern "C" __global__ void residual_norm_forward(floatX* res, const floatX* delta, floatX* out, float* mean, float* rstd, const floatX* w,
+                                                 const floatX* b, long rows, long c, float eps, int rms) {
+    __shared__ float scratch[32];
+    long r = blockIdx.x;
+    if (r >= rows) return;
+    floatX* xr = res + r * c;
+    const floatX* dr = delta + r * c;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) xr[j] = xr[j] + dr[j];
+    float m = 0.0f;
+    if (!rms) {
+        float s = 0.0f;
+        for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j];
+        m = block_sum(s, scratch) / (float)c;
+    }
+    float v = 0.0f;
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float d = xr[j] - m;
+        v += d * d;
+    }
+    float rs = rsqrtf(block_sum(v, scratch) / (float)c + eps);
+    for (long j = threadIdx.x; j < c; j += blockDim.x) {
+        float y = rms ? xr[j] * rs * w[j] : (xr[j] - m) * rs * w[j];
+        out[r * c + j] = b ? y + b[j] : y;
+    }
+    if (threadIdx.x == 0) {
+        if (!rms) mean[r] = m;
+        rstd[r] = rs;
+    }
+}

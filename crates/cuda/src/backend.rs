@@ -470,6 +470,29 @@ impl Backend for Cuda {
             Norm::RmsNorm => self.launch("rmsnorm_forward", per_row(rows), &[&out.addr(), &rstd.addr(), &x.addr(), &w.addr(), &(rows as i64), &(c as i64), &eps]),
         }
     }
+    fn residual_norm_forward(
+        &self,
+        norm: Norm,
+        eps: f32,
+        res: &mut DevBuf,
+        delta: &DevBuf,
+        out: &mut DevBuf,
+        mean: &mut DevBuf,
+        rstd: &mut DevBuf,
+        w: &DevBuf,
+        b: Option<&DevBuf>,
+        rows: usize,
+        c: usize,
+    ) {
+        assert_eq!(res.len(), delta.len());
+        let rms = (norm == Norm::RmsNorm) as i32;
+        let mean = if rms == 1 { 0 } else { mean.addr() };
+        self.launch(
+            "residual_norm_forward",
+            per_row(rows),
+            &[&res.addr(), &delta.addr(), &out.addr(), &mean, &rstd.addr(), &w.addr(), &opt_addr(b), &(rows as i64), &(c as i64), &eps, &rms],
+        );
+    }
     fn norm_backward(
         &self,
         norm: Norm,

@@ -33,7 +33,7 @@ pub const SOURCES: &[Source] = &[
         text: include_str!("../kernels/elementwise.cu"),
         kernels: &["add_inplace", "add_bias", "scale_inplace", "gelu_forward", "gelu_backward", "swiglu_forward", "swiglu_backward", "f32_to_bf16", "bf16_to_f32", "column_sum_add"],
     },
-    Source { name: "norm", text: include_str!("../kernels/norm.cu"), kernels: &["layernorm_forward", "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward"] },
+    Source { name: "norm", text: include_str!("../kernels/norm.cu"), kernels: &["layernorm_forward", "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "residual_norm_forward"] },
     Source { name: "embedding", text: include_str!("../kernels/embedding.cu"), kernels: &["embedding_forward", "embedding_backward_sorted", "position_backward"] },
     Source { name: "rope", text: include_str!("../kernels/rope.cu"), kernels: &["rope_rotate"] },
     Source {

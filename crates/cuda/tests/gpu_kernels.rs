@@ -148,6 +148,25 @@ fn norms(c: &mut Check) {
         if bias {
             c.expect(&format!("{norm:?} forward mean"), &md, &mean, 1e-5);
         }
+        // The residual add fused with the norm: the CPU's add then norm, and bit for bit
+        // the device's unfused pair.
+        let delta = c.rand(rows * ch, 1.0);
+        let (mut res, mut fo, mut fm, mut fr) = (x.clone(), vec![0.0; rows * ch], vec![0.0; rows], vec![0.0; rows]);
+        Cpu.residual_norm_forward(norm, 1e-5, &mut res, &delta, &mut fo, &mut fm, &mut fr, &w, bias.then_some(&b[..]), rows, ch);
+        let (mut resd, deltad) = (c.up(&x), c.up(&delta));
+        let (mut fod, mut fmd, mut frd) = (c.g.zeros(rows * ch), c.stats(rows), c.stats(rows));
+        c.g.residual_norm_forward(norm, 1e-5, &mut resd, &deltad, &mut fod, &mut fmd, &mut frd, &wd, bias.then_some(&*bd), rows, ch);
+        c.expect(&format!("{norm:?} residual + norm: sum"), &resd, &res, 1e-6);
+        c.expect(&format!("{norm:?} residual + norm: output"), &fod, &fo, 1e-5);
+        c.expect(&format!("{norm:?} residual + norm: rstd"), &frd, &fr, 1e-5);
+        let (mut ud, mut uo, mut um, mut ur) = (c.up(&x), c.g.zeros(rows * ch), c.stats(rows), c.stats(rows));
+        c.g.add_inplace(&mut ud, &deltad);
+        c.g.norm_forward(norm, 1e-5, &mut uo, &mut um, &mut ur, &ud, &wd, bias.then_some(&*bd), rows, ch);
+        assert_eq!(c.down(&fod), c.down(&uo), "{norm:?} {:?}: the fused residual norm differs from the unfused pair", c.g.dtype);
+        assert_eq!(c.down(&frd), c.down(&ur), "{norm:?} {:?}: fused rstd", c.g.dtype);
+        if bias {
+            assert_eq!(c.down(&fmd), c.down(&um), "{norm:?} {:?}: fused mean", c.g.dtype);
+        }
         let (dout, dx0, dw0, db0) = (c.rand(rows * ch, 1.0), c.rand(rows * ch, 1.0), c.rand(ch, 1.0), c.rand(ch, 1.0));
         let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
         Cpu.norm_backward(norm, &mut dx, &mut dw, bias.then_some(&mut db[..]), &dout, &x, &w, &mean, &rstd, rows, ch);

@@ -90,6 +90,26 @@ pub trait Backend: Send + Sync {
     fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, ta: bool, b: &Self::Buf, tb: bool, m: usize, n: usize, k: usize, accumulate: bool);
     /// Normalises rows; saves `mean` (LayerNorm only) and `rstd`.
     fn norm_forward(&self, norm: Norm, eps: f32, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, b: Option<&Self::Buf>, rows: usize, c: usize);
+    /// The residual add and the norm after it: `res += delta`, then
+    /// [`Backend::norm_forward`] of `res`. A backend may fuse them (one pass over the
+    /// rows); the result is the unfused one.
+    fn residual_norm_forward(
+        &self,
+        norm: Norm,
+        eps: f32,
+        res: &mut Self::Buf,
+        delta: &Self::Buf,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        w: &Self::Buf,
+        b: Option<&Self::Buf>,
+        rows: usize,
+        c: usize,
+    ) {
+        self.add_inplace(res, delta);
+        self.norm_forward(norm, eps, out, mean, rstd, res, w, b, rows, c);
+    }
     fn norm_backward(
         &self,
         norm: Norm,
