@@ -193,15 +193,15 @@ impl NcclComm {
         }
     }
 
-    /// Sums `count` elements at device address `buf` (this GPU) across the group, in
+    /// Reduces `count` elements at device address `buf` (this GPU) across the group, in
     /// place, and waits for it. The caller orders it after the work that wrote `buf`
     /// (the GPU backend synchronises its stream first).
     ///
     /// # Safety
     /// `buf` must hold `count` elements of `dtype` on this communicator's GPU.
-    pub unsafe fn all_reduce_device(&self, buf: u64, count: usize, dtype: DType) -> Result<()> {
+    pub unsafe fn all_reduce_device(&self, buf: u64, count: usize, dtype: DType, op: ReduceOp) -> Result<()> {
         let (p, t) = (buf as *mut c_void, nccl_dtype(dtype));
-        result::all_reduce(p, p, count, t, sys::ncclRedOp_t::ncclSum, self.comm, self.stream.cu_stream() as _).map_err(|e| self.err("all_reduce", format!("{e:?}")))?;
+        result::all_reduce(p, p, count, t, nccl_op(op), self.comm, self.stream.cu_stream() as _).map_err(|e| self.err("all_reduce", format!("{e:?}")))?;
         self.wait("all_reduce")
     }
 

@@ -1,5 +1,6 @@
-//! Collectives on device buffers: what data parallelism over GPUs asks of NCCL (sum
-//! all-reduce, sum reduce-scatter, all-gather), in the backend's own views.
+//! Collectives on device buffers: what data and tensor parallelism over GPUs ask of
+//! NCCL (sum or max all-reduce, sum reduce-scatter, all-gather), in the backend's own
+//! views.
 //!
 //! * [`EmuComm`]: ranks of emulated devices (one per thread rank under `--workers N`, or
 //!   per process under `mpirun`). Each call checks its buffers as NCCL would see them
@@ -24,8 +25,8 @@ use model::backend::Buf as _;
 pub trait DeviceComm: Send + Sync {
     fn rank(&self) -> usize;
     fn size(&self) -> usize;
-    /// `buf` summed over the group, in place.
-    fn all_reduce_sum(&self, buf: &mut DevBuf) -> Result<(), String>;
+    /// `buf` reduced (summed, or the maximum) over the group, in place.
+    fn all_reduce(&self, buf: &mut DevBuf, op: ReduceOp) -> Result<(), String>;
     /// `send` (size x `recv.len()` elements) summed over the group; this rank's block
     /// into `recv`.
     fn reduce_scatter_sum(&self, send: &DevBuf, recv: &mut DevBuf) -> Result<(), String>;
@@ -107,10 +108,10 @@ impl DeviceComm for EmuComm {
     fn size(&self) -> usize {
         self.comm.size()
     }
-    fn all_reduce_sum(&self, buf: &mut DevBuf) -> Result<(), String> {
+    fn all_reduce(&self, buf: &mut DevBuf, op: ReduceOp) -> Result<(), String> {
         self.sync()?;
         let v = self.view("all_reduce", "buffer", buf, true)?;
-        self.comm.all_reduce(v, ReduceOp::Sum).map_err(|e| e.to_string())
+        self.comm.all_reduce(v, op).map_err(|e| e.to_string())
     }
     fn reduce_scatter_sum(&self, send: &DevBuf, recv: &mut DevBuf) -> Result<(), String> {
         check_shapes("reduce_scatter", self.size(), send, recv, true)?;
@@ -152,10 +153,10 @@ impl DeviceComm for NcclDeviceComm {
     fn size(&self) -> usize {
         self.nccl.size()
     }
-    fn all_reduce_sum(&self, buf: &mut DevBuf) -> Result<(), String> {
+    fn all_reduce(&self, buf: &mut DevBuf, op: ReduceOp) -> Result<(), String> {
         self.dev.synchronize()?;
         // SAFETY: the view is device memory of this GPU of its stated length.
-        unsafe { self.nccl.all_reduce_device(buf.addr(), buf.len(), comm_dtype(buf.dtype())) }.map_err(|e| e.to_string())
+        unsafe { self.nccl.all_reduce_device(buf.addr(), buf.len(), comm_dtype(buf.dtype()), op) }.map_err(|e| e.to_string())
     }
     fn reduce_scatter_sum(&self, send: &DevBuf, recv: &mut DevBuf) -> Result<(), String> {
         check_shapes("reduce_scatter", self.size(), send, recv, true)?;

@@ -20,11 +20,11 @@ use crate::error::{EngineError, Result};
 mod imp {
     use std::sync::Arc;
 
-    use cuda_kernels::backend::{Cuda, DevVec};
+    use cuda_kernels::backend::{Cuda, DevBuf, DevVec};
     use cuda_kernels::device::{Dims, Dtype};
     use cuda_kernels::dist::DeviceComm;
     use model::backend::Buf;
-    use model::{Activations, Backend, Model, ModelSpec};
+    use model::{Activations, Backend, Driver, Model, ModelSpec, TpReduce};
 
     use crate::error::{EngineError, Result};
     use crate::shard::BucketShard;
@@ -61,6 +61,58 @@ mod imp {
         shards: Vec<BucketShard>,
         /// Data parallelism over devices (`None`: one rank).
         group: Option<Group>,
+        /// Tensor (and sequence) parallelism: the group's collectives (`None`: tp = 1).
+        tp: Option<Box<dyn DeviceComm>>,
+        /// Whether this rank counts its replicated tensors in the gradient norm (tp rank 0).
+        counts_replicated: bool,
+    }
+
+    /// The model's [`Driver`] on a device: whole buckets lent as they are; tensor
+    /// parallelism's reductions and sequence parallelism's gathers and scatters by the
+    /// tp group's device collectives.
+    struct OnDevice<'a> {
+        be: &'a Cuda,
+        params: &'a [DevVec],
+        grads: Option<&'a mut [DevVec]>,
+        tp: Option<&'a dyn DeviceComm>,
+    }
+
+    impl OnDevice<'_> {
+        fn tp(&self) -> Result<&dyn DeviceComm> {
+            self.tp.ok_or_else(|| EngineError::Invalid("a tensor-parallel collective without a tp group".into()))
+        }
+    }
+
+    impl<'a> Driver<Cuda> for OnDevice<'a> {
+        type Error = EngineError;
+        type Params = &'a DevBuf;
+        type Grads = DevVec;
+        fn acquire(&mut self, b: usize) -> Result<&'a DevBuf> {
+            Ok(&*self.params[b])
+        }
+        fn release(&mut self, _b: usize, _p: &'a DevBuf) {}
+        fn grad(&mut self, b: usize) -> Result<DevVec> {
+            let grads = self.grads.as_deref_mut().ok_or_else(|| EngineError::Invalid("gradients requested in a forward-only pass".into()))?;
+            Ok(std::mem::replace(&mut grads[b], self.be.zeros(0)))
+        }
+        fn grad_done(&mut self, b: usize, g: DevVec) -> Result<()> {
+            let grads = self.grads.as_deref_mut().ok_or_else(|| EngineError::Invalid("gradients returned in a forward-only pass".into()))?;
+            grads[b] = g;
+            Ok(())
+        }
+        fn tp_reduce(&mut self, x: &mut DevBuf, op: TpReduce) -> Result<()> {
+            let op = match op {
+                TpReduce::Sum => comm::ReduceOp::Sum,
+                TpReduce::Max => comm::ReduceOp::Max,
+            };
+            self.tp()?.all_reduce(x, op).map_err(comm_err)
+        }
+        fn tp_all_gather(&mut self, shard: &DevBuf, full: &mut DevBuf) -> Result<()> {
+            self.tp()?.all_gather(shard, full).map_err(comm_err)
+        }
+        fn tp_reduce_scatter(&mut self, full: &DevBuf, shard: &mut DevBuf) -> Result<()> {
+            self.tp()?.reduce_scatter_sum(full, shard).map_err(comm_err)
+        }
     }
 
     fn comm_err(e: String) -> EngineError {
@@ -77,15 +129,20 @@ mod imp {
     /// How long an NCCL collective may take before the communicator is aborted.
     const NCCL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
+    /// Device collectives over the ranks of `over` (the emulator's through `over` itself).
+    fn device_comm(be: &Cuda, over: &Arc<dyn comm::Communicator>) -> Result<Box<dyn DeviceComm>> {
+        if cuda_kernels::device::parse_emu(&be.name()).is_some() {
+            Ok(Box::new(cuda_kernels::dist::EmuComm::new(Arc::clone(over), be).map_err(comm_err)?))
+        } else {
+            nccl_comm(be, &**over, NCCL_TIMEOUT)
+        }
+    }
+
     fn open_group(be: &Cuda, rank: &crate::rank::Rank, zero: u8, shards: &[BucketShard]) -> Result<Option<Group>> {
         if rank.dp == 1 {
             return Ok(None);
         }
-        let comm: Box<dyn DeviceComm> = if cuda_kernels::device::parse_emu(&be.name()).is_some() {
-            Box::new(cuda_kernels::dist::EmuComm::new(Arc::clone(&rank.comm), be).map_err(comm_err)?)
-        } else {
-            nccl_comm(be, rank, NCCL_TIMEOUT)?
-        };
+        let comm = device_comm(be, &rank.comm)?;
         let (gshard, mine) = if zero >= 1 {
             (shards.iter().map(|s| be.zeros(s.shard)).collect(), shards.iter().map(|s| be.zeros_as(s.shard, Dtype::F32)).collect())
         } else {
@@ -95,15 +152,15 @@ mod imp {
     }
 
     #[cfg(feature = "nccl")]
-    fn nccl_comm(be: &Cuda, rank: &crate::rank::Rank, timeout: std::time::Duration) -> Result<Box<dyn DeviceComm>> {
+    fn nccl_comm(be: &Cuda, bootstrap: &dyn comm::Communicator, timeout: std::time::Duration) -> Result<Box<dyn DeviceComm>> {
         let ordinal = config::device_ordinal(&be.name()).map_err(EngineError::Invalid)?.unwrap_or(0);
-        Ok(Box::new(cuda_kernels::dist::NcclDeviceComm::new(&*rank.comm, be, ordinal, timeout).map_err(comm_err)?))
+        Ok(Box::new(cuda_kernels::dist::NcclDeviceComm::new(bootstrap, be, ordinal, timeout).map_err(comm_err)?))
     }
 
     #[cfg(not(feature = "nccl"))]
-    fn nccl_comm(be: &Cuda, _rank: &crate::rank::Rank, _timeout: std::time::Duration) -> Result<Box<dyn DeviceComm>> {
+    fn nccl_comm(be: &Cuda, _bootstrap: &dyn comm::Communicator, _timeout: std::time::Duration) -> Result<Box<dyn DeviceComm>> {
         Err(EngineError::Invalid(format!(
-            "data parallelism over GPUs ({}) needs NCCL: build with --features cuda,nccl (the emulated cuda-emu devices need no NCCL)",
+            "data or tensor parallelism over GPUs ({}) needs NCCL: build with --features cuda,nccl (the emulated cuda-emu devices need no NCCL)",
             be.name()
         )))
     }
@@ -118,7 +175,7 @@ mod imp {
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn new(
             cfg: &config::ResolvedConfig,
-            spec: &ModelSpec,
+            global: &ModelSpec,
             (b, t): (usize, usize),
             recompute: bool,
             selective: bool,
@@ -129,8 +186,13 @@ mod imp {
             let name = rank_device(device, rank.gpu_index)?;
             let be = Cuda::open(&name).map_err(|e| EngineError::Invalid(format!("train.device = \"{device}\" (rank {}: {name}): {e}", rank.world_rank())))?;
             let be = be.with_dtype(if cfg.raw.train.dtype == "bf16" { Dtype::Bf16 } else { Dtype::F32 });
-            let model = Model::with_backend(be.clone(), spec.clone());
-            let acts = Activations::with_backend(&be, spec, b, t, recompute);
+            let model = if rank.tp > 1 {
+                Model::tensor_parallel(be.clone(), global, rank.tp, rank.tp_rank).map_err(EngineError::Invalid)?
+            } else {
+                Model::with_backend(be.clone(), global.clone())
+            };
+            let sp = if cfg.raw.parallel.sp && rank.tp > 1 { rank.tp } else { 1 };
+            let acts = Activations::sequence_parallel(&be, &model.spec, b, t, recompute, sp);
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
             let whole = |dt| shards.iter().map(|s| be.zeros_as(s.padded(dp), dt)).collect::<Vec<_>>();
             let params = whole(Dtype::F32);
@@ -138,10 +200,16 @@ mod imp {
             let (m, v) = (moment(), moment());
             let grads = whole(be.dtype);
             let work = if be.dtype == Dtype::F32 { Vec::new() } else { whole(be.dtype) };
-            // Empty buckets leave their partials at zero.
-            let partials = be.zeros_as(NORM_PARTS * params.len(), Dtype::F32);
+            // One slot of partial sums per tensor; tensors not counted leave theirs at zero.
+            let tensors: usize = model.layout.buckets.iter().map(|k| k.tensors.len()).sum();
+            let partials = be.zeros_as(NORM_PARTS * tensors, Dtype::F32);
             let group = open_group(&be, rank, zero, shards)?;
-            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, shards: shards.to_vec(), group })
+            let tp = match &rank.tp_comm {
+                Some(c) if rank.tp > 1 => Some(device_comm(&be, c)?),
+                _ => None,
+            };
+            let counts_replicated = rank.tp_rank == 0;
+            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, shards: shards.to_vec(), group, tp, counts_replicated })
         }
 
         /// The host's parameters and moments (whole buckets, maybe padded) onto the
@@ -192,7 +260,7 @@ mod imp {
             lr: f32,
             t: u64,
             max_norm: f64,
-            sum: impl Fn(f64) -> Result<f64>,
+            rank: &crate::rank::Rank,
         ) -> Result<f64> {
             let dims = |blocks: usize| Dims { grid: (blocks as u32, 1, 1), block: (256, 1, 1), shared: 0 };
             let sharded = self.group.as_ref().is_some_and(|g| g.zero >= 1);
@@ -202,7 +270,7 @@ mod imp {
                         continue;
                     }
                     if g.zero == 0 {
-                        g.comm.all_reduce_sum(grad).map_err(comm_err)?;
+                        g.comm.all_reduce(grad, comm::ReduceOp::Sum).map_err(comm_err)?;
                     } else {
                         g.comm.reduce_scatter_sum(grad, &mut g.gshard[b]).map_err(comm_err)?;
                     }
@@ -219,22 +287,32 @@ mod imp {
                     (0..s.numel, 0)
                 }
             };
-            // Every bucket's partial sums into one buffer, then one copy to the host.
-            for b in 0..self.grads.len() {
+            // Every tensor's partial sums into one buffer, then one copy to the host. Under
+            // tensor parallelism a tensor replicated across the group (norms, row-parallel
+            // biases) counts on tp rank 0 only, as on the CPU.
+            let mut slot = 0;
+            for (b, bucket) in layout.buckets.iter().enumerate() {
                 let (real, base) = held(b);
-                if real.is_empty() {
-                    continue;
+                for spec in &bucket.tensors {
+                    let at = self.partials.slice(slot * NORM_PARTS..(slot + 1) * NORM_PARTS).addr();
+                    slot += 1;
+                    let tr = spec.range();
+                    let (lo, hi) = (tr.start.max(real.start), tr.end.min(real.end));
+                    if lo >= hi || (self.tp.is_some() && spec.split.is_none() && !self.counts_replicated) {
+                        continue;
+                    }
+                    let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
+                    let g = g.slice(lo - base..hi - base);
+                    self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.addr(), &(g.len() as i64)]);
                 }
-                let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
-                let g = g.slice(real.start - base..real.end - base);
-                let at = self.partials.slice(b * NORM_PARTS..(b + 1) * NORM_PARTS).addr();
-                self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.addr(), &(g.len() as i64)]);
             }
             let mut host = vec![0.0f32; self.partials.len()];
             self.be.to_host(&self.partials, &mut host);
             let local = host.iter().map(|&x| x as f64).sum::<f64>();
-            // All-reduced gradients are the same on every rank; shards are summed.
-            let norm = if sharded { sum(local)? } else { local }.sqrt();
+            // All-reduced gradients are the same on every rank of a dp group; shards
+            // are summed over it, and tensor-parallel parts over the tp group.
+            let local = if sharded { rank.sum_f64(local)? } else { local };
+            let norm = if self.tp.is_some() { rank.sum_f64_tp(local)? } else { local }.sqrt();
             if !norm.is_finite() {
                 return Ok(norm);
             }
@@ -306,14 +384,16 @@ mod imp {
         }
 
         /// One micro-batch's forward and backward; gradients accumulate on the device.
-        pub(crate) fn micro(&mut self, x: &[u32], y: &[u32], scale: f32) -> f64 {
-            let w = if self.work.is_empty() { &self.params } else { &self.work };
-            self.model.forward_backward(w, &mut self.grads, &mut self.acts, x, y, scale)
+        pub(crate) fn micro(&mut self, x: &[u32], y: &[u32], scale: f32) -> Result<f64> {
+            let params = if self.work.is_empty() { &self.params } else { &self.work };
+            let mut d = OnDevice { be: &self.be, params, grads: Some(&mut self.grads), tp: self.tp.as_deref() };
+            self.model.train_micro(&mut d, &mut self.acts, x, y, scale)
         }
 
-        pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> f64 {
-            let w = if self.work.is_empty() { &self.params } else { &self.work };
-            self.model.forward_loss(w, &mut self.acts, x, y)
+        pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> Result<f64> {
+            let params = if self.work.is_empty() { &self.params } else { &self.work };
+            let mut d = OnDevice { be: &self.be, params, grads: None, tp: self.tp.as_deref() };
+            self.model.eval_micro(&mut d, &mut self.acts, x, y)
         }
 
         /// The device's name, and its bytes allocated now and at most so far.
@@ -367,17 +447,17 @@ mod imp {
             _lr: f32,
             _t: u64,
             _max: f64,
-            _sum: impl Fn(f64) -> Result<f64>,
+            _rank: &crate::rank::Rank,
         ) -> Result<f64> {
             match *self {}
         }
         pub(crate) fn zero_grads(&mut self) {
             match *self {}
         }
-        pub(crate) fn micro(&mut self, _x: &[u32], _y: &[u32], _scale: f32) -> f64 {
+        pub(crate) fn micro(&mut self, _x: &[u32], _y: &[u32], _scale: f32) -> Result<f64> {
             match *self {}
         }
-        pub(crate) fn loss(&mut self, _x: &[u32], _y: &[u32]) -> f64 {
+        pub(crate) fn loss(&mut self, _x: &[u32], _y: &[u32]) -> Result<f64> {
             match *self {}
         }
         pub(crate) fn memory(&self) -> (String, usize, usize) {
@@ -392,14 +472,15 @@ mod imp {
 pub(crate) use imp::GpuState;
 
 /// The GPU a run asks for (`train.device`), checked against what the GPU path supports:
-/// one device per rank, data parallelism with ZeRO 0 or 1.
+/// one device per rank, data parallelism with ZeRO 0 or 1, tensor (and sequence)
+/// parallelism.
 pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<&str>> {
     let Some(_) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
     let p = &cfg.raw.parallel;
-    if p.tp * p.pp != 1 || p.zero > 1 {
+    if p.pp != 1 || p.zero > 1 {
         return Err(EngineError::Invalid(format!(
-            "train.device = \"{}\" runs data parallelism with parallel.zero = 0 or 1 so far (parallel.tp = pp = 1); found tp = {}, pp = {}, zero = {}",
-            cfg.raw.train.device, p.tp, p.pp, p.zero
+            "train.device = \"{}\" runs data parallelism with parallel.zero = 0 or 1 and tensor parallelism so far (parallel.pp = 1); found pp = {}, zero = {}",
+            cfg.raw.train.device, p.pp, p.zero
         )));
     }
     Ok(Some(&cfg.raw.train.device))

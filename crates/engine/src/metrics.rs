@@ -245,7 +245,8 @@ impl MemoryReport {
                 let (device, now, peak) = g.memory();
                 let (recompute, selective) = g.recompute();
                 let elem = if t.cfg.raw.train.dtype == "bf16" { 2 } else { 4 };
-                let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, 1, elem) as f64;
+                let sp = if t.cfg.raw.parallel.sp && t.rank.tp > 1 { t.rank.tp } else { 1 };
+                let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, sp, elem) as f64;
                 let zero = t.cfg.raw.parallel.zero;
                 let state = device_state_bytes(n, t.rank.dp, zero, elem);
                 let mut counted = if elem == 2 {

@@ -242,7 +242,7 @@ impl Trainer {
         let has_head = chunks.iter().any(|c| c.last);
         let selective = matches!(par.recompute, config::Recompute::Selective);
         let gpu = match crate::gpu::requested(&cfg)? {
-            Some(_) => Some(crate::gpu::GpuState::new(&cfg, &gpt.spec, (b, t), recompute, selective, &rank, &shards)?),
+            Some(_) => Some(crate::gpu::GpuState::new(&cfg, &global, (b, t), recompute, selective, &rank, &shards)?),
             None => None,
         };
         let (mut acts, m_acts) = crate::alloc::measure(|| {
@@ -348,7 +348,7 @@ impl Trainer {
             for micro in 0..accum {
                 self.fill(self.sample_index(micro), false);
                 let g = self.gpu.as_mut().expect("a GPU");
-                loss_sum += g.micro(&self.inputs, &self.targets, grad_scale);
+                loss_sum += g.micro(&self.inputs, &self.targets, grad_scale)?;
             }
             // Forward and backward are not timed apart on the device (one stream).
             times.forward += t0.elapsed().as_secs_f64();
@@ -381,8 +381,7 @@ impl Trainer {
             // On the device: the masters and moments stay there (see gpu.rs).
             let t0 = Instant::now();
             let lr = self.schedule.at(self.step) as f32;
-            let rank = &self.rank;
-            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip, |x| rank.sum_f64(x))?;
+            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip, &self.rank)?;
             times.optimizer += t0.elapsed().as_secs_f64();
             norm
         } else {
@@ -420,7 +419,7 @@ impl Trainer {
             for i in 0..micro {
                 self.fill((i * b) as u64, true);
                 let g = self.gpu.as_mut().expect("a GPU");
-                sum += g.loss(&self.inputs, &self.targets);
+                sum += g.loss(&self.inputs, &self.targets)?;
             }
         } else if self.pipe.is_some() {
             let mine = self.pipeline_eval(micro)?;

@@ -219,3 +219,68 @@ fn dp2_with_zero_0_and_1_on_emulated_devices_equals_one_rank() {
         assert_eq!(out[1].2, "cuda-emu:1", "one device per rank");
     }
 }
+
+/// Tensor parallelism over emulated devices (one per rank; the tp group's reductions,
+/// and with sequence parallelism its gathers and scatters, by the device collectives):
+/// tp 2, with and without sp, and tp 2 x dp 2 with ZeRO 1, equal one CPU rank (losses at
+/// every step, relative 1e-4; each rank's parameters its parts of the CPU run's, 1e-4).
+#[test]
+fn tp2_with_and_without_sp_and_tp2_dp2_on_emulated_devices_equal_one_rank() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let steps = 6;
+    let sets = |batch: usize, dp: usize, tp: usize, sp: bool| -> Vec<String> {
+        vec![
+            format!("train.batch_size={batch}"),
+            "train.grad_accum=1".into(),
+            format!("parallel.dp={dp}"),
+            format!("parallel.tp={tp}"),
+            format!("parallel.sp={sp}"),
+            format!("parallel.zero={}", if dp > 1 { 1 } else { 0 }),
+            "model.arch=\"llama\"".into(),
+            "model.n_head=4".into(),
+            "model.n_kv_head=2".into(),
+        ]
+    };
+    let base = sets(4, 1, 1, false);
+    let base: Vec<&str> = base.iter().map(|x| x.as_str()).collect();
+    let mut cpu = Trainer::new(cfg(&base, "cpu"), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
+    let mut times = StepTimes::default();
+    let want: Vec<f64> = (0..steps).map(|_| cpu.train_step(&mut times).unwrap().0).collect();
+    let want_params = cpu.full_params().unwrap();
+    for (dp, tp, sp) in [(1, 2, false), (1, 2, true), (2, 2, false)] {
+        let s = sets(4 / dp, dp, tp, sp);
+        let out = comm::run_local(dp * tp, Duration::from_secs(120), |c| {
+            let s: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
+            let config = cfg(&s, "cuda-emu");
+            let rank = engine::Rank::for_config(&c, &config)?;
+            let mut t = Trainer::with_rank(config, data::Dataset::open(dir.path()).unwrap(), Path::new(""), rank)?;
+            let mut times = StepTimes::default();
+            let l = (0..steps).map(|_| t.train_step(&mut times).map(|x| x.0)).collect::<Result<Vec<f64>, _>>()?;
+            let device = t.memory().device.expect("device memory").device;
+            // The single-rank model's parameters, cut to this rank's parts.
+            let whole = model::Gpt::new(t.global.clone());
+            let mut expected = t.gpt.zeros();
+            whole.layout.tp_extract(&want_params, &t.gpt.layout, &mut expected, tp, t.rank.tp_rank);
+            Ok::<_, engine::EngineError>((l, t.full_params()?, device, expected))
+        })
+        .expect("ranks");
+        let what = format!("dp {dp} x tp {tp} (sp {sp})");
+        for (i, (g, c)) in out[0].0.iter().zip(&want).enumerate() {
+            assert!(((g - c) / c).abs() < 1e-4, "{what}: step {} loss {g} on the devices, {c} on one CPU rank", i + 1);
+        }
+        for o in &out[1..] {
+            assert_eq!(o.0, out[0].0, "{what}: the ranks' losses differ");
+        }
+        for (r, o) in out.iter().enumerate() {
+            for (i, (g, c)) in o.1.iter().zip(&o.3).enumerate() {
+                let e = rel(g, c);
+                assert!(e < 1e-4, "{what}: rank {r} bucket {i} after {steps} steps differs by relative {e:e}");
+            }
+        }
+        let devices: Vec<&str> = out.iter().map(|o| o.2.as_str()).collect();
+        let expect: Vec<String> = (0..dp * tp).map(|r| format!("cuda-emu:{r}")).collect();
+        assert_eq!(devices, expect, "{what}: one device per rank");
+    }
+}

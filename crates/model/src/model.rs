@@ -778,7 +778,7 @@ impl<B: Backend> Model<B> {
     /// returns the summed loss (the same on every rank) and the global sums.
     fn parallel_xent<D: Driver<B>>(&self, d: &mut D, logits: &mut B::Buf, targets: &[u32], rows: usize) -> Result<(f64, B::Vec), D::Error> {
         let (be, v, first) = (&self.be, self.spec.vocab, self.tp.vocab.start);
-        let (mut max, mut picked, mut sum) = (be.zeros(rows), be.zeros(rows), be.zeros(rows));
+        let (mut max, mut picked, mut sum) = (be.stats(rows), be.stats(rows), be.stats(rows));
         be.xent_parallel_stats(logits, targets, first, rows, v, &mut max, &mut picked);
         d.tp_reduce(&mut max, TpReduce::Max)?;
         d.tp_reduce(&mut picked, TpReduce::Sum)?;
