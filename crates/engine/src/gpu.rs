@@ -33,11 +33,29 @@ mod imp {
     struct Group {
         comm: Box<dyn DeviceComm>,
         rank: usize,
+        size: usize,
         zero: u8,
-        /// ZeRO 1: this rank's block of each reduced gradient bucket (backend precision).
+        /// ZeRO 1-3: this rank's block of each reduced gradient bucket (backend precision;
+        /// at 2-3 the micro-batches' reductions accumulate here).
         gshard: Vec<DevVec>,
-        /// ZeRO 1: this rank's updated masters, the all-gather's input.
+        /// ZeRO 1-2: this rank's updated masters, the all-gather's input.
         mine: Vec<DevVec>,
+    }
+
+    /// A bucket lent to the model: the device's own, or (ZeRO 3) gathered for this use.
+    enum Lent<'a> {
+        Held(&'a DevBuf),
+        Gathered(DevVec),
+    }
+
+    impl std::ops::Deref for Lent<'_> {
+        type Target = DevBuf;
+        fn deref(&self) -> &DevBuf {
+            match self {
+                Lent::Held(b) => b,
+                Lent::Gathered(v) => v,
+            }
+        }
     }
 
     pub(crate) struct GpuState {
@@ -75,6 +93,10 @@ mod imp {
         params: &'a [DevVec],
         grads: Option<&'a mut [DevVec]>,
         tp: Option<&'a dyn DeviceComm>,
+        /// ZeRO 2-3: buckets are gathered (3) and gradients reduce-scattered per
+        /// micro-batch into the group's shards.
+        group: Option<&'a mut Group>,
+        shards: &'a [BucketShard],
     }
 
     impl OnDevice<'_> {
@@ -83,19 +105,45 @@ mod imp {
         }
     }
 
+    impl OnDevice<'_> {
+        fn zero(&self) -> u8 {
+            self.group.as_ref().map_or(0, |g| g.zero)
+        }
+    }
+
     impl<'a> Driver<Cuda> for OnDevice<'a> {
         type Error = EngineError;
-        type Params = &'a DevBuf;
+        type Params = Lent<'a>;
         type Grads = DevVec;
-        fn acquire(&mut self, b: usize) -> Result<&'a DevBuf> {
-            Ok(&*self.params[b])
+        fn acquire(&mut self, b: usize) -> Result<Lent<'a>> {
+            let mine: &'a DevBuf = &self.params[b];
+            match self.group.as_deref() {
+                Some(g) if g.zero == 3 => {
+                    // Every rank's block, in rank order: the whole (padded) bucket.
+                    let mut whole = self.be.zeros(self.shards[b].padded(g.size));
+                    g.comm.all_gather(mine, &mut whole).map_err(comm_err)?;
+                    Ok(Lent::Gathered(whole))
+                }
+                _ => Ok(Lent::Held(mine)),
+            }
         }
-        fn release(&mut self, _b: usize, _p: &'a DevBuf) {}
+        fn release(&mut self, _b: usize, _p: Lent<'a>) {}
         fn grad(&mut self, b: usize) -> Result<DevVec> {
+            if self.zero() >= 2 {
+                // A zeroed whole bucket for this micro-batch; reduced and freed in grad_done.
+                let dp = self.group.as_ref().map_or(1, |g| g.size);
+                return Ok(self.be.zeros(self.shards[b].padded(dp)));
+            }
             let grads = self.grads.as_deref_mut().ok_or_else(|| EngineError::Invalid("gradients requested in a forward-only pass".into()))?;
             Ok(std::mem::replace(&mut grads[b], self.be.zeros(0)))
         }
         fn grad_done(&mut self, b: usize, g: DevVec) -> Result<()> {
+            if let Some(grp) = self.group.as_deref_mut().filter(|g| g.zero >= 2) {
+                let mut block = self.be.zeros(self.shards[b].shard);
+                grp.comm.reduce_scatter_sum(&g, &mut block).map_err(comm_err)?;
+                self.be.add_inplace(&mut grp.gshard[b], &block);
+                return Ok(());
+            }
             let grads = self.grads.as_deref_mut().ok_or_else(|| EngineError::Invalid("gradients returned in a forward-only pass".into()))?;
             grads[b] = g;
             Ok(())
@@ -143,12 +191,9 @@ mod imp {
             return Ok(None);
         }
         let comm = device_comm(be, &rank.comm)?;
-        let (gshard, mine) = if zero >= 1 {
-            (shards.iter().map(|s| be.zeros(s.shard)).collect(), shards.iter().map(|s| be.zeros_as(s.shard, Dtype::F32)).collect())
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        Ok(Some(Group { comm, rank: rank.rank, zero, gshard, mine }))
+        let gshard = if zero >= 1 { shards.iter().map(|s| be.zeros(s.shard)).collect() } else { Vec::new() };
+        let mine = if zero == 1 || zero == 2 { shards.iter().map(|s| be.zeros_as(s.shard, Dtype::F32)).collect() } else { Vec::new() };
+        Ok(Some(Group { comm, rank: rank.rank, size: rank.dp, zero, gshard, mine }))
     }
 
     #[cfg(feature = "nccl")]
@@ -195,11 +240,16 @@ mod imp {
             let acts = Activations::sequence_parallel(&be, &model.spec, b, t, recompute, sp);
             let acts = if selective { acts.recompute_attention(&be) } else { acts };
             let whole = |dt| shards.iter().map(|s| be.zeros_as(s.padded(dp), dt)).collect::<Vec<_>>();
-            let params = whole(Dtype::F32);
-            let moment = || if zero == 0 { whole(Dtype::F32) } else { shards.iter().map(|s| be.zeros_as(s.shard, Dtype::F32)).collect() };
+            let part = |dt| shards.iter().map(|s| be.zeros_as(s.shard, dt)).collect::<Vec<_>>();
+            // As the host holds them: ZeRO 3 shards the masters (and their bf16 copy),
+            // 1-3 the moments; 2-3 keep no whole gradient (a bucket's lives from its
+            // backward to its reduce-scatter).
+            let held = |dt| if zero == 3 && dp > 1 { part(dt) } else { whole(dt) };
+            let params = held(Dtype::F32);
+            let moment = || if zero == 0 { whole(Dtype::F32) } else { part(Dtype::F32) };
             let (m, v) = (moment(), moment());
-            let grads = whole(be.dtype);
-            let work = if be.dtype == Dtype::F32 { Vec::new() } else { whole(be.dtype) };
+            let grads = if zero >= 2 && dp > 1 { shards.iter().map(|_| be.zeros(0)).collect() } else { whole(be.dtype) };
+            let work = if be.dtype == Dtype::F32 { Vec::new() } else { held(be.dtype) };
             // One slot of partial sums per tensor; tensors not counted leave theirs at zero.
             let tensors: usize = model.layout.buckets.iter().map(|k| k.tensors.len()).sum();
             let partials = be.zeros_as(NORM_PARTS * tensors, Dtype::F32);
@@ -247,9 +297,10 @@ mod imp {
         }
 
         /// The step's gradient reduction over the data-parallel group (ZeRO 0: sum
-        /// all-reduce of each bucket; ZeRO 1: sum reduce-scatter into this rank's block),
-        /// then global-norm clipping and AdamW on what this rank updates, in the host
-        /// optimizer's order and form, and at ZeRO 1 the all-gather of the updated masters.
+        /// all-reduce of each bucket; ZeRO 1: sum reduce-scatter into this rank's block;
+        /// 2-3 reduced each micro-batch already), then global-norm clipping and AdamW on
+        /// what this rank updates, in the host optimizer's order and form, and at ZeRO 1-2
+        /// the all-gather of the updated masters.
         /// Only the per-block sums of squares come to the host (the norm, which is logged
         /// and decides clipping and the numerics guard); `sum` adds a number over the
         /// group. Returns the pre-clip norm; a non-finite one updates nothing.
@@ -264,7 +315,7 @@ mod imp {
         ) -> Result<f64> {
             let dims = |blocks: usize| Dims { grid: (blocks as u32, 1, 1), block: (256, 1, 1), shared: 0 };
             let sharded = self.group.as_ref().is_some_and(|g| g.zero >= 1);
-            if let Some(g) = &mut self.group {
+            if let Some(g) = self.group.as_mut().filter(|g| g.zero <= 1) {
                 for (b, grad) in self.grads.iter_mut().enumerate() {
                     if self.shards[b].numel == 0 {
                         continue;
@@ -324,16 +375,19 @@ mod imp {
             for (b, bucket) in layout.buckets.iter().enumerate() {
                 let (real, base) = held(b);
                 let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
-                // Moments are indexed from `base` at ZeRO 1 (this rank's block), from 0 otherwise.
+                // Moments are indexed from `base` at ZeRO 1-3 (this rank's block), from 0
+                // otherwise; the masters from `base` at ZeRO 3.
                 let mbase = if sharded { base } else { 0 };
+                let pbase = if self.zero3() { base } else { 0 };
                 for spec in &bucket.tensors {
                     let tr = spec.range();
                     let (lo, hi) = (tr.start.max(real.start), tr.end.min(real.end));
                     if lo >= hi {
                         continue;
                     }
-                    let p = self.params[b].slice(lo..hi).addr();
-                    let copy = self.work.get(b).map_or(0, |w| if sharded { 0 } else { w.slice(lo..hi).addr() });
+                    let p = self.params[b].slice(lo - pbase..hi - pbase).addr();
+                    // The bf16 copy is written here unless a gather rebuilds it (ZeRO 1-2).
+                    let copy = self.work.get(b).map_or(0, |w| if sharded && !self.zero3() { 0 } else { w.slice(lo - pbase..hi - pbase).addr() });
                     let gi = g.slice(lo - base..hi - base).addr();
                     let (mi, vi) = (self.m[b].slice(lo - mbase..hi - mbase).addr(), self.v[b].slice(lo - mbase..hi - mbase).addr());
                     let decay = 1.0 - lr * adamw.decay_for(spec.kind);
@@ -344,10 +398,15 @@ mod imp {
                     );
                 }
             }
-            if sharded {
+            if sharded && !self.zero3() {
                 self.gather_masters()?;
             }
             Ok(norm)
+        }
+
+        /// ZeRO 3 over a group: masters sharded, gathered where used.
+        fn zero3(&self) -> bool {
+            self.group.as_ref().is_some_and(|g| g.zero == 3)
         }
 
         /// ZeRO 1: every rank's updated block of the masters into every rank's whole
@@ -381,18 +440,23 @@ mod imp {
             for g in &mut self.grads {
                 self.be.fill_zero(g);
             }
+            if let Some(grp) = self.group.as_mut().filter(|g| g.zero >= 2) {
+                for g in &mut grp.gshard {
+                    self.be.fill_zero(g);
+                }
+            }
         }
 
         /// One micro-batch's forward and backward; gradients accumulate on the device.
         pub(crate) fn micro(&mut self, x: &[u32], y: &[u32], scale: f32) -> Result<f64> {
             let params = if self.work.is_empty() { &self.params } else { &self.work };
-            let mut d = OnDevice { be: &self.be, params, grads: Some(&mut self.grads), tp: self.tp.as_deref() };
+            let mut d = OnDevice { be: &self.be, params, grads: Some(&mut self.grads), tp: self.tp.as_deref(), group: self.group.as_mut(), shards: &self.shards };
             self.model.train_micro(&mut d, &mut self.acts, x, y, scale)
         }
 
         pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> Result<f64> {
             let params = if self.work.is_empty() { &self.params } else { &self.work };
-            let mut d = OnDevice { be: &self.be, params, grads: None, tp: self.tp.as_deref() };
+            let mut d = OnDevice { be: &self.be, params, grads: None, tp: self.tp.as_deref(), group: self.group.as_mut(), shards: &self.shards };
             self.model.eval_micro(&mut d, &mut self.acts, x, y)
         }
 
@@ -472,15 +536,15 @@ mod imp {
 pub(crate) use imp::GpuState;
 
 /// The GPU a run asks for (`train.device`), checked against what the GPU path supports:
-/// one device per rank, data parallelism with ZeRO 0 or 1, tensor (and sequence)
+/// one device per rank, data parallelism with ZeRO 0-3, tensor (and sequence)
 /// parallelism.
 pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<&str>> {
     let Some(_) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
     let p = &cfg.raw.parallel;
-    if p.pp != 1 || p.zero > 1 {
+    if p.pp != 1 {
         return Err(EngineError::Invalid(format!(
-            "train.device = \"{}\" runs data parallelism with parallel.zero = 0 or 1 and tensor parallelism so far (parallel.pp = 1); found pp = {}, zero = {}",
-            cfg.raw.train.device, p.pp, p.zero
+            "train.device = \"{}\" runs data parallelism (ZeRO 0-3) and tensor parallelism so far, not pipeline stages (parallel.pp = {})",
+            cfg.raw.train.device, p.pp
         )));
     }
     Ok(Some(&cfg.raw.train.device))

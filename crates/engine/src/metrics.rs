@@ -210,18 +210,23 @@ pub struct DeviceMemory {
     pub expected: f64,
 }
 
-/// Bytes of model state a device holds for `n` parameters (see `gpu.rs`): fp32 masters,
-/// gradients in the run's element size `elem` (and under bf16 a bf16 copy of the
-/// weights), both fp32 Adam moments (this rank's 1/dp at ZeRO 1, with its block of the
-/// reduced gradients and of the updated masters). 16 bytes a parameter on one device.
-pub fn device_state_bytes(n: usize, dp: usize, zero: u8, elem: usize) -> f64 {
-    let (n, dp) = (n as f64, dp as f64);
-    let copy = if elem == 4 { 0.0 } else { elem as f64 };
-    let whole = n * (4.0 + elem as f64 + copy);
-    if zero == 0 || dp == 1.0 {
-        whole + 8.0 * n
-    } else {
-        whole + n * (8.0 + elem as f64 + 4.0) / dp
+/// Bytes of model state a device holds for `n` parameters (see `gpu.rs`) in buckets of
+/// at most `bucket` elements: fp32 masters, gradients in the run's element size `elem`
+/// (and under bf16 a bf16 copy of the weights), both fp32 Adam moments. One device, or
+/// ZeRO 0: 16 bytes a parameter. ZeRO 1 keeps this rank's 1/dp of the moments with its
+/// block of the reduced gradients and of the updated masters; ZeRO 2 no whole gradient
+/// but the one bucket in flight; ZeRO 3 also 1/dp of the masters and their copy, with
+/// one gathered bucket in use.
+pub fn device_state_bytes(n: usize, bucket: usize, dp: usize, zero: u8, elem: usize) -> f64 {
+    let (n, bucket, dp, e) = (n as f64, bucket as f64, dp as f64, elem as f64);
+    let copy = if elem == 4 { 0.0 } else { e };
+    let sharded = n * (8.0 + e + 4.0) / dp;
+    match zero {
+        _ if dp == 1.0 => n * (4.0 + e + copy) + 8.0 * n,
+        0 => n * (4.0 + e + copy) + 8.0 * n,
+        1 => n * (4.0 + e + copy) + sharded,
+        2 => n * (4.0 + copy) + sharded + bucket * e,
+        _ => n * (4.0 + copy + 8.0 + e) / dp + 2.0 * bucket * e,
     }
 }
 
@@ -248,14 +253,16 @@ impl MemoryReport {
                 let sp = if t.cfg.raw.parallel.sp && t.rank.tp > 1 { t.rank.tp } else { 1 };
                 let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, sp, elem) as f64;
                 let zero = t.cfg.raw.parallel.zero;
-                let state = device_state_bytes(n, t.rank.dp, zero, elem);
+                let bucket = t.gpt.layout.buckets.iter().map(|k| k.numel).max().unwrap_or(0);
+                let state = device_state_bytes(n, bucket, t.rank.dp, zero, elem);
                 let mut counted = if elem == 2 {
                     "fp32 masters and Adam moments, bf16 gradients and weight copy, bf16 activations with f32 statistics".to_string()
                 } else {
                     "f32 parameters, gradients, Adam moments + activations".to_string()
                 };
                 if zero >= 1 && t.rank.dp > 1 {
-                    counted.push_str(&format!("; moments sharded over {} ranks (ZeRO 1)", t.rank.dp));
+                    let what = ["", "moments", "moments and gradients", "moments, gradients and masters"][zero as usize];
+                    counted.push_str(&format!("; {what} sharded over {} ranks (ZeRO {zero})", t.rank.dp));
                 }
                 DeviceMemory { device, dtype: t.cfg.raw.train.dtype.clone(), counted, now, peak, expected: state + acts }
             }),
