@@ -286,3 +286,49 @@ fn tp2_with_and_without_sp_and_tp2_dp2_on_emulated_devices_equal_one_rank() {
         assert_eq!(devices, expect, "{what}: one device per rank");
     }
 }
+
+/// Checkpoints of device runs are the run's, whatever the layout: a bf16 run at dp 2
+/// with ZeRO 3 on emulated devices (masters and moments pulled from the shards) resumes
+/// on one CPU rank and on tp 2 devices, both taking the step the uninterrupted device
+/// run takes (f32 CPU within bf16's 2e-2; the bf16 tp 2 run within 2e-2).
+#[test]
+fn a_dp2_zero3_bf16_device_checkpoint_resumes_on_the_cpu_and_on_tp2_devices() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let run = tempfile::tempdir().unwrap();
+    let llama = ["model.arch=\"llama\"", "model.n_head=4", "model.n_kv_head=2", "train.dtype=\"bf16\""];
+    let with = |extra: &[&str]| -> Vec<String> { llama.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let dp2 = with(&["parallel.dp=2", "parallel.zero=3", "train.batch_size=2"]);
+    let out = comm::run_local(2, Duration::from_secs(120), |c| {
+        let s: Vec<&str> = dp2.iter().map(|x| x.as_str()).collect();
+        let mut t = Trainer::with_rank(cfg(&s, "cuda-emu"), data::Dataset::open(dir.path()).unwrap(), run.path(), engine::Rank::new(&c)?)?;
+        let mut times = StepTimes::default();
+        for _ in 0..3 {
+            t.train_step(&mut times)?;
+        }
+        t.save_checkpoint(&mut engine::Quiet)?;
+        Ok::<_, engine::EngineError>(t.train_step(&mut times)?.0)
+    })
+    .expect("dp2 ranks");
+    let want = out[0];
+    // One CPU rank (f32), the same global batch.
+    let cpu_sets = ["model.arch=\"llama\"", "model.n_head=4", "model.n_kv_head=2", "train.batch_size=4"];
+    let mut cpu = Trainer::new(cfg(&cpu_sets, "cpu"), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
+    cpu.restore(&engine::open_checkpoint(run.path()).unwrap()).unwrap();
+    let got = cpu.train_step(&mut StepTimes::default()).unwrap().0;
+    assert!(((got - want) / want).abs() < 2e-2, "step 4 on the CPU from the dp2 ZeRO-3 device checkpoint: {got}, the device run's {want}");
+    // Two tensor-parallel devices.
+    let tp2 = with(&["parallel.tp=2", "train.batch_size=4"]);
+    let out = comm::run_local(2, Duration::from_secs(120), |c| {
+        let s: Vec<&str> = tp2.iter().map(|x| x.as_str()).collect();
+        let config = cfg(&s, "cuda-emu");
+        let rank = engine::Rank::for_config(&c, &config)?;
+        let mut t = Trainer::with_rank(config, data::Dataset::open(dir.path()).unwrap(), Path::new(""), rank)?;
+        t.restore(&engine::open_checkpoint(run.path())?)?;
+        Ok::<_, engine::EngineError>(t.train_step(&mut StepTimes::default())?.0)
+    })
+    .expect("tp2 ranks");
+    assert!(((out[0] - want) / want).abs() < 2e-2, "step 4 on tp 2 devices: {}, the dp2 run's {want}", out[0]);
+    assert!(out[0] != got, "the bf16 tp2 step equals the f32 CPU step exactly: is bf16 in use?");
+}
