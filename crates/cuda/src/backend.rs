@@ -315,6 +315,13 @@ impl Cuda {
     /// with the given element strides (0: one matrix).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, c: u64, a: u64, ta: bool, b: u64, tb: bool, m: usize, n: usize, k: usize, acc: bool, batch: usize, strides: (usize, usize, usize)) {
+        self.gemm_bias(c, a, ta, b, tb, m, n, k, acc, batch, strides, 0);
+    }
+
+    /// [`Cuda::gemm`], adding `bias` (n elements, one per output column of the
+    /// row-major C; 0: none) by cuBLASLt's bias epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bias(&self, c: u64, a: u64, ta: bool, b: u64, tb: bool, m: usize, n: usize, k: usize, acc: bool, batch: usize, strides: (usize, usize, usize), bias: u64) {
         if m == 0 || n == 0 {
             return;
         }
@@ -339,6 +346,8 @@ impl Cuda {
             batch,
             ab: self.dtype,
             cd: self.dtype,
+            // Row-major columns are the column-major rows the epilogue's bias runs along.
+            bias,
         };
         self.dev.gemm(&g).unwrap_or_else(|e| fail("GEMM", e));
     }
@@ -423,9 +432,16 @@ impl Backend for Cuda {
     }
     fn linear_forward(&self, y: &mut DevBuf, x: &DevBuf, w: &DevBuf, b: Option<&DevBuf>, wl: WeightLayout, rows: usize, din: usize, dout: usize) {
         let tw = wl == WeightLayout::OutIn;
-        self.gemm(y.addr(), x.addr(), false, w.addr(), tw, rows, dout, din, false, 1, (0, 0, 0));
-        if let Some(b) = b {
-            self.launch("add_bias", grid(rows * dout), &[&y.addr(), &b.addr(), &(rows as i64), &(dout as i64)]);
+        match b {
+            // bf16: cuBLASLt adds the bias in fp32 before rounding (one pass, one rounding).
+            Some(b) if self.dtype == Dtype::Bf16 => self.gemm_bias(y.addr(), x.addr(), false, w.addr(), tw, rows, dout, din, false, 1, (0, 0, 0), b.addr()),
+            // f32: cuBLAS in pedantic fp32, then the bias kernel (the CPU's order exactly).
+            _ => {
+                self.gemm(y.addr(), x.addr(), false, w.addr(), tw, rows, dout, din, false, 1, (0, 0, 0));
+                if let Some(b) = b {
+                    self.launch("add_bias", grid(rows * dout), &[&y.addr(), &b.addr(), &(rows as i64), &(dout as i64)]);
+                }
+            }
         }
     }
     fn linear_backward(

@@ -78,7 +78,9 @@ impl Dtype {
 /// One GEMM in cuBLAS's own terms (`cublasGemmStridedBatchedEx`): column-major
 /// `C = alpha op(A) op(B) + beta C` for each of `batch` matrices, `op(A)` m x k,
 /// `op(B)` k x n, `C` m x n, leading dimensions and element strides as cuBLAS takes
-/// them, fp32 accumulation. With `beta == 0`, C is not read.
+/// them, fp32 accumulation. With `beta == 0`, C is not read. A non-zero `bias` is
+/// cuBLASLt's `CUBLASLT_EPILOGUE_BIAS`: `bias[i]` (m elements of C's type, the same for
+/// every matrix of the batch) added to row i of every column before C is stored.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
     pub ta: bool,
@@ -102,6 +104,8 @@ pub struct Gemm {
     pub ab: Dtype,
     /// C's element type.
     pub cd: Dtype,
+    /// The bias epilogue's vector (0: none).
+    pub bias: DevPtr,
 }
 
 impl fmt::Display for Gemm {
@@ -109,7 +113,7 @@ impl fmt::Display for Gemm {
         let op = |t: bool| if t { "T" } else { "N" };
         write!(
             f,
-            "gemm {}{} m={} n={} k={} lda={} ldb={} ldc={} strides ({}, {}, {}) batch={} alpha={} beta={} {:?}->{:?}",
+            "gemm {}{} m={} n={} k={} lda={} ldb={} ldc={} strides ({}, {}, {}) batch={} alpha={} beta={} {:?}->{:?}{}",
             op(self.ta),
             op(self.tb),
             self.m,
@@ -125,7 +129,8 @@ impl fmt::Display for Gemm {
             self.alpha,
             self.beta,
             self.ab,
-            self.cd
+            self.cd,
+            if self.bias != 0 { " +bias epilogue" } else { "" }
         )
     }
 }

@@ -9,7 +9,7 @@
 use cuda_kernels::backend::Cuda;
 use cuda_kernels::device::{Device, Dims, Dtype, Gemm, KArg};
 use cuda_kernels::emu::{kernel_names, EmuDevice};
-use cuda_kernels::SOURCES;
+use cuda_kernels::{kernel_name, SOURCES};
 
 fn dims(g: u32, b: u32) -> Dims {
     Dims { grid: (g, 1, 1), block: (b, 1, 1), shared: 0 }
@@ -30,7 +30,7 @@ fn get(d: &EmuDevice, p: u64, n: usize) -> Vec<f32> {
 
 /// A 4 x 4 x 4 f32 GEMM, C = A B, each operand one 16-element matrix.
 fn square4(a: u64, b: u64, c: u64) -> Gemm {
-    Gemm { ta: false, tb: false, m: 4, n: 4, k: 4, alpha: 1.0, a, lda: 4, stride_a: 0, b, ldb: 4, stride_b: 0, beta: 0.0, c, ldc: 4, stride_c: 0, batch: 1, ab: Dtype::F32, cd: Dtype::F32 }
+    Gemm { ta: false, tb: false, m: 4, n: 4, k: 4, alpha: 1.0, a, lda: 4, stride_a: 0, b, ldb: 4, stride_b: 0, beta: 0.0, c, ldc: 4, stride_c: 0, batch: 1, ab: Dtype::F32, cd: Dtype::F32, bias: 0 }
 }
 
 fn err_contains(r: Result<(), String>, parts: &[&str]) {
@@ -44,7 +44,11 @@ fn err_contains(r: Result<(), String>, parts: &[&str]) {
 fn the_host_build_holds_every_listed_kernel() {
     let mut built: Vec<_> = kernel_names().into_iter().map(|(s, k)| format!("{s}/{k}")).collect();
     built.sort();
-    let mut listed: Vec<_> = SOURCES.iter().flat_map(|s| s.kernels.iter().map(move |k| format!("{}/{k}", s.name))).collect();
+    // Every kernel, and the bf16 build of each source written over floatX.
+    let mut listed: Vec<_> = SOURCES
+        .iter()
+        .flat_map(|s| s.dtypes().iter().flat_map(move |&dt| s.kernels.iter().map(move |k| format!("{}/{}", s.name, kernel_name(k, dt)))))
+        .collect();
     listed.sort();
     assert_eq!(built, listed);
 }
@@ -56,7 +60,7 @@ fn launches_are_checked_against_the_signature_and_limits() {
     // Count and kind.
     err_contains(d.launch("add_inplace", dims(1, 64), &[KArg::Ptr(a), KArg::Ptr(b)]), &["add_inplace", "launched with 2 arguments"]);
     err_contains(d.launch("add_inplace", dims(1, 64), &[KArg::Ptr(a), KArg::Ptr(b), KArg::I32(64)]), &["add_inplace", "argument 2 (long n)", "I32"]);
-    err_contains(d.launch("add_inplace", dims(1, 64), &[KArg::Ptr(a), KArg::F32(1.0), KArg::I64(64)]), &["argument 1 (const float* a)"]);
+    err_contains(d.launch("add_inplace", dims(1, 64), &[KArg::Ptr(a), KArg::F32(1.0), KArg::I64(64)]), &["argument 1 (const floatX* a)"]);
     // A pointer into no allocation.
     err_contains(d.launch("add_inplace", dims(1, 64), &[KArg::Ptr(a), KArg::Ptr(0x1234_5678), KArg::I64(64)]), &["add_inplace", "argument 1", "not device memory"]);
     // Memory of another device.
@@ -151,7 +155,7 @@ fn the_column_major_reference_gemm_honours_transposes_leading_dimensions_and_str
     let b_host: Vec<f32> = (0..2 * 6).map(|i| (i as f32) * 0.5 - 1.0).collect(); // stride 6
     let c0: Vec<f32> = (0..2 * 4).map(|i| i as f32).collect(); // ldc 2, stride 4
     let (a, b, c) = (buf(&d, &a_host), buf(&d, &b_host), buf(&d, &c0));
-    let g = Gemm { ta: true, tb: false, m, n, k, alpha: 2.0, a, lda: 4, stride_a: 8, b, ldb: 3, stride_b: 6, beta: 0.5, c, ldc: 2, stride_c: 4, batch: 2, ab: Dtype::F32, cd: Dtype::F32 };
+    let g = Gemm { ta: true, tb: false, m, n, k, alpha: 2.0, a, lda: 4, stride_a: 8, b, ldb: 3, stride_b: 6, beta: 0.5, c, ldc: 2, stride_c: 4, batch: 2, ab: Dtype::F32, cd: Dtype::F32, bias: 0 };
     d.gemm(&g).unwrap();
     let got = get(&d, c, 8);
     for p in 0..2 {
@@ -219,4 +223,20 @@ fn the_backend_on_the_emulated_device_reports_its_memory() {
     assert_eq!(cuda.memory().0, before + 4000);
     drop(v);
     assert_eq!(cuda.memory(), (before, before + 4000));
+}
+
+/// cuBLASLt's bias epilogue as the reference GEMM runs it: bias[i] added to row i of
+/// every column in fp32 before C is stored; a bias shorter than m rows is refused.
+#[test]
+fn the_bias_epilogue_adds_a_row_bias_and_is_bounds_checked() {
+    let d = EmuDevice::new(0);
+    let a: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let ident: Vec<f32> = (0..16).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
+    let (pa, pb, pc) = (buf(&d, &a), buf(&d, &ident), buf(&d, &[0.0; 16]));
+    let bias = buf(&d, &[10.0, 20.0, 30.0, 40.0]);
+    d.gemm(&Gemm { bias, ..square4(pa, pb, pc) }).unwrap();
+    let want: Vec<f32> = (0..16).map(|i| i as f32 + [10.0, 20.0, 30.0, 40.0][i % 4]).collect();
+    assert_eq!(get(&d, pc, 16), want, "column-major C = A I + bias per row");
+    let short = buf(&d, &[1.0; 3]);
+    err_contains(d.gemm(&Gemm { bias: short, ..square4(pa, pb, pc) }), &["bias", "past its end"]);
 }

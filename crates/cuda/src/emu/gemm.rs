@@ -4,7 +4,7 @@
 //! operand's extent checked against its allocation, and every element read checked
 //! against the never-written fill. No fast path: a wrong transpose or leading
 //! dimension reads other elements here exactly as it would on a GPU. fp32 accumulation
-//! over k in order.
+//! over k in order; the bias epilogue adds in fp32 before C's one rounding.
 
 use crate::device::{Dtype, Gemm};
 use crate::emu::mem;
@@ -64,6 +64,9 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
         mem::check(device, g.a, extent(ar, ac, g.lda, g.stride_a, g.batch) * es(g.ab), &|| format!("{}: A", what()))?;
         mem::check(device, g.b, extent(br, bc, g.ldb, g.stride_b, g.batch) * es(g.ab), &|| format!("{}: B", what()))?;
     }
+    if g.bias != 0 {
+        mem::check(device, g.bias, g.m * es(g.cd), &|| format!("{}: bias", what()))?;
+    }
     // Element i of an operand, or the error naming it when it was never written.
     let read = |p: u64, i: usize, t, op: &str| match load(p, i, t) {
         (_, true) => Err(format!("{}: reads {op} element {i}, which was never written", what())),
@@ -103,6 +106,9 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
                 let mut out = g.alpha * s;
                 if g.beta != 0.0 {
                     out += g.beta * read(g.c, ic, g.cd, "C (beta != 0)")?;
+                }
+                if g.bias != 0 {
+                    out += read(g.bias, i, g.cd, "bias")?;
                 }
                 store(g.c, ic, g.cd, out);
             }
