@@ -74,7 +74,16 @@ impl DevBuf {
     pub fn bytes(&self) -> usize {
         self.dtype().size() * self.len()
     }
+    /// This view as a kernel argument: its address, with its element type for the
+    /// emulator to check against the parameter's.
+    pub fn arg(&self) -> ViewArg {
+        ViewArg(self.addr(), self.dtype())
+    }
 }
+
+/// A view's address and element type, as a kernel argument ([`DevBuf::arg`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ViewArg(u64, Dtype);
 
 impl Buf for DevBuf {
     fn len(&self) -> usize {
@@ -375,10 +384,10 @@ impl Cuda {
         if !uniq.is_empty() {
             let (o, s, u) = (self.upload(&order), self.upload(&starts), self.upload(&uniq));
             let segs = uniq.len();
-            self.launch("embedding_backward_sorted", per_row(segs), &[&dwte.addr(), &dout.addr(), &o.ptr, &s.ptr, &u.ptr, &(segs as i64), &(c as i64)]);
+            self.launch("embedding_backward_sorted", per_row(segs), &[&dwte.arg(), &dout.arg(), &o.arg(), &s.arg(), &u.arg(), &(segs as i64), &(c as i64)]);
         }
         if let Some(dwpe) = dwpe {
-            self.launch("position_backward", grid(t * c), &[&dwpe.addr(), &dout.addr(), &(b as i64), &(t as i64), &(c as i64)]);
+            self.launch("position_backward", grid(t * c), &[&dwpe.arg(), &dout.arg(), &(b as i64), &(t as i64), &(c as i64)]);
         }
         self.sync();
     }
@@ -391,6 +400,11 @@ pub trait Arg {
 impl Arg for u64 {
     fn karg(&self) -> KArg {
         KArg::Ptr(*self)
+    }
+}
+impl Arg for ViewArg {
+    fn karg(&self) -> KArg {
+        KArg::View(self.0, self.1)
     }
 }
 impl Arg for i64 {
@@ -428,7 +442,7 @@ impl Backend for Cuda {
     }
     fn add_inplace(&self, out: &mut DevBuf, a: &DevBuf) {
         assert_eq!(out.len(), a.len());
-        self.launch("add_inplace", grid(out.len()), &[&out.addr(), &a.addr(), &(out.len() as i64)]);
+        self.launch("add_inplace", grid(out.len()), &[&out.arg(), &a.arg(), &(out.len() as i64)]);
     }
     fn linear_forward(&self, y: &mut DevBuf, x: &DevBuf, w: &DevBuf, b: Option<&DevBuf>, wl: WeightLayout, rows: usize, din: usize, dout: usize) {
         let tw = wl == WeightLayout::OutIn;
@@ -439,7 +453,7 @@ impl Backend for Cuda {
             _ => {
                 self.gemm(y.addr(), x.addr(), false, w.addr(), tw, rows, dout, din, false, 1, (0, 0, 0));
                 if let Some(b) = b {
-                    self.launch("add_bias", grid(rows * dout), &[&y.addr(), &b.addr(), &(rows as i64), &(dout as i64)]);
+                    self.launch("add_bias", grid(rows * dout), &[&y.arg(), &b.arg(), &(rows as i64), &(dout as i64)]);
                 }
             }
         }
@@ -470,7 +484,7 @@ impl Backend for Cuda {
             self.gemm(dw.addr(), x.addr(), true, dy.addr(), false, din, dout, rows, true, 1, (0, 0, 0));
         }
         if let Some(db) = db {
-            self.launch("column_sum_add", grid(dout), &[&db.addr(), &dy.addr(), &(rows as i64), &(dout as i64)]);
+            self.launch("column_sum_add", grid(dout), &[&db.arg(), &dy.arg(), &(rows as i64), &(dout as i64)]);
         }
     }
     fn matmul(&self, c: &mut DevBuf, a: &DevBuf, ta: bool, b: &DevBuf, tb: bool, m: usize, n: usize, k: usize, accumulate: bool) {
@@ -481,9 +495,9 @@ impl Backend for Cuda {
             Norm::LayerNorm => self.launch(
                 "layernorm_forward",
                 per_row(rows),
-                &[&out.addr(), &mean.addr(), &rstd.addr(), &x.addr(), &w.addr(), &opt_addr(b), &(rows as i64), &(c as i64), &eps],
+                &[&out.arg(), &mean.arg(), &rstd.arg(), &x.arg(), &w.arg(), &opt_addr(b), &(rows as i64), &(c as i64), &eps],
             ),
-            Norm::RmsNorm => self.launch("rmsnorm_forward", per_row(rows), &[&out.addr(), &rstd.addr(), &x.addr(), &w.addr(), &(rows as i64), &(c as i64), &eps]),
+            Norm::RmsNorm => self.launch("rmsnorm_forward", per_row(rows), &[&out.arg(), &rstd.arg(), &x.arg(), &w.arg(), &(rows as i64), &(c as i64), &eps]),
         }
     }
     fn residual_norm_forward(
@@ -506,7 +520,7 @@ impl Backend for Cuda {
         self.launch(
             "residual_norm_forward",
             per_row(rows),
-            &[&res.addr(), &delta.addr(), &out.addr(), &mean, &rstd.addr(), &w.addr(), &opt_addr(b), &(rows as i64), &(c as i64), &eps, &rms],
+            &[&res.arg(), &delta.arg(), &out.arg(), &mean, &rstd.arg(), &w.arg(), &opt_addr(b), &(rows as i64), &(c as i64), &eps, &rms],
         );
     }
     fn norm_backward(
@@ -531,25 +545,25 @@ impl Backend for Cuda {
                 "layernorm_backward",
                 per_row(rows),
                 &[
-                    &dx.addr(),
-                    &pw.ptr,
+                    &dx.arg(),
+                    &pw.arg(),
                     &(if db.is_some() { pb.ptr } else { 0 }),
-                    &dout.addr(),
-                    &x.addr(),
-                    &w.addr(),
-                    &mean.addr(),
-                    &rstd.addr(),
+                    &dout.arg(),
+                    &x.arg(),
+                    &w.arg(),
+                    &mean.arg(),
+                    &rstd.arg(),
                     &(rows as i64),
                     &(c as i64),
                 ],
             ),
             Norm::RmsNorm => {
-                self.launch("rmsnorm_backward", per_row(rows), &[&dx.addr(), &pw.ptr, &dout.addr(), &x.addr(), &w.addr(), &rstd.addr(), &(rows as i64), &(c as i64)])
+                self.launch("rmsnorm_backward", per_row(rows), &[&dx.arg(), &pw.arg(), &dout.arg(), &x.arg(), &w.arg(), &rstd.arg(), &(rows as i64), &(c as i64)])
             }
         }
-        self.launch("column_sum_add", grid(c), &[&dw.addr(), &pw.ptr, &(rows as i64), &(c as i64)]);
+        self.launch("column_sum_add", grid(c), &[&dw.arg(), &pw.arg(), &(rows as i64), &(c as i64)]);
         if let Some(db) = db {
-            self.launch("column_sum_add", grid(c), &[&db.addr(), &pb.ptr, &(rows as i64), &(c as i64)]);
+            self.launch("column_sum_add", grid(c), &[&db.arg(), &pb.arg(), &(rows as i64), &(c as i64)]);
         }
         self.sync();
     }
@@ -571,11 +585,11 @@ impl Backend for Cuda {
     }
     fn rope_forward(&self, qkv: &mut DevBuf, rope: &DevRope, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
         let n = b * t * (nh + nkv) * hd / 2;
-        self.launch("rope_rotate", grid(n), &[&qkv.addr(), &rope.cos.ptr, &rope.sin.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &0i32]);
+        self.launch("rope_rotate", grid(n), &[&qkv.arg(), &rope.cos.arg(), &rope.sin.arg(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &0i32]);
     }
     fn rope_backward(&self, dqkv: &mut DevBuf, rope: &DevRope, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
         let n = b * t * (nh + nkv) * hd / 2;
-        self.launch("rope_rotate", grid(n), &[&dqkv.addr(), &rope.cos.ptr, &rope.sin.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &1i32]);
+        self.launch("rope_rotate", grid(n), &[&dqkv.arg(), &rope.cos.arg(), &rope.sin.arg(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &1i32]);
     }
     fn attention_saved_len(&self, b: usize, t: usize, nh: usize) -> usize {
         // The fused kernel keeps only each row's log-sum-exp (b, nh, t).
@@ -589,7 +603,7 @@ impl Backend for Cuda {
         self.launch(
             "flash_attention_forward",
             dims,
-            &[&out.addr(), &saved.addr(), &qkv.addr(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &scale, &(bt as i32)],
+            &[&out.arg(), &saved.arg(), &qkv.arg(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &scale, &(bt as i32)],
         );
     }
     fn attention_backward(
@@ -607,10 +621,10 @@ impl Backend for Cuda {
     ) {
         let bt = flash_tile(hd);
         let dsum = self.alloc_uninit_as(b * nh * t, Dtype::F32);
-        self.launch("flash_attention_rowdot", grid(b * nh * t), &[&dsum.ptr, &dout.addr(), &out.addr(), &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
+        self.launch("flash_attention_rowdot", grid(b * nh * t), &[&dsum.arg(), &dout.arg(), &out.arg(), &(b as i64), &(t as i64), &(nh as i64), &(hd as i64)]);
         let scale = 1.0 / (hd as f32).sqrt();
         let args: [&dyn Arg; 12] =
-            [&dqkv.addr(), &dout.addr(), &qkv.addr(), &saved.addr(), &dsum.ptr, &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &scale, &(bt as i32)];
+            [&dqkv.arg(), &dout.arg(), &qkv.arg(), &saved.arg(), &dsum.arg(), &(b as i64), &(t as i64), &(nh as i64), &(nkv as i64), &(hd as i64), &scale, &(bt as i32)];
         let tiles = t.div_ceil(bt) as u32;
         let kv = Dims { grid: (tiles, nkv as u32, b as u32), block: (128, 1, 1), shared: (4 * (6 * bt * hd + 2 * bt * bt + 2 * bt)) as u32 };
         self.launch("flash_attention_backward_kv", kv, &args);
@@ -620,26 +634,26 @@ impl Backend for Cuda {
     }
     fn mlp_act_forward(&self, mlp: Mlp, out: &mut DevBuf, h: &DevBuf, rows: usize, f: usize) {
         match mlp {
-            Mlp::Gelu => self.launch("gelu_forward", grid(rows * f), &[&out.addr(), &h.addr(), &((rows * f) as i64)]),
-            Mlp::SwiGlu => self.launch("swiglu_forward", grid(rows * f), &[&out.addr(), &h.addr(), &(rows as i64), &(f as i64)]),
+            Mlp::Gelu => self.launch("gelu_forward", grid(rows * f), &[&out.arg(), &h.arg(), &((rows * f) as i64)]),
+            Mlp::SwiGlu => self.launch("swiglu_forward", grid(rows * f), &[&out.arg(), &h.arg(), &(rows as i64), &(f as i64)]),
         }
     }
     fn mlp_act_backward(&self, mlp: Mlp, dh: &mut DevBuf, dout: &DevBuf, h: &DevBuf, rows: usize, f: usize) {
         match mlp {
-            Mlp::Gelu => self.launch("gelu_backward", grid(rows * f), &[&dh.addr(), &dout.addr(), &h.addr(), &((rows * f) as i64)]),
-            Mlp::SwiGlu => self.launch("swiglu_backward", grid(rows * f), &[&dh.addr(), &dout.addr(), &h.addr(), &(rows as i64), &(f as i64)]),
+            Mlp::Gelu => self.launch("gelu_backward", grid(rows * f), &[&dh.arg(), &dout.arg(), &h.arg(), &((rows * f) as i64)]),
+            Mlp::SwiGlu => self.launch("swiglu_backward", grid(rows * f), &[&dh.arg(), &dout.arg(), &h.arg(), &(rows as i64), &(f as i64)]),
         }
     }
     fn xent_forward_backward(&self, logits: &mut DevBuf, losses: &mut DevBuf, targets: &[u32], rows: usize, v: usize, scale: f32) -> f64 {
         let tg = self.tokens(targets);
-        self.launch("xent_forward_backward", per_row(rows), &[&logits.addr(), &losses.addr(), &tg.ptr, &(rows as i64), &(v as i64), &scale, &1i32]);
+        self.launch("xent_forward_backward", per_row(rows), &[&logits.arg(), &losses.arg(), &tg.arg(), &(rows as i64), &(v as i64), &scale, &1i32]);
         let mut host = vec![0.0f32; rows];
         self.download(losses, &mut host);
         host.iter().map(|&x| x as f64).sum()
     }
     fn xent_forward(&self, logits: &DevBuf, losses: &mut DevBuf, targets: &[u32], rows: usize, v: usize) -> f64 {
         let tg = self.tokens(targets);
-        self.launch("xent_forward_backward", per_row(rows), &[&logits.addr(), &losses.addr(), &tg.ptr, &(rows as i64), &(v as i64), &1.0f32, &0i32]);
+        self.launch("xent_forward_backward", per_row(rows), &[&logits.arg(), &losses.arg(), &tg.arg(), &(rows as i64), &(v as i64), &1.0f32, &0i32]);
         let mut host = vec![0.0f32; rows];
         self.download(losses, &mut host);
         host.iter().map(|&x| x as f64).sum()
@@ -653,7 +667,7 @@ impl Backend for Cuda {
         self.launch(
             "embedding_forward",
             grid(b * t * c),
-            &[&out.addr(), &tk.ptr, &wte.addr(), &opt_addr(wpe), &(b as i64), &(t as i64), &(c as i64), &(first as i64), &(vrows as i64)],
+            &[&out.arg(), &tk.arg(), &wte.arg(), &opt_addr(wpe), &(b as i64), &(t as i64), &(c as i64), &(first as i64), &(vrows as i64)],
         );
         self.sync();
     }
@@ -665,16 +679,16 @@ impl Backend for Cuda {
         self.launch(
             "xent_parallel_stats",
             per_row(rows),
-            &[&logits.addr(), &tg.ptr, &(first as i64), &(rows as i64), &(v as i64), &max.addr(), &picked.addr()],
+            &[&logits.arg(), &tg.arg(), &(first as i64), &(rows as i64), &(v as i64), &max.arg(), &picked.arg()],
         );
         self.sync();
     }
     fn xent_parallel_exp(&self, logits: &mut DevBuf, max: &DevBuf, rows: usize, v: usize, sum: &mut DevBuf) {
-        self.launch("xent_parallel_exp", per_row(rows), &[&logits.addr(), &max.addr(), &(rows as i64), &(v as i64), &sum.addr()]);
+        self.launch("xent_parallel_exp", per_row(rows), &[&logits.arg(), &max.arg(), &(rows as i64), &(v as i64), &sum.arg()]);
     }
     fn xent_parallel_grad(&self, logits: &mut DevBuf, sum: &DevBuf, targets: &[u32], first: usize, rows: usize, v: usize, scale: f32) {
         let tg = self.tokens(targets);
-        self.launch("xent_parallel_grad", grid(rows * v), &[&logits.addr(), &sum.addr(), &tg.ptr, &(first as i64), &(rows as i64), &(v as i64), &scale]);
+        self.launch("xent_parallel_grad", grid(rows * v), &[&logits.arg(), &sum.arg(), &tg.arg(), &(first as i64), &(rows as i64), &(v as i64), &scale]);
         self.sync();
     }
 }

@@ -16,6 +16,9 @@ pub type DevPtr = u64;
 pub enum KArg {
     /// A device address (0: a null pointer).
     Ptr(DevPtr),
+    /// The address of a view of elements of this type (checked by the emulator against
+    /// the parameter's element type; passed to the device as the address).
+    View(DevPtr, Dtype),
     I64(i64),
     I32(i32),
     U32(u32),
@@ -23,9 +26,17 @@ pub enum KArg {
 }
 
 impl KArg {
+    /// The device address of a pointer argument.
+    pub fn addr(&self) -> Option<DevPtr> {
+        match *self {
+            KArg::Ptr(p) | KArg::View(p, _) => Some(p),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> ArgKind {
         match self {
-            KArg::Ptr(_) => ArgKind::Ptr,
+            KArg::Ptr(_) | KArg::View(..) => ArgKind::Ptr,
             KArg::I64(_) => ArgKind::I64,
             KArg::I32(_) => ArgKind::I32,
             KArg::U32(_) => ArgKind::U32,

@@ -227,7 +227,7 @@ impl Device for RealDevice {
         let mut b = s.launch_builder(f);
         for a in args {
             match a {
-                KArg::Ptr(p) => b.arg(p),
+                KArg::Ptr(p) | KArg::View(p, _) => b.arg(p),
                 KArg::I64(v) => b.arg(v),
                 KArg::I32(v) => b.arg(v),
                 KArg::U32(v) => b.arg(v),

@@ -1,5 +1,6 @@
 //! The emulated device refuses what a GPU would get wrong, naming the kernel or call:
-//! a launch with an argument of the wrong kind or count, a pointer outside every
+//! a launch with an argument of the wrong kind or count or a view of the wrong element
+//! type, a pointer outside every
 //! allocation, an access past an allocation's end from inside a kernel, arithmetic on
 //! memory never written, a copy of the wrong size, a GEMM with a leading dimension
 //! cuBLAS rejects or an operand beyond its allocation, CUDA's launch limits, divergent
@@ -239,4 +240,28 @@ fn the_bias_epilogue_adds_a_row_bias_and_is_bounds_checked() {
     assert_eq!(get(&d, pc, 16), want, "column-major C = A I + bias per row");
     let short = buf(&d, &[1.0; 3]);
     err_contains(d.gemm(&Gemm { bias: short, ..square4(pa, pb, pc) }), &["bias", "past its end"]);
+}
+
+/// A view passed where the kernel reads another element type (an f32 buffer to the bf16
+/// build, a bf16 one to a `float*` statistic) is refused before the launch, naming the
+/// argument; launching the matching views runs.
+#[test]
+fn a_view_of_the_wrong_element_type_is_refused_naming_the_argument() {
+    use model::backend::Backend;
+    let f32s = Cuda::emulated(0);
+    let bf16s = f32s.with_dtype(Dtype::Bf16);
+    let (x, y) = (f32s.from_host(&[1.0; 64]), bf16s.from_host(&[1.0; 64]));
+    let d = Dims { grid: (1, 1, 1), block: (64, 1, 1), shared: 0 };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bf16s.launch("add_inplace", d, &[&x.arg(), &y.arg(), &64i64])));
+    let msg = *r.expect_err("an f32 view to the bf16 build").downcast::<String>().unwrap();
+    assert!(msg.contains("add_inplace_bf16") && msg.contains("argument 0 (floatX* out)") && msg.contains("view of F32 elements, the kernel reads Bf16"), "{msg}");
+    let stats = bf16s.zeros(4);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bf16s.launch("sum_squares_partial", d, &[&stats.arg(), &y.arg(), &64i64])));
+    let msg = *r.expect_err("a bf16 view as float* partials").downcast::<String>().unwrap();
+    assert!(msg.contains("argument 0 (float* partial)") && msg.contains("view of Bf16 elements, the kernel reads F32"), "{msg}");
+    let mut z = bf16s.from_host(&[2.0; 64]);
+    bf16s.add_inplace(&mut z, &y);
+    let mut host = vec![0.0; 64];
+    bf16s.to_host(&z, &mut host);
+    assert_eq!(host, vec![3.0; 64]);
 }

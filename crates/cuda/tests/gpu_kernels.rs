@@ -88,17 +88,17 @@ fn elementwise(c: &mut Check) {
     c.g.add_inplace(&mut xd, &ad);
     c.expect("add_inplace", &xd, &want, 0.0);
     let xd = c.up(&x);
-    c.g.launch("scale_inplace", Dims { grid: (3, 1, 1), block: (128, 1, 1), shared: 0 }, &[&xd.addr(), &0.5f32, &(1000i64)]);
+    c.g.launch("scale_inplace", Dims { grid: (3, 1, 1), block: (128, 1, 1), shared: 0 }, &[&xd.arg(), &0.5f32, &(1000i64)]);
     let half: Vec<f32> = x.iter().map(|v| v * 0.5).collect();
     c.expect("scale_inplace", &xd, &half, 0.0);
     // bf16 round trip: round to nearest even, as the CPU's `half` crate does.
     let n = 999;
     let x = c.rand(n, 100.0);
     let xd = c.g.upload(&x);
-    let bits = c.g.zeros_as(n.div_ceil(2), Dtype::F32);
+    let bits = c.g.zeros_as(n, Dtype::Bf16);
     let back = c.g.zeros_as(n, Dtype::F32);
-    c.g.launch("f32_to_bf16", Dims { grid: (4, 1, 1), block: (256, 1, 1), shared: 0 }, &[&bits.addr(), &xd.addr(), &(n as i64)]);
-    c.g.launch("bf16_to_f32", Dims { grid: (4, 1, 1), block: (256, 1, 1), shared: 0 }, &[&back.addr(), &bits.addr(), &(n as i64)]);
+    c.g.launch("f32_to_bf16", Dims { grid: (4, 1, 1), block: (256, 1, 1), shared: 0 }, &[&bits.arg(), &xd.arg(), &(n as i64)]);
+    c.g.launch("bf16_to_f32", Dims { grid: (4, 1, 1), block: (256, 1, 1), shared: 0 }, &[&back.arg(), &bits.arg(), &(n as i64)]);
     let want: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
     c.expect("f32 -> bf16 -> f32", &back, &want, 0.0);
 }
@@ -311,7 +311,7 @@ fn optimizer(c: &mut Check) {
     let (pd, md, vd) = (c.g.upload(&p), c.g.upload(&m), c.g.upload(&v));
     let copy = c.g.zeros(n);
     let dims = Dims { grid: (5, 1, 1), block: (256, 1, 1), shared: 0 };
-    c.g.launch("adamw", dims, &[&pd.addr(), &copy.addr(), &gd.addr(), &md.addr(), &vd.addr(), &(n as i64), &clip, &st, &b1, &b2, &eps, &(1.0 - lr * wd), &bc2]);
+    c.g.launch("adamw", dims, &[&pd.arg(), &copy.arg(), &gd.arg(), &md.arg(), &vd.arg(), &(n as i64), &clip, &st, &b1, &b2, &eps, &(1.0 - lr * wd), &bc2]);
     // The update itself is exact f32 arithmetic in either precision.
     let (floor, e) = (c.floor, 1e-6);
     c.floor = 0.0;
@@ -322,7 +322,7 @@ fn optimizer(c: &mut Check) {
     c.expect("adamw weight copy", &copy, &rounded, 0.0);
     c.floor = floor;
     let partial = c.stats(8);
-    c.g.launch("sum_squares_partial", Dims { grid: (8, 1, 1), block: (128, 1, 1), shared: 0 }, &[&partial.addr(), &gd.addr(), &(n as i64)]);
+    c.g.launch("sum_squares_partial", Dims { grid: (8, 1, 1), block: (128, 1, 1), shared: 0 }, &[&partial.arg(), &gd.arg(), &(n as i64)]);
     let got: f64 = c.down(&partial).iter().map(|&x| x as f64).sum();
     let want: f64 = held.iter().map(|&x| (x as f64) * (x as f64)).sum();
     assert!(((got - want) / want).abs() < 1e-5, "sum of squares {got} vs {want}");

@@ -345,7 +345,7 @@ mod imp {
             for (b, bucket) in layout.buckets.iter().enumerate() {
                 let (real, base) = held(b);
                 for spec in &bucket.tensors {
-                    let at = self.partials.slice(slot * NORM_PARTS..(slot + 1) * NORM_PARTS).addr();
+                    let at = self.partials.slice(slot * NORM_PARTS..(slot + 1) * NORM_PARTS).arg();
                     slot += 1;
                     let tr = spec.range();
                     let (lo, hi) = (tr.start.max(real.start), tr.end.min(real.end));
@@ -354,7 +354,7 @@ mod imp {
                     }
                     let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
                     let g = g.slice(lo - base..hi - base);
-                    self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.addr(), &(g.len() as i64)]);
+                    self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.arg(), &(g.len() as i64)]);
                 }
             }
             let mut host = vec![0.0f32; self.partials.len()];
@@ -385,11 +385,11 @@ mod imp {
                     if lo >= hi {
                         continue;
                     }
-                    let p = self.params[b].slice(lo - pbase..hi - pbase).addr();
+                    let p = self.params[b].slice(lo - pbase..hi - pbase).arg();
                     // The bf16 copy is written here unless a gather rebuilds it (ZeRO 1-2).
                     let copy = self.work.get(b).map_or(0, |w| if sharded && !self.zero3() { 0 } else { w.slice(lo - pbase..hi - pbase).addr() });
-                    let gi = g.slice(lo - base..hi - base).addr();
-                    let (mi, vi) = (self.m[b].slice(lo - mbase..hi - mbase).addr(), self.v[b].slice(lo - mbase..hi - mbase).addr());
+                    let gi = g.slice(lo - base..hi - base).arg();
+                    let (mi, vi) = (self.m[b].slice(lo - mbase..hi - mbase).arg(), self.v[b].slice(lo - mbase..hi - mbase).arg());
                     let decay = 1.0 - lr * adamw.decay_for(spec.kind);
                     self.be.launch(
                         "adamw",
@@ -431,7 +431,7 @@ mod imp {
             for (w, p) in self.work.iter_mut().zip(&self.params) {
                 if p.len() > 0 {
                     let dims = Dims { grid: (p.len().div_ceil(256).min(4096) as u32, 1, 1), block: (256, 1, 1), shared: 0 };
-                    self.be.launch("f32_to_bf16", dims, &[&w.addr(), &p.addr(), &(p.len() as i64)]);
+                    self.be.launch("f32_to_bf16", dims, &[&w.arg(), &p.arg(), &(p.len() as i64)]);
                 }
             }
         }

@@ -15,7 +15,7 @@ pub mod mem;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::device::{ArgKind, DevPtr, Device, Dims, Gemm, KArg};
+use crate::device::{ArgKind, DevPtr, Device, Dims, Dtype, Gemm, KArg};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -105,6 +105,19 @@ impl EmuDevice {
     }
 }
 
+/// The element type a pointer parameter of `k` reads, where its type says: `floatX` is
+/// its build's (the `_bf16` build's bf16), `float` f32, `bf16_bits` bf16; others
+/// (`u32` tokens) unchecked.
+fn element_type(k: &EmuKernel, ty: &str) -> Option<Dtype> {
+    let base = ty.trim_start_matches("const ").trim_end_matches('*').trim();
+    match base {
+        "floatX" if k.name.ends_with("_bf16") => Some(Dtype::Bf16),
+        "floatX" | "float" => Some(Dtype::F32),
+        "bf16_bits" => Some(Dtype::Bf16),
+        _ => None,
+    }
+}
+
 fn signature(k: &EmuKernel) -> String {
     let ps: Vec<String> = k.params.iter().map(|p| format!("{} {}", p.ty, p.name)).collect();
     format!("{}({})", k.name, ps.join(", "))
@@ -169,9 +182,16 @@ impl Device for EmuDevice {
             if a.kind() != p.kind {
                 return Err(format!("{}: argument {i} ({} {}) given a {:?} ({a:?})", ctx(), p.ty, p.name, a.kind()));
             }
-            if let KArg::Ptr(ptr) = *a {
+            if let Some(ptr) = a.addr() {
                 if ptr != 0 {
                     mem::owned(self.ordinal, ptr).map_err(|e| format!("{}: argument {i} ({} {}) = 0x{ptr:x}: {e}", ctx(), p.ty, p.name))?;
+                }
+            }
+            if let KArg::View(ptr, dt) = *a {
+                if let Some(want) = element_type(k, p.ty) {
+                    if ptr != 0 && dt != want {
+                        return Err(format!("{}: argument {i} ({} {}) is a view of {dt:?} elements, the kernel reads {want:?}", ctx(), p.ty, p.name));
+                    }
                 }
             }
         }
@@ -181,7 +201,7 @@ impl Device for EmuDevice {
         let ptrs: Vec<*mut c_void> = vals
             .iter_mut()
             .map(|a| match a {
-                KArg::Ptr(p) => p as *mut u64 as *mut c_void,
+                KArg::Ptr(p) | KArg::View(p, _) => p as *mut u64 as *mut c_void,
                 KArg::I64(v) => v as *mut i64 as *mut c_void,
                 KArg::I32(v) => v as *mut i32 as *mut c_void,
                 KArg::U32(v) => v as *mut u32 as *mut c_void,
