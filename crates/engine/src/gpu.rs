@@ -24,7 +24,7 @@ mod imp {
     use cuda_kernels::device::{Dims, Dtype};
     use cuda_kernels::dist::DeviceComm;
     use model::backend::Buf;
-    use model::{Activations, Backend, Driver, Model, ModelSpec, TpReduce};
+    use model::{Activations, Backend, Chunk, Driver, Model, ModelSpec, Saved, TpReduce};
 
     use crate::error::{EngineError, Result};
     use crate::shard::BucketShard;
@@ -83,6 +83,20 @@ mod imp {
         tp: Option<Box<dyn DeviceComm>>,
         /// Whether this rank counts its replicated tensors in the gradient norm (tp rank 0).
         counts_replicated: bool,
+        /// Pipeline parallelism (`None`: one stage).
+        pipe: Option<DevicePipe>,
+    }
+
+    /// A pipeline stage's device state: its chunks' saved-activation sets, free and per
+    /// micro-batch in flight (as the host's `PipeState`), and the first and last stages'
+    /// collectives for the tied embedding.
+    struct DevicePipe {
+        chunks: Vec<Chunk>,
+        free: Vec<Vec<Saved<Cuda>>>,
+        live: std::collections::HashMap<(usize, usize), Saved<Cuda>>,
+        ends: Option<Box<dyn DeviceComm>>,
+        /// This stage is not the first: its copy of a tied embedding is not counted.
+        later_stage: bool,
     }
 
     /// The model's [`Driver`] on a device: whole buckets lent as they are; tensor
@@ -226,6 +240,7 @@ mod imp {
             selective: bool,
             rank: &crate::rank::Rank,
             shards: &[BucketShard],
+            chunks: &[Chunk],
         ) -> Result<GpuState> {
             let (device, zero, dp) = (&cfg.raw.train.device, cfg.raw.parallel.zero, rank.dp);
             let name = rank_device(device, rank.gpu_index)?;
@@ -237,8 +252,21 @@ mod imp {
                 Model::with_backend(be.clone(), global.clone())
             };
             let sp = if cfg.raw.parallel.sp && rank.tp > 1 { rank.tp } else { 1 };
-            let acts = Activations::sequence_parallel(&be, &model.spec, b, t, recompute, sp);
-            let acts = if selective { acts.recompute_attention(&be) } else { acts };
+            let layers: Vec<_> = chunks.iter().map(|c| c.layers.clone()).collect();
+            let has_head = chunks.iter().any(|c| c.last);
+            let acts = Activations::pipeline(&be, &model.spec, b, t, recompute, sp, &layers, has_head);
+            let mut acts = if selective { acts.recompute_attention(&be) } else { acts };
+            let pipe = match &rank.pipe {
+                Some(links) if rank.pp > 1 => {
+                    let free = chunks.iter().map(|c| vec![acts.take_saved(&be, c.layers.clone(), c.first)]).collect();
+                    let ends = match &links.ends {
+                        Some(c) if model.tied() => Some(device_comm(&be, c)?),
+                        _ => None,
+                    };
+                    Some(DevicePipe { chunks: chunks.to_vec(), free, live: Default::default(), ends, later_stage: rank.pp_rank > 0 })
+                }
+                _ => None,
+            };
             let whole = |dt| shards.iter().map(|s| be.zeros_as(s.padded(dp), dt)).collect::<Vec<_>>();
             let part = |dt| shards.iter().map(|s| be.zeros_as(s.shard, dt)).collect::<Vec<_>>();
             // As the host holds them: ZeRO 3 shards the masters (and their bf16 copy),
@@ -259,7 +287,7 @@ mod imp {
                 _ => None,
             };
             let counts_replicated = rank.tp_rank == 0;
-            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, shards: shards.to_vec(), group, tp, counts_replicated })
+            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, shards: shards.to_vec(), group, tp, counts_replicated, pipe })
         }
 
         /// The host's parameters and moments (whole buckets, maybe padded) onto the
@@ -349,7 +377,10 @@ mod imp {
                     slot += 1;
                     let tr = spec.range();
                     let (lo, hi) = (tr.start.max(real.start), tr.end.min(real.end));
-                    if lo >= hi || (self.tp.is_some() && spec.split.is_none() && !self.counts_replicated) {
+                    let replica = self.tp.is_some() && spec.split.is_none() && !self.counts_replicated;
+                    // A later pipeline stage's copy of the tied embedding: the first stage's counts.
+                    let tied_copy = b == model::layout::EMBED && self.pipe.as_ref().is_some_and(|p| p.later_stage);
+                    if lo >= hi || replica || tied_copy {
                         continue;
                     }
                     let g = if sharded { &self.group.as_ref().expect("a group").gshard[b] } else { &self.grads[b] };
@@ -363,7 +394,8 @@ mod imp {
             // All-reduced gradients are the same on every rank of a dp group; shards
             // are summed over it, and tensor-parallel parts over the tp group.
             let local = if sharded { rank.sum_f64(local)? } else { local };
-            let norm = if self.tp.is_some() { rank.sum_f64_tp(local)? } else { local }.sqrt();
+            let local = if self.tp.is_some() { rank.sum_f64_tp(local)? } else { local };
+            let norm = if self.pipe.is_some() { rank.sum_f64_pp(local)? } else { local }.sqrt();
             if !norm.is_finite() {
                 return Ok(norm);
             }
@@ -436,6 +468,101 @@ mod imp {
             }
         }
 
+        /// The model's driver over this rank's weights and gradients.
+        fn driver(&mut self, grads: bool) -> (OnDevice<'_>, &mut Activations<Cuda>, &Model<Cuda>) {
+            let params = if self.work.is_empty() { &self.params } else { &self.work };
+            let grads = if grads { Some(&mut self.grads[..]) } else { None };
+            let d = OnDevice { be: &self.be, params, grads, tp: self.tp.as_deref(), group: self.group.as_mut(), shards: &self.shards };
+            (d, &mut self.acts, &self.model)
+        }
+
+        fn pipe_state(&mut self) -> Result<&mut DevicePipe> {
+            self.pipe.as_mut().ok_or_else(|| EngineError::Invalid("a pipeline pass without pipeline stages".into()))
+        }
+
+        /// A saved-activation set of local chunk `k` (micro-batch `mb`'s, or a free one)
+        /// into the working activations; the working ones come back in its place.
+        fn swap_in(&mut self, k: usize, mb: Option<usize>) -> Result<Saved<Cuda>> {
+            let be = self.be.clone();
+            let pipe = self.pipe_state()?;
+            let mut set = match mb {
+                Some(mb) => pipe.live.remove(&(k, mb)).ok_or_else(|| EngineError::Invalid(format!("no activations of micro-batch {mb} on chunk {k}")))?,
+                None => match pipe.free[k].pop() {
+                    Some(s) => s,
+                    // Another micro-batch in flight: shaped like one that is.
+                    None => pipe
+                        .live
+                        .iter()
+                        .find(|((kk, _), _)| *kk == k)
+                        .map(|(_, s)| s.like(&be))
+                        .ok_or_else(|| EngineError::Invalid(format!("pipeline chunk {k} has no activations")))?,
+                },
+            };
+            self.acts.swap_saved(&mut set);
+            Ok(set)
+        }
+
+        fn to_host_vec(&self, v: &DevBuf) -> Vec<f32> {
+            let mut h = vec![0.0; v.len()];
+            self.be.to_host(v, &mut h);
+            h
+        }
+
+        /// Local chunk `k`'s forward of micro-batch `mb` (`input` from the previous stage;
+        /// none on the first chunk); returns what goes to the next stage.
+        pub(crate) fn pipe_forward(&mut self, k: usize, mb: usize, x: &[u32], input: Option<&[f32]>) -> Result<Option<Vec<f32>>> {
+            let chunk = self.pipe_state()?.chunks[k].clone();
+            let mut set = self.swap_in(k, None)?;
+            if let Some(input) = input {
+                self.be.copy_from_host(&mut self.acts.resid[chunk.layers.start], input);
+            }
+            let (mut d, acts, model) = self.driver(false);
+            let r = model.chunk_forward(&mut d, acts, &chunk, x);
+            let out = (!chunk.last).then(|| self.to_host_vec(&self.acts.resid[chunk.layers.end]));
+            self.acts.swap_saved(&mut set);
+            self.pipe_state()?.live.insert((k, mb), set);
+            r.map(|_| out)
+        }
+
+        /// Local chunk `k`'s backward of micro-batch `mb` (`dres` from the next stage;
+        /// none on the last chunk); returns its loss and what goes back.
+        pub(crate) fn pipe_backward(&mut self, k: usize, mb: usize, y: &[u32], dres: Option<&[f32]>, scale: f32) -> Result<(f64, Option<Vec<f32>>)> {
+            let chunk = self.pipe_state()?.chunks[k].clone();
+            let mut set = self.swap_in(k, Some(mb))?;
+            if let Some(g) = dres {
+                self.be.copy_from_host(&mut self.acts.dres, g);
+            }
+            let (mut d, acts, model) = self.driver(true);
+            let r = model.chunk_backward(&mut d, acts, &chunk, y, scale);
+            let back = (!chunk.first).then(|| self.to_host_vec(&self.acts.dres));
+            self.acts.swap_saved(&mut set);
+            self.pipe_state()?.free[k].push(set);
+            r.map(|l| (l, back))
+        }
+
+        /// Local chunk `k`'s forward for evaluation, and its loss on the last chunk.
+        pub(crate) fn pipe_eval(&mut self, k: usize, x: &[u32], y: &[u32], input: Option<&[f32]>) -> Result<(f64, Option<Vec<f32>>)> {
+            let chunk = self.pipe_state()?.chunks[k].clone();
+            let mut set = self.swap_in(k, None)?;
+            if let Some(input) = input {
+                self.be.copy_from_host(&mut self.acts.resid[chunk.layers.start], input);
+            }
+            let (mut d, acts, model) = self.driver(false);
+            let r = model.chunk_forward(&mut d, acts, &chunk, x).and_then(|_| if chunk.last { model.chunk_loss(&mut d, acts, y) } else { Ok(0.0) });
+            let out = (!chunk.last).then(|| self.to_host_vec(&self.acts.resid[chunk.layers.end]));
+            self.acts.swap_saved(&mut set);
+            self.pipe_state()?.free[k].push(set);
+            r.map(|l| (l, out))
+        }
+
+        /// The tied embedding's two copies (first and last stage) take the sum of their
+        /// gradients, so both take the same update.
+        pub(crate) fn sum_tied_embedding(&mut self) -> Result<()> {
+            let Some(ends) = self.pipe.as_ref().and_then(|p| p.ends.as_deref()) else { return Ok(()) };
+            let n = self.shards[model::layout::EMBED].numel;
+            ends.all_reduce(self.grads[model::layout::EMBED].slice_mut(0..n), comm::ReduceOp::Sum).map_err(comm_err)
+        }
+
         pub(crate) fn zero_grads(&mut self) {
             for g in &mut self.grads {
                 self.be.fill_zero(g);
@@ -449,15 +576,13 @@ mod imp {
 
         /// One micro-batch's forward and backward; gradients accumulate on the device.
         pub(crate) fn micro(&mut self, x: &[u32], y: &[u32], scale: f32) -> Result<f64> {
-            let params = if self.work.is_empty() { &self.params } else { &self.work };
-            let mut d = OnDevice { be: &self.be, params, grads: Some(&mut self.grads), tp: self.tp.as_deref(), group: self.group.as_mut(), shards: &self.shards };
-            self.model.train_micro(&mut d, &mut self.acts, x, y, scale)
+            let (mut d, acts, model) = self.driver(true);
+            model.train_micro(&mut d, acts, x, y, scale)
         }
 
         pub(crate) fn loss(&mut self, x: &[u32], y: &[u32]) -> Result<f64> {
-            let params = if self.work.is_empty() { &self.params } else { &self.work };
-            let mut d = OnDevice { be: &self.be, params, grads: None, tp: self.tp.as_deref(), group: self.group.as_mut(), shards: &self.shards };
-            self.model.eval_micro(&mut d, &mut self.acts, x, y)
+            let (mut d, acts, model) = self.driver(false);
+            model.eval_micro(&mut d, acts, x, y)
         }
 
         /// The device's name, and its bytes allocated now and at most so far.
@@ -491,6 +616,7 @@ mod imp {
             _selective: bool,
             _rank: &crate::rank::Rank,
             _shards: &[crate::shard::BucketShard],
+            _chunks: &[model::Chunk],
         ) -> Result<GpuState> {
             let device = &cfg.raw.train.device;
             Err(EngineError::Invalid(format!("train.device = \"{device}\" needs a build with the GPU backend (which holds the emulated device too): cargo build --release --features cuda")))
@@ -530,6 +656,18 @@ mod imp {
         pub(crate) fn recompute(&self) -> (bool, bool) {
             match *self {}
         }
+        pub(crate) fn pipe_forward(&mut self, _k: usize, _mb: usize, _x: &[u32], _i: Option<&[f32]>) -> Result<Option<Vec<f32>>> {
+            match *self {}
+        }
+        pub(crate) fn pipe_backward(&mut self, _k: usize, _mb: usize, _y: &[u32], _d: Option<&[f32]>, _s: f32) -> Result<(f64, Option<Vec<f32>>)> {
+            match *self {}
+        }
+        pub(crate) fn pipe_eval(&mut self, _k: usize, _x: &[u32], _y: &[u32], _i: Option<&[f32]>) -> Result<(f64, Option<Vec<f32>>)> {
+            match *self {}
+        }
+        pub(crate) fn sum_tied_embedding(&mut self) -> Result<()> {
+            match *self {}
+        }
     }
 }
 
@@ -537,14 +675,14 @@ pub(crate) use imp::GpuState;
 
 /// The GPU a run asks for (`train.device`), checked against what the GPU path supports:
 /// one device per rank, data parallelism with ZeRO 0-3, tensor (and sequence)
-/// parallelism.
+/// parallelism, pipeline stages (with ZeRO 0-1).
 pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<&str>> {
     let Some(_) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
     let p = &cfg.raw.parallel;
-    if p.pp != 1 {
+    if p.pp > 1 && p.zero >= 2 {
         return Err(EngineError::Invalid(format!(
-            "train.device = \"{}\" runs data parallelism (ZeRO 0-3) and tensor parallelism so far, not pipeline stages (parallel.pp = {})",
-            cfg.raw.train.device, p.pp
+            "train.device = \"{}\" with pipeline stages (parallel.pp = {}) runs ZeRO 0 or 1 so far; found parallel.zero = {}",
+            cfg.raw.train.device, p.pp, p.zero
         )));
     }
     Ok(Some(&cfg.raw.train.device))

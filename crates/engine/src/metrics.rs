@@ -254,7 +254,9 @@ impl MemoryReport {
                 let acts = model::Activations::expected_bytes_in(&t.gpt.spec, b, tt, recompute, selective, sp, elem) as f64;
                 let zero = t.cfg.raw.parallel.zero;
                 let bucket = t.gpt.layout.buckets.iter().map(|k| k.numel).max().unwrap_or(0);
-                let state = device_state_bytes(n, bucket, t.rank.dp, zero, elem);
+                // A pipeline stage holds its chunks' buckets only.
+                let held: usize = t.shards.iter().map(|s| s.numel).sum();
+                let state = device_state_bytes(held, bucket, t.rank.dp, zero, elem);
                 let mut counted = if elem == 2 {
                     "fp32 masters and Adam moments, bf16 gradients and weight copy, bf16 activations with f32 statistics".to_string()
                 } else {

@@ -246,6 +246,18 @@ impl PipeState {
         PipeState { chunks, free, live: HashMap::new(), sends: Vec::new(), split, recv_buf }
     }
 
+    /// A stage whose saved activations live elsewhere (on its device): only the links'
+    /// state.
+    pub(crate) fn without_saved(chunks: Vec<Chunk>, msg: usize, sp: usize, tp: usize, tp_rank: usize) -> PipeState {
+        let free = chunks.iter().map(|_| Vec::new()).collect();
+        let split = (tp > 1 && sp == 1 && msg.is_multiple_of(tp)).then(|| {
+            let n = msg / tp;
+            tp_rank * n..(tp_rank + 1) * n
+        });
+        let recv_buf = vec![0.0; split.as_ref().map_or(0, |r| r.len())];
+        PipeState { chunks, free, live: HashMap::new(), sends: Vec::new(), split, recv_buf }
+    }
+
     /// Saved-activation sets made so far, per local chunk: the most micro-batches the
     /// schedule has held at once.
     pub(crate) fn sets(&self) -> Vec<usize> {
@@ -404,6 +416,114 @@ impl Trainer {
             }
             times.comm += wait;
             times.pipe_wait += wait;
+        }
+        Ok(loss)
+    }
+
+    /// [`Trainer::pipeline_step`] on a device: the schedule's passes run there (gpu.rs),
+    /// the messages between stages go through the host's links.
+    pub(crate) fn device_pipeline_step(&mut self, grad_scale: f32, times: &mut StepTimes) -> Result<f64> {
+        let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
+        let res = self.device_pipeline_ops(&mut pipe, grad_scale, times);
+        let flushed = self.pipe_flush(&mut pipe);
+        self.pipe = Some(pipe);
+        let loss = res?;
+        flushed?;
+        Ok(loss)
+    }
+
+    fn device_pipeline_ops(&mut self, pipe: &mut PipeState, grad_scale: f32, times: &mut StepTimes) -> Result<f64> {
+        let par = &self.cfg.raw.parallel;
+        let (pp, p, v, m) = (self.rank.pp, self.rank.pp_rank, par.virtual_stages, self.cfg.raw.train.grad_accum);
+        let n = pp * v;
+        let mut loss = 0.0;
+        for op in ops(par.schedule, pp, v, m, p) {
+            let mut wait = 0.0;
+            let t1 = Instant::now();
+            match op {
+                PipeOp::Fwd { k, m: mb } => {
+                    let (chunk, c) = (pipe.chunks[k].clone(), global_chunk(pp, p, k));
+                    let mut input = None;
+                    if chunk.first {
+                        self.fill(self.sample_index(mb), false);
+                    } else {
+                        let mut buf = vec![0.0; self.pipe_message()];
+                        wait = self.pipe_recv(pipe, false, &mut buf, tag(n, c, mb))?;
+                        input = Some(buf);
+                    }
+                    let g = self.gpu.as_mut().ok_or_else(|| EngineError::Invalid("a device pipeline without a device".into()))?;
+                    if let Some(out) = g.pipe_forward(k, mb, &self.inputs, input.as_deref())? {
+                        self.pipe_send(pipe, false, &out, tag(n, c + 1, mb))?;
+                    }
+                    times.forward += t1.elapsed().as_secs_f64() - wait;
+                }
+                PipeOp::Bwd { k, m: mb } => {
+                    let (chunk, c) = (pipe.chunks[k].clone(), global_chunk(pp, p, k));
+                    let mut dres = None;
+                    if chunk.last {
+                        self.fill(self.sample_index(mb), false);
+                    } else {
+                        let mut buf = vec![0.0; self.pipe_message()];
+                        wait = self.pipe_recv(pipe, true, &mut buf, tag(n, c, mb))?;
+                        dres = Some(buf);
+                    }
+                    let g = self.gpu.as_mut().ok_or_else(|| EngineError::Invalid("a device pipeline without a device".into()))?;
+                    let (l, back) = g.pipe_backward(k, mb, &self.targets, dres.as_deref(), grad_scale)?;
+                    loss += l;
+                    if let Some(back) = back {
+                        self.pipe_send(pipe, true, &back, tag(n, c - 1, mb))?;
+                    }
+                    times.backward += t1.elapsed().as_secs_f64() - wait;
+                }
+            }
+            times.comm += wait;
+            times.pipe_wait += wait;
+        }
+        Ok(loss)
+    }
+
+    /// Floats of one message between stages: the residual stream's rows this rank holds.
+    fn pipe_message(&self) -> usize {
+        let (b, t, c) = (self.cfg.raw.train.batch_size, self.cfg.raw.model.block_size, self.gpt.spec.hidden);
+        let sp = if self.cfg.raw.parallel.sp && self.rank.tp > 1 { self.rank.tp } else { 1 };
+        b * t * c / sp
+    }
+
+    /// [`Trainer::pipeline_eval`] on a device.
+    pub(crate) fn device_pipeline_eval(&mut self, micro: usize) -> Result<f64> {
+        let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
+        let res = self.device_pipeline_eval_ops(&mut pipe, micro);
+        let flushed = self.pipe_flush(&mut pipe);
+        self.pipe = Some(pipe);
+        let loss = res?;
+        flushed?;
+        Ok(loss)
+    }
+
+    fn device_pipeline_eval_ops(&mut self, pipe: &mut PipeState, micro: usize) -> Result<f64> {
+        let (pp, p, v) = (self.rank.pp, self.rank.pp_rank, self.cfg.raw.parallel.virtual_stages);
+        let (n, b, dp, r) = (pp * v, self.cfg.raw.train.batch_size, self.rank.dp, self.rank.rank);
+        let mut loss = 0.0;
+        for i in 0..micro {
+            let index = ((i * dp + r) * b) as u64;
+            for k in 0..v {
+                let (chunk, c) = (pipe.chunks[k].clone(), global_chunk(pp, p, k));
+                let mut input = None;
+                if chunk.first || chunk.last {
+                    self.fill(index, true);
+                }
+                if !chunk.first {
+                    let mut buf = vec![0.0; self.pipe_message()];
+                    self.pipe_recv(pipe, false, &mut buf, tag(n, c, i))?;
+                    input = Some(buf);
+                }
+                let g = self.gpu.as_mut().ok_or_else(|| EngineError::Invalid("a device pipeline without a device".into()))?;
+                let (l, out) = g.pipe_eval(k, &self.inputs, &self.targets, input.as_deref())?;
+                loss += l;
+                if let Some(out) = out {
+                    self.pipe_send(pipe, false, &out, tag(n, c + 1, i))?;
+                }
+            }
         }
         Ok(loss)
     }

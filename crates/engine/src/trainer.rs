@@ -242,7 +242,7 @@ impl Trainer {
         let has_head = chunks.iter().any(|c| c.last);
         let selective = matches!(par.recompute, config::Recompute::Selective);
         let gpu = match crate::gpu::requested(&cfg)? {
-            Some(_) => Some(crate::gpu::GpuState::new(&cfg, &global, (b, t), recompute, selective, &rank, &shards)?),
+            Some(_) => Some(crate::gpu::GpuState::new(&cfg, &global, (b, t), recompute, selective, &rank, &shards, &chunks)?),
             None => None,
         };
         let (mut acts, m_acts) = crate::alloc::measure(|| {
@@ -253,7 +253,15 @@ impl Trainer {
             let acts = Activations::pipeline(&model::Cpu, &gpt.spec, b, t, recompute, sp, &layers, has_head);
             if selective { acts.recompute_attention(&model::Cpu) } else { acts }
         });
-        let pipe = (rank.pp > 1).then(|| crate::pipe::PipeState::new(chunks, &mut acts, b * t * gpt.spec.hidden, sp, rank.tp, rank.tp_rank));
+        let msg = b * t * gpt.spec.hidden;
+        let pipe = (rank.pp > 1).then(|| {
+            if gpu.is_some() {
+                // The saved activations live on the device (gpu.rs).
+                crate::pipe::PipeState::without_saved(chunks, msg, sp, rank.tp, rank.tp_rank)
+            } else {
+                crate::pipe::PipeState::new(chunks, &mut acts, msg, sp, rank.tp, rank.tp_rank)
+            }
+        });
         let measured = match (m_params, m_grads, m_optim, m_acts) {
             (Some(params), Some(grads), Some(optimizer), Some(activations)) => {
                 Some(crate::metrics::Measured { params, grads, optimizer, activations, thread_peak: 0 })
@@ -340,7 +348,17 @@ impl Trainer {
         // Mean over every token of the global batch; ranks' shares add up by SUM.
         let grad_scale = 1.0 / (b * t * accum * dp) as f32;
         let mut loss_sum = 0.0;
-        if let Some(g) = &mut self.gpu {
+        if let (Some(g), true) = (&mut self.gpu, self.pipe.is_some()) {
+            g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
+            g.zero_grads();
+            let mine = self.device_pipeline_step(grad_scale, times)?;
+            let t0 = Instant::now();
+            loss_sum = self.rank.sum_f64_pp(mine)?;
+            let waited = t0.elapsed().as_secs_f64();
+            times.comm += waited;
+            times.pipe_wait += waited;
+            self.gpu.as_mut().expect("a GPU").sum_tied_embedding()?;
+        } else if let Some(g) = &mut self.gpu {
             // The host holds the masters: the device computes with this step's copy.
             let t0 = Instant::now();
             g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
@@ -414,7 +432,11 @@ impl Trainer {
         let (b, t, micro) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches * tc.grad_accum);
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
-        if let Some(g) = &mut self.gpu {
+        if let (Some(g), true) = (&mut self.gpu, self.pipe.is_some()) {
+            g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
+            let mine = self.device_pipeline_eval(micro)?;
+            sum = self.rank.sum_f64_pp(mine)?;
+        } else if let Some(g) = &mut self.gpu {
             g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
             for i in 0..micro {
                 self.fill((i * b) as u64, true);

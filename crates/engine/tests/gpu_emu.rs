@@ -332,3 +332,43 @@ fn a_dp2_zero3_bf16_device_checkpoint_resumes_on_the_cpu_and_on_tp2_devices() {
     assert!(((out[0] - want) / want).abs() < 2e-2, "step 4 on tp 2 devices: {}, the dp2 run's {want}", out[0]);
     assert!(out[0] != got, "the bf16 tp2 step equals the f32 CPU step exactly: is bf16 in use?");
 }
+
+/// Pipeline stages on emulated devices (one per rank; each stage's passes on its
+/// device, the messages through the host's links): pp 2 with the 1F1B schedule for tiny
+/// GPT-2 (its tied embedding summed across the first and last stage) and Llama, and
+/// the interleaved schedule, equal one CPU rank (losses at every step and the
+/// validation loss, relative 1e-4).
+#[test]
+fn pp2_on_emulated_devices_equals_one_rank() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let steps = 5;
+    let llama = ["model.arch=\"llama\"", "model.n_head=4", "model.n_kv_head=2"];
+    for (name, model, extra) in [
+        ("GPT-2 1F1B", &[][..], &[][..]),
+        ("Llama 1F1B", &llama[..], &[][..]),
+        ("GPT-2 interleaved", &[][..], &["parallel.schedule=\"interleaved\"", "parallel.virtual_stages=2", "model.n_layer=4"][..]),
+    ] {
+        let base: Vec<&str> = model.iter().chain(extra.iter().filter(|s| s.starts_with("model."))).copied().chain(["train.grad_accum=4", "train.eval_batches=1"]).collect();
+        let mut cpu = Trainer::new(cfg(&base, "cpu"), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
+        let mut times = StepTimes::default();
+        let mut want: Vec<f64> = (0..steps).map(|_| cpu.train_step(&mut times).unwrap().0).collect();
+        want.push(cpu.evaluate().unwrap());
+        let sets: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).chain(["parallel.pp=2"]).collect();
+        let out = comm::run_local(2, Duration::from_secs(120), |c| {
+            let config = cfg(&sets, "cuda-emu");
+            let rank = engine::Rank::for_config(&c, &config)?;
+            let mut t = Trainer::with_rank(config, data::Dataset::open(dir.path()).unwrap(), Path::new(""), rank)?;
+            let mut times = StepTimes::default();
+            let mut l = (0..steps).map(|_| t.train_step(&mut times).map(|x| x.0)).collect::<Result<Vec<f64>, _>>()?;
+            l.push(t.evaluate()?);
+            Ok::<_, engine::EngineError>(l)
+        })
+        .expect("ranks");
+        for (i, (g, c)) in out[0].iter().zip(&want).enumerate() {
+            assert!(((g - c) / c).abs() < 1e-4, "{name}: {} {g} on 2 device stages, {c} on one CPU rank", if i == steps { "validation loss".to_string() } else { format!("step {} loss", i + 1) });
+        }
+        assert_eq!(out[1], out[0], "{name}: the stages report different losses");
+    }
+}
