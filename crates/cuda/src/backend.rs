@@ -331,6 +331,28 @@ impl Cuda {
     /// row-major C; 0: none) by cuBLASLt's bias epilogue.
     #[allow(clippy::too_many_arguments)]
     fn gemm_bias(&self, c: u64, a: u64, ta: bool, b: u64, tb: bool, m: usize, n: usize, k: usize, acc: bool, batch: usize, strides: (usize, usize, usize), bias: u64) {
+        self.gemm_epilogue(c, a, ta, b, tb, m, n, k, acc, batch, strides, bias, 0);
+    }
+
+    /// [`Cuda::gemm_bias`], and with a non-zero `gelu_aux` the GELU epilogue: the biased
+    /// product into `gelu_aux`, its GELU into `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_epilogue(
+        &self,
+        c: u64,
+        a: u64,
+        ta: bool,
+        b: u64,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+        batch: usize,
+        strides: (usize, usize, usize),
+        bias: u64,
+        gelu_aux: u64,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
@@ -357,6 +379,7 @@ impl Cuda {
             cd: self.dtype,
             // Row-major columns are the column-major rows the epilogue's bias runs along.
             bias,
+            gelu_aux,
         };
         self.dev.gemm(&g).unwrap_or_else(|e| fail("GEMM", e));
     }
@@ -631,6 +654,34 @@ impl Backend for Cuda {
         let q = Dims { grid: (tiles, nh as u32, b as u32), block: (128, 1, 1), shared: (4 * (5 * bt * hd + 2 * bt * bt + 2 * bt)) as u32 };
         self.launch("flash_attention_backward_q", q, &args);
         self.sync();
+    }
+    fn linear_act_forward(
+        &self,
+        mlp: Mlp,
+        h: &mut DevBuf,
+        out: &mut DevBuf,
+        x: &DevBuf,
+        w: &DevBuf,
+        b: Option<&DevBuf>,
+        wl: WeightLayout,
+        rows: usize,
+        din: usize,
+        dout: usize,
+        f: usize,
+    ) {
+        match b {
+            // bf16 GELU MLPs: cuBLASLt's GELU_AUX_BIAS epilogue writes h and gelu(h) in
+            // one pass over the output.
+            Some(b) if self.dtype == Dtype::Bf16 && mlp == Mlp::Gelu => {
+                assert_eq!((h.len(), out.len()), (rows * dout, rows * f));
+                let tw = wl == WeightLayout::OutIn;
+                self.gemm_epilogue(out.addr(), x.addr(), false, w.addr(), tw, rows, dout, din, false, 1, (0, 0, 0), b.addr(), h.addr());
+            }
+            _ => {
+                self.linear_forward(h, x, w, b, wl, rows, din, dout);
+                self.mlp_act_forward(mlp, out, h, rows, f);
+            }
+        }
     }
     fn mlp_act_forward(&self, mlp: Mlp, out: &mut DevBuf, h: &DevBuf, rows: usize, f: usize) {
         match mlp {

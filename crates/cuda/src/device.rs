@@ -91,7 +91,9 @@ impl Dtype {
 /// `op(B)` k x n, `C` m x n, leading dimensions and element strides as cuBLAS takes
 /// them, fp32 accumulation. With `beta == 0`, C is not read. A non-zero `bias` is
 /// cuBLASLt's `CUBLASLT_EPILOGUE_BIAS`: `bias[i]` (m elements of C's type, the same for
-/// every matrix of the batch) added to row i of every column before C is stored.
+/// every matrix of the batch) added to row i of every column before C is stored. With a
+/// non-zero `gelu_aux` too, `CUBLASLT_EPILOGUE_GELU_AUX_BIAS`: the biased sum goes to
+/// `gelu_aux` (C's layout and type) and its GELU (tanh form) to C.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
     pub ta: bool,
@@ -117,6 +119,8 @@ pub struct Gemm {
     pub cd: Dtype,
     /// The bias epilogue's vector (0: none).
     pub bias: DevPtr,
+    /// The GELU epilogue's pre-activation output (0: none; needs `bias`).
+    pub gelu_aux: DevPtr,
 }
 
 impl fmt::Display for Gemm {
@@ -141,7 +145,11 @@ impl fmt::Display for Gemm {
             self.beta,
             self.ab,
             self.cd,
-            if self.bias != 0 { " +bias epilogue" } else { "" }
+            match (self.bias != 0, self.gelu_aux != 0) {
+                (_, true) => " +bias+GELU epilogue",
+                (true, false) => " +bias epilogue",
+                _ => "",
+            }
         )
     }
 }

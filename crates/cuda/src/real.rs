@@ -78,7 +78,7 @@ impl RealDevice {
 }
 
 impl RealDevice {
-    /// `g` through cuBLASLt with the bias epilogue: fp32 compute and scale, the operand
+    /// `g` through cuBLASLt with the bias (or GELU-aux-bias) epilogue: fp32 compute and scale, the operand
     /// layouts and batch strides as cuBLAS's, the fastest algorithm of the heuristic.
     fn gemm_lt(&self, g: &Gemm) -> Result<(), String> {
         let ty = |d: Dtype| match d {
@@ -111,7 +111,8 @@ impl RealDevice {
         let run = || -> Result<(), String> {
             // cublasOperation_t as the attribute's int32: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
             let op = |t: bool| t as i32;
-            let (opa, opb, epi, bias_ty, ws) = (op(g.ta), op(g.tb), lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, ty(g.cd), LT_WORKSPACE as u64);
+            let epi = if g.gelu_aux != 0 { lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS } else { lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS };
+            let (opa, opb, bias_ty, ws, aux_ld) = (op(g.ta), op(g.tb), ty(g.cd), LT_WORKSPACE as u64, g.ldc as i64);
             // SAFETY: live descriptors; every attribute with its documented type and size;
             // the operands view matrices of the stated shapes on this device.
             unsafe {
@@ -122,6 +123,11 @@ impl RealDevice {
                 set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const _, std::mem::size_of_val(&epi))?;
                 set(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias as *const u64 as *const _, 8)?;
                 set(A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_ty as *const _ as *const _, std::mem::size_of_val(&bias_ty))?;
+                if g.gelu_aux != 0 {
+                    set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.gelu_aux as *const u64 as *const _, 8)?;
+                    set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld as *const i64 as *const _, 8)?;
+                    set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &bias_ty as *const _ as *const _, std::mem::size_of_val(&bias_ty))?;
+                }
                 ltr::set_matmul_pref_attribute(pref, lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const u64 as *const _, 8).map_err(e)?;
                 let algo = ltr::get_matmul_algo_heuristic(guard.h, desc, la, lb, lc, lc, pref).map_err(e)?;
                 ltr::matmul(
@@ -244,7 +250,7 @@ impl Device for RealDevice {
             return Ok(());
         }
         self.bind()?;
-        if g.bias != 0 {
+        if g.bias != 0 || g.gelu_aux != 0 {
             return self.gemm_lt(g);
         }
         let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };

@@ -31,7 +31,7 @@ fn get(d: &EmuDevice, p: u64, n: usize) -> Vec<f32> {
 
 /// A 4 x 4 x 4 f32 GEMM, C = A B, each operand one 16-element matrix.
 fn square4(a: u64, b: u64, c: u64) -> Gemm {
-    Gemm { ta: false, tb: false, m: 4, n: 4, k: 4, alpha: 1.0, a, lda: 4, stride_a: 0, b, ldb: 4, stride_b: 0, beta: 0.0, c, ldc: 4, stride_c: 0, batch: 1, ab: Dtype::F32, cd: Dtype::F32, bias: 0 }
+    Gemm { ta: false, tb: false, m: 4, n: 4, k: 4, alpha: 1.0, a, lda: 4, stride_a: 0, b, ldb: 4, stride_b: 0, beta: 0.0, c, ldc: 4, stride_c: 0, batch: 1, ab: Dtype::F32, cd: Dtype::F32, bias: 0, gelu_aux: 0 }
 }
 
 fn err_contains(r: Result<(), String>, parts: &[&str]) {
@@ -156,7 +156,7 @@ fn the_column_major_reference_gemm_honours_transposes_leading_dimensions_and_str
     let b_host: Vec<f32> = (0..2 * 6).map(|i| (i as f32) * 0.5 - 1.0).collect(); // stride 6
     let c0: Vec<f32> = (0..2 * 4).map(|i| i as f32).collect(); // ldc 2, stride 4
     let (a, b, c) = (buf(&d, &a_host), buf(&d, &b_host), buf(&d, &c0));
-    let g = Gemm { ta: true, tb: false, m, n, k, alpha: 2.0, a, lda: 4, stride_a: 8, b, ldb: 3, stride_b: 6, beta: 0.5, c, ldc: 2, stride_c: 4, batch: 2, ab: Dtype::F32, cd: Dtype::F32, bias: 0 };
+    let g = Gemm { ta: true, tb: false, m, n, k, alpha: 2.0, a, lda: 4, stride_a: 8, b, ldb: 3, stride_b: 6, beta: 0.5, c, ldc: 2, stride_c: 4, batch: 2, ab: Dtype::F32, cd: Dtype::F32, bias: 0, gelu_aux: 0 };
     d.gemm(&g).unwrap();
     let got = get(&d, c, 8);
     for p in 0..2 {
@@ -264,4 +264,23 @@ fn a_view_of_the_wrong_element_type_is_refused_naming_the_argument() {
     let mut host = vec![0.0; 64];
     bf16s.to_host(&z, &mut host);
     assert_eq!(host, vec![3.0; 64]);
+}
+
+/// The GELU epilogue (GELU_AUX_BIAS): the biased product into the aux buffer, its GELU
+/// (tanh form) into C; asking for it without a bias is refused as cuBLASLt refuses it.
+#[test]
+fn the_gelu_epilogue_keeps_the_pre_activation_and_stores_its_gelu() {
+    let d = EmuDevice::new(0);
+    let a: Vec<f32> = (0..16).map(|i| (i as f32 - 8.0) / 4.0).collect();
+    let ident: Vec<f32> = (0..16).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
+    let (pa, pb, pc, aux) = (buf(&d, &a), buf(&d, &ident), buf(&d, &[0.0; 16]), buf(&d, &[0.0; 16]));
+    let bias = buf(&d, &[0.5, -0.5, 1.0, 0.0]);
+    d.gemm(&Gemm { bias, gelu_aux: aux, ..square4(pa, pb, pc) }).unwrap();
+    let pre: Vec<f32> = (0..16).map(|i| a[i] + [0.5, -0.5, 1.0, 0.0][i % 4]).collect();
+    assert_eq!(get(&d, aux, 16), pre);
+    for (g, x) in get(&d, pc, 16).iter().zip(&pre) {
+        let want = 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh());
+        assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu({x}) = {g}, want {want}");
+    }
+    err_contains(d.gemm(&Gemm { gelu_aux: aux, ..square4(pa, pb, pc) }), &["GELU", "needs a bias"]);
 }

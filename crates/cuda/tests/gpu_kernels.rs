@@ -122,6 +122,21 @@ fn linear(c: &mut Check) {
         c.expect(&format!("linear {wl:?} backward dw"), &dwd, &dw, 1e-5);
         c.expect(&format!("linear {wl:?} backward db"), &dbd, &db, 1e-5);
     }
+    // The MLP's up projection with its GELU (fused into cuBLASLt's GELU_AUX_BIAS
+    // epilogue in bf16), and with SwiGLU (no bias: never fused).
+    for (mlp, wide) in [(Mlp::Gelu, 1), (Mlp::SwiGlu, 2)] {
+        let f = 20;
+        let (x, w, b) = (c.rand(rows * din, 1.0), c.rand(din * wide * f, 0.5), c.rand(wide * f, 0.5));
+        let bias = (mlp == Mlp::Gelu).then_some(&b[..]);
+        let (mut h, mut out) = (vec![0.0; rows * wide * f], vec![0.0; rows * f]);
+        Cpu.linear_act_forward(mlp, &mut h, &mut out, &x, &w, bias, WeightLayout::InOut, rows, din, wide * f, f);
+        let (xd, wd, bd) = (c.up(&x), c.up(&w), c.up(&b));
+        let (mut hd, mut od) = (c.g.zeros(rows * wide * f), c.g.zeros(rows * f));
+        let bd = (mlp == Mlp::Gelu).then_some(&*bd);
+        c.g.linear_act_forward(mlp, &mut hd, &mut od, &xd, &wd, bd, WeightLayout::InOut, rows, din, wide * f, f);
+        c.expect(&format!("linear + {mlp:?}: pre-activation"), &hd, &h, 1e-5);
+        c.expect(&format!("linear + {mlp:?}: output"), &od, &out, 1e-5);
+    }
     let (m, n, k) = (7, 9, 11);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let (a, b, c0) = (c.rand(m * k, 1.0), c.rand(k * n, 1.0), c.rand(m * n, 1.0));

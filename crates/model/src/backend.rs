@@ -148,6 +148,26 @@ pub trait Backend: Send + Sync {
         nkv: usize,
         hd: usize,
     );
+    /// The MLP's up projection and its nonlinearity: `h = x W + b` (rows, `dout`, kept
+    /// for the backward), then `out = act(h)` (rows, f). A backend may fuse them (a
+    /// GEMM epilogue); the result is the unfused one up to the rounding of storage.
+    fn linear_act_forward(
+        &self,
+        mlp: Mlp,
+        h: &mut Self::Buf,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: Option<&Self::Buf>,
+        wl: WeightLayout,
+        rows: usize,
+        din: usize,
+        dout: usize,
+        f: usize,
+    ) {
+        self.linear_forward(h, x, w, b, wl, rows, din, dout);
+        self.mlp_act_forward(mlp, out, h, rows, f);
+    }
     /// The MLP's nonlinearity: GELU on `h` (rows, f), or SwiGLU on packed `h` (rows, 2f).
     fn mlp_act_forward(&self, mlp: Mlp, out: &mut Self::Buf, h: &Self::Buf, rows: usize, f: usize);
     fn mlp_act_backward(&self, mlp: Mlp, dh: &mut Self::Buf, dout: &Self::Buf, h: &Self::Buf, rows: usize, f: usize);

@@ -516,8 +516,7 @@ impl<B: Backend> Model<B> {
         d.tp_reduce_scatter(full, &mut a.res2)?;
         be.residual_norm_forward(m.norm, eps, &mut a.res2, input, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, p.ln2_w, p.ln2_b, ns, c);
         d.tp_all_gather(&a.ln2, full)?;
-        be.linear_forward(&mut a.fc, full, p.up_w, p.up_b, wl, n, c, up);
-        be.mlp_act_forward(m.mlp, &mut a.gelu, &a.fc, n, f);
+        be.linear_act_forward(m.mlp, &mut a.fc, &mut a.gelu, full, p.up_w, p.up_b, wl, n, c, up, f);
         be.linear_forward(full, &a.gelu, p.down_w, p.down_b.filter(|_| bias_here), wl, n, f, c);
         d.tp_reduce_scatter(full, output)?;
         be.add_inplace(output, &a.res2);
@@ -551,8 +550,7 @@ impl<B: Backend> Model<B> {
         be.linear_forward(&mut a.res2, &a.att, p.o_w, p.o_b.filter(|_| bias_here), wl, n, q, c);
         self.tp_reduce(d, &mut a.res2, TpReduce::Sum)?;
         be.residual_norm_forward(m.norm, eps, &mut a.res2, input, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, p.ln2_w, p.ln2_b, n, c);
-        be.linear_forward(&mut a.fc, &a.ln2, p.up_w, p.up_b, wl, n, c, up);
-        be.mlp_act_forward(m.mlp, &mut a.gelu, &a.fc, n, f);
+        be.linear_act_forward(m.mlp, &mut a.fc, &mut a.gelu, &a.ln2, p.up_w, p.up_b, wl, n, c, up, f);
         be.linear_forward(output, &a.gelu, p.down_w, p.down_b.filter(|_| bias_here), wl, n, f, c);
         self.tp_reduce(d, output, TpReduce::Sum)?;
         be.add_inplace(output, &a.res2);

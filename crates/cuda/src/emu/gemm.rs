@@ -64,8 +64,14 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
         mem::check(device, g.a, extent(ar, ac, g.lda, g.stride_a, g.batch) * es(g.ab), &|| format!("{}: A", what()))?;
         mem::check(device, g.b, extent(br, bc, g.ldb, g.stride_b, g.batch) * es(g.ab), &|| format!("{}: B", what()))?;
     }
+    if g.gelu_aux != 0 && g.bias == 0 {
+        return Err(format!("{}: the GELU epilogue here is GELU_AUX_BIAS, which needs a bias (CUBLAS_STATUS_INVALID_VALUE)", what()));
+    }
     if g.bias != 0 {
         mem::check(device, g.bias, g.m * es(g.cd), &|| format!("{}: bias", what()))?;
+    }
+    if g.gelu_aux != 0 {
+        mem::check(device, g.gelu_aux, extent(g.m, g.n, g.ldc, g.stride_c, g.batch) * es(g.cd), &|| format!("{}: GELU aux", what()))?;
     }
     // Element i of an operand, or the error naming it when it was never written.
     let read = |p: u64, i: usize, t, op: &str| match load(p, i, t) {
@@ -110,11 +116,21 @@ pub fn run(device: usize, g: &Gemm) -> Result<(), String> {
                 if g.bias != 0 {
                     out += read(g.bias, i, g.cd, "bias")?;
                 }
+                if g.gelu_aux != 0 {
+                    store(g.gelu_aux, ic, g.cd, out);
+                    out = gelu(out);
+                }
                 store(g.c, ic, g.cd, out);
             }
         }
     }
     Ok(())
+}
+
+/// GELU in its tanh form, GPT-2's (the kernels' and cuBLASLt's epilogue's form).
+fn gelu(x: f32) -> f32 {
+    const K: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (K * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// f32 to bf16 bits, round to nearest even, NaN kept NaN (the kernels' prelude's rule).
