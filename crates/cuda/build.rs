@@ -22,6 +22,7 @@ fn kind_of(ty: &str, kernel: &str) -> &'static str {
         "long" | "long long" | "int64_t" => "I64",
         "int" => "I32",
         "float" => "F32",
+        "double" => "F64",
         "unsigned" | "unsigned int" | "u32" => "U32",
         other => panic!("kernel {kernel}: parameter type `{other}` has no emulated argument kind"),
     }

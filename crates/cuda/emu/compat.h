@@ -55,6 +55,7 @@ static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+static inline long long __double_as_longlong(double d) { long long l; memcpy(&l, &d, 8); return l; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // glibc declares __expf and __logf itself: the device's fast forms as macros.
 #define __expf(x) expf(x)

@@ -440,6 +440,11 @@ impl Arg for f32 {
         KArg::F32(*self)
     }
 }
+impl Arg for f64 {
+    fn karg(&self) -> KArg {
+        KArg::F64(*self)
+    }
+}
 impl Arg for i32 {
     fn karg(&self) -> KArg {
         KArg::I32(*self)

@@ -23,6 +23,7 @@ pub enum KArg {
     I32(i32),
     U32(u32),
     F32(f32),
+    F64(f64),
 }
 
 impl KArg {
@@ -41,6 +42,7 @@ impl KArg {
             KArg::I32(_) => ArgKind::I32,
             KArg::U32(_) => ArgKind::U32,
             KArg::F32(_) => ArgKind::F32,
+            KArg::F64(_) => ArgKind::F64,
         }
     }
 }
@@ -53,6 +55,7 @@ pub enum ArgKind {
     I32,
     U32,
     F32,
+    F64,
 }
 
 /// A launch's grid, block and dynamic shared-memory bytes.

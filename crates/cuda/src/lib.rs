@@ -42,7 +42,7 @@ pub const SOURCES: &[Source] = &[
         kernels: &["flash_attention_forward", "flash_attention_rowdot", "flash_attention_backward_kv", "flash_attention_backward_q"],
     },
     Source { name: "xent", text: include_str!("../kernels/xent.cu"), kernels: &["xent_forward_backward", "xent_parallel_stats", "xent_parallel_exp", "xent_parallel_grad"] },
-    Source { name: "optim", text: include_str!("../kernels/optim.cu"), kernels: &["adamw", "sum_squares_partial"] },
+    Source { name: "optim", text: include_str!("../kernels/optim.cu"), kernels: &["adamw", "sum_squares_partial", "norm_total", "norm_ranks", "norm_clip"] },
     Source {
         name: "selftest",
         text: include_str!("../kernels/selftest.cu"),

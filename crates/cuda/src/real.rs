@@ -238,6 +238,7 @@ impl Device for RealDevice {
                 KArg::I32(v) => b.arg(v),
                 KArg::U32(v) => b.arg(v),
                 KArg::F32(v) => b.arg(v),
+                KArg::F64(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig { grid_dim: dims.grid, block_dim: dims.block, shared_mem_bytes: dims.shared };

@@ -326,7 +326,8 @@ fn optimizer(c: &mut Check) {
     let (pd, md, vd) = (c.g.upload(&p), c.g.upload(&m), c.g.upload(&v));
     let copy = c.g.zeros(n);
     let dims = Dims { grid: (5, 1, 1), block: (256, 1, 1), shared: 0 };
-    c.g.launch("adamw", dims, &[&pd.arg(), &copy.arg(), &gd.arg(), &md.arg(), &vd.arg(), &(n as i64), &clip, &st, &b1, &b2, &eps, &(1.0 - lr * wd), &bc2]);
+    let clipd = c.g.upload(&[clip]);
+    c.g.launch("adamw", dims, &[&pd.arg(), &copy.arg(), &gd.arg(), &md.arg(), &vd.arg(), &(n as i64), &clipd.arg(), &st, &b1, &b2, &eps, &(1.0 - lr * wd), &bc2]);
     // The update itself is exact f32 arithmetic in either precision.
     let (floor, e) = (c.floor, 1e-6);
     c.floor = 0.0;
@@ -342,6 +343,37 @@ fn optimizer(c: &mut Check) {
     let want: f64 = held.iter().map(|&x| (x as f64) * (x as f64)).sum();
     assert!(((got - want) / want).abs() < 1e-5, "sum of squares {got} vs {want}");
     c.results.push((format!("sum_squares_partial ({:?})", c.g.dtype), ((got - want) / want).abs()));
+    // The norm and clipping factor on the device, in the host's f64 arithmetic: the
+    // partials in order, then two "ranks'" sums in order, then clip_factor's rule.
+    let one = Dims { grid: (1, 1, 1), block: (32, 1, 1), shared: 0 };
+    let scalars = c.g.zeros_as(6, Dtype::F32);
+    let (sumsq, norm, clip_at) = (scalars.slice(0..2).arg(), scalars.slice(2..4).arg(), scalars.slice(4..5).arg());
+    let halves = |x: f64| [f32::from_bits(x.to_bits() as u32), f32::from_bits((x.to_bits() >> 32) as u32)];
+    let f64_at = |c: &Check, i: usize| {
+        let h = c.down(&scalars);
+        f64::from_bits(h[i].to_bits() as u64 | ((h[i + 1].to_bits() as u64) << 32))
+    };
+    c.g.launch("norm_total", one, &[&sumsq, &partial.arg(), &8i64]);
+    let local: f64 = c.down(&partial).iter().map(|&x| x as f64).sum();
+    assert_eq!(f64_at(c, 0), local, "the partials' f64 sum");
+    let two: Vec<f32> = [local, 2.5].into_iter().flat_map(halves).collect();
+    let gathered = c.g.upload(&two);
+    c.g.launch("norm_ranks", one, &[&sumsq, &gathered.arg(), &2i64]);
+    for max_norm in [0.0f64, 0.1, 1e3] {
+        c.g.launch("norm_clip", one, &[&clip_at, &norm, &sumsq, &max_norm]);
+        let want_norm = (local + 2.5).sqrt();
+        assert_eq!(f64_at(c, 2), want_norm);
+        let want = if max_norm > 0.0 && want_norm > max_norm { (max_norm / (want_norm + 1e-6)) as f32 } else { 1.0 };
+        assert_eq!(c.down(&scalars)[4], want, "clip factor for max_norm {max_norm}");
+    }
+    // A non-finite norm: the factor is NaN and AdamW leaves everything as it was.
+    let infd = c.g.upload(&halves(f64::INFINITY));
+    c.g.launch("norm_ranks", one, &[&sumsq, &infd.arg(), &1i64]);
+    c.g.launch("norm_clip", one, &[&clip_at, &norm, &sumsq, &1.0f64]);
+    assert!(c.down(&scalars)[4].is_nan() && f64_at(c, 2).is_infinite());
+    let before = (c.down(&pd), c.down(&md));
+    c.g.launch("adamw", dims, &[&pd.arg(), &copy.arg(), &gd.arg(), &md.arg(), &vd.arg(), &(n as i64), &clip_at, &st, &b1, &b2, &eps, &(1.0 - lr * wd), &bc2]);
+    assert_eq!((c.down(&pd), c.down(&md)), before, "a step with a non-finite norm updates nothing");
 }
 
 fn every_kernel(g: &Cuda) -> Vec<(String, f64)> {

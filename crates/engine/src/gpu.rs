@@ -1,18 +1,18 @@
 //! `train.device = "cuda"` (or the emulated `"cuda-emu"`, the same code on the host's
-//! model of a GPU): a rank's forward and backward on the device (the model on the CUDA
-//! backend, crates/cuda), and the optimizer there too: the fp32 masters and Adam moments
-//! stay on the device between steps (uploaded at the first step and after the host's
-//! copies change, downloaded for checkpoints and sampling); global-norm clipping and
-//! AdamW run as kernels, and only the norm's per-block partial sums and the loss come
-//! back to the host in a step.
+//! model of a GPU): each rank's forward and backward on its own device (the model on the
+//! CUDA backend, crates/cuda), and the optimizer there too: the fp32 masters and Adam
+//! moments stay on the device between steps (uploaded at the first step and after the
+//! host's copies change, downloaded for checkpoints and sampling); the gradient norm,
+//! clipping, the numerics guard and AdamW run as kernels, and only the loss and, once
+//! the step is queued, the norm come back to the host in a step. Data, tensor, sequence
+//! and pipeline parallelism go through device collectives (crates/cuda/src/dist.rs).
 //!
 //! `train.dtype = "bf16"`: the model reads a bf16 copy of the masters (written by the
 //! AdamW kernel as it updates them) and accumulates bf16 gradients; masters, moments,
 //! the loss and every statistic stay fp32, so checkpoints are the same as f32 runs'.
 //!
-
-
-//! uninhabited type and asking for a GPU is an error naming the feature.
+//! Without the `cuda` feature `GpuState` is an uninhabited type and asking for a GPU is
+//! an error naming the feature.
 
 use crate::error::{EngineError, Result};
 
@@ -74,8 +74,11 @@ mod imp {
         /// The device's state is the run's (false until the host's is uploaded, and again
         /// after the host's changes: a restore, loaded weights).
         current: bool,
-        /// The gradient norm's per-block partial sums, `NORM_PARTS` per bucket.
+        /// The gradient norm's per-block partial sums, `NORM_PARTS` per tensor.
         partials: DevVec,
+        /// The step's scalars on the device: the sum of squares and the norm (f64 each,
+        /// floats 0..2 and 2..4), the clipping factor (float 4).
+        scalars: DevVec,
         shards: Vec<BucketShard>,
         /// Data parallelism over devices (`None`: one rank).
         group: Option<Group>,
@@ -95,6 +98,8 @@ mod imp {
         free: Vec<Vec<Saved<Cuda>>>,
         live: std::collections::HashMap<(usize, usize), Saved<Cuda>>,
         ends: Option<Box<dyn DeviceComm>>,
+        /// The pipeline's stages (the gradient norm's sum).
+        stages: Option<Box<dyn DeviceComm>>,
         /// This stage is not the first: its copy of a tied embedding is not counted.
         later_stage: bool,
     }
@@ -263,7 +268,8 @@ mod imp {
                         Some(c) if model.tied() => Some(device_comm(&be, c)?),
                         _ => None,
                     };
-                    Some(DevicePipe { chunks: chunks.to_vec(), free, live: Default::default(), ends, later_stage: rank.pp_rank > 0 })
+                    let stages = Some(device_comm(&be, &links.group)?);
+                    Some(DevicePipe { chunks: chunks.to_vec(), free, live: Default::default(), ends, stages, later_stage: rank.pp_rank > 0 })
                 }
                 _ => None,
             };
@@ -287,7 +293,8 @@ mod imp {
                 _ => None,
             };
             let counts_replicated = rank.tp_rank == 0;
-            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, shards: shards.to_vec(), group, tp, counts_replicated, pipe })
+            let scalars = be.zeros_as(6, Dtype::F32);
+            Ok(GpuState { be, model, acts, params, work, grads, m, v, current: false, partials, scalars, shards: shards.to_vec(), group, tp, counts_replicated, pipe })
         }
 
         /// The host's parameters and moments (whole buckets, maybe padded) onto the
@@ -328,10 +335,9 @@ mod imp {
         /// all-reduce of each bucket; ZeRO 1: sum reduce-scatter into this rank's block;
         /// 2-3 reduced each micro-batch already), then global-norm clipping and AdamW on
         /// what this rank updates, in the host optimizer's order and form, and at ZeRO 1-2
-        /// the all-gather of the updated masters.
-        /// Only the per-block sums of squares come to the host (the norm, which is logged
-        /// and decides clipping and the numerics guard); `sum` adds a number over the
-        /// group. Returns the pre-clip norm; a non-finite one updates nothing.
+        /// the all-gather of the updated masters. The norm, the clipping factor and the
+        /// numerics guard (a non-finite norm updates nothing) stay on the device; the norm
+        /// is read back once the step is queued, for the log. Returns the pre-clip norm.
         pub(crate) fn optimizer_step(
             &mut self,
             layout: &model::Layout,
@@ -339,7 +345,6 @@ mod imp {
             lr: f32,
             t: u64,
             max_norm: f64,
-            rank: &crate::rank::Rank,
         ) -> Result<f64> {
             let dims = |blocks: usize| Dims { grid: (blocks as u32, 1, 1), block: (256, 1, 1), shared: 0 };
             let sharded = self.group.as_ref().is_some_and(|g| g.zero >= 1);
@@ -388,18 +393,21 @@ mod imp {
                     self.be.launch("sum_squares_partial", dims(NORM_PARTS), &[&at, &g.arg(), &(g.len() as i64)]);
                 }
             }
-            let mut host = vec![0.0f32; self.partials.len()];
-            self.be.to_host(&self.partials, &mut host);
-            let local = host.iter().map(|&x| x as f64).sum::<f64>();
-            // All-reduced gradients are the same on every rank of a dp group; shards
-            // are summed over it, and tensor-parallel parts over the tp group.
-            let local = if sharded { rank.sum_f64(local)? } else { local };
-            let local = if self.tp.is_some() { rank.sum_f64_tp(local)? } else { local };
-            let norm = if self.pipe.is_some() { rank.sum_f64_pp(local)? } else { local }.sqrt();
-            if !norm.is_finite() {
-                return Ok(norm);
+            // The norm and the clipping factor stay on the device: the partials summed in
+            // order in f64, then (as the host's `sum_f64`) over the groups whose ranks hold
+            // different parts, in rank order: a ZeRO 1-3 dp group's shards, the tp group's
+            // parts, the pipeline's stages. All-reduced gradients are the same on every
+            // rank of a ZeRO-0 dp group.
+            let one = Dims { grid: (1, 1, 1), block: (32, 1, 1), shared: 0 };
+            let (sumsq, norm_at, clip_at) = (self.scalars.slice(0..2).arg(), self.scalars.slice(2..4).arg(), self.scalars.slice(4..5).arg());
+            self.be.launch("norm_total", one, &[&sumsq, &self.partials.arg(), &(self.partials.len() as i64)]);
+            let groups = [self.group.as_ref().filter(|_| sharded).map(|g| &*g.comm), self.tp.as_deref(), self.pipe.as_ref().and_then(|p| p.stages.as_deref())];
+            for comm in groups.into_iter().flatten() {
+                let mut gathered = self.be.zeros_as(2 * comm.size(), Dtype::F32);
+                comm.all_gather(self.scalars.slice(0..2), &mut gathered).map_err(comm_err)?;
+                self.be.launch("norm_ranks", one, &[&sumsq, &gathered.arg(), &(comm.size() as i64)]);
             }
-            let clip = crate::optim::clip_factor(norm, max_norm);
+            self.be.launch("norm_clip", one, &[&clip_at, &norm_at, &sumsq, &max_norm]);
             // The host's bias corrections, in f64 (kernels::adamw_step's form).
             let tt = t.min(i32::MAX as u64) as i32;
             let step = (lr as f64 / (1.0 - (adamw.beta1 as f64).powi(tt))) as f32;
@@ -426,14 +434,19 @@ mod imp {
                     self.be.launch(
                         "adamw",
                         dims((hi - lo).div_ceil(256).min(4096)),
-                        &[&p, &copy, &gi, &mi, &vi, &((hi - lo) as i64), &clip, &step, &adamw.beta1, &adamw.beta2, &adamw.eps, &decay, &bc2_sqrt],
+                        &[&p, &copy, &gi, &mi, &vi, &((hi - lo) as i64), &clip_at, &step, &adamw.beta1, &adamw.beta2, &adamw.eps, &decay, &bc2_sqrt],
                     );
                 }
             }
             if sharded && !self.zero3() {
+                // Skipped steps left the masters as they were: gathering them is harmless.
                 self.gather_masters()?;
             }
-            Ok(norm)
+            // The norm, for the log and the numerics guard's count, read once the step's
+            // work is queued.
+            let mut h = [0.0f32; 2];
+            self.be.to_host(self.scalars.slice(2..4), &mut h);
+            Ok(f64::from_bits(h[0].to_bits() as u64 | ((h[1].to_bits() as u64) << 32)))
         }
 
         /// ZeRO 3 over a group: masters sharded, gathered where used.
@@ -637,7 +650,6 @@ mod imp {
             _lr: f32,
             _t: u64,
             _max: f64,
-            _rank: &crate::rank::Rank,
         ) -> Result<f64> {
             match *self {}
         }

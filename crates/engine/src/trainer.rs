@@ -399,7 +399,7 @@ impl Trainer {
             // On the device: the masters and moments stay there (see gpu.rs).
             let t0 = Instant::now();
             let lr = self.schedule.at(self.step) as f32;
-            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip, &self.rank)?;
+            let norm = g.optimizer_step(&self.gpt.layout, &self.adamw, lr, self.step + 1, self.cfg.raw.optim.grad_clip)?;
             times.optimizer += t0.elapsed().as_secs_f64();
             norm
         } else {

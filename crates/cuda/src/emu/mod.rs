@@ -206,6 +206,7 @@ impl Device for EmuDevice {
                 KArg::I32(v) => v as *mut i32 as *mut c_void,
                 KArg::U32(v) => v as *mut u32 as *mut c_void,
                 KArg::F32(v) => v as *mut f32 as *mut c_void,
+                KArg::F64(v) => v as *mut f64 as *mut c_void,
             })
             .collect();
         let d3 = |t: (u32, u32, u32)| Dim3 { x: t.0, y: t.1, z: t.2 };
