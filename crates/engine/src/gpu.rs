@@ -572,8 +572,17 @@ mod imp {
         /// gradients, so both take the same update.
         pub(crate) fn sum_tied_embedding(&mut self) -> Result<()> {
             let Some(ends) = self.pipe.as_ref().and_then(|p| p.ends.as_deref()) else { return Ok(()) };
-            let n = self.shards[model::layout::EMBED].numel;
-            ends.all_reduce(self.grads[model::layout::EMBED].slice_mut(0..n), comm::ReduceOp::Sum).map_err(comm_err)
+            let e = model::layout::EMBED;
+            match self.group.as_mut().filter(|g| g.zero >= 2) {
+                // ZeRO 2-3 reduced the gradient into this rank's block already; the ends'
+                // ranks of one pipeline hold the same block.
+                Some(g) => ends.all_reduce(&mut g.gshard[e], comm::ReduceOp::Sum).map_err(comm_err),
+                // Whole gradients (ZeRO 0-1 reduce them later: the sums commute).
+                None => {
+                    let n = self.shards[e].numel;
+                    ends.all_reduce(self.grads[e].slice_mut(0..n), comm::ReduceOp::Sum).map_err(comm_err)
+                }
+            }
         }
 
         pub(crate) fn zero_grads(&mut self) {
@@ -685,17 +694,9 @@ mod imp {
 
 pub(crate) use imp::GpuState;
 
-/// The GPU a run asks for (`train.device`), checked against what the GPU path supports:
-/// one device per rank, data parallelism with ZeRO 0-3, tensor (and sequence)
-/// parallelism, pipeline stages (with ZeRO 0-1).
+/// The GPU a run asks for (`train.device`), if any: every layout runs there (one device
+/// per rank; data parallelism with ZeRO 0-3, tensor, sequence and pipeline parallelism).
 pub(crate) fn requested(cfg: &config::ResolvedConfig) -> Result<Option<&str>> {
     let Some(_) = config::device_ordinal(&cfg.raw.train.device).map_err(EngineError::Invalid)? else { return Ok(None) };
-    let p = &cfg.raw.parallel;
-    if p.pp > 1 && p.zero >= 2 {
-        return Err(EngineError::Invalid(format!(
-            "train.device = \"{}\" with pipeline stages (parallel.pp = {}) runs ZeRO 0 or 1 so far; found parallel.zero = {}",
-            cfg.raw.train.device, p.pp, p.zero
-        )));
-    }
     Ok(Some(&cfg.raw.train.device))
 }

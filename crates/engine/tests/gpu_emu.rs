@@ -336,9 +336,9 @@ fn a_dp2_zero3_bf16_device_checkpoint_resumes_on_the_cpu_and_on_tp2_devices() {
 
 /// Pipeline stages on emulated devices (one per rank; each stage's passes on its
 /// device, the messages through the host's links): pp 2 with the 1F1B schedule for tiny
-/// GPT-2 (its tied embedding summed across the first and last stage) and Llama, and
-/// the interleaved schedule, equal one CPU rank (losses at every step and the
-/// validation loss, relative 1e-4).
+/// GPT-2 (its tied embedding summed across the first and last stage) and Llama, the
+/// interleaved schedule, and dp 2 x pp 2 with ZeRO 1 and 3, equal one CPU rank (losses
+/// at every step and the validation loss, relative 1e-4).
 #[test]
 fn pp2_on_emulated_devices_equals_one_rank() {
     use std::time::Duration;
@@ -350,14 +350,17 @@ fn pp2_on_emulated_devices_equals_one_rank() {
         ("GPT-2 1F1B", &[][..], &[][..]),
         ("Llama 1F1B", &llama[..], &[][..]),
         ("GPT-2 interleaved", &[][..], &["parallel.schedule=\"interleaved\"", "parallel.virtual_stages=2", "model.n_layer=4"][..]),
+        ("GPT-2 dp 2 x pp 2, ZeRO 1", &[][..], &["parallel.dp=2", "parallel.zero=1", "train.batch_size=2"][..]),
+        ("GPT-2 dp 2 x pp 2, ZeRO 3", &[][..], &["parallel.dp=2", "parallel.zero=3", "train.batch_size=2"][..]),
     ] {
+        let dp = if extra.contains(&"parallel.dp=2") { 2 } else { 1 };
         let base: Vec<&str> = model.iter().chain(extra.iter().filter(|s| s.starts_with("model."))).copied().chain(["train.grad_accum=4", "train.eval_batches=1"]).collect();
         let mut cpu = Trainer::new(cfg(&base, "cpu"), data::Dataset::open(dir.path()).unwrap(), Path::new("")).unwrap();
         let mut times = StepTimes::default();
         let mut want: Vec<f64> = (0..steps).map(|_| cpu.train_step(&mut times).unwrap().0).collect();
         want.push(cpu.evaluate().unwrap());
         let sets: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).chain(["parallel.pp=2"]).collect();
-        let out = comm::run_local(2, Duration::from_secs(120), |c| {
+        let out = comm::run_local(2 * dp, Duration::from_secs(120), |c| {
             let config = cfg(&sets, "cuda-emu");
             let rank = engine::Rank::for_config(&c, &config)?;
             let mut t = Trainer::with_rank(config, data::Dataset::open(dir.path()).unwrap(), Path::new(""), rank)?;
@@ -370,6 +373,8 @@ fn pp2_on_emulated_devices_equals_one_rank() {
         for (i, (g, c)) in out[0].iter().zip(&want).enumerate() {
             assert!(((g - c) / c).abs() < 1e-4, "{name}: {} {g} on 2 device stages, {c} on one CPU rank", if i == steps { "validation loss".to_string() } else { format!("step {} loss", i + 1) });
         }
-        assert_eq!(out[1], out[0], "{name}: the stages report different losses");
+        for o in &out[1..] {
+            assert_eq!(o, &out[0], "{name}: the ranks report different losses");
+        }
     }
 }
