@@ -2,15 +2,17 @@
 // bias) gradients are written per row into `partial` buffers (rows, c) and summed by
 // `column_sum_add` in row order, so they are deterministic.
 
-extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* x, const floatX* w, const floatX* b,
-                                             long rows, long c, float eps) {
-    __shared__ float scratch[32];
-    long r = blockIdx.x;
-    if (r >= rows) return;
-    const floatX* xr = x + r * c;
-    float s = 0.0f;
-    for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j];
-    float m = block_sum(s, scratch) / (float)c;
+// One row's norm: LayerNorm (with mean, and b when not null) or RMSNorm when `rms`;
+// its statistics written by thread 0. Every forward norm kernel runs this, so the fused
+// residual form gives the unfused kernels' bits.
+__device__ void norm_row(floatX* out, float* mean, float* rstd, const floatX* xr, const floatX* w, const floatX* b, long r, long c, float eps, int rms,
+                         float* scratch) {
+    float m = 0.0f;
+    if (!rms) {
+        float s = 0.0f;
+        for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j];
+        m = block_sum(s, scratch) / (float)c;
+    }
     float v = 0.0f;
     for (long j = threadIdx.x; j < c; j += blockDim.x) {
         float d = xr[j] - m;
@@ -22,9 +24,17 @@ extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rs
         out[r * c + j] = b ? y + b[j] : y;
     }
     if (threadIdx.x == 0) {
-        mean[r] = m;
+        if (!rms) mean[r] = m;
         rstd[r] = rs;
     }
+}
+
+extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* x, const floatX* w, const floatX* b,
+                                             long rows, long c, float eps) {
+    __shared__ float scratch[32];
+    long r = blockIdx.x;
+    if (r >= rows) return;
+    norm_row(out, mean, rstd, x + r * c, w, b, r, c, eps, 0, scratch);
 }
 
 // dx += rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dout w;
@@ -58,12 +68,7 @@ extern "C" __global__ void rmsnorm_forward(floatX* out, float* rstd, const float
     __shared__ float scratch[32];
     long r = blockIdx.x;
     if (r >= rows) return;
-    const floatX* xr = x + r * c;
-    float s = 0.0f;
-    for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j] * xr[j];
-    float rs = rsqrtf(block_sum(s, scratch) / (float)c + eps);
-    for (long j = threadIdx.x; j < c; j += blockDim.x) out[r * c + j] = xr[j] * rs * w[j];
-    if (threadIdx.x == 0) rstd[r] = rs;
+    norm_row(out, 0, rstd, x + r * c, w, 0, r, c, eps, 1, scratch);
 }
 
 // dx += rstd (dxhat - xhat mean(dxhat xhat)), dxhat = dout w; dw_partial[r] = dout xhat.
@@ -85,10 +90,9 @@ extern "C" __global__ void rmsnorm_backward(floatX* dx, floatX* dw_partial, cons
 }
 
 // The residual add fused with the next norm (one pass over the row instead of two):
-// res += delta, then out = norm(res) with its statistics, LayerNorm (with mean, and b
-// when not null) or RMSNorm when `rms`. The sum is stored first and read back, so the
-// statistics see the stored (in bf16, rounded) residual exactly as the unfused
-// add_inplace + layernorm_forward / rmsnorm_forward do: the same results, bit for bit.
+// res += delta, then out = norm(res) with its statistics (see norm_row). The sum is
+// stored first and read back, so the norm sees the stored (in bf16, rounded) residual
+// exactly as the unfused add_inplace + layernorm_forward / rmsnorm_forward do.
 extern "C" __global__ void residual_norm_forward(floatX* res, const floatX* delta, floatX* out, float* mean, float* rstd, const floatX* w,
                                                  const floatX* b, long rows, long c, float eps, int rms) {
     __shared__ float scratch[32];
@@ -97,24 +101,5 @@ extern "C" __global__ void residual_norm_forward(floatX* res, const floatX* delt
     floatX* xr = res + r * c;
     const floatX* dr = delta + r * c;
     for (long j = threadIdx.x; j < c; j += blockDim.x) xr[j] = xr[j] + dr[j];
-    float m = 0.0f;
-    if (!rms) {
-        float s = 0.0f;
-        for (long j = threadIdx.x; j < c; j += blockDim.x) s += xr[j];
-        m = block_sum(s, scratch) / (float)c;
-    }
-    float v = 0.0f;
-    for (long j = threadIdx.x; j < c; j += blockDim.x) {
-        float d = xr[j] - m;
-        v += d * d;
-    }
-    float rs = rsqrtf(block_sum(v, scratch) / (float)c + eps);
-    for (long j = threadIdx.x; j < c; j += blockDim.x) {
-        float y = rms ? xr[j] * rs * w[j] : (xr[j] - m) * rs * w[j];
-        out[r * c + j] = b ? y + b[j] : y;
-    }
-    if (threadIdx.x == 0) {
-        if (!rms) mean[r] = m;
-        rstd[r] = rs;
-    }
+    norm_row(out, mean, rstd, xr, w, b, r, c, eps, rms, scratch);
 }

@@ -337,18 +337,24 @@ impl Trainer {
     /// schedule's order; gradients end where [`Trainer::optimizer_step`] expects them
     /// once [`Trainer::sum_tied_embedding`] has run.
     /// Returns the summed loss of the step's micro-batches (the last stage's; 0 elsewhere).
+    /// On a device the passes run there (gpu.rs); the messages go through the same links.
     pub(crate) fn pipeline_step(&mut self, grad_scale: f32, times: &mut StepTimes) -> Result<f64> {
+        self.with_pipe(|t, pipe| if t.gpu.is_some() { t.device_pipeline_ops(pipe, grad_scale, times) } else { t.pipeline_ops(pipe, grad_scale, times) })
+    }
+
+    /// Runs `f` on the pipeline state lent out of the trainer, then waits for the
+    /// stage's sends; micro-batches a failed pass left in flight become free again.
+    fn with_pipe<R>(&mut self, f: impl FnOnce(&mut Trainer, &mut PipeState) -> Result<R>) -> Result<R> {
         let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
-        let res = self.pipeline_ops(&mut pipe, grad_scale, times);
+        let res = f(self, &mut pipe);
         let flushed = self.pipe_flush(&mut pipe);
-        // Micro-batches a failed step left in flight become free again.
         for ((k, _), s) in pipe.live.drain() {
             pipe.free[k].push(s);
         }
         self.pipe = Some(pipe);
-        let loss = res?;
+        let out = res?;
         flushed?;
-        Ok(loss)
+        Ok(out)
     }
 
     /// The schedule's passes. An error leaves the trainer unusable (the run ends).
@@ -420,18 +426,8 @@ impl Trainer {
         Ok(loss)
     }
 
-    /// [`Trainer::pipeline_step`] on a device: the schedule's passes run there (gpu.rs),
+    /// [`Trainer::pipeline_ops`] on a device: the schedule's passes run there (gpu.rs),
     /// the messages between stages go through the host's links.
-    pub(crate) fn device_pipeline_step(&mut self, grad_scale: f32, times: &mut StepTimes) -> Result<f64> {
-        let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
-        let res = self.device_pipeline_ops(&mut pipe, grad_scale, times);
-        let flushed = self.pipe_flush(&mut pipe);
-        self.pipe = Some(pipe);
-        let loss = res?;
-        flushed?;
-        Ok(loss)
-    }
-
     fn device_pipeline_ops(&mut self, pipe: &mut PipeState, grad_scale: f32, times: &mut StepTimes) -> Result<f64> {
         let par = &self.cfg.raw.parallel;
         let (pp, p, v, m) = (self.rank.pp, self.rank.pp_rank, par.virtual_stages, self.cfg.raw.train.grad_accum);
@@ -489,17 +485,7 @@ impl Trainer {
         b * t * c / sp
     }
 
-    /// [`Trainer::pipeline_eval`] on a device.
-    pub(crate) fn device_pipeline_eval(&mut self, micro: usize) -> Result<f64> {
-        let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
-        let res = self.device_pipeline_eval_ops(&mut pipe, micro);
-        let flushed = self.pipe_flush(&mut pipe);
-        self.pipe = Some(pipe);
-        let loss = res?;
-        flushed?;
-        Ok(loss)
-    }
-
+    /// [`Trainer::pipeline_eval_ops`] on a device.
     fn device_pipeline_eval_ops(&mut self, pipe: &mut PipeState, micro: usize) -> Result<f64> {
         let (pp, p, v) = (self.rank.pp, self.rank.pp_rank, self.cfg.raw.parallel.virtual_stages);
         let (n, b, dp, r) = (pp * v, self.cfg.raw.train.batch_size, self.rank.dp, self.rank.rank);
@@ -531,13 +517,7 @@ impl Trainer {
     /// The summed validation loss of `micro` micro-batches through the pipeline (the
     /// last stage's; 0 elsewhere): each micro-batch's chunks in order, no backward.
     pub(crate) fn pipeline_eval(&mut self, micro: usize) -> Result<f64> {
-        let mut pipe = self.pipe.take().ok_or_else(|| EngineError::Invalid("no pipeline state".into()))?;
-        let res = self.pipeline_eval_ops(&mut pipe, micro);
-        let flushed = self.pipe_flush(&mut pipe);
-        self.pipe = Some(pipe);
-        let loss = res?;
-        flushed?;
-        Ok(loss)
+        self.with_pipe(|t, pipe| if t.gpu.is_some() { t.device_pipeline_eval_ops(pipe, micro) } else { t.pipeline_eval_ops(pipe, micro) })
     }
 
     fn pipeline_eval_ops(&mut self, pipe: &mut PipeState, micro: usize) -> Result<f64> {
@@ -581,6 +561,9 @@ impl Trainer {
     /// got different gradient contributions (lookup and head): both take the sum, so
     /// both copies take the same update.
     pub(crate) fn sum_tied_embedding(&mut self) -> Result<()> {
+        if let Some(g) = &mut self.gpu {
+            return g.sum_tied_embedding();
+        }
         if !self.gpt.tied() {
             return Ok(());
         }

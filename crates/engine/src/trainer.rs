@@ -348,21 +348,13 @@ impl Trainer {
         // Mean over every token of the global batch; ranks' shares add up by SUM.
         let grad_scale = 1.0 / (b * t * accum * dp) as f32;
         let mut loss_sum = 0.0;
-        if let (Some(g), true) = (&mut self.gpu, self.pipe.is_some()) {
+        if let Some(g) = &mut self.gpu {
+            // The device's masters are the run's once uploaded (see gpu.rs).
             g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
             g.zero_grads();
-            let mine = self.device_pipeline_step(grad_scale, times)?;
+        }
+        if self.gpu.is_some() && self.pipe.is_none() {
             let t0 = Instant::now();
-            loss_sum = self.rank.sum_f64_pp(mine)?;
-            let waited = t0.elapsed().as_secs_f64();
-            times.comm += waited;
-            times.pipe_wait += waited;
-            self.gpu.as_mut().expect("a GPU").sum_tied_embedding()?;
-        } else if let Some(g) = &mut self.gpu {
-            // The host holds the masters: the device computes with this step's copy.
-            let t0 = Instant::now();
-            g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
-            g.zero_grads();
             for micro in 0..accum {
                 self.fill(self.sample_index(micro), false);
                 let g = self.gpu.as_mut().expect("a GPU");
@@ -432,12 +424,10 @@ impl Trainer {
         let (b, t, micro) = (tc.batch_size, self.cfg.raw.model.block_size, tc.eval_batches * tc.grad_accum);
         let (dp, r) = (self.rank.dp, self.rank.rank);
         let mut sum = 0.0;
-        if let (Some(g), true) = (&mut self.gpu, self.pipe.is_some()) {
+        if let Some(g) = &mut self.gpu {
             g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
-            let mine = self.device_pipeline_eval(micro)?;
-            sum = self.rank.sum_f64_pp(mine)?;
-        } else if let Some(g) = &mut self.gpu {
-            g.ensure(&self.params, &self.exp_avg, &self.exp_avg_sq);
+        }
+        if self.gpu.is_some() && self.pipe.is_none() {
             for i in 0..micro {
                 self.fill((i * b) as u64, true);
                 let g = self.gpu.as_mut().expect("a GPU");
